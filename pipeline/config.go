@@ -1,0 +1,673 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+
+	"github.com/labelpipe/labelpipe/sinks/resilience"
+)
+
+// Config is a whole pipeline, as loaded from one YAML file.
+type Config struct {
+	// Server is the webhook listener.
+	Server ServerConfig `yaml:"server"`
+	// Admin is the health, metrics and API listener.
+	Admin AdminConfig `yaml:"admin"`
+	// Broker carries exports between the ingress and the sinks.
+	Broker BrokerConfig `yaml:"broker"`
+	// Redis configures the shared client (broker, dedupe, ledger, breakers).
+	Redis RedisConfig `yaml:"redis"`
+	// Tracing configures OpenTelemetry tracing.
+	Tracing TracingConfig `yaml:"tracing"`
+	// Log configures the daemon's logger.
+	Log LogConfig `yaml:"log"`
+	// Stages run in order, synchronously with the webhook request.
+	Stages []StageConfig `yaml:"-"`
+	// Sinks each receive every export they subscribe to.
+	Sinks []SinkConfig `yaml:"-"`
+
+	file     string
+	dir      string
+	root     *ast.File
+	resolved bool
+}
+
+// ServerConfig is the webhook listener.
+type ServerConfig struct {
+	// Addr is host:port to listen on; default 127.0.0.1:8080.
+	Addr string `yaml:"addr"`
+	// Path is the webhook route; default /webhook.
+	Path string `yaml:"path"`
+	// MaxBodyBytes caps a request body; default 32 MiB. Larger: 413.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// ReadTimeout bounds reading one request; default 60s.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// ShutdownTimeout bounds the drain on SIGTERM; default 30s.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// AdminConfig is the admin listener (/healthz, /readyz, /metrics, /api).
+type AdminConfig struct {
+	// Addr is host:port; empty disables the admin listener. Default
+	// 127.0.0.1:9090.
+	Addr string `yaml:"addr"`
+}
+
+// BrokerConfig picks the message broker.
+type BrokerConfig struct {
+	// Type is memory (default, not durable) or redis.
+	Type string `yaml:"type"`
+	// Prefix starts every Redis stream name; default "labelpipe:".
+	Prefix string `yaml:"prefix"`
+	// ClaimIdle is how long a pending message of a dead replica waits
+	// before a living one claims it; default 60s.
+	ClaimIdle time.Duration `yaml:"claim_idle"`
+	// MaxLen approximately trims each stream to this many entries; 0 keeps
+	// everything (default). Trimming only drops acknowledged entries.
+	MaxLen int64 `yaml:"max_len"`
+	// FanoutWorkers is how many exports are fanned out at once; default 4.
+	FanoutWorkers int `yaml:"fanout_workers"`
+}
+
+// RedisConfig configures the Redis client.
+type RedisConfig struct {
+	// URL is redis://[user:pass@]host:port/db, rediss:// for TLS or
+	// unix:///path. Required when anything uses Redis.
+	URL string `yaml:"url"`
+	// KeyPrefix starts every key labelpipe writes; default "labelpipe:".
+	KeyPrefix string `yaml:"key_prefix"`
+}
+
+// TracingConfig configures OpenTelemetry tracing.
+type TracingConfig struct {
+	// Exporter is none (default), otlp or stdout.
+	Exporter string `yaml:"exporter"`
+	// Endpoint is the OTLP endpoint (host:port for grpc, URL for http);
+	// empty uses OTEL_EXPORTER_OTLP_ENDPOINT or the SDK default.
+	Endpoint string `yaml:"endpoint"`
+	// Protocol is grpc (default) or http.
+	Protocol string `yaml:"protocol"`
+	// SampleRatio is the share of new traces sampled, 0..1; default 1.
+	SampleRatio *float64 `yaml:"sample_ratio"`
+	// ServiceName defaults to OTEL_SERVICE_NAME, then "labelpipe".
+	ServiceName string `yaml:"service_name"`
+	// Insecure sends OTLP without TLS; default true for loopback use.
+	Insecure *bool `yaml:"insecure"`
+}
+
+// LogConfig configures the daemon's logger.
+type LogConfig struct {
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// Format is text (default) or json.
+	Format string `yaml:"format"`
+}
+
+// StageConfig is one entry of `stages:`.
+type StageConfig struct {
+	// Type names a registered stage type.
+	Type string
+	// Name tells stages apart in logs and traces; default the type.
+	Name string
+	// Options is the type's decoded config (a pointer), set by Resolve.
+	Options any
+
+	node *ast.MappingNode
+	path string
+}
+
+// SinkConfig is one entry of `sinks:`: the keys every sink has, plus the
+// type's own options.
+type SinkConfig struct {
+	// Name is unique; it names the sink's topics, logs and metrics.
+	Name string `yaml:"name"`
+	// Type names a registered sink type.
+	Type string `yaml:"type"`
+	// Events the sink receives; default [issue-exported].
+	Events []string `yaml:"events"`
+	// Filter is a jq predicate; the sink skips exports it is false for.
+	Filter string `yaml:"filter"`
+	// Timeout bounds one attempt; default 30s.
+	Timeout time.Duration `yaml:"timeout"`
+	// MaxInFlight is how many requests the sink has under way at once;
+	// default 4.
+	MaxInFlight int `yaml:"max_in_flight"`
+	// Resilience is the rate limit, retry and breaker policy.
+	resilience.Config `yaml:",inline"`
+	// Options is the type's decoded config (a pointer), set by Resolve.
+	Options any `yaml:"-"`
+
+	node *ast.MappingNode
+	path string
+}
+
+var sinkCommonKeys = map[string]bool{
+	"name": true, "type": true, "events": true, "filter": true, "timeout": true,
+	"max_in_flight": true, "rate_limit": true, "retry": true, "breaker": true,
+}
+
+func defaultConfig() Config {
+	return Config{
+		Server: ServerConfig{Addr: "127.0.0.1:8080", Path: "/webhook", MaxBodyBytes: 32 << 20,
+			ReadTimeout: 60 * time.Second, ShutdownTimeout: 30 * time.Second},
+		Admin:  AdminConfig{Addr: "127.0.0.1:9090"},
+		Broker: BrokerConfig{Type: "memory", Prefix: "labelpipe:", ClaimIdle: 60 * time.Second, FanoutWorkers: 4},
+		Redis:  RedisConfig{KeyPrefix: "labelpipe:"},
+		Log:    LogConfig{Level: "info", Format: "text"},
+	}
+}
+
+func defaultSink() SinkConfig {
+	return SinkConfig{Events: []string{"issue-exported"}, Timeout: 30 * time.Second, MaxInFlight: 4, Config: resilience.Defaults()}
+}
+
+// ConfigError is one problem in a config file, with its position.
+type ConfigError struct {
+	File      string
+	Line, Col int
+	// Path is where in the document, e.g. `sinks[1] "scale": retry.max_attempts`.
+	Path string
+	Msg  string
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d:%d", e.Line, e.Col)
+	}
+	b.WriteString(": ")
+	if e.Path != "" {
+		b.WriteString(e.Path)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// ConfigErrors is every problem found in one file, in file order.
+type ConfigErrors []*ConfigError
+
+func (es ConfigErrors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// FieldError is a validation error naming a field by its dotted path below
+// the stage or sink (e.g. "retry.max_attempts" or "secrets[0]"), so that the
+// loader can point at its line and column.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// FieldErr builds a *FieldError.
+func FieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// LoadOption changes how a config is loaded.
+type LoadOption func(*loadOptions)
+
+type loadOptions struct{ allowUnsetEnv bool }
+
+// AllowUnsetEnv lets ${VAR} without a default expand to "" instead of being
+// an error; preview uses it so that no vendor keys are needed.
+func AllowUnsetEnv() LoadOption { return func(o *loadOptions) { o.allowUnsetEnv = true } }
+
+// LoadConfig reads and decodes a config file. Stage and sink options are
+// decoded against a registry later, by Resolve (New calls it).
+func LoadConfig(path string, opts ...LoadOption) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(path, data, opts...)
+}
+
+// ParseConfig decodes config text; name is used in error positions and
+// relative paths.
+func ParseConfig(name string, data []byte, opts ...LoadOption) (*Config, error) {
+	var lo loadOptions
+	for _, o := range opts {
+		o(&lo)
+	}
+	cfg := defaultConfig()
+	cfg.file = name
+	cfg.dir = filepath.Dir(name)
+	l := &loader{file: name}
+
+	f, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		l.yamlErr("", err)
+		return nil, l.errs
+	}
+	cfg.root = f
+	if len(f.Docs) == 0 || f.Docs[0].Body == nil {
+		l.add(nil, "", "config is empty")
+		return nil, l.errs
+	}
+	ast.Walk(&envExpander{l: l, allowUnset: lo.allowUnsetEnv}, f.Docs[0].Body)
+	root, ok := f.Docs[0].Body.(*ast.MappingNode)
+	if !ok {
+		l.add(f.Docs[0].Body, "", "config must be a mapping")
+		return nil, l.errs
+	}
+	sections := map[string]any{
+		"server": &cfg.Server, "admin": &cfg.Admin, "broker": &cfg.Broker,
+		"redis": &cfg.Redis, "tracing": &cfg.Tracing, "log": &cfg.Log,
+	}
+	for _, mv := range root.Values {
+		key := mv.Key.String()
+		switch key {
+		case "stages":
+			cfg.Stages = l.stages(mv.Value)
+		case "sinks":
+			cfg.Sinks = l.sinks(mv.Value)
+		default:
+			dst, ok := sections[key]
+			if !ok {
+				l.add(mv.Key, "", fmt.Sprintf("unknown key %q (want server, admin, broker, redis, tracing, log, stages or sinks)", key))
+				continue
+			}
+			if m, ok := mv.Value.(*ast.MappingNode); ok {
+				l.decode(m, dst, key)
+			} else if _, null := mv.Value.(*ast.NullNode); !null {
+				l.add(mv.Value, key, "must be a mapping")
+			}
+		}
+	}
+	l.check(&cfg)
+	if len(l.errs) > 0 {
+		l.sort()
+		return nil, l.errs
+	}
+	return &cfg, nil
+}
+
+// File is the config file's name.
+func (c *Config) File() string { return c.file }
+
+// Dir is the directory relative paths in the config start from.
+func (c *Config) Dir() string { return c.dir }
+
+// Resolve decodes every stage's and sink's own options against reg and
+// validates them. It reports all errors at once, each with its position.
+func (c *Config) Resolve(reg *Registry) error {
+	if c.resolved {
+		return nil
+	}
+	l := &loader{file: c.file, root: c.root}
+	for i := range c.Stages {
+		s := &c.Stages[i]
+		t, ok := reg.Stage(s.Type)
+		if !ok {
+			l.at(s.path+".type", s.label(), "", fmt.Sprintf("unknown stage type %q (known: %s)", s.Type, strings.Join(reg.StageTypes(), ", ")))
+			continue
+		}
+		s.Options = t.Config()
+		l.decodeOptions(s.node, map[string]bool{"type": true, "name": true}, s.Options, s.path, s.label())
+	}
+	for i := range c.Sinks {
+		s := &c.Sinks[i]
+		t, ok := reg.Sink(s.Type)
+		if !ok {
+			l.at(s.path+".type", s.label(), "", fmt.Sprintf("unknown sink type %q (known: %s)", s.Type, strings.Join(reg.SinkTypes(), ", ")))
+			continue
+		}
+		s.Options = t.Config()
+		l.decodeOptions(s.node, sinkCommonKeys, s.Options, s.path, s.label())
+	}
+	if len(l.errs) > 0 {
+		l.sort()
+		return l.errs
+	}
+	c.resolved = true
+	return nil
+}
+
+func (s *StageConfig) label() string { return fmt.Sprintf("%s %q", s.path, s.Name) }
+func (s *SinkConfig) label() string  { return fmt.Sprintf("%s %q", s.path, s.Name) }
+
+// loader collects every error of one file.
+type loader struct {
+	file string
+	root *ast.File
+	errs ConfigErrors
+}
+
+func (l *loader) add(n ast.Node, path, msg string) {
+	e := &ConfigError{File: l.file, Path: path, Msg: msg}
+	if n != nil && n.GetToken() != nil {
+		e.Line, e.Col = n.GetToken().Position.Line, n.GetToken().Position.Column
+	}
+	l.errs = append(l.errs, e)
+}
+
+// at reports an error at a document path like "sinks[1].retry.max_attempts",
+// falling back to the nearest enclosing node that is present.
+func (l *loader) at(docPath, label, field, msg string) {
+	p := docPath
+	for {
+		if yp, err := yaml.PathString("$." + p); err == nil && l.root != nil {
+			if n, err := yp.FilterFile(l.root); err == nil && n != nil {
+				if mv, ok := n.(*ast.MappingValueNode); ok {
+					n = mv.Value
+				}
+				display := label
+				if field != "" {
+					display += ": " + field
+				}
+				l.add(n, display, msg)
+				return
+			}
+		}
+		cut := strings.LastIndexAny(p, ".[")
+		if cut <= 0 {
+			break
+		}
+		p = p[:cut]
+	}
+	l.errs = append(l.errs, &ConfigError{File: l.file, Path: label + ": " + field, Msg: msg})
+}
+
+func (l *loader) yamlErr(path string, err error) {
+	var ye yaml.Error
+	if errors.As(err, &ye) {
+		e := &ConfigError{File: l.file, Path: path, Msg: ye.GetMessage()}
+		if tk := ye.GetToken(); tk != nil {
+			e.Line, e.Col = tk.Position.Line, tk.Position.Column
+		}
+		l.errs = append(l.errs, e)
+		return
+	}
+	l.errs = append(l.errs, &ConfigError{File: l.file, Path: path, Msg: err.Error()})
+}
+
+// validation turns a Validate error (possibly joined FieldErrors) into
+// positioned errors below base.
+func (l *loader) validation(base, label string, err error) {
+	for _, e := range flatten(err) {
+		var fe *FieldError
+		var re *resilience.FieldError
+		switch {
+		case errors.As(e, &fe):
+			l.at(base+"."+fe.Field, label, fe.Field, fe.Msg)
+		case errors.As(e, &re):
+			l.at(base+"."+re.Field, label, re.Field, re.Msg)
+		default:
+			l.at(base, label, "", e.Error())
+		}
+	}
+}
+
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+func (l *loader) sort() {
+	sort.SliceStable(l.errs, func(i, j int) bool {
+		a, b := l.errs[i], l.errs[j]
+		if a.Line != b.Line {
+			return a.Line < b.Line
+		}
+		return a.Col < b.Col
+	})
+}
+
+func (l *loader) stages(n ast.Node) []StageConfig {
+	seq, ok := n.(*ast.SequenceNode)
+	if !ok {
+		if _, null := n.(*ast.NullNode); !null {
+			l.add(n, "stages", "must be a list of {type, name, ...options}")
+		}
+		return nil
+	}
+	var out []StageConfig
+	names := map[string]bool{}
+	for i, item := range seq.Values {
+		path := fmt.Sprintf("stages[%d]", i)
+		m, ok := item.(*ast.MappingNode)
+		if !ok {
+			l.add(item, path, "must be a mapping with a type")
+			continue
+		}
+		s := StageConfig{node: m, path: path}
+		s.Type, s.Name = scalar(m, "type"), scalar(m, "name")
+		if s.Type == "" {
+			l.add(m, path, "type is required")
+			continue
+		}
+		if s.Name == "" {
+			s.Name = s.Type
+			for k := 2; names[s.Name]; k++ {
+				s.Name = fmt.Sprintf("%s_%d", s.Type, k)
+			}
+		}
+		if names[s.Name] {
+			l.add(m, fmt.Sprintf("%s %q", path, s.Name), "name is used by an earlier stage")
+		}
+		names[s.Name] = true
+		out = append(out, s)
+	}
+	return out
+}
+
+var sinkName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_-]*$`)
+
+func (l *loader) sinks(n ast.Node) []SinkConfig {
+	seq, ok := n.(*ast.SequenceNode)
+	if !ok {
+		if _, null := n.(*ast.NullNode); !null {
+			l.add(n, "sinks", "must be a list of {name, type, ...options}")
+		}
+		return nil
+	}
+	var out []SinkConfig
+	names := map[string]bool{}
+	for i, item := range seq.Values {
+		path := fmt.Sprintf("sinks[%d]", i)
+		m, ok := item.(*ast.MappingNode)
+		if !ok {
+			l.add(item, path, "must be a mapping with a name and a type")
+			continue
+		}
+		s := defaultSink()
+		s.node, s.path = m, path
+		s.Name = scalar(m, "name")
+		label := s.label()
+		l.decode(subset(m, sinkCommonKeys, true), &s, label)
+		switch {
+		case s.Name == "":
+			l.add(m, path, "name is required")
+		case !sinkName.MatchString(s.Name):
+			l.add(m, label, "name may hold only letters, digits, _ and -")
+		case names[s.Name]:
+			l.add(m, label, "name is used by an earlier sink")
+		}
+		names[s.Name] = true
+		if s.Type == "" {
+			l.add(m, label, "type is required")
+		}
+		if len(s.Events) == 0 {
+			l.at(path+".events", label, "events", "must list at least one event")
+		}
+		if s.Filter != "" {
+			if _, err := CompileJQ(s.Filter); err != nil {
+				l.at(path+".filter", label, "filter", err.Error())
+			}
+		}
+		if s.Timeout <= 0 {
+			l.at(path+".timeout", label, "timeout", "must be > 0")
+		}
+		if s.MaxInFlight < 1 {
+			l.at(path+".max_in_flight", label, "max_in_flight", "must be ≥ 1")
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// check validates the top-level sections and the sinks' common keys.
+func (l *loader) check(c *Config) {
+	l.root = c.root
+	switch c.Broker.Type {
+	case "memory", "redis":
+	default:
+		l.at("broker.type", "broker", "type", fmt.Sprintf("unknown broker %q (want memory or redis)", c.Broker.Type))
+	}
+	if c.Broker.Type == "redis" && c.Redis.URL == "" {
+		l.at("broker.type", "redis", "url", "is required when broker.type is redis")
+	}
+	if c.Broker.FanoutWorkers < 1 {
+		l.at("broker.fanout_workers", "broker", "fanout_workers", "must be ≥ 1")
+	}
+	if c.Server.Addr == "" {
+		l.at("server.addr", "server", "addr", "is required")
+	}
+	if !strings.HasPrefix(c.Server.Path, "/") {
+		l.at("server.path", "server", "path", "must start with /")
+	}
+	if c.Server.MaxBodyBytes <= 0 {
+		l.at("server.max_body_bytes", "server", "max_body_bytes", "must be > 0")
+	}
+	switch c.Tracing.Exporter {
+	case "", "none", "otlp", "stdout":
+	default:
+		l.at("tracing.exporter", "tracing", "exporter", fmt.Sprintf("unknown exporter %q (want none, otlp or stdout)", c.Tracing.Exporter))
+	}
+	switch c.Tracing.Protocol {
+	case "", "grpc", "http", "http/protobuf":
+	default:
+		l.at("tracing.protocol", "tracing", "protocol", fmt.Sprintf("unknown protocol %q (want grpc or http)", c.Tracing.Protocol))
+	}
+	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
+		l.at("tracing.sample_ratio", "tracing", "sample_ratio", "must be between 0 and 1")
+	}
+	for i := range c.Sinks {
+		s := &c.Sinks[i]
+		l.validation(s.path, s.label(), s.Config.Validate())
+	}
+	if len(c.Sinks) == 0 {
+		l.add(nil, "sinks", "at least one sink is required")
+	}
+}
+
+// decodeOptions strictly decodes the keys of m not in skip into dst, then
+// validates dst.
+func (l *loader) decodeOptions(m *ast.MappingNode, skip map[string]bool, dst any, path, label string) {
+	if !l.decode(subset(m, skip, false), dst, label) {
+		return
+	}
+	if v, ok := dst.(Validator); ok {
+		l.validation(path, label, v.Validate())
+	}
+}
+
+// decode strictly decodes m into dst one key at a time, so that every bad
+// key is reported, each at its own position. It reports whether all keys
+// decoded.
+func (l *loader) decode(m *ast.MappingNode, dst any, label string) bool {
+	ok := true
+	for _, mv := range m.Values {
+		one := *m
+		one.Values = []*ast.MappingValueNode{mv}
+		err := yaml.NodeToValue(&one, dst, yaml.Strict())
+		if err == nil {
+			continue
+		}
+		ok = false
+		var ye yaml.Error
+		if errors.As(err, &ye) && ye.GetToken() != nil {
+			l.yamlErr(label, err)
+			continue
+		}
+		msg := err.Error()
+		if i := strings.LastIndex(msg, "time: "); i >= 0 {
+			msg = "bad duration: " + msg[i+len("time: "):] + ` (use e.g. "500ms", "30s", "24h")`
+		}
+		l.add(mv.Value, label+": "+mv.Key.String(), msg)
+	}
+	return ok
+}
+
+// subset returns a mapping with the keys of m that are (keep) or are not
+// (!keep) in keys.
+func subset(m *ast.MappingNode, keys map[string]bool, keep bool) *ast.MappingNode {
+	out := *m
+	out.Values = nil
+	for _, mv := range m.Values {
+		if keys[mv.Key.String()] == keep {
+			out.Values = append(out.Values, mv)
+		}
+	}
+	return &out
+}
+
+func scalar(m *ast.MappingNode, key string) string {
+	for _, mv := range m.Values {
+		if mv.Key.String() == key {
+			if s, ok := mv.Value.(*ast.StringNode); ok {
+				return s.Value
+			}
+			return mv.Value.String()
+		}
+	}
+	return ""
+}
+
+// envExpander interpolates ${VAR} and ${VAR:-default} inside string values.
+// It works on the parsed document, so a secret holding YAML syntax cannot
+// change the document's shape.
+type envExpander struct {
+	l          *loader
+	allowUnset bool
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
+
+func (v *envExpander) Visit(n ast.Node) ast.Visitor {
+	s, ok := n.(*ast.StringNode)
+	if !ok || !strings.Contains(s.Value, "${") {
+		return v
+	}
+	s.Value = envRef.ReplaceAllStringFunc(s.Value, func(ref string) string {
+		m := envRef.FindStringSubmatch(ref)
+		if val, ok := os.LookupEnv(m[1]); ok && val != "" {
+			return val
+		}
+		if m[2] != "" {
+			return m[3]
+		}
+		if !v.allowUnset {
+			v.l.add(s, "", fmt.Sprintf("environment variable %s is not set (use ${%s:-default} for a default)", m[1], m[1]))
+		}
+		return ""
+	})
+	return v
+}
