@@ -31,6 +31,8 @@ type Broker interface {
 	Durable() bool
 	// Ready reports whether the broker can take messages now.
 	Ready(ctx context.Context) error
+	// Close releases the broker; safe to call twice.
+	Close() error
 }
 
 // DeadLetter is one request a sink gave up on.
