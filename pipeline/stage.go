@@ -24,6 +24,8 @@ type Export struct {
 	// Attrs carries values one stage leaves for a later one or for the
 	// source (for example the dedupe key to release on a failed publish).
 	Attrs map[string]string
+
+	orig any // Payload as decoded, to tell whether a stage replaced it
 }
 
 // Info is the `$export` value jq programs see.
@@ -174,3 +176,17 @@ const (
 	// AttrDedupeKey is the dedupe key a stage reserved.
 	AttrDedupeKey = "dedupe_key"
 )
+
+// RawStage is implemented by stages that read only the headers and the raw
+// body (secret and signature checks). Leading raw stages run before the
+// body is decoded, so a caller with a bad secret gets 401, not a parse
+// error, and costs no parse.
+type RawStage interface {
+	RawOnly()
+}
+
+// Previewer is implemented by stages whose Process has side effects (a
+// dedupe reservation). Preview calls it instead: same verdict, no effect.
+type Previewer interface {
+	Preview(ctx context.Context, e *Export) ([]*Export, error)
+}

@@ -1,0 +1,145 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// metaOnlySink, on an exports message, limits the fan-out to one sink; a
+// replayed render failure carries it.
+const metaOnlySink = "only_sink"
+
+// fanout decodes an export once and queues one message per request of
+// every sink that wants it, on topic sink.<name>.
+func (p *Pipeline) fanout(msg *message.Message) error {
+	ctx, span := p.consumerSpan(msg, TopicExports)
+	defer span.End()
+	exportID := msg.Metadata.Get(MetaExportID)
+
+	var payload any
+	if err := json.Unmarshal(msg.Payload, &payload); err != nil {
+		// Only valid JSON is ever published; a corrupt entry cannot be
+		// delivered anywhere, so it is logged loudly and dropped.
+		span.SetStatus(codes.Error, "corrupt export")
+		p.log.ErrorContext(ctx, "export on the broker is not valid JSON; dropping it", "export", exportID, "err", err)
+		p.donePending(1)
+		return nil
+	}
+	export := exportInfo(msg.Metadata)
+	only := msg.Metadata.Get(metaOnlySink)
+	for _, s := range p.sinks {
+		if only != "" && s.cfg.Name != only {
+			continue
+		}
+		msgs, err := p.render(ctx, s, msg, payload, export)
+		if err != nil {
+			if err := p.deadLetter(ctx, s, msg, -1, 0, err, withTopic(TopicExports)); err != nil {
+				return err
+			}
+			continue
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		s.queue.depth.Add(int64(len(msgs)))
+		if err := p.publishMsgs(ctx, TopicSink(s.cfg.Name), msgs...); err != nil {
+			s.queue.depth.Add(-int64(len(msgs)))
+			span.RecordError(err)
+			// Nacked: the export is fanned out again. Requests already
+			// queued for earlier sinks are caught by the delivered ledger.
+			return fmt.Errorf("queue requests for sink %s: %w", s.cfg.Name, err)
+		}
+	}
+	p.donePending(1)
+	return nil
+}
+
+// render runs one sink's filter and body program for an export.
+func (p *Pipeline) render(ctx context.Context, s *builtSink, msg *message.Message, payload any, export map[string]any) ([]*message.Message, error) {
+	if !contains(s.cfg.Events, fmt.Sprint(export["event"])) {
+		return nil, nil
+	}
+	if s.filter != nil {
+		ok, err := s.filter.Bool(ctx, payload, export)
+		if err != nil {
+			return nil, fmt.Errorf("filter: %w", err)
+		}
+		if !ok {
+			s.log.DebugContext(ctx, "filter is false; sink skips the export", "export", export["id"])
+			return nil, nil
+		}
+	}
+	sinkExport := make(map[string]any, len(export)+1)
+	for k, v := range export {
+		sinkExport[k] = v
+	}
+	sinkExport["sink"] = s.cfg.Name
+	bodies, err := s.sink.Render(ctx, payload, sinkExport)
+	if err != nil {
+		return nil, fmt.Errorf("render: %w", err)
+	}
+	out := make([]*message.Message, len(bodies))
+	for i, b := range bodies {
+		req := Request{Sink: s.cfg.Name, ExportID: msg.Metadata.Get(MetaExportID), Chunk: i, Chunks: len(bodies)}
+		m := message.NewMessage(req.IdempotencyKey(), b)
+		for _, k := range []string{MetaExportID, MetaReceivedAt, MetaEvent, MetaProject, MetaIssueID} {
+			m.Metadata.Set(k, msg.Metadata.Get(k))
+		}
+		m.Metadata.Set(MetaSink, s.cfg.Name)
+		m.Metadata.Set(MetaChunk, strconv.Itoa(i))
+		m.Metadata.Set(MetaChunks, strconv.Itoa(len(bodies)))
+		out[i] = m
+	}
+	return out, nil
+}
+
+// exportInfo rebuilds `$export` from message metadata.
+func exportInfo(md message.Metadata) map[string]any {
+	return map[string]any{
+		"id":          md.Get(MetaExportID),
+		"received_at": md.Get(MetaReceivedAt),
+		"event":       md.Get(MetaEvent),
+		"project":     md.Get(MetaProject),
+		"issue_id":    md.Get(MetaIssueID),
+	}
+}
+
+// consumerSpan continues the trace carried in the message metadata.
+func (p *Pipeline) consumerSpan(msg *message.Message, topic string) (context.Context, trace.Span) {
+	ctx := p.prop.Extract(p.hardStop, metadataCarrier(msg.Metadata))
+	return p.tracer.Start(ctx, "process "+topic, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+		semconv.MessagingSystemKey.String(p.messagingSystem()),
+		semconv.MessagingDestinationName(topic),
+		semconv.MessagingOperationTypeProcess,
+		semconv.MessagingMessageID(msg.UUID),
+		attribute.String("labelpipe.export.id", msg.Metadata.Get(MetaExportID))))
+}
+
+func (p *Pipeline) donePending(n int64) {
+	if !p.broker.Durable() {
+		p.pending.Add(-n)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func receivedAt(md message.Metadata) (time.Time, bool) {
+	t, err := time.Parse(time.RFC3339Nano, md.Get(MetaReceivedAt))
+	return t, err == nil
+}

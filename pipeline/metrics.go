@@ -1,0 +1,115 @@
+package pipeline
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// instruments are the pipeline's own metrics. Names follow the OTel
+// convention (dotted, unit suffix in the unit, not the name); the
+// Prometheus exporter turns them into labelpipe_webhook_requests_total etc.
+type instruments struct {
+	requests   metric.Int64Counter
+	stageDur   metric.Float64Histogram
+	deliveries metric.Int64Counter
+	attempts   metric.Int64Counter
+	retries    metric.Int64Counter
+	e2e        metric.Float64Histogram
+
+	mu     sync.Mutex
+	queues map[string]*queueStat
+}
+
+// queueStat counts one sink's requests this process has queued and not yet
+// finished, and its breaker state (0 closed, 1 half-open, 2 open).
+type queueStat struct {
+	depth   atomic.Int64
+	breaker atomic.Int64
+}
+
+func newInstruments(mp metric.MeterProvider, dlqLen func(ctx context.Context, sink string) int64) (*instruments, error) {
+	m := mp.Meter("github.com/labelpipe/labelpipe/pipeline")
+	in := &instruments{queues: map[string]*queueStat{}}
+	var err error
+	must := func(e error) {
+		if err == nil {
+			err = e
+		}
+	}
+	var e error
+	in.requests, e = m.Int64Counter("labelpipe.webhook.requests", metric.WithDescription("Webhook requests by answer status."))
+	must(e)
+	in.stageDur, e = m.Float64Histogram("labelpipe.stage.duration", metric.WithUnit("s"), metric.WithDescription("Time spent in one ingress stage."))
+	must(e)
+	in.deliveries, e = m.Int64Counter("labelpipe.sink.deliveries", metric.WithDescription("Requests finished by sink and outcome (delivered, skipped, dead_lettered)."))
+	must(e)
+	in.attempts, e = m.Int64Counter("labelpipe.sink.attempts", metric.WithDescription("Delivery attempts by sink and result."))
+	must(e)
+	in.retries, e = m.Int64Counter("labelpipe.sink.retries", metric.WithDescription("Attempts after the first, by sink."))
+	must(e)
+	in.e2e, e = m.Float64Histogram("labelpipe.sink.delivery_latency", metric.WithUnit("s"), metric.WithDescription("Time from webhook accepted to request delivered."))
+	must(e)
+	_, e = m.Int64ObservableGauge("labelpipe.sink.queue_depth",
+		metric.WithDescription("Requests this replica has queued for the sink and not finished."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			for name, q := range in.snapshot() {
+				o.Observe(q.depth.Load(), metric.WithAttributes(attribute.String("sink", name)))
+			}
+			return nil
+		}))
+	must(e)
+	_, e = m.Int64ObservableGauge("labelpipe.sink.breaker_state",
+		metric.WithDescription("Circuit breaker state: 0 closed, 1 half-open, 2 open."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			for name, q := range in.snapshot() {
+				o.Observe(q.breaker.Load(), metric.WithAttributes(attribute.String("sink", name)))
+			}
+			return nil
+		}))
+	must(e)
+	_, e = m.Int64ObservableGauge("labelpipe.sink.dlq_size",
+		metric.WithDescription("Entries in the sink's dead-letter queue."),
+		metric.WithInt64Callback(func(ctx context.Context, o metric.Int64Observer) error {
+			for name := range in.snapshot() {
+				o.Observe(dlqLen(ctx, name), metric.WithAttributes(attribute.String("sink", name)))
+			}
+			return nil
+		}))
+	must(e)
+	return in, err
+}
+
+func (in *instruments) queue(sink string) *queueStat {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	q := in.queues[sink]
+	if q == nil {
+		q = &queueStat{}
+		in.queues[sink] = q
+	}
+	return q
+}
+
+func (in *instruments) snapshot() map[string]*queueStat {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	out := make(map[string]*queueStat, len(in.queues))
+	for k, v := range in.queues {
+		out[k] = v
+	}
+	return out
+}
+
+func breakerGauge(state string) int64 {
+	switch state {
+	case "half-open":
+		return 1
+	case "open":
+		return 2
+	}
+	return 0
+}

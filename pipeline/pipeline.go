@@ -1,0 +1,448 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/labelpipe/labelpipe/sinks/resilience"
+)
+
+// Options are what an embedder injects. Everything is optional but the
+// registry.
+type Options struct {
+	// Registry holds the stage and sink types; builtin.Registry() has the
+	// built-in ones. Required.
+	Registry *Registry
+	// Logger receives every log line; nil discards them.
+	Logger *slog.Logger
+	// TracerProvider and MeterProvider default to no-ops.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	// Metrics, when set, is served at /metrics on the admin listener.
+	Metrics http.Handler
+	// Redis overrides the client built from the config's redis.url.
+	Redis redis.UniversalClient
+	// ReplicaID names this process among replicas; default host-pid.
+	ReplicaID string
+	// Version is reported by /healthz and on spans.
+	Version string
+}
+
+// Pipeline is one assembled labelpipe: stages, broker, router and sinks.
+type Pipeline struct {
+	cfg     *Config
+	log     *slog.Logger
+	tracer  trace.Tracer
+	prop    propagation.TextMapPropagator
+	metrics *instruments
+	opts    Options
+
+	stages  []builtStage
+	sinks   []*builtSink
+	byName  map[string]*builtSink
+	events  map[string]bool
+	broker  Broker
+	dlq     DLQ
+	ledger  Ledger
+	redis   redis.UniversalClient
+	ownsRDB bool
+	router  *message.Router
+
+	draining  atomic.Bool
+	inflight  sync.WaitGroup // webhook requests being answered
+	pending   atomic.Int64   // requests queued on the memory broker, not finished
+	runCancel context.CancelFunc
+	hardStop  context.Context
+	hardStopF context.CancelFunc
+	closeOnce sync.Once
+	closeErr  error
+	servers   []*http.Server
+}
+
+type builtStage struct {
+	cfg   StageConfig
+	stage Stage
+	log   *slog.Logger
+}
+
+type builtSink struct {
+	cfg    SinkConfig
+	sink   Sink
+	filter *JQ
+	policy *resilience.Policy
+	log    *slog.Logger
+	queue  *queueStat
+}
+
+// New builds a pipeline from a loaded config. On failure it closes
+// whatever it had built.
+func New(cfg *Config, opts Options) (p *Pipeline, err error) {
+	if opts.Registry == nil {
+		return nil, errors.New("pipeline: Options.Registry is required (use builtin.Registry())")
+	}
+	if err := cfg.Resolve(opts.Registry); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	opts.Logger = slog.New(traceLogHandler{opts.Logger.Handler()})
+	if opts.TracerProvider == nil {
+		opts.TracerProvider = tracenoop.NewTracerProvider()
+	}
+	if opts.MeterProvider == nil {
+		opts.MeterProvider = metricnoop.NewMeterProvider()
+	}
+	if opts.ReplicaID == "" {
+		host, _ := os.Hostname()
+		opts.ReplicaID = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	p = &Pipeline{
+		cfg:    cfg,
+		log:    opts.Logger,
+		tracer: opts.TracerProvider.Tracer("github.com/labelpipe/labelpipe/pipeline"),
+		prop:   propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
+		opts:   opts,
+		byName: map[string]*builtSink{},
+		events: map[string]bool{},
+	}
+	p.hardStop, p.hardStopF = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			_ = p.Close()
+			p = nil
+		}
+	}()
+	if p.metrics, err = newInstruments(opts.MeterProvider, p.dlqLen); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	if err = p.openBackends(); err != nil {
+		return nil, err
+	}
+	if err = p.buildStages(); err != nil {
+		return nil, err
+	}
+	if err = p.buildSinks(); err != nil {
+		return nil, err
+	}
+	if err = p.buildRouter(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Pipeline) env(kind, name string) Env {
+	return Env{
+		Name:           name,
+		Logger:         p.log.With(kind, name),
+		TracerProvider: p.opts.TracerProvider,
+		MeterProvider:  p.opts.MeterProvider,
+		Redis:          p.redis,
+		ConfigDir:      p.cfg.dir,
+	}
+}
+
+// ledgerTTL bounds how long a delivered-record is kept: longer than any
+// message can wait for redelivery.
+const ledgerTTL = 7 * 24 * time.Hour
+
+func (p *Pipeline) openBackends() error {
+	wlog := watermill.NewSlogLoggerWithLevelMapping(p.log.With("component", "watermill"),
+		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+	p.redis = p.opts.Redis
+	if p.redis == nil && p.cfg.Redis.URL != "" {
+		c, err := newRedisClientFor(p)
+		if err != nil {
+			return err
+		}
+		p.redis, p.ownsRDB = c, true
+	}
+	switch p.cfg.Broker.Type {
+	case "redis":
+		b, dlq, ledger, err := openRedisBackends(p, wlog)
+		if err != nil {
+			return err
+		}
+		p.broker, p.dlq, p.ledger = b, dlq, ledger
+	default:
+		p.broker = newMemoryBroker(wlog)
+		p.dlq = newMemoryDLQ()
+		p.ledger = newMemoryLedger(ledgerTTL)
+	}
+	return nil
+}
+
+func (p *Pipeline) buildStages() error {
+	for _, sc := range p.cfg.Stages {
+		t, _ := p.opts.Registry.Stage(sc.Type)
+		env := p.env("stage", sc.Name)
+		s, err := t.Build(sc.Options, env)
+		if err != nil {
+			return fmt.Errorf("stage %q: %w", sc.Name, err)
+		}
+		p.stages = append(p.stages, builtStage{cfg: sc, stage: s, log: env.Logger})
+	}
+	return nil
+}
+
+func (p *Pipeline) buildSinks() error {
+	for _, sc := range p.cfg.Sinks {
+		t, _ := p.opts.Registry.Sink(sc.Type)
+		env := p.env("sink", sc.Name)
+		s, err := t.Build(sc.Options, env)
+		if err != nil {
+			return fmt.Errorf("sink %q: %w", sc.Name, err)
+		}
+		bs := &builtSink{cfg: sc, sink: s, log: env.Logger, queue: p.metrics.queue(sc.Name)}
+		p.sinks = append(p.sinks, bs) // appended first so Close closes it
+		if sc.Filter != "" {
+			if bs.filter, err = CompileJQ(sc.Filter); err != nil {
+				return fmt.Errorf("sink %q: filter: %w", sc.Name, err)
+			}
+		}
+		bs.policy, err = resilience.New(sc.Config, resilience.Options{
+			Name:   sc.Name,
+			Logger: env.Logger,
+			Store:  p.breakerStore(),
+			OnStateChange: func(from, to string) {
+				bs.queue.breaker.Store(breakerGauge(to))
+				env.Logger.Warn("circuit breaker changed state", "from", from, "to", to)
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("sink %q: %w", sc.Name, err)
+		}
+		p.byName[sc.Name] = bs
+		for _, ev := range sc.Events {
+			p.events[ev] = true
+		}
+	}
+	return nil
+}
+
+func (p *Pipeline) buildRouter() error {
+	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: p.cfg.Server.ShutdownTimeout},
+		watermill.NewSlogLoggerWithLevelMapping(p.log.With("component", "router"),
+			map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}))
+	if err != nil {
+		return fmt.Errorf("router: %w", err)
+	}
+	r.AddMiddleware(middleware.Recoverer)
+	p.router = r
+	subs, err := p.broker.Workers(TopicExports, "fanout", p.cfg.Broker.FanoutWorkers)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	for i, sub := range subs {
+		r.AddConsumerHandler(fmt.Sprintf("fanout-%d", i), TopicExports, sub, p.fanout)
+	}
+	for _, s := range p.sinks {
+		subs, err := p.broker.Workers(TopicSink(s.cfg.Name), "sink-"+s.cfg.Name, s.cfg.MaxInFlight)
+		if err != nil {
+			return fmt.Errorf("broker: %w", err)
+		}
+		for i, sub := range subs {
+			r.AddConsumerHandler(fmt.Sprintf("sink-%s-%d", s.cfg.Name, i), TopicSink(s.cfg.Name), sub, p.deliverHandler(s))
+		}
+	}
+	return nil
+}
+
+// Handler is the webhook endpoint, for embedders that mount it in their own
+// server. It is usable once Run has started the router.
+func (p *Pipeline) Handler() http.Handler { return p.webhookHandler() }
+
+// Run starts the router and, when configured, the webhook and admin
+// listeners, and blocks until ctx is done. It then drains: it stops
+// accepting (503), finishes in-flight requests and deliveries within
+// server.shutdown_timeout, and returns.
+func (p *Pipeline) Run(ctx context.Context) error {
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	p.runCancel = cancel
+	routerDone := make(chan error, 1)
+	go func() { routerDone <- p.router.Run(runCtx) }()
+	select {
+	case <-p.router.Running():
+	case err := <-routerDone:
+		return fmt.Errorf("router: %w", err)
+	}
+	var listenErr = make(chan error, 2)
+	if addr := p.cfg.Server.Addr; addr != "" {
+		mux := http.NewServeMux()
+		mux.Handle(p.cfg.Server.Path, p.Handler())
+		if err := p.serve(addr, mux, "webhook", listenErr); err != nil {
+			return err
+		}
+	}
+	if addr := p.cfg.Admin.Addr; addr != "" {
+		if err := p.serve(addr, p.AdminHandler(), "admin", listenErr); err != nil {
+			return err
+		}
+	}
+	p.logStart()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-listenErr:
+	case err := <-routerDone:
+		runErr = fmt.Errorf("router stopped: %w", err)
+	}
+	p.drain()
+	return runErr
+}
+
+func (p *Pipeline) serve(addr string, h http.Handler, what string, errs chan<- error) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%s listener: %w", what, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: p.cfg.Server.ReadTimeout}
+	p.servers = append(p.servers, srv)
+	p.log.Info("listening", "listener", what, "addr", ln.Addr().String())
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs <- fmt.Errorf("%s listener: %w", what, err)
+		}
+	}()
+	return nil
+}
+
+func (p *Pipeline) logStart() {
+	if !p.broker.Durable() {
+		p.log.Warn("broker is memory: exports accepted but not yet delivered are lost if the process dies; use broker.type redis in production")
+	}
+	for i, s := range p.stages {
+		p.log.Info("stage ready", "stage", s.cfg.Name, "type", s.cfg.Type, "order", i+1)
+	}
+	for _, s := range p.sinks {
+		p.log.Info("sink ready", "sink", s.cfg.Name, "type", s.cfg.Type, "events", s.cfg.Events,
+			"max_in_flight", s.cfg.MaxInFlight, "max_attempts", s.cfg.Retry.MaxAttempts)
+	}
+	p.log.Info("labelpipe running", "broker", p.cfg.Broker.Type, "replica", p.opts.ReplicaID)
+}
+
+// drain stops intake, lets in-flight work finish within the shutdown
+// timeout, and stops the router.
+func (p *Pipeline) drain() {
+	deadline := time.Now().Add(p.cfg.Server.ShutdownTimeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	p.draining.Store(true)
+	p.log.Info("draining", "timeout", p.cfg.Server.ShutdownTimeout.String())
+	for _, s := range p.servers {
+		_ = s.Shutdown(ctx)
+	}
+	p.inflight.Wait()
+	// The memory broker loses what is queued, so wait for it to empty; a
+	// durable broker keeps it for the next start.
+	if !p.broker.Durable() {
+		p.waitPending(ctx)
+	}
+	// Deliveries still running at the deadline are cancelled; they are
+	// nacked, not dead-lettered, so a durable broker redelivers them.
+	stop := time.AfterFunc(time.Until(deadline), p.hardStopF)
+	defer stop.Stop()
+	if err := p.router.Close(); err != nil {
+		p.log.Warn("router did not stop cleanly", "err", err)
+	}
+	if left := p.pending.Load(); left > 0 && !p.broker.Durable() {
+		p.log.Error("drain deadline passed with requests undelivered (memory broker: they are lost)", "requests", left)
+	}
+	p.runCancel()
+	p.log.Info("drained")
+}
+
+func (p *Pipeline) waitPending(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for p.pending.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Close releases everything New built. It is safe twice and without Run.
+func (p *Pipeline) Close() error {
+	p.closeOnce.Do(func() {
+		var errs []error
+		if p.hardStopF != nil {
+			p.hardStopF()
+		}
+		if p.router != nil && !p.router.IsClosed() {
+			errs = append(errs, p.router.Close())
+		}
+		for _, s := range p.stages {
+			if c, ok := s.stage.(Closer); ok {
+				errs = append(errs, c.Close())
+			}
+		}
+		for _, s := range p.sinks {
+			if c, ok := s.sink.(Closer); ok {
+				errs = append(errs, c.Close())
+			}
+		}
+		if p.broker != nil {
+			errs = append(errs, p.broker.Close())
+		}
+		if p.ownsRDB && p.redis != nil {
+			errs = append(errs, p.redis.Close())
+		}
+		p.closeErr = errors.Join(errs...)
+	})
+	return p.closeErr
+}
+
+// Ready reports whether the pipeline can accept exports now.
+func (p *Pipeline) Ready(ctx context.Context) error {
+	if p.draining.Load() {
+		return errors.New("shutting down")
+	}
+	if p.router == nil || !p.router.IsRunning() {
+		return errors.New("router not running")
+	}
+	if err := p.broker.Ready(ctx); err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	return nil
+}
+
+func (p *Pipeline) dlqLen(ctx context.Context, sink string) int64 {
+	if p.dlq == nil {
+		return 0
+	}
+	n, err := p.dlq.Len(ctx, sink)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// resolvePath makes a config-relative path absolute.
+func (c *Config) resolvePath(path string) string {
+	if filepath.IsAbs(path) {
+		return path
+	}
+	return filepath.Join(c.dir, path)
+}

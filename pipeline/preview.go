@@ -1,0 +1,174 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+)
+
+// PreviewReport says what the pipeline would do with one payload: each
+// stage's verdict, the webhook answer, and every request each sink would
+// send. Nothing is sent and nothing is stored.
+type PreviewReport struct {
+	Answer struct {
+		Status int    `json:"status"`
+		Body   answer `json:"body"`
+	} `json:"answer"`
+	Stages []StageVerdict `json:"stages"`
+	Sinks  []SinkPreview  `json:"sinks"`
+}
+
+// StageVerdict is one stage's outcome in a preview.
+type StageVerdict struct {
+	Name    string `json:"name"`
+	Type    string `json:"type"`
+	Verdict string `json:"verdict"`
+	Detail  string `json:"detail,omitempty"`
+}
+
+// SinkPreview is what one sink would send.
+type SinkPreview struct {
+	Name     string           `json:"name"`
+	Type     string           `json:"type"`
+	Skipped  string           `json:"skipped,omitempty"`
+	Error    string           `json:"error,omitempty"`
+	Requests []map[string]any `json:"requests,omitempty"`
+}
+
+// Preview runs body through the stages and the sinks' renderers of cfg.
+// header is the webhook request's headers; with none, stages that only
+// check headers (secret) are skipped and say so.
+func Preview(ctx context.Context, cfg *Config, opts Options, body []byte, header http.Header) (*PreviewReport, error) {
+	c := *cfg
+	c.Broker.Type = "memory"
+	p, err := New(&c, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	return p.preview(ctx, body, header), nil
+}
+
+func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header) *PreviewReport {
+	rep := &PreviewReport{}
+	e := &Export{ID: "preview-" + watermill.NewShortUUID(), ReceivedAt: time.Now(), Header: header, Body: body}
+	if header == nil {
+		e.Header = http.Header{}
+	}
+	stop := func(status int, a answer) *PreviewReport {
+		rep.Answer.Status, rep.Answer.Body = status, a
+		return rep
+	}
+	decoded := false
+	for _, s := range p.stages {
+		v := StageVerdict{Name: s.cfg.Name, Type: s.cfg.Type}
+		if _, raw := s.stage.(RawStage); raw && header == nil {
+			v.Verdict, v.Detail = "skipped", "no request headers in preview (pass --secret to check it)"
+			rep.Stages = append(rep.Stages, v)
+			continue
+		}
+		if _, raw := s.stage.(RawStage); !raw && !decoded {
+			if err := decodePayload(e); err != nil {
+				se, _ := AsStageError(err)
+				return stop(se.Status, answer{Error: se.Msg, Violations: se.Violations})
+			}
+			decoded = true
+		}
+		var out []*Export
+		var err error
+		if pv, ok := s.stage.(Previewer); ok {
+			out, err = pv.Preview(ctx, e)
+		} else {
+			out, err = s.stage.Process(ctx, e)
+		}
+		if err != nil {
+			se, ok := AsStageError(err)
+			switch {
+			case !ok:
+				v.Verdict, v.Detail = "error", err.Error()
+				rep.Stages = append(rep.Stages, v)
+				return stop(http.StatusInternalServerError, answer{Error: err.Error()})
+			case se.Verdict == VerdictDuplicate:
+				v.Verdict = "duplicate"
+				rep.Stages = append(rep.Stages, v)
+				return stop(http.StatusOK, answer{Status: "duplicate", ID: se.DuplicateOf})
+			case se.Verdict == VerdictUnavailable:
+				v.Verdict, v.Detail = "unavailable", se.Error()
+				rep.Stages = append(rep.Stages, v)
+				return stop(http.StatusServiceUnavailable, answer{Error: se.Error()})
+			default:
+				v.Verdict, v.Detail = "rejected", se.Msg
+				rep.Stages = append(rep.Stages, v)
+				return stop(se.Status, answer{Error: se.Msg, Violations: se.Violations})
+			}
+		}
+		if len(out) == 0 {
+			v.Verdict, v.Detail = "dropped", e.Attrs[AttrDropReason]
+			rep.Stages = append(rep.Stages, v)
+			return stop(http.StatusOK, answer{Status: "filtered", Reason: e.Attrs[AttrDropReason]})
+		}
+		v.Verdict = "passed"
+		rep.Stages = append(rep.Stages, v)
+		e = out[0]
+	}
+	if !decoded {
+		if err := decodePayload(e); err != nil {
+			se, _ := AsStageError(err)
+			return stop(se.Status, answer{Error: se.Msg, Violations: se.Violations})
+		}
+	}
+	if ev := e.Event(); !p.events[ev] {
+		return stop(http.StatusOK, answer{Status: "ignored", Reason: fmt.Sprintf("no sink subscribes to event %q", ev)})
+	}
+	rep.Answer.Status, rep.Answer.Body = http.StatusAccepted, answer{Status: "accepted", ID: e.ID}
+	export := e.Info()
+	for _, s := range p.sinks {
+		sp := SinkPreview{Name: s.cfg.Name, Type: s.cfg.Type}
+		if !contains(s.cfg.Events, e.Event()) {
+			sp.Skipped = fmt.Sprintf("does not subscribe to event %q", e.Event())
+			rep.Sinks = append(rep.Sinks, sp)
+			continue
+		}
+		if s.filter != nil {
+			ok, err := s.filter.Bool(ctx, e.Payload, export)
+			if err != nil {
+				sp.Error = "filter: " + err.Error()
+			} else if !ok {
+				sp.Skipped = "filter is false"
+			}
+			if err != nil || !ok {
+				rep.Sinks = append(rep.Sinks, sp)
+				continue
+			}
+		}
+		sinkExport := map[string]any{"sink": s.cfg.Name}
+		for k, v := range export {
+			sinkExport[k] = v
+		}
+		bodies, err := s.sink.Render(ctx, e.Payload, sinkExport)
+		if err != nil {
+			sp.Error = "render: " + err.Error()
+		}
+		for i, b := range bodies {
+			req := &Request{Sink: s.cfg.Name, ExportID: e.ID, Chunk: i, Chunks: len(bodies), Body: b}
+			var desc map[string]any
+			if d, ok := s.sink.(Describer); ok {
+				desc = d.Describe(req)
+			} else {
+				desc = map[string]any{}
+			}
+			if _, ok := desc["body"]; !ok {
+				desc["body"] = json.RawMessage(b)
+			}
+			desc["chunk"] = i
+			desc["idempotency_key"] = req.IdempotencyKey()
+			sp.Requests = append(sp.Requests, desc)
+		}
+		rep.Sinks = append(rep.Sinks, sp)
+	}
+	return rep
+}
