@@ -1,0 +1,586 @@
+package resilience
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"golang.org/x/time/rate"
+)
+
+// Errors Do's error wraps, next to the last attempt's error, so that the
+// caller can tell a dead letter's reason apart with errors.Is.
+var (
+	// ErrPermanent means the last attempt failed in a way another attempt
+	// cannot fix (for example a 400).
+	ErrPermanent = errors.New("permanent failure")
+	// ErrExhausted means every attempt failed and retry.max_attempts or
+	// retry.max_elapsed is spent.
+	ErrExhausted = errors.New("retries exhausted")
+)
+
+// Options are the policy's collaborators.
+type Options struct {
+	// Name is the sink name, for logs and the breaker's name.
+	Name string
+	// Logger receives breaker state changes; nil discards them.
+	Logger *slog.Logger
+	// Store, when set, keeps the breaker state in a shared store
+	// (gobreaker's DistributedCircuitBreaker) so that replicas open and
+	// close it together. The lock is only held for short bookkeeping, never
+	// during a request; Store.Lock should wait briefly for a held lock
+	// (gobreaker sleeps 500ms before retrying a failed Lock).
+	Store gobreaker.SharedDataStore
+	// OnStateChange, when set, is called on every breaker transition this
+	// process makes ("closed", "open", "half-open"). It runs while the
+	// breaker is locked: it must be quick and must not call State.
+	OnStateChange func(from, to string)
+}
+
+// Attempt describes one attempt to the function Do runs.
+type Attempt struct {
+	// N is the 1-based attempt number.
+	N int
+	// BreakerState is the breaker's state when the attempt was let
+	// through: "closed" or "half-open" (a probe).
+	BreakerState string
+	// Backoff is what Do waited before this attempt (backoff or the
+	// vendor's Retry-After).
+	Backoff time.Duration
+	// RetryAfter says the wait honoured the vendor's Retry-After.
+	RetryAfter bool
+	// BreakerWait is how long Do waited for an open breaker (or another
+	// caller's half-open probe) before this attempt.
+	BreakerWait time.Duration
+}
+
+// Policy runs one sink's attempts through its rate limit, circuit breaker
+// and retry policy. It is safe for concurrent use; one Policy serves every
+// in-flight request of a sink.
+type Policy struct {
+	name     string
+	cfg      Config
+	log      *slog.Logger
+	onChange func(from, to string)
+	limiter  *rate.Limiter // nil: unlimited
+	br       breaker
+
+	mu sync.Mutex
+	// changed is closed (and replaced) whenever the breaker changes state
+	// or a half-open probe finishes, to wake callers waiting for it.
+	changed chan struct{}
+	// openUntil is when the local breaker's open period ends.
+	openUntil time.Time
+}
+
+// New builds a policy from a validated config.
+func New(cfg Config, opts Options) (*Policy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("resilience: %w", err)
+	}
+	p := &Policy{
+		name:     opts.Name,
+		cfg:      cfg,
+		log:      opts.Logger,
+		onChange: opts.OnStateChange,
+		changed:  make(chan struct{}),
+	}
+	if p.log == nil {
+		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.RateLimit.PerSecond > 0 {
+		burst := cfg.RateLimit.Burst
+		if burst == 0 {
+			burst = 1
+		}
+		p.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit.PerSecond), burst)
+	}
+	settings := p.settings()
+	if opts.Store == nil {
+		p.br = &localBreaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](settings), p: p}
+		return p, nil
+	}
+	sb := &sharedBreaker{store: opts.Store, settings: settings, key: "gobreaker:state:" + opts.Name, p: p, probe: make(chan struct{}, 1)}
+	if err := sb.init(); err != nil {
+		return nil, fmt.Errorf("resilience: shared breaker %q: %w", opts.Name, err)
+	}
+	p.br = sb
+	return p, nil
+}
+
+// settings maps the config onto gobreaker's.
+func (p *Policy) settings() gobreaker.Settings {
+	b := p.cfg.Breaker
+	return gobreaker.Settings{
+		Name:        p.name,
+		MaxRequests: 1,
+		Interval:    b.Interval,
+		Timeout:     b.OpenTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			if b.ConsecutiveFailures > 0 && c.ConsecutiveFailures >= b.ConsecutiveFailures {
+				return true
+			}
+			valid := c.Requests - min(c.Requests, c.TotalExclusions)
+			return b.FailureRatio > 0 && valid >= b.MinRequests && valid > 0 &&
+				float64(c.TotalFailures)/float64(valid) >= b.FailureRatio
+		},
+		// A permanent failure (a 400) proves the vendor is up.
+		IsSuccessful: func(err error) bool { return err == nil || !retryable(err) },
+		// Our own cancellation and stale results say nothing about the vendor.
+		IsExcluded:    func(err error) bool { return errors.Is(err, errExcluded) },
+		OnStateChange: func(_ string, from, to gobreaker.State) { p.stateChanged(from, to) },
+	}
+}
+
+// stateChanged runs under the breaker's lock: no calls back into it.
+func (p *Policy) stateChanged(from, to gobreaker.State) {
+	p.mu.Lock()
+	if to == gobreaker.StateOpen {
+		p.openUntil = time.Now().Add(p.cfg.Breaker.OpenTimeout)
+	}
+	p.mu.Unlock()
+	p.broadcast()
+	switch to {
+	case gobreaker.StateOpen:
+		p.log.Warn("circuit breaker opened: pausing deliveries", "breaker", p.name, "from", from.String(), "open_timeout", p.cfg.Breaker.OpenTimeout)
+	case gobreaker.StateHalfOpen:
+		p.log.Info("circuit breaker half-open: probing", "breaker", p.name)
+	case gobreaker.StateClosed:
+		p.log.Info("circuit breaker closed: deliveries resume", "breaker", p.name, "from", from.String())
+	}
+	if p.onChange != nil {
+		p.onChange(from.String(), to.String())
+	}
+}
+
+// broadcast wakes every caller waiting on the breaker.
+func (p *Policy) broadcast() {
+	p.mu.Lock()
+	close(p.changed)
+	p.changed = make(chan struct{})
+	p.mu.Unlock()
+}
+
+func (p *Policy) changedCh() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.changed
+}
+
+// State is the breaker's state: "closed", "open" or "half-open".
+func (p *Policy) State() string { return p.br.state() }
+
+// Do runs attempt until it succeeds, fails permanently, or
+// retry.max_attempts / retry.max_elapsed are spent.
+//
+// Before each attempt it waits for the rate limiter. While the breaker is
+// open it waits, making no attempt and spending no budget, until the open
+// period has passed and a half-open probe has decided. Backoff is
+// exponential with full jitter; a larger Retry-After (capped at
+// retry.max_interval) replaces it. Cancelling ctx stops any wait and
+// returns an error wrapping ctx.Err(); it wraps neither ErrPermanent nor
+// ErrExhausted, so the caller can hand the request back rather than
+// dead-letter it.
+func (p *Policy) Do(ctx context.Context, attempt func(ctx context.Context, a Attempt) error) (attempts int, err error) {
+	start := time.Now()
+	var (
+		breakerTotal time.Duration // excluded from max_elapsed
+		lastErr      error
+		backoff      time.Duration
+		honoured     bool
+	)
+	for n := 1; ; n++ {
+		adm, breakerWait, err := p.admit(ctx)
+		if err != nil {
+			return n - 1, canceled(err, n-1, lastErr)
+		}
+		breakerTotal += breakerWait
+		err = attempt(ctx, Attempt{N: n, BreakerState: adm.state, Backoff: backoff, RetryAfter: honoured, BreakerWait: breakerWait})
+		outcome := err
+		if err != nil && ctx.Err() != nil {
+			outcome = fmt.Errorf("%w: %w", errExcluded, err)
+		}
+		adm.done(outcome)
+		if err == nil {
+			return n, nil
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			return n, canceled(ctx.Err(), n, lastErr)
+		}
+		if !retryable(err) {
+			return n, &Error{Kind: ErrPermanent, Attempts: n, Elapsed: time.Since(start), Last: err}
+		}
+		if n >= p.cfg.Retry.MaxAttempts {
+			return n, &Error{Kind: ErrExhausted, Attempts: n, Elapsed: time.Since(start), Last: err}
+		}
+		backoff, honoured = p.backoff(n, err)
+		if limit := p.cfg.Retry.MaxElapsed; limit > 0 && time.Since(start)-breakerTotal+backoff > limit {
+			return n, &Error{Kind: ErrExhausted, Attempts: n, Elapsed: time.Since(start), Last: err, MaxElapsed: limit}
+		}
+		if err := sleep(ctx, backoff); err != nil {
+			return n, canceled(err, n, lastErr)
+		}
+	}
+}
+
+// admit waits for the rate limiter and the breaker and returns the
+// breaker's admission, with how long it waited for the breaker.
+func (p *Policy) admit(ctx context.Context) (admission, time.Duration, error) {
+	var waited time.Duration
+	for {
+		if err := p.waitRate(ctx); err != nil {
+			return admission{}, waited, err
+		}
+		// Take the channel before asking, so that a probe finishing in
+		// between still wakes us.
+		ch := p.changedCh()
+		adm, until, err := p.br.allow()
+		if err == nil {
+			return adm, waited, nil
+		}
+		t0 := time.Now()
+		werr := p.waitBreaker(ctx, ch, until)
+		waited += time.Since(t0)
+		if werr != nil {
+			return admission{}, waited, werr
+		}
+	}
+}
+
+// waitBreaker waits until the open period ends (until), or, for a probe in
+// flight elsewhere, until the breaker changes, polling in case the change
+// happens in another replica.
+func (p *Policy) waitBreaker(ctx context.Context, ch <-chan struct{}, until time.Time) error {
+	d := time.Until(until) + time.Millisecond // the breaker flips strictly after its expiry
+	if until.IsZero() || d <= time.Millisecond {
+		d = min(max(p.cfg.Breaker.OpenTimeout/10, 5*time.Millisecond), time.Second)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-ch:
+		return nil
+	case <-t.C:
+		return nil
+	}
+}
+
+func (p *Policy) waitRate(ctx context.Context) error {
+	if p.limiter == nil {
+		return nil
+	}
+	r := p.limiter.Reserve()
+	d := r.Delay()
+	if d == 0 {
+		return nil
+	}
+	if err := sleep(ctx, d); err != nil {
+		r.Cancel()
+		return err
+	}
+	return nil
+}
+
+// backoff is the wait before the retry after attempt n: full jitter over
+// min(max_interval, initial·2^(n-1)), replaced by a larger Retry-After.
+func (p *Policy) backoff(n int, err error) (time.Duration, bool) {
+	r := p.cfg.Retry
+	ceil := r.InitialInterval
+	for i := 1; i < n && ceil < r.MaxInterval; i++ {
+		ceil *= 2
+	}
+	ceil = min(ceil, r.MaxInterval)
+	d := time.Duration(rand.Int64N(int64(ceil) + 1))
+	if ra := retryAfter(err); ra > 0 {
+		ra = min(ra, r.MaxInterval)
+		if ra > d {
+			return ra, true
+		}
+	}
+	return d, false
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Error is Do's failure: it wraps Kind (ErrPermanent or ErrExhausted) and
+// the last attempt's error.
+type Error struct {
+	Kind     error
+	Attempts int
+	Elapsed  time.Duration
+	// MaxElapsed is set when retry.max_elapsed ended the retries.
+	MaxElapsed time.Duration
+	Last       error
+}
+
+func (e *Error) Error() string {
+	s := "s"
+	if e.Attempts == 1 {
+		s = ""
+	}
+	if e.MaxElapsed > 0 {
+		return fmt.Sprintf("%v after %d attempt%s (retry.max_elapsed %v reached): %v", e.Kind, e.Attempts, s, e.MaxElapsed, e.Last)
+	}
+	return fmt.Sprintf("%v after %d attempt%s in %v: %v", e.Kind, e.Attempts, s, e.Elapsed.Round(time.Millisecond), e.Last)
+}
+
+func (e *Error) Unwrap() []error { return []error{e.Kind, e.Last} }
+
+// canceledError wraps ctx.Err() and, when there was one, the last
+// attempt's error.
+type canceledError struct {
+	ctxErr   error
+	attempts int
+	last     error
+}
+
+func canceled(ctxErr error, attempts int, last error) error {
+	return &canceledError{ctxErr: ctxErr, attempts: attempts, last: last}
+}
+
+func (e *canceledError) Error() string {
+	if e.last != nil {
+		return fmt.Sprintf("delivery stopped after %d attempts: %v (last error: %v)", e.attempts, e.ctxErr, e.last)
+	}
+	return fmt.Sprintf("delivery stopped after %d attempts: %v", e.attempts, e.ctxErr)
+}
+
+func (e *canceledError) Unwrap() []error {
+	if e.last != nil {
+		return []error{e.ctxErr, e.last}
+	}
+	return []error{e.ctxErr}
+}
+
+// retryable reports whether err says another attempt may succeed; errors
+// that do not say are retryable.
+func retryable(err error) bool {
+	var r interface{ Retryable() bool }
+	if errors.As(err, &r) {
+		return r.Retryable()
+	}
+	return true
+}
+
+func retryAfter(err error) time.Duration {
+	var r interface{ RetryAfter() time.Duration }
+	if errors.As(err, &r) {
+		return r.RetryAfter()
+	}
+	return 0
+}
+
+// errExcluded marks outcomes the breaker must not count: the caller's own
+// cancellation, or a result from an earlier breaker generation.
+var errExcluded = errors.New("excluded from breaker counts")
+
+// admission is the breaker's permission for one attempt.
+type admission struct {
+	state string
+	done  func(outcome error)
+}
+
+// breaker is the local or shared circuit breaker behind a Policy.
+type breaker interface {
+	// allow admits one attempt, or refuses it with gobreaker.ErrOpenState
+	// (until is when the open period ends) or ErrTooManyRequests.
+	allow() (adm admission, until time.Time, err error)
+	state() string
+}
+
+// localBreaker keeps the state in this process.
+type localBreaker struct {
+	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+	p  *Policy
+}
+
+func (b *localBreaker) allow() (admission, time.Time, error) {
+	st := b.cb.State()
+	done, err := b.cb.Allow()
+	if err != nil {
+		var until time.Time
+		if errors.Is(err, gobreaker.ErrOpenState) {
+			b.p.mu.Lock()
+			until = b.p.openUntil
+			b.p.mu.Unlock()
+		}
+		return admission{}, until, err
+	}
+	if st == gobreaker.StateOpen { // it flipped to half-open inside Allow
+		st = gobreaker.StateHalfOpen
+	}
+	adm := admission{state: st.String(), done: done}
+	if st == gobreaker.StateHalfOpen {
+		adm.done = func(outcome error) {
+			done(outcome)
+			b.p.broadcast() // the probe slot is free again
+		}
+	}
+	return adm, time.Time{}, nil
+}
+
+func (b *localBreaker) state() string { return b.cb.State().String() }
+
+// sharedBreaker keeps the state in a shared store so that replicas agree.
+//
+// gobreaker's DistributedCircuitBreaker holds the store's lock for the whole
+// of Execute; wrapping a vendor request in it would serialise every request
+// of the sink across all replicas. So the attempt runs outside: admission
+// reads the shared state, and the outcome is recorded afterwards through a
+// short Execute. Each replica sends at most one half-open probe.
+type sharedBreaker struct {
+	dcb      atomic.Pointer[gobreaker.DistributedCircuitBreaker[struct{}]]
+	store    gobreaker.SharedDataStore
+	settings gobreaker.Settings
+	key      string
+	p        *Policy
+	probe    chan struct{} // this replica's half-open probe slot
+	// failing is set while the store errors, so that the outage is
+	// logged once rather than per request.
+	failing atomic.Bool
+}
+
+// init (re)creates the breaker, which writes a fresh closed state to the
+// store when it holds none (first start, or the key was lost).
+func (b *sharedBreaker) init() error {
+	dcb, err := gobreaker.NewDistributedCircuitBreaker[struct{}](b.store, b.settings)
+	if err != nil {
+		return err
+	}
+	b.dcb.Store(dcb)
+	return nil
+}
+
+// read returns the shared state, recreating it when the store lost it.
+func (b *sharedBreaker) read() (gobreaker.SharedState, error) {
+	s, err := b.readRaw()
+	if errors.Is(err, gobreaker.ErrNoSharedState) {
+		if err := b.init(); err != nil {
+			return s, err
+		}
+		s, err = b.readRaw()
+	}
+	return s, err
+}
+
+func (b *sharedBreaker) readRaw() (gobreaker.SharedState, error) {
+	var s gobreaker.SharedState
+	data, err := b.store.GetData(b.key)
+	if err != nil {
+		return s, err
+	}
+	if len(data) == 0 {
+		return s, gobreaker.ErrNoSharedState
+	}
+	err = json.Unmarshal(data, &s)
+	return s, err
+}
+
+// storeFailed lets the attempt through: a store outage must not stop
+// deliveries.
+func (b *sharedBreaker) storeFailed(err error) (admission, time.Time, error) {
+	if !b.failing.Swap(true) {
+		b.p.log.Warn("shared breaker state unavailable: delivering without it", "breaker", b.p.name, "err", err)
+	}
+	return admission{state: "closed", done: func(error) {}}, time.Time{}, nil
+}
+
+func (b *sharedBreaker) storeOK() {
+	if b.failing.Swap(false) {
+		b.p.log.Info("shared breaker state available again", "breaker", b.p.name)
+	}
+}
+
+func (b *sharedBreaker) allow() (admission, time.Time, error) {
+	s, err := b.read()
+	if err != nil {
+		return b.storeFailed(err)
+	}
+	if s.State == gobreaker.StateOpen && !time.Now().Before(s.Expiry) {
+		// Let gobreaker move it to half-open under the store's lock.
+		if _, err := b.dcb.Load().State(); err != nil {
+			return b.storeFailed(err)
+		}
+		if s, err = b.read(); err != nil {
+			return b.storeFailed(err)
+		}
+	}
+	b.storeOK()
+	switch s.State {
+	case gobreaker.StateOpen:
+		return admission{}, s.Expiry, gobreaker.ErrOpenState
+	case gobreaker.StateHalfOpen:
+		select {
+		case b.probe <- struct{}{}:
+		default:
+			return admission{}, time.Time{}, gobreaker.ErrTooManyRequests
+		}
+		record := b.recorder(s.Generation)
+		return admission{state: "half-open", done: func(outcome error) {
+			record(outcome)
+			<-b.probe
+			b.p.broadcast()
+		}}, time.Time{}, nil
+	default:
+		return admission{state: "closed", done: b.recorder(s.Generation)}, time.Time{}, nil
+	}
+}
+
+// recorder returns a func that counts an outcome, unless the breaker has
+// moved on to another generation since the attempt was admitted.
+func (b *sharedBreaker) recorder(gen uint64) func(error) {
+	return func(outcome error) {
+		if outcome != nil && errors.Is(outcome, errExcluded) {
+			return
+		}
+		ran := false
+		_, err := b.dcb.Load().Execute(func() (struct{}, error) {
+			// Runs under the store's lock, before the state is written back.
+			ran = true
+			if cur, err := b.readRaw(); err == nil && cur.Generation != gen {
+				return struct{}{}, errExcluded
+			}
+			return struct{}{}, outcome
+		})
+		breakerRefused := errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests)
+		if err != nil && !breakerRefused && (!ran || (!errors.Is(err, errExcluded) && (outcome == nil || !errors.Is(err, outcome)))) {
+			if !b.failing.Swap(true) {
+				b.p.log.Warn("shared breaker state unavailable: outcome not recorded", "breaker", b.p.name, "err", err)
+			}
+		}
+	}
+}
+
+func (b *sharedBreaker) state() string {
+	s, err := b.read()
+	if err != nil {
+		return "closed"
+	}
+	if s.State == gobreaker.StateOpen && !time.Now().Before(s.Expiry) {
+		return "half-open"
+	}
+	return s.State.String()
+}
