@@ -31,7 +31,8 @@ var (
 type Options struct {
 	// Name is the sink name, for logs and the breaker's name.
 	Name string
-	// Logger receives breaker state changes; nil discards them.
+	// Logger receives breaker state changes (unless OnStateChange is set)
+	// and shared-store trouble; nil discards them.
 	Logger *slog.Logger
 	// Store, when set, keeps the breaker state in a shared store
 	// (gobreaker's DistributedCircuitBreaker) so that replicas open and
@@ -40,8 +41,9 @@ type Options struct {
 	// (gobreaker sleeps 500ms before retrying a failed Lock).
 	Store gobreaker.SharedDataStore
 	// OnStateChange, when set, is called on every breaker transition this
-	// process makes ("closed", "open", "half-open"). It runs while the
-	// breaker is locked: it must be quick and must not call State.
+	// process makes ("closed", "open", "half-open") instead of logging it.
+	// It runs while the breaker is locked: it must be quick and must not
+	// call State.
 	OnStateChange func(from, to string)
 }
 
@@ -148,6 +150,10 @@ func (p *Policy) stateChanged(from, to gobreaker.State) {
 	}
 	p.mu.Unlock()
 	p.broadcast()
+	if p.onChange != nil {
+		p.onChange(from.String(), to.String())
+		return // the caller observes transitions, and logs them if it wants
+	}
 	switch to {
 	case gobreaker.StateOpen:
 		p.log.Warn("circuit breaker opened: pausing deliveries", "breaker", p.name, "from", from.String(), "open_timeout", p.cfg.Breaker.OpenTimeout)
@@ -155,9 +161,6 @@ func (p *Policy) stateChanged(from, to gobreaker.State) {
 		p.log.Info("circuit breaker half-open: probing", "breaker", p.name)
 	case gobreaker.StateClosed:
 		p.log.Info("circuit breaker closed: deliveries resume", "breaker", p.name, "from", from.String())
-	}
-	if p.onChange != nil {
-		p.onChange(from.String(), to.String())
 	}
 }
 
