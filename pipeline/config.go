@@ -44,7 +44,8 @@ type Config struct {
 
 // ServerConfig is the webhook listener.
 type ServerConfig struct {
-	// Addr is host:port to listen on; default 127.0.0.1:8080.
+	// Addr is host:port to listen on; default 127.0.0.1:8080. Empty starts
+	// no listener: an embedder mounts Handler() in its own server.
 	Addr string `yaml:"addr"`
 	// Path is the webhook route; default /webhook.
 	Path string `yaml:"path"`
@@ -546,9 +547,6 @@ func (l *loader) check(c *Config) {
 	}
 	if c.Broker.FanoutWorkers < 1 {
 		l.at("broker.fanout_workers", "broker", "fanout_workers", "must be ≥ 1")
-	}
-	if c.Server.Addr == "" {
-		l.at("server.addr", "server", "addr", "is required")
 	}
 	if !strings.HasPrefix(c.Server.Path, "/") {
 		l.at("server.path", "server", "path", "must start with /")

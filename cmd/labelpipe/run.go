@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/builtin"
+)
+
+const defaultConfig = "configs/labelpipe.yaml"
+
+func runCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("c", defaultConfig, "config file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := pipeline.LoadConfig(*cfgPath)
+	if err != nil {
+		printConfigError(stderr, err)
+		return 1
+	}
+	logger := newLogger(stderr, cfg.Log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	replica := replicaID()
+	tel, err := pipeline.NewTelemetry(ctx, cfg.Tracing, pipeline.TelemetryInfo{Version: version, ReplicaID: replica})
+	if err != nil {
+		logger.Error("telemetry", "err", err)
+		return 1
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(sctx); err != nil {
+			logger.Warn("telemetry shutdown", "err", err)
+		}
+	}()
+	p, err := pipeline.New(cfg, pipeline.Options{
+		Registry:       builtin.Registry(),
+		Logger:         logger,
+		TracerProvider: tel.TracerProvider,
+		MeterProvider:  tel.MeterProvider,
+		Metrics:        tel.Metrics,
+		ReplicaID:      replica,
+		Version:        version,
+	})
+	if err != nil {
+		printConfigError(stderr, err)
+		return 1
+	}
+	defer p.Close()
+	if err := p.Run(ctx); err != nil {
+		logger.Error("labelpipe stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func replicaID() string {
+	if id := os.Getenv("LABELPIPE_REPLICA_ID"); id != "" {
+		return id
+	}
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d", host, os.Getpid())
+}
+
+func newLogger(w io.Writer, c pipeline.LogConfig) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if strings.EqualFold(c.Format, "json") {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// printConfigError prints every config error on its own line.
+func printConfigError(w io.Writer, err error) {
+	var ce pipeline.ConfigErrors
+	if errors.As(err, &ce) {
+		for _, e := range ce {
+			fmt.Fprintln(w, e)
+		}
+		fmt.Fprintf(w, "%d error(s) in the config\n", len(ce))
+		return
+	}
+	fmt.Fprintln(w, "labelpipe:", err)
+}
