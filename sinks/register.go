@@ -5,4 +5,25 @@ import "github.com/labelpipe/labelpipe/pipeline"
 
 // Register adds every built-in sink type to r.
 func Register(r *pipeline.Registry) {
+	r.RegisterSink("http", pipeline.NewSinkType(
+		"send each body as a JSON request to a REST API (Scale, Label Studio, CVAT, webhooks)",
+		HTTPDefaults, build(NewHTTP)))
+	r.RegisterSink("graphql", pipeline.NewSinkType(
+		"send a GraphQL query per variables value; errors[] in a 200 are failures (Labelbox)",
+		GraphQLDefaults, build(NewGraphQL)))
+	r.RegisterSink("file", pipeline.NewSinkType(
+		"append each body as one JSON line to a file",
+		FileDefaults, build(NewFile)))
+}
+
+// build adapts a typed constructor, so that a failed build returns a nil
+// Sink rather than a typed nil.
+func build[C any, S pipeline.Sink](f func(*C, pipeline.Env) (S, error)) func(*C, pipeline.Env) (pipeline.Sink, error) {
+	return func(c *C, env pipeline.Env) (pipeline.Sink, error) {
+		s, err := f(c, env)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
 }
