@@ -1,0 +1,258 @@
+package stages
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labelpipe/labelpipe/pipeline"
+)
+
+// The secret stage checks that a webhook comes from who it claims to.
+//
+// Aquarium sends its org-wide secret in plain text in X-Aquarium-Secret
+// (scheme "header"). Callers that sign their requests are checked with
+// scheme "standard_webhooks" (webhook-id, webhook-timestamp and
+// webhook-signature, HMAC-SHA256 over "id.timestamp.body") or "github"
+// (X-Hub-Signature-256, HMAC-SHA256 over the body). Several secrets may be
+// valid at once so that rotating one drops nothing. Every comparison is in
+// constant time, and no secret is ever logged or echoed.
+//
+//	- type: secret
+//	  secrets: ["${AQUARIUM_SECRET}", "${AQUARIUM_SECRET_PREVIOUS:-}"]
+
+// Secret schemes.
+const (
+	SchemeHeader           = "header"
+	SchemeStandardWebhooks = "standard_webhooks"
+	SchemeGitHub           = "github"
+)
+
+// SecretConfig configures the secret stage.
+type SecretConfig struct {
+	// Scheme is how the secret is presented: header (default, the secret
+	// itself in a header), standard_webhooks or github (signatures).
+	Scheme string `yaml:"scheme"`
+	// Header carries the secret or signature. Default X-Aquarium-Secret for
+	// scheme header, X-Hub-Signature-256 for github; standard_webhooks uses
+	// its own fixed headers and ignores it.
+	Header string `yaml:"header"`
+	// Secrets are the accepted secrets; any one of them passes. Required.
+	// For standard_webhooks each is "whsec_" followed by base64.
+	Secrets []string `yaml:"secrets"`
+	// Tolerance is how far webhook-timestamp may be from now
+	// (standard_webhooks only); default 5m.
+	Tolerance time.Duration `yaml:"tolerance"`
+}
+
+// SecretDefaults returns the secret stage's default config.
+func SecretDefaults() *SecretConfig {
+	return &SecretConfig{Scheme: SchemeHeader, Tolerance: 5 * time.Minute}
+}
+
+// Validate checks the config without I/O. Messages never include a secret.
+func (c *SecretConfig) Validate() error {
+	var errs []error
+	switch c.Scheme {
+	case SchemeHeader, SchemeStandardWebhooks, SchemeGitHub:
+	default:
+		errs = append(errs, pipeline.FieldErr("scheme", "unknown scheme %q (want header, standard_webhooks or github)", c.Scheme))
+	}
+	if c.Scheme == SchemeStandardWebhooks && c.Header != "" {
+		errs = append(errs, pipeline.FieldErr("header", "is not used by scheme standard_webhooks (it reads webhook-id, webhook-timestamp and webhook-signature)"))
+	}
+	if len(c.Secrets) == 0 {
+		errs = append(errs, pipeline.FieldErr("secrets", "at least one secret is required"))
+	}
+	for i, s := range c.Secrets {
+		field := fmt.Sprintf("secrets[%d]", i)
+		if s == "" {
+			errs = append(errs, pipeline.FieldErr(field, "is empty (is the environment variable set?)"))
+			continue
+		}
+		if c.Scheme == SchemeStandardWebhooks {
+			if _, err := standardWebhooksKey(s); err != nil {
+				errs = append(errs, pipeline.FieldErr(field, "%v", err))
+			}
+		}
+	}
+	if c.Scheme == SchemeStandardWebhooks && c.Tolerance <= 0 {
+		errs = append(errs, pipeline.FieldErr("tolerance", "must be > 0"))
+	}
+	return errors.Join(errs...)
+}
+
+// standardWebhooksKey decodes a "whsec_<base64>" secret into its HMAC key.
+func standardWebhooksKey(s string) ([]byte, error) {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(s, "whsec_"))
+	if err != nil || len(key) == 0 {
+		return nil, errors.New(`is not a Standard Webhooks secret (want "whsec_" followed by base64)`)
+	}
+	return key, nil
+}
+
+func buildSecret(c *SecretConfig, _ pipeline.Env) (pipeline.Stage, error) {
+	s := &Secret{scheme: c.Scheme, header: c.Header, tolerance: c.Tolerance, now: time.Now}
+	if s.header == "" {
+		s.header = "X-Aquarium-Secret"
+		if c.Scheme == SchemeGitHub {
+			s.header = "X-Hub-Signature-256"
+		}
+	}
+	for _, sec := range c.Secrets {
+		switch c.Scheme {
+		case SchemeHeader:
+			// Comparing digests keeps the comparison constant-time even
+			// when the lengths differ.
+			sum := sha256.Sum256([]byte(sec))
+			s.keys = append(s.keys, sum[:])
+		case SchemeGitHub:
+			s.keys = append(s.keys, []byte(sec))
+		case SchemeStandardWebhooks:
+			key, err := standardWebhooksKey(sec)
+			if err != nil {
+				return nil, err
+			}
+			s.keys = append(s.keys, key)
+		}
+	}
+	return s, nil
+}
+
+// Secret is the secret stage.
+type Secret struct {
+	scheme    string
+	header    string
+	keys      [][]byte // sha256 of each secret (header) or HMAC keys
+	tolerance time.Duration
+	now       func() time.Time
+}
+
+// Process passes the export on if its secret or signature is valid, and
+// answers 401 otherwise.
+func (s *Secret) Process(_ context.Context, e *pipeline.Export) ([]*pipeline.Export, error) {
+	var err error
+	switch s.scheme {
+	case SchemeStandardWebhooks:
+		err = s.checkStandardWebhooks(e)
+	case SchemeGitHub:
+		err = s.checkGitHub(e)
+	default:
+		err = s.checkHeader(e)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return []*pipeline.Export{e}, nil
+}
+
+func unauthorized(format string, args ...any) error {
+	return pipeline.Reject(http.StatusUnauthorized, format, args...)
+}
+
+func (s *Secret) checkHeader(e *pipeline.Export) error {
+	got := e.Header.Get(s.header)
+	if got == "" {
+		return unauthorized("missing %s header", s.header)
+	}
+	sum := sha256.Sum256([]byte(got))
+	if !anyEqual(s.keys, func(key []byte) []byte { return key }, sum[:]) {
+		return unauthorized("%s does not match any configured secret", s.header)
+	}
+	return nil
+}
+
+func (s *Secret) checkGitHub(e *pipeline.Export) error {
+	got := e.Header.Get(s.header)
+	if got == "" {
+		return unauthorized("missing %s header", s.header)
+	}
+	hexSig, ok := strings.CutPrefix(got, "sha256=")
+	sig, err := hex.DecodeString(hexSig)
+	if !ok || err != nil || len(sig) != sha256.Size {
+		return unauthorized("%s must be sha256=<hex HMAC-SHA256 of the body>", s.header)
+	}
+	match := anyEqual(s.keys, func(key []byte) []byte {
+		m := hmac.New(sha256.New, key)
+		m.Write(e.Body)
+		return m.Sum(nil)
+	}, sig)
+	if !match {
+		return unauthorized("%s does not match any configured secret", s.header)
+	}
+	return nil
+}
+
+func (s *Secret) checkStandardWebhooks(e *pipeline.Export) error {
+	id, ts, sigs := e.Header.Get("webhook-id"), e.Header.Get("webhook-timestamp"), e.Header.Get("webhook-signature")
+	var missing []string
+	for _, h := range []struct{ name, v string }{{"webhook-id", id}, {"webhook-timestamp", ts}, {"webhook-signature", sigs}} {
+		if h.v == "" {
+			missing = append(missing, h.name)
+		}
+	}
+	switch len(missing) {
+	case 0:
+	case 1:
+		return unauthorized("missing %s header", missing[0])
+	default:
+		return unauthorized("missing %s and %s headers", strings.Join(missing[:len(missing)-1], ", "), missing[len(missing)-1])
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return unauthorized("webhook-timestamp %q is not a Unix time in seconds", ts)
+	}
+	if d := s.now().Sub(time.Unix(sec, 0)); d > s.tolerance || d < -s.tolerance {
+		return unauthorized("webhook-timestamp is more than %s away from now", s.tolerance)
+	}
+	var candidates [][]byte
+	for _, entry := range strings.Fields(sigs) {
+		version, b64, ok := strings.Cut(entry, ",")
+		if !ok || version != "v1" {
+			continue // other versions (v1a: asymmetric) are not ours to check
+		}
+		if sig, err := base64.StdEncoding.DecodeString(b64); err == nil {
+			candidates = append(candidates, sig)
+		}
+	}
+	if len(candidates) == 0 {
+		return unauthorized("webhook-signature has no v1,<base64> entry")
+	}
+	signed := make([]byte, 0, len(id)+len(ts)+len(e.Body)+2)
+	signed = append(append(append(append(append(signed, id...), '.'), ts...), '.'), e.Body...)
+	match := anyEqual(s.keys, func(key []byte) []byte {
+		m := hmac.New(sha256.New, key)
+		m.Write(signed)
+		return m.Sum(nil)
+	}, candidates...)
+	if !match {
+		return unauthorized("webhook-signature does not match any configured secret")
+	}
+	e.SetAttr("webhook_id", id)
+	return nil
+}
+
+// anyEqual reports whether want(key) equals any candidate for any key. It
+// does every comparison, so the time taken says nothing about which
+// secret or entry matched.
+func anyEqual(keys [][]byte, want func(key []byte) []byte, candidates ...[]byte) bool {
+	match := 0
+	for _, key := range keys {
+		w := want(key)
+		for _, c := range candidates {
+			match |= subtle.ConstantTimeCompare(w, c)
+		}
+	}
+	return match == 1
+}
+
+var _ pipeline.Stage = (*Secret)(nil)
