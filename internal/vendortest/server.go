@@ -1,0 +1,316 @@
+// Package vendortest runs fake labeling-vendor APIs (Labelbox, Scale AI,
+// Label Studio) on 127.0.0.1 for tests. Each fake enforces the shape of the
+// real API (see /work/shared/vendors.md), answers errors the way the real
+// one does, records every request, counts requests it acted on and
+// repeats, and can be told to fail: a script of failures, an outage, or
+// latency.
+//
+// A request the fake acts on is "accepted"; a request that repeats earlier
+// work (Scale: a used unique_id; Labelbox: a taken batch name; Label
+// Studio: tasks already imported) is a "duplicate". A test asserts
+// "delivered once" as Accepted() == 1 && Duplicates() == 0.
+package vendortest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Outcome is what a fake did with a request.
+type Outcome string
+
+const (
+	// Accepted: the fake acted on the request.
+	Accepted Outcome = "accepted"
+	// Duplicate: the request repeated earlier work. Scale and Labelbox
+	// refuse it; Label Studio imports it again.
+	Duplicate Outcome = "duplicate"
+	// Rejected: bad auth, bad shape or unknown route.
+	Rejected Outcome = "rejected"
+	// Injected: a scripted failure or outage answered instead.
+	Injected Outcome = "injected"
+)
+
+// Request is one request a fake received, and how it answered.
+type Request struct {
+	Method string
+	Path   string
+	Query  url.Values
+	// Header holds the request's headers (traceparent included).
+	Header http.Header
+	Body   []byte
+	// Status is the status the fake answered.
+	Status  int
+	Outcome Outcome
+	At      time.Time
+}
+
+// Traceparent is the request's W3C traceparent header.
+func (r Request) Traceparent() string { return r.Header.Get("Traceparent") }
+
+// reply is what a vendor handler answers.
+type reply struct {
+	status  int
+	header  map[string]string
+	body    any // encoded as JSON unless []byte
+	outcome Outcome
+}
+
+// failure is one scripted failure.
+type failure struct {
+	status     int
+	retryAfter string
+	// body, when set, replaces the vendor's usual error body.
+	body any
+}
+
+// Server is what every fake shares: the listener, the record of requests
+// and the failure script. Its methods are safe for concurrent use.
+type Server struct {
+	// URL is the base URL, http://127.0.0.1:port.
+	URL string
+
+	srv     *httptest.Server
+	closing chan struct{}
+	// handle is the vendor's own behaviour.
+	handle func(r *http.Request, body []byte) reply
+	// failBody is the vendor's error body for an injected status.
+	failBody func(status int) any
+
+	mu         sync.Mutex
+	reqs       []Request
+	accepted   int
+	duplicates int
+	script     []failure
+	down       *failure
+	latency    time.Duration
+	changed    chan struct{} // closed and replaced on every recorded request
+	closeOnce  sync.Once
+}
+
+func newServer(tb testing.TB, handle func(*http.Request, []byte) reply, failBody func(int) any) *Server {
+	s := &Server{handle: handle, failBody: failBody, changed: make(chan struct{}), closing: make(chan struct{})}
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
+	s.URL = s.srv.URL
+	if tb != nil {
+		tb.Cleanup(s.Close)
+	}
+	return s
+}
+
+// Close stops the server; a request held by SetLatency is let go. It is
+// safe to call twice.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		s.srv.CloseClientConnections()
+		s.srv.Close()
+	})
+}
+
+// maxBody bounds a request body (Label Studio accepts 200 MB; tests send
+// far less).
+const maxBody = 64 << 20
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody))
+	if err != nil {
+		s.record(r, body, 0, Rejected)
+		return
+	}
+	s.mu.Lock()
+	latency := s.latency
+	s.mu.Unlock()
+	if latency > 0 {
+		// Like a real server, finish the work even if the client gave up:
+		// that is how a timed-out attempt can still have created a task.
+		t := time.NewTimer(latency)
+		select {
+		case <-t.C:
+		case <-s.closing:
+			t.Stop()
+		}
+	}
+	rep := s.injected()
+	if rep == nil {
+		x := s.handle(r, body)
+		rep = &x
+	}
+	// Recorded before answering, so a client that got its answer sees the
+	// request in Requests.
+	s.record(r, body, rep.status, rep.outcome)
+	s.write(w, *rep)
+}
+
+// injected takes the answer an outage or the failure script dictates.
+func (s *Server) injected() *reply {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var f *failure
+	switch {
+	case s.down != nil:
+		f = s.down
+	case len(s.script) > 0:
+		f = &s.script[0]
+		s.script = s.script[1:]
+	default:
+		return nil
+	}
+	rep := &reply{status: f.status, outcome: Injected, body: f.body}
+	if rep.body == nil {
+		rep.body = s.failBody(f.status)
+	}
+	if f.retryAfter != "" {
+		rep.header = map[string]string{"Retry-After": f.retryAfter}
+	}
+	return rep
+}
+
+func (s *Server) write(w http.ResponseWriter, rep reply) {
+	for k, v := range rep.header {
+		w.Header().Set(k, v)
+	}
+	var b []byte
+	switch x := rep.body.(type) {
+	case nil:
+	case []byte:
+		b = x
+	default:
+		b, _ = json.Marshal(x)
+		w.Header().Set("Content-Type", "application/json")
+	}
+	w.WriteHeader(rep.status)
+	_, _ = w.Write(b)
+}
+
+func (s *Server) record(r *http.Request, body []byte, status int, o Outcome) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reqs = append(s.reqs, Request{
+		Method: r.Method, Path: r.URL.Path, Query: r.URL.Query(), Header: r.Header.Clone(),
+		Body: body, Status: status, Outcome: o, At: time.Now(),
+	})
+	switch o {
+	case Accepted:
+		s.accepted++
+	case Duplicate:
+		s.duplicates++
+	}
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// countDuplicateAccepted records a request the vendor acted on although
+// it repeated earlier work (Label Studio imports duplicates).
+func (s *Server) countDuplicateAccepted() {
+	s.mu.Lock()
+	s.duplicates++
+	s.mu.Unlock()
+}
+
+// Requests returns every request received so far, in order.
+func (s *Server) Requests() []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Request(nil), s.reqs...)
+}
+
+// RequestCount is how many requests were received.
+func (s *Server) RequestCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.reqs)
+}
+
+// Accepted is how many requests the fake acted on.
+func (s *Server) Accepted() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.accepted
+}
+
+// Duplicates is how many requests repeated earlier work.
+func (s *Server) Duplicates() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.duplicates
+}
+
+// FailNext answers the next n requests with status (and a Retry-After
+// header when retryAfter is not empty: seconds or an HTTP-date), with the
+// vendor's usual error body. Calls queue up.
+func (s *Server) FailNext(n, status int, retryAfter string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for range n {
+		s.script = append(s.script, failure{status: status, retryAfter: retryAfter})
+	}
+}
+
+// failNextWith queues n failures with a vendor-specific body.
+func (s *Server) failNextWith(n, status int, retryAfter string, body any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for range n {
+		s.script = append(s.script, failure{status: status, retryAfter: retryAfter, body: body})
+	}
+}
+
+// SetDown starts an outage: every request is answered with status until
+// SetUp.
+func (s *Server) SetDown(status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.down = &failure{status: status}
+}
+
+// SetUp ends an outage.
+func (s *Server) SetUp() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.down = nil
+}
+
+// SetLatency delays every answer by d (0 for none). A request whose client
+// gives up meanwhile is still carried out.
+func (s *Server) SetLatency(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.latency = d
+}
+
+// WaitRequests blocks until at least n requests were received, or ctx ends.
+func (s *Server) WaitRequests(ctx context.Context, n int) error {
+	return s.wait(ctx, func() bool { return len(s.reqs) >= n }, fmt.Sprintf("%d requests", n))
+}
+
+// WaitAccepted blocks until at least n requests were accepted, or ctx ends.
+func (s *Server) WaitAccepted(ctx context.Context, n int) error {
+	return s.wait(ctx, func() bool { return s.accepted >= n }, fmt.Sprintf("%d accepted requests", n))
+}
+
+func (s *Server) wait(ctx context.Context, done func() bool, what string) error {
+	for {
+		s.mu.Lock()
+		ok := done()
+		ch := s.changed
+		got, acc := len(s.reqs), s.accepted
+		s.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s (have %d requests, %d accepted): %w", what, got, acc, context.Cause(ctx))
+		}
+	}
+}
