@@ -3,6 +3,7 @@ package pipeline
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 )
 
@@ -15,6 +16,7 @@ import (
 //	GET  /api/dlq?sink=NAME       dead letters (limit=N, default 100)
 //	POST /api/dlq/{sink}/replay   requeue dead letters; body {"ids": [...]} or empty for all
 //	DELETE /api/dlq/{sink}        purge dead letters; ?id=... for some
+//	GET  /debug/pprof/...         Go profiles
 func (p *Pipeline) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -27,6 +29,10 @@ func (p *Pipeline) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ready"})
 	})
+	// Profiles, for measuring; the admin listener is loopback by default.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/heap", pprof.Handler("heap").ServeHTTP)
 	if p.opts.Metrics != nil {
 		mux.Handle("GET /metrics", p.opts.Metrics)
 	}

@@ -87,7 +87,9 @@ type lanes struct {
 
 func newMemoryBroker(logger watermill.LoggerAdapter) *memoryBroker {
 	return &memoryBroker{
-		gc:    gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64}, logger),
+		// PreserveContext lets the decoded payload ride along in process,
+		// so the fan-out does not parse the export a second time.
+		gc:    gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64, PreserveContext: true}, logger),
 		lanes: map[string]*lanes{},
 	}
 }

@@ -25,14 +25,16 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 	defer span.End()
 	exportID := msg.Metadata.Get(MetaExportID)
 
-	var payload any
-	if err := json.Unmarshal(msg.Payload, &payload); err != nil {
-		// Only valid JSON is ever published; a corrupt entry cannot be
-		// delivered anywhere, so it is logged loudly and dropped.
-		span.SetStatus(codes.Error, "corrupt export")
-		p.log.ErrorContext(ctx, "export on the broker is not valid JSON; dropping it", "export", exportID, "err", err)
-		p.donePending(1)
-		return nil
+	payload := msg.Context().Value(decodedPayload{})
+	if payload == nil {
+		if err := json.Unmarshal(msg.Payload, &payload); err != nil {
+			// Only valid JSON is ever published; a corrupt entry cannot be
+			// delivered anywhere, so it is logged loudly and dropped.
+			span.SetStatus(codes.Error, "corrupt export")
+			p.log.ErrorContext(ctx, "export on the broker is not valid JSON; dropping it", "export", exportID, "err", err)
+			p.donePending(1)
+			return nil
+		}
 	}
 	export := exportInfo(msg.Metadata)
 	only := msg.Metadata.Get(metaOnlySink)

@@ -308,6 +308,7 @@ func (p *Pipeline) publish(ctx context.Context, e *Export) error {
 	}
 	info := e.Info()
 	msg := message.NewMessage(e.ID, body)
+	msg.SetContext(context.WithValue(context.Background(), decodedPayload{}, e.Payload))
 	msg.Metadata.Set(MetaExportID, e.ID)
 	msg.Metadata.Set(MetaReceivedAt, info["received_at"].(string))
 	msg.Metadata.Set(MetaEvent, info["event"].(string))
@@ -362,6 +363,10 @@ func samePayload(a, b any) bool {
 	}
 	return false
 }
+
+// decodedPayload is the context key under which an in-process broker
+// hands the already decoded payload to the fan-out.
+type decodedPayload struct{}
 
 // metadataCarrier lets the propagator read and write message metadata.
 type metadataCarrier message.Metadata

@@ -42,6 +42,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.baseline, "baseline", false, "also run the hand-written forwarder and report ratios")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up waiting for deliveries after this long")
 	fs.DurationVar(&o.vendorLatency, "vendor-latency", 0, "latency each fake vendor adds to every request")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the daemon's CPU profile during the run to this file")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -78,6 +79,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 type benchOptions struct {
 	n, c, elements, exportMB int
 	broker, redisURL         string
+	cpuProfile               string
 	baseline                 bool
 	timeout, vendorLatency   time.Duration
 }
@@ -96,12 +98,14 @@ type benchResult struct {
 	p50, p99, e2eP50, e2eP99 time.Duration
 	rssKB                    int64
 	bodyBytes                int
+	cpu                      time.Duration
 }
 
 func (r benchResult) print(w io.Writer, name string) {
-	fmt.Fprintf(w, "%-10s accepted %d/%d (failed %d), %.0f accepted/s, %.0f exports/s end to end; accept latency p50 %v p99 %v; delivery latency p50 %v p99 %v; lost %d, duplicated %d; peak RSS %.1f MiB (body %.1f MiB)\n",
+	fmt.Fprintf(w, "%-10s accepted %d/%d (failed %d), %.0f accepted/s, %.0f exports/s end to end; accept latency p50 %v p99 %v; delivery latency p50 %v p99 %v; lost %d, duplicated %d; peak RSS %.1f MiB (body %.1f MiB); CPU %v (%v per export)\n",
 		name, r.accepted, r.sent, r.failed, r.acceptRate, r.e2eRate, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond),
-		r.e2eP50.Round(time.Microsecond), r.e2eP99.Round(time.Microsecond), r.lost, r.duplicates, float64(r.rssKB)/1024, float64(r.bodyBytes)/(1<<20))
+		r.e2eP50.Round(time.Microsecond), r.e2eP99.Round(time.Microsecond), r.lost, r.duplicates, float64(r.rssKB)/1024, float64(r.bodyBytes)/(1<<20),
+		r.cpu.Round(time.Millisecond), (r.cpu / time.Duration(max(r.accepted, 1))).Round(time.Microsecond))
 }
 
 func (r benchResult) exitCode() int {
@@ -171,6 +175,7 @@ func runBench(exe string, o benchOptions, baseline bool, stderr io.Writer) (benc
 		return res, fmt.Errorf("warm-up export: %w", err)
 	}
 
+	cpuBefore := cpuTime(cmd.Process.Pid)
 	elements := o.elementsPerExport()
 	bodies := make(chan int, o.n)
 	for i := 0; i < o.n; i++ {
@@ -186,6 +191,26 @@ func runBench(exe string, o benchOptions, baseline bool, stderr io.Writer) (benc
 	)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.c}, Timeout: 2 * time.Minute}
 	start := time.Now()
+	profDone := make(chan struct{})
+	if o.cpuProfile != "" && !baseline {
+		go func() {
+			defer close(profDone)
+			resp, err := http.Get("http://" + admin + "/debug/pprof/profile?seconds=5")
+			if err != nil {
+				fmt.Fprintln(stderr, "cpuprofile:", err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(o.cpuProfile)
+			if err == nil {
+				_, _ = io.Copy(f, resp.Body)
+				f.Close()
+			}
+		}()
+	} else {
+		close(profDone)
+	}
+	defer func() { <-profDone }()
 	var wg sync.WaitGroup
 	for w := 0; w < o.c; w++ {
 		wg.Add(1)
@@ -218,6 +243,7 @@ func runBench(exe string, o benchOptions, baseline bool, stderr io.Writer) (benc
 		e2eDur = o.timeout
 	}
 	res.rssKB = peakRSS(cmd.Process.Pid)
+	res.cpu = cpuTime(cmd.Process.Pid) - cpuBefore
 	res.sent, res.accepted, res.failed = o.n, int(accepted.Load()), int(failed.Load())
 	res.acceptRate = float64(res.accepted) / acceptDur.Seconds()
 	res.e2eRate = float64(res.accepted) / e2eDur.Seconds()
@@ -343,6 +369,22 @@ func peakRSS(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// cpuTime reads the process's user+system CPU time from /proc.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces) start at ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
 // benchVendors are fake vendors that count, per issue, how many requests
