@@ -32,7 +32,7 @@ func registry() *pipeline.Registry {
 type nopSink struct{}
 
 func (nopSink) Render(context.Context, any, map[string]any) ([][]byte, error) { return nil, nil }
-func (nopSink) Send(context.Context, *pipeline.Request) error                { return nil }
+func (nopSink) Send(context.Context, *pipeline.Request) error                 { return nil }
 
 // decode decodes a stage's YAML options strictly into its default config,
 // as the loader does, and returns the config's Validate error.

@@ -1,0 +1,453 @@
+package stages_test
+
+import (
+	"bytes"
+
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+
+	"github.com/labelpipe/labelpipe/internal/redistest"
+	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/stages"
+)
+
+// dedupeStores runs f once with the memory store and once with a real
+// Redis. opts are extra YAML options for the stage.
+func dedupeStores(t *testing.T, f func(t *testing.T, newStage stageFactory)) {
+	t.Run("memory", func(t *testing.T) {
+		f(t, func(t *testing.T, opts string) pipeline.Stage {
+			return mustBuild(t, "dedupe", "store: memory\n"+opts, pipeline.Env{})
+		})
+	})
+	t.Run("redis", func(t *testing.T) {
+		rdb := redistest.Start(t).Client(t)
+		f(t, func(t *testing.T, opts string) pipeline.Stage {
+			return mustBuild(t, "dedupe", "store: redis\n"+opts, pipeline.Env{Redis: rdb})
+		})
+	})
+}
+
+// stageFactory builds a dedupe stage with extra YAML options.
+type stageFactory func(t *testing.T, opts string) pipeline.Stage
+
+// checkDuplicate fails unless err is a duplicate of id.
+func checkDuplicate(t *testing.T, out []*pipeline.Export, err error, of string) {
+	t.Helper()
+	if out != nil {
+		t.Fatalf("Process passed %d exports, want a duplicate", len(out))
+	}
+	se := stageErr(t, err)
+	if se.Verdict != pipeline.VerdictDuplicate || se.DuplicateOf != of {
+		t.Fatalf("verdict %v duplicate of %q, want duplicate of %q", se.Verdict, se.DuplicateOf, of)
+	}
+}
+
+func TestDedupeDuplicates(t *testing.T) {
+	frames := samplePayload(t, "issue-frames.json")
+	tests := []struct {
+		name   string
+		second []byte
+		dup    bool
+	}{
+		{"same payload", frames, true},
+		{"same elements in another order", mutate(t, frames, `.issue.elements |= reverse`), true},
+		{"same elements, other metadata", mutate(t, frames, `.issue.elements[0].frame_data.weather = "sun"`), true},
+		{"one element fewer", mutate(t, frames, `.issue.elements |= .[1:]`), false},
+		{"another issue", mutate(t, frames, `.issue.id = "issue_other"`), false},
+		{"another project", mutate(t, frames, `.project = "other"`), false},
+	}
+	dedupeStores(t, func(t *testing.T, newStage stageFactory) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				s := newStage(t, "key_prefix: '"+t.Name()+":'")
+				first := newExport(t, frames, nil)
+				out, err := s.Process(t.Context(), first)
+				passed(t, first, out, err)
+				if first.Attrs[pipeline.AttrDedupeKey] != stages.DefaultDedupeKey(first.Payload) {
+					t.Fatalf("attr %s = %q, want the default key", pipeline.AttrDedupeKey, first.Attrs[pipeline.AttrDedupeKey])
+				}
+
+				second := newExport(t, tt.second, nil)
+				out, err = s.Process(t.Context(), second)
+				if tt.dup {
+					checkDuplicate(t, out, err, first.ID)
+					if _, ok := second.Attrs[pipeline.AttrDedupeKey]; ok {
+						t.Fatal("a duplicate recorded a dedupe key")
+					}
+				} else {
+					passed(t, second, out, err)
+				}
+			})
+		}
+	})
+}
+
+func TestDedupeRedisKeys(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	tests := []struct {
+		name, opts, prefix string
+	}{
+		{"default prefix", "", "labelpipe:dedupe:"},
+		{"custom prefix", "key_prefix: 'acme:dd:'", "acme:dd:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := mustBuild(t, "dedupe", "store: redis\nttl: 1h\n"+tt.opts, pipeline.Env{Redis: rdb})
+			e := newExport(t, mutate(t, samplePayload(t, "issue-crops.json"), `.issue.id = "`+tt.name+`"`), nil)
+			out, err := s.Process(t.Context(), e)
+			passed(t, e, out, err)
+			key := tt.prefix + e.Attrs[pipeline.AttrDedupeKey]
+			if got, err := rdb.Get(t.Context(), key).Result(); err != nil || got != e.ID {
+				t.Fatalf("GET %s = %q, %v; want the export id %q", key, got, err, e.ID)
+			}
+			ttl, err := rdb.PTTL(t.Context(), key).Result()
+			if err != nil || ttl <= 59*time.Minute || ttl > time.Hour {
+				t.Fatalf("PTTL %s = %v, %v; want about 1h", key, ttl, err)
+			}
+		})
+	}
+}
+
+func TestDedupeTTLExpiry(t *testing.T) {
+	const ttl = 150 * time.Millisecond
+	dedupeStores(t, func(t *testing.T, newStage stageFactory) {
+		s := newStage(t, "ttl: 150ms")
+		body := samplePayload(t, "issue-frames.json")
+		start := time.Now()
+		first := newExport(t, body, nil)
+		out, err := s.Process(t.Context(), first)
+		passed(t, first, out, err)
+
+		// Poll until a repeat is accepted: it must be, and not before ttl.
+		deadline := time.Now().Add(5 * time.Second)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			e := newExport(t, body, nil)
+			out, err := s.Process(t.Context(), e)
+			if err == nil {
+				passed(t, e, out, err)
+				// Redis expires on its own clock; allow it a little slack.
+				if elapsed := time.Since(start); elapsed < ttl-10*time.Millisecond {
+					t.Fatalf("repeat accepted after %v, before the ttl of %v", elapsed, ttl)
+				}
+				return
+			}
+			checkDuplicate(t, out, err, first.ID)
+			if time.Now().After(deadline) {
+				t.Fatalf("repeat still a duplicate %v after a ttl of %v", time.Since(start), ttl)
+			}
+			<-tick.C
+		}
+	})
+}
+
+func TestDedupeRelease(t *testing.T) {
+	body := samplePayload(t, "issue-frames.json")
+	dedupeStores(t, func(t *testing.T, newStage stageFactory) {
+		t.Run("release lets the retry through", func(t *testing.T) {
+			s := newStage(t, "key_prefix: 'release1:'")
+			first := newExport(t, body, nil)
+			out, err := s.Process(t.Context(), first)
+			passed(t, first, out, err)
+			if err := s.(pipeline.Releaser).Release(t.Context(), first); err != nil {
+				t.Fatalf("Release: %v", err)
+			}
+			retry := newExport(t, body, nil)
+			out, err = s.Process(t.Context(), retry)
+			passed(t, retry, out, err)
+			// The retry now holds the key.
+			out, err = s.Process(t.Context(), newExport(t, body, nil))
+			checkDuplicate(t, out, err, retry.ID)
+		})
+		t.Run("release by a non-holder keeps the key", func(t *testing.T) {
+			s := newStage(t, "key_prefix: 'release2:'")
+			first := newExport(t, body, nil)
+			out, err := s.Process(t.Context(), first)
+			passed(t, first, out, err)
+			dup := newExport(t, body, nil)
+			_, err = s.Process(t.Context(), dup)
+			checkDuplicate(t, nil, err, first.ID)
+
+			// The duplicate reserved nothing; an export claiming the key
+			// under another id must not free it either.
+			impostor := newExport(t, body, nil)
+			impostor.SetAttr(pipeline.AttrDedupeKey, first.Attrs[pipeline.AttrDedupeKey])
+			for _, e := range []*pipeline.Export{dup, impostor} {
+				if err := s.(pipeline.Releaser).Release(t.Context(), e); err != nil {
+					t.Fatalf("Release: %v", err)
+				}
+			}
+			out, err = s.Process(t.Context(), newExport(t, body, nil))
+			checkDuplicate(t, out, err, first.ID)
+		})
+		t.Run("same export twice keeps its reservation", func(t *testing.T) {
+			s := newStage(t, "key_prefix: 'release3:'")
+			e := newExport(t, body, nil)
+			out, err := s.Process(t.Context(), e)
+			passed(t, e, out, err)
+			out, err = s.Process(t.Context(), e)
+			passed(t, e, out, err)
+		})
+	})
+}
+
+func TestDedupeConcurrentFirstSightings(t *testing.T) {
+	body := samplePayload(t, "issue-10-elements.json")
+	dedupeStores(t, func(t *testing.T, newStage stageFactory) {
+		s := newStage(t, "key_prefix: 'concurrent:'")
+		const n = 16
+		exports := make([]*pipeline.Export, n)
+		for i := range exports {
+			exports[i] = newExport(t, body, nil)
+		}
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := range exports {
+			wg.Go(func() { _, errs[i] = s.Process(t.Context(), exports[i]) })
+		}
+		wg.Wait()
+		var winner string
+		for i, err := range errs {
+			if err == nil {
+				if winner != "" {
+					t.Fatalf("both %s and %s were accepted", winner, exports[i].ID)
+				}
+				winner = exports[i].ID
+			}
+		}
+		if winner == "" {
+			t.Fatal("no export was accepted")
+		}
+		for _, err := range errs {
+			if err != nil {
+				checkDuplicate(t, nil, err, winner)
+			}
+		}
+	})
+}
+
+func TestDedupeCustomKey(t *testing.T) {
+	body := samplePayload(t, "issue-frames.json")
+	withWebhookID := func(id string) *pipeline.Export {
+		e := newExport(t, body, nil)
+		if id != "" {
+			e.SetAttr("webhook_id", id)
+		}
+		return e
+	}
+	dedupeStores(t, func(t *testing.T, newStage stageFactory) {
+		s := newStage(t, `key: '$export.attrs.webhook_id'`+"\nkey_prefix: 'custom:'")
+		first := withWebhookID("msg_1")
+		out, err := s.Process(t.Context(), first)
+		passed(t, first, out, err)
+		if first.Attrs[pipeline.AttrDedupeKey] != "msg_1" {
+			t.Fatalf("key = %q, want msg_1", first.Attrs[pipeline.AttrDedupeKey])
+		}
+		out, err = s.Process(t.Context(), withWebhookID("msg_1"))
+		checkDuplicate(t, out, err, first.ID)
+
+		other := withWebhookID("msg_2")
+		out, err = s.Process(t.Context(), other)
+		passed(t, other, out, err)
+
+		// No key (null): passed on unchecked, every time.
+		for range 2 {
+			e := withWebhookID("")
+			out, err := s.Process(t.Context(), e)
+			passed(t, e, out, err)
+			if _, ok := e.Attrs[pipeline.AttrDedupeKey]; ok {
+				t.Fatal("an unchecked export recorded a dedupe key")
+			}
+		}
+	})
+
+	tests := []struct {
+		name, key, want string
+	}{
+		{"several values", `.issue.elements[].element_id`, "dedupe dedupe: key program yielded 3 values, want one"},
+		{"run-time error", `.issue.id | tonumber`, "dedupe dedupe: key program failed: jq: "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := mustBuild(t, "dedupe", "key: '"+tt.key+"'", pipeline.Env{})
+			_, err := s.Process(t.Context(), newExport(t, body, nil))
+			se := stageErr(t, err)
+			if se.Status != http.StatusUnprocessableEntity || !strings.HasPrefix(se.Msg, tt.want) {
+				t.Fatalf("error = %d %q, want 422 %q", se.Status, se.Msg, tt.want)
+			}
+		})
+	}
+}
+
+func TestDedupeRedisDown(t *testing.T) {
+	body := samplePayload(t, "issue-frames.json")
+	tests := []struct {
+		name   string
+		policy string
+		pass   bool
+	}{
+		{"reject answers 503", "reject", false},
+		{"allow passes with a warning", "allow", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			var logs bytes.Buffer
+			var mu sync.Mutex
+			logger := slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil))
+			s := mustBuild(t, "dedupe", "store: redis\non_store_error: "+tt.policy,
+				pipeline.Env{Redis: srv.Client(t), Logger: logger})
+
+			first := newExport(t, body, nil)
+			out, err := s.Process(t.Context(), first)
+			passed(t, first, out, err)
+
+			srv.Stop()
+			e := newExport(t, mutate(t, body, `.issue.id = "while-down"`), nil)
+			out, err = s.Process(t.Context(), e)
+			if tt.pass {
+				passed(t, e, out, err)
+				mu.Lock()
+				got := logs.String()
+				mu.Unlock()
+				if !strings.Contains(got, "level=WARN") || !strings.Contains(got, "dedupe store unavailable") {
+					t.Fatalf("log = %q, want a warning about the store", got)
+				}
+			} else {
+				se := stageErr(t, err)
+				if se.Verdict != pipeline.VerdictUnavailable || se.RetryAfter != 5*time.Second ||
+					!strings.Contains(se.Msg, "Redis is unavailable") {
+					t.Fatalf("error = verdict %v retry-after %v %q; want unavailable, 5s, Redis is unavailable",
+						se.Verdict, se.RetryAfter, se.Msg)
+				}
+				if _, ok := e.Attrs[pipeline.AttrDedupeKey]; ok {
+					t.Fatal("a rejected export recorded a dedupe key")
+				}
+			}
+
+			// Back up (without persistence, so the first key is gone).
+			srv.Restart()
+			again := newExport(t, body, nil)
+			out, err = s.Process(t.Context(), again)
+			passed(t, again, out, err)
+		})
+	}
+}
+
+type lockedWriter struct {
+	w  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func TestDedupeBuild(t *testing.T) {
+	_, err := build(t, "dedupe", "store: redis", pipeline.Env{})
+	if err == nil || err.Error() != "dedupe store redis needs redis.url in the config" {
+		t.Fatalf("build without Redis = %v", err)
+	}
+}
+
+func TestDedupeValidate(t *testing.T) {
+	tests := []struct {
+		name, opts string
+		want       []string
+	}{
+		{"defaults", "", nil},
+		{"redis", "store: redis\nttl: 1h\nkey: .issue.id\non_store_error: allow", nil},
+		{"unknown store", "store: etcd", []string{`store: unknown store "etcd" (want memory or redis)`}},
+		{"zero ttl", "ttl: 0s", []string{"ttl: must be ≥ 1ms"}},
+		{"bad key", "key: '.issue.'", []string{"key: invalid jq: "}},
+		{"bad policy", "on_store_error: drop", []string{`on_store_error: unknown policy "drop" (want reject or allow)`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := decode(t, "dedupe", tt.opts)
+			got := fieldErrors(t, err)
+			if len(got) != len(tt.want) {
+				t.Fatalf("Validate() = %q, want %q", got, tt.want)
+			}
+			for i := range got {
+				if !strings.HasPrefix(got[i], tt.want[i]) {
+					t.Fatalf("Validate() = %q, want %q", got, tt.want)
+				}
+			}
+		})
+	}
+}
+
+func TestDefaultDedupeKey(t *testing.T) {
+	frames := samplePayload(t, "issue-frames.json")
+	key := func(body []byte) string { return stages.DefaultDedupeKey(newExport(t, body, nil).Payload) }
+	base := key(frames)
+	if len(base) != 64 || strings.Trim(base, "0123456789abcdef") != "" {
+		t.Fatalf("key %q is not hex SHA-256", base)
+	}
+	tests := []struct {
+		name string
+		body []byte
+		same bool
+	}{
+		{"same", frames, true},
+		{"reordered elements", mutate(t, frames, `.issue.elements |= reverse`), true},
+		{"other event", mutate(t, frames, `.event = "issue-exported-v2"`), false},
+		{"other element ids", mutate(t, frames, `.issue.elements[0].element_id = "x"`), false},
+		{"id moved between fields", mutate(t, frames, `.project = .project + .issue.id | .issue.id = ""`), false},
+		{"test payload", samplePayload(t, "test-payload.json"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := key(tt.body); (got == base) != tt.same {
+				t.Fatalf("key = %s, base %s, want same=%v", got, base, tt.same)
+			}
+		})
+	}
+	test := samplePayload(t, "test-payload.json")
+	if key(test) != key(test) || key(test) == key(mutate(t, test, `.project = "other"`)) {
+		t.Fatal("payloads without an issue are not keyed by their content")
+	}
+}
+
+// TestStoresPlugIntoWatermill backs watermill's Deduplicator with each
+// store.
+func TestStoresPlugIntoWatermill(t *testing.T) {
+	stores := map[string]func(t *testing.T) middleware.ExpiringKeyRepository{
+		"memory": func(*testing.T) middleware.ExpiringKeyRepository { return stages.NewMemoryStore(time.Minute) },
+		"redis": func(t *testing.T) middleware.ExpiringKeyRepository {
+			return stages.NewRedisStore(redistest.Start(t).Client(t), "wm:", time.Minute)
+		},
+	}
+	for name, newStore := range stores {
+		t.Run(name, func(t *testing.T) {
+			d := &middleware.Deduplicator{
+				KeyFactory: middleware.NewMessageHasherSHA256(middleware.MessageHasherReadLimitMinimum),
+				Repository: newStore(t),
+				Timeout:    time.Second,
+			}
+			msg := func(p string) *message.Message { return message.NewMessage(watermill.NewUUID(), []byte(p)) }
+			for i, tc := range []struct {
+				payload string
+				dup     bool
+			}{{"a", false}, {"a", true}, {"b", false}} {
+				got, err := d.IsDuplicate(msg(tc.payload))
+				if err != nil || got != tc.dup {
+					t.Fatalf("step %d: IsDuplicate(%q) = %v, %v; want %v", i, tc.payload, got, err, tc.dup)
+				}
+			}
+		})
+	}
+}
