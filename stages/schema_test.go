@@ -74,10 +74,10 @@ func TestSchemaViolations(t *testing.T) {
 		{
 			name: "every violation, sorted by pointer",
 			body: mutate(t, frames, `del(.project) | .issue.elements[2] |= del(.frame_id, .dataset)
-				| .issue.elements[0].frame_data.label_data[1].label_coorindate_frame = 3
+				| .issue.elements[0].frame_data.label_data[1].uuid = 3
 				| .issue.id = 42`),
 			want: []pipeline.Violation{
-				{Pointer: "/issue/elements/0/frame_data/label_data/1/label_coorindate_frame", Message: "got number, want null or string"},
+				{Pointer: "/issue/elements/0/frame_data/label_data/1/uuid", Message: "got number, want string"},
 				{Pointer: "/issue/elements/2/dataset", Message: "required property is missing"},
 				{Pointer: "/issue/elements/2/frame_id", Message: "required property is missing"},
 				{Pointer: "/issue/id", Message: "got number, want string"},

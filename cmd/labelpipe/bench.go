@@ -43,6 +43,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up waiting for deliveries after this long")
 	fs.DurationVar(&o.vendorLatency, "vendor-latency", 0, "latency each fake vendor adds to every request")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the daemon's CPU profile during the run to this file")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write the daemon's heap profile (with allocations) after the run to this file")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -79,7 +80,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 type benchOptions struct {
 	n, c, elements, exportMB int
 	broker, redisURL         string
-	cpuProfile               string
+	cpuProfile, memProfile   string
 	baseline                 bool
 	timeout, vendorLatency   time.Duration
 }
@@ -195,16 +196,8 @@ func runBench(exe string, o benchOptions, baseline bool, stderr io.Writer) (benc
 	if o.cpuProfile != "" && !baseline {
 		go func() {
 			defer close(profDone)
-			resp, err := http.Get("http://" + admin + "/debug/pprof/profile?seconds=5")
-			if err != nil {
+			if err := fetch("http://"+admin+"/debug/pprof/profile?seconds=5", o.cpuProfile); err != nil {
 				fmt.Fprintln(stderr, "cpuprofile:", err)
-				return
-			}
-			defer resp.Body.Close()
-			f, err := os.Create(o.cpuProfile)
-			if err == nil {
-				_, _ = io.Copy(f, resp.Body)
-				f.Close()
 			}
 		}()
 	} else {
@@ -241,6 +234,11 @@ func runBench(exe string, o benchOptions, baseline bool, stderr io.Writer) (benc
 	e2eDur := time.Since(start)
 	if !deliveredAll {
 		e2eDur = o.timeout
+	}
+	if o.memProfile != "" && !baseline {
+		if err := fetch("http://"+admin+"/debug/pprof/heap", o.memProfile); err != nil {
+			fmt.Fprintln(stderr, "memprofile:", err)
+		}
 	}
 	res.rssKB = peakRSS(cmd.Process.Pid)
 	res.cpu = cpuTime(cmd.Process.Pid) - cpuBefore
@@ -369,6 +367,24 @@ func peakRSS(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// fetch saves a URL's body to a file.
+func fetch(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // cpuTime reads the process's user+system CPU time from /proc.
