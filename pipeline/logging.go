@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/ThreeDotsLabs/watermill"
+
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -24,4 +26,44 @@ func (h traceLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h traceLogHandler) WithGroup(name string) slog.Handler {
 	return traceLogHandler{h.Handler.WithGroup(name)}
+}
+
+// watermillLogger bridges watermill's logs to slog. It checks the level
+// before watermill turns its fields into attributes: the router logs at
+// trace level for every message, and that conversion alone was a
+// measurable share of the daemon's allocations.
+type watermillLogger struct {
+	log *slog.Logger
+	wm  watermill.LoggerAdapter
+}
+
+func newWatermillLogger(l *slog.Logger) watermill.LoggerAdapter {
+	return watermillLogger{log: l, wm: watermill.NewSlogLoggerWithLevelMapping(l,
+		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})}
+}
+
+func (w watermillLogger) Error(msg string, err error, fields watermill.LogFields) {
+	w.wm.Error(msg, err, fields)
+}
+
+func (w watermillLogger) Info(msg string, fields watermill.LogFields) {
+	if w.log.Enabled(context.Background(), slog.LevelDebug) {
+		w.wm.Info(msg, fields)
+	}
+}
+
+func (w watermillLogger) Debug(msg string, fields watermill.LogFields) {
+	if w.log.Enabled(context.Background(), slog.LevelDebug) {
+		w.wm.Debug(msg, fields)
+	}
+}
+
+func (w watermillLogger) Trace(msg string, fields watermill.LogFields) {
+	if w.log.Enabled(context.Background(), watermill.LevelTrace) {
+		w.wm.Trace(msg, fields)
+	}
+}
+
+func (w watermillLogger) With(fields watermill.LogFields) watermill.LoggerAdapter {
+	return watermillLogger{log: w.log, wm: w.wm.With(fields)}
 }

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/redis/go-redis/v9"
@@ -126,9 +125,11 @@ func New(cfg *Config, opts Options) (p *Pipeline, err error) {
 		events: map[string]bool{},
 	}
 	p.hardStop, p.hardStopF = context.WithCancel(context.Background())
+	// built, not p: `return nil, err` has already set p to nil when this runs.
+	built := p
 	defer func() {
 		if err != nil {
-			_ = p.Close()
+			_ = built.Close()
 			p = nil
 		}
 	}()
@@ -166,8 +167,7 @@ func (p *Pipeline) env(kind, name string) Env {
 const ledgerTTL = 7 * 24 * time.Hour
 
 func (p *Pipeline) openBackends() error {
-	wlog := watermill.NewSlogLoggerWithLevelMapping(p.log.With("component", "watermill"),
-		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+	wlog := newWatermillLogger(p.log.With("component", "watermill"))
 	p.redis = p.opts.Redis
 	if p.redis == nil && p.cfg.Redis.URL != "" {
 		c, err := newRedisClientFor(p)
@@ -241,8 +241,7 @@ func (p *Pipeline) buildSinks() error {
 
 func (p *Pipeline) buildRouter() error {
 	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: p.cfg.Server.ShutdownTimeout},
-		watermill.NewSlogLoggerWithLevelMapping(p.log.With("component", "router"),
-			map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}))
+		newWatermillLogger(p.log.With("component", "router")))
 	if err != nil {
 		return fmt.Errorf("router: %w", err)
 	}
