@@ -154,16 +154,7 @@ func (d *Dedupe) Process(ctx context.Context, e *pipeline.Export) ([]*pipeline.E
 	}
 	holder, reserved, err := d.store.Reserve(ctx, key, e.ID)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("dedupe %s: %w", d.name, ctx.Err())
-		}
-		if d.allow {
-			d.logger.WarnContext(ctx, "dedupe store unavailable; passing the export without a duplicate check",
-				"export", e.ID, "error", err)
-			return []*pipeline.Export{e}, nil
-		}
-		return nil, pipeline.Unavailable(dedupeRetryAfter, err,
-			"Redis is unavailable, so duplicates cannot be checked; try again later")
+		return d.storeFailed(ctx, e, err)
 	}
 	// holder == e.ID: the same export came through again (a redelivery);
 	// it keeps its own reservation.
@@ -173,6 +164,36 @@ func (d *Dedupe) Process(ctx context.Context, e *pipeline.Export) ([]*pipeline.E
 	e.SetAttr(pipeline.AttrDedupeKey, key)
 	e.SetAttr(d.attr(), key)
 	return []*pipeline.Export{e}, nil
+}
+
+// Preview gives Process's verdict without reserving anything.
+func (d *Dedupe) Preview(ctx context.Context, e *pipeline.Export) ([]*pipeline.Export, error) {
+	key, err := d.keyOf(ctx, e)
+	if err != nil || key == "" {
+		return []*pipeline.Export{e}, err
+	}
+	holder, held, err := d.store.Holder(ctx, key)
+	if err != nil {
+		return d.storeFailed(ctx, e, err)
+	}
+	if held && holder != e.ID {
+		return nil, pipeline.Duplicate(holder)
+	}
+	return []*pipeline.Export{e}, nil
+}
+
+// storeFailed applies on_store_error.
+func (d *Dedupe) storeFailed(ctx context.Context, e *pipeline.Export, err error) ([]*pipeline.Export, error) {
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("dedupe %s: %w", d.name, ctx.Err())
+	}
+	if d.allow {
+		d.logger.WarnContext(ctx, "dedupe store unavailable; passing the export without a duplicate check",
+			"export", e.ID, "error", err)
+		return []*pipeline.Export{e}, nil
+	}
+	return nil, pipeline.Unavailable(dedupeRetryAfter, err,
+		"Redis is unavailable, so duplicates cannot be checked; try again later")
 }
 
 // Release gives back the key e reserved, if e still holds it, so that a
@@ -266,6 +287,8 @@ type DedupeStore interface {
 	// Reserve records key as held by id unless the key is already held.
 	// It returns the holder's id and whether this call reserved the key.
 	Reserve(ctx context.Context, key, id string) (holder string, reserved bool, err error)
+	// Holder returns the id holding key, if any, and changes nothing.
+	Holder(ctx context.Context, key string) (id string, held bool, err error)
 	// Release forgets key if id still holds it.
 	Release(ctx context.Context, key, id string) error
 	// IsDuplicate reserves key and reports whether it was already held.
@@ -317,6 +340,16 @@ func (s *MemoryStore) Reserve(_ context.Context, key, id string) (string, bool, 
 	}
 	s.keys[key] = memoryEntry{id: id, expires: now.Add(s.ttl)}
 	return id, true, nil
+}
+
+// Holder implements DedupeStore.
+func (s *MemoryStore) Holder(_ context.Context, key string) (string, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.keys[key]; ok && s.now().Before(e.expires) {
+		return e.id, true, nil
+	}
+	return "", false, nil
 }
 
 // Release implements DedupeStore.
@@ -389,6 +422,18 @@ func (s *RedisStore) Reserve(ctx context.Context, key, id string) (string, bool,
 	return holder, reserved == 1, nil
 }
 
+// Holder implements DedupeStore.
+func (s *RedisStore) Holder(ctx context.Context, key string) (string, bool, error) {
+	id, err := s.client.Get(ctx, s.prefix+key).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return "", false, nil
+	case err != nil:
+		return "", false, fmt.Errorf("redis: read dedupe key: %w", err)
+	}
+	return id, true, nil
+}
+
 // Release implements DedupeStore.
 func (s *RedisStore) Release(ctx context.Context, key, id string) error {
 	if err := releaseScript.Run(ctx, s.client, []string{s.prefix + key}, id).Err(); err != nil {
@@ -406,6 +451,7 @@ func (s *RedisStore) IsDuplicate(ctx context.Context, key string) (bool, error) 
 var (
 	_ pipeline.Stage                   = (*Dedupe)(nil)
 	_ pipeline.Releaser                = (*Dedupe)(nil)
+	_ pipeline.Previewer               = (*Dedupe)(nil)
 	_ DedupeStore                      = (*MemoryStore)(nil)
 	_ DedupeStore                      = (*RedisStore)(nil)
 	_ middleware.ExpiringKeyRepository = (*MemoryStore)(nil)

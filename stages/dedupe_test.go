@@ -451,3 +451,35 @@ func TestStoresPlugIntoWatermill(t *testing.T) {
 		})
 	}
 }
+
+func TestDedupePreviewReservesNothing(t *testing.T) {
+	body := samplePayload(t, "issue-crops.json")
+	dedupeStores(t, func(t *testing.T, newStage stageFactory) {
+		s := newStage(t, "key_prefix: 'preview:'")
+		pv, ok := s.(pipeline.Previewer)
+		if !ok {
+			t.Fatal("dedupe is not a pipeline.Previewer")
+		}
+		for range 2 {
+			e := newExport(t, body, nil)
+			out, err := pv.Preview(t.Context(), e)
+			passed(t, e, out, err)
+		}
+		first := newExport(t, body, nil)
+		out, err := s.Process(t.Context(), first)
+		passed(t, first, out, err)
+
+		out, err = pv.Preview(t.Context(), newExport(t, body, nil))
+		checkDuplicate(t, out, err, first.ID)
+	})
+
+	t.Run("redis down", func(t *testing.T) {
+		srv := redistest.Start(t)
+		s := mustBuild(t, "dedupe", "store: redis", pipeline.Env{Redis: srv.Client(t)})
+		srv.Stop()
+		_, err := s.(pipeline.Previewer).Preview(t.Context(), newExport(t, body, nil))
+		if se := stageErr(t, err); se.Verdict != pipeline.VerdictUnavailable {
+			t.Fatalf("verdict = %v, want unavailable", se.Verdict)
+		}
+	})
+}

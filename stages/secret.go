@@ -155,6 +155,10 @@ func (s *Secret) Process(_ context.Context, e *pipeline.Export) ([]*pipeline.Exp
 	return []*pipeline.Export{e}, nil
 }
 
+// RawOnly marks the stage as reading only headers and the raw body, so it
+// runs before the body is parsed: a bad secret costs no parse.
+func (s *Secret) RawOnly() {}
+
 func unauthorized(format string, args ...any) error {
 	return pipeline.Reject(http.StatusUnauthorized, format, args...)
 }
@@ -255,4 +259,7 @@ func anyEqual(keys [][]byte, want func(key []byte) []byte, candidates ...[]byte)
 	return match == 1
 }
 
-var _ pipeline.Stage = (*Secret)(nil)
+var (
+	_ pipeline.Stage    = (*Secret)(nil)
+	_ pipeline.RawStage = (*Secret)(nil)
+)

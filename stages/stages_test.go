@@ -282,3 +282,21 @@ func mustJSON(t *testing.T, v any) []byte {
 	}
 	return b
 }
+
+// TestOnlySecretIsRaw: the secret stage runs before the body is parsed;
+// every other stage needs the payload.
+func TestOnlySecretIsRaw(t *testing.T) {
+	opts := map[string]string{
+		"secret":    "secrets: [x]",
+		"schema":    "",
+		"dedupe":    "",
+		"filter":    "expr: .",
+		"transform": "expr: .",
+	}
+	for typ, o := range opts {
+		s := mustBuild(t, typ, o, pipeline.Env{})
+		if _, raw := s.(pipeline.RawStage); raw != (typ == "secret") {
+			t.Errorf("%s: RawStage = %v", typ, raw)
+		}
+	}
+}
