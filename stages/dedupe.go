@@ -169,8 +169,11 @@ func (d *Dedupe) Process(ctx context.Context, e *pipeline.Export) ([]*pipeline.E
 // Preview gives Process's verdict without reserving anything.
 func (d *Dedupe) Preview(ctx context.Context, e *pipeline.Export) ([]*pipeline.Export, error) {
 	key, err := d.keyOf(ctx, e)
-	if err != nil || key == "" {
-		return []*pipeline.Export{e}, err
+	if err != nil {
+		return nil, err
+	}
+	if key == "" {
+		return []*pipeline.Export{e}, nil
 	}
 	holder, held, err := d.store.Holder(ctx, key)
 	if err != nil {

@@ -24,11 +24,13 @@ import (
 // scheme "standard_webhooks" (webhook-id, webhook-timestamp and
 // webhook-signature, HMAC-SHA256 over "id.timestamp.body") or "github"
 // (X-Hub-Signature-256, HMAC-SHA256 over the body). Several secrets may be
-// valid at once so that rotating one drops nothing. Every comparison is in
-// constant time, and no secret is ever logged or echoed.
+// valid at once so that rotating one drops nothing: list the new and the
+// old secret while Aquarium switches over. Every comparison is in constant
+// time, and no secret is ever logged or echoed. An empty secret is a
+// config error, since it almost always means an unset variable.
 //
 //	- type: secret
-//	  secrets: ["${AQUARIUM_SECRET}", "${AQUARIUM_SECRET_PREVIOUS:-}"]
+//	  secrets: ["${AQUARIUM_SECRET}"]
 
 // Secret schemes.
 const (
