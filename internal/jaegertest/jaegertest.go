@@ -402,8 +402,8 @@ type Span struct {
 	OperationName string
 	// ServiceName comes from the span's process (the OTel resource).
 	ServiceName string
-	// Kind is the OTel span kind: server, client, producer, consumer,
-	// internal (Jaeger leaves out internal; it reads as "").
+	// Kind is the OTel span kind: server, client, producer, consumer or
+	// internal (Jaeger's span.kind tag).
 	Kind string
 	// Error is true when the span's status is Error.
 	Error bool
