@@ -1,0 +1,132 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+)
+
+// The redis breaker store lets every replica's DistributedCircuitBreaker
+// for a sink read and write one shared state, <prefix><gobreaker key>.
+//
+// Its lock is SET key token NX PX breakerLockTTL, released by a script
+// that deletes the key only if it still holds our token. gobreaker holds
+// the lock for a whole Execute, that is for the vendor request, so the TTL
+// is long enough for a slow request yet bounds how long a crashed holder
+// blocks the others.
+const (
+	breakerLockTTL  = 15 * time.Second
+	breakerLockWait = time.Second // Lock gives up after this; gobreaker retries for 5s
+)
+
+// ErrBreakerLocked is returned by Lock when another holder kept the lock
+// for the whole wait.
+var ErrBreakerLocked = errors.New("breaker store: lock is held")
+
+type redisBreakerStore struct {
+	client redis.UniversalClient
+	prefix string
+
+	mu     sync.Mutex
+	tokens map[string]string // lock key -> our token while we hold it
+}
+
+// NewRedisBreakerStore is newRedisBreakerStore for tests and embedders.
+func NewRedisBreakerStore(client redis.UniversalClient, prefix string) gobreaker.SharedDataStore {
+	return newRedisBreakerStore(client, prefix)
+}
+
+func newRedisBreakerStore(client redis.UniversalClient, prefix string) gobreaker.SharedDataStore {
+	return &redisBreakerStore{client: client, prefix: prefix, tokens: map[string]string{}}
+}
+
+// Lock takes the named lock, polling for up to breakerLockWait.
+func (s *redisBreakerStore) Lock(name string) error {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	ctx, cancel := context.WithTimeout(context.Background(), breakerLockWait)
+	defer cancel()
+	held := false // someone else had it at least once
+	for wait := 2 * time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
+		ok, err := s.client.SetNX(ctx, s.prefix+name, token, breakerLockTTL).Result()
+		if err != nil {
+			if held && ctx.Err() != nil {
+				return ErrBreakerLocked
+			}
+			return fmt.Errorf("breaker store: lock %s: %w", name, err)
+		}
+		held = true
+		if ok {
+			s.mu.Lock()
+			s.tokens[name] = token
+			s.mu.Unlock()
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ErrBreakerLocked
+		case <-t.C:
+		}
+	}
+}
+
+// Unlock releases the lock if we still hold it. A lock that expired under
+// us is not an error: the state was already written, and failing here
+// would turn a finished vendor request into a failure.
+func (s *redisBreakerStore) Unlock(name string) error {
+	s.mu.Lock()
+	token, ok := s.tokens[name]
+	delete(s.tokens, name)
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	defer cancel()
+	if err := unlockScript.Run(ctx, s.client, []string{s.prefix + name}, token).Err(); err != nil {
+		return fmt.Errorf("breaker store: unlock %s: %w", name, err)
+	}
+	return nil
+}
+
+var unlockScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
+
+// GetData returns the stored state, or nothing when there is none.
+func (s *redisBreakerStore) GetData(name string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	defer cancel()
+	data, err := s.client.Get(ctx, s.prefix+name).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("breaker store: get %s: %w", name, err)
+	}
+	return data, nil
+}
+
+// SetData stores the state without expiry: gobreaker fails Execute when
+// the state is missing.
+func (s *redisBreakerStore) SetData(name string, data []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	defer cancel()
+	if err := s.client.Set(ctx, s.prefix+name, data, 0).Err(); err != nil {
+		return fmt.Errorf("breaker store: set %s: %w", name, err)
+	}
+	return nil
+}
+
+var _ gobreaker.SharedDataStore = (*redisBreakerStore)(nil)
