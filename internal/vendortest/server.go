@@ -87,17 +87,22 @@ type Server struct {
 
 	mu         sync.Mutex
 	reqs       []Request
+	arrived    int // requests that reached a handler, answered or not
 	accepted   int
 	duplicates int
 	script     []failure
 	down       *failure
 	latency    time.Duration
-	changed    chan struct{} // closed and replaced on every recorded request
-	closeOnce  sync.Once
+	// latencyChanged is closed and replaced by SetLatency, so that held
+	// requests re-check.
+	latencyChanged chan struct{}
+	changed        chan struct{} // closed and replaced on every arrival and record
+	closeOnce      sync.Once
 }
 
 func newServer(tb testing.TB, handle func(*http.Request, []byte) reply, failBody func(int) any) *Server {
-	s := &Server{handle: handle, failBody: failBody, changed: make(chan struct{}), closing: make(chan struct{})}
+	s := &Server{handle: handle, failBody: failBody, changed: make(chan struct{}), closing: make(chan struct{}),
+		latencyChanged: make(chan struct{})}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	s.URL = s.srv.URL
 	if tb != nil {
@@ -127,18 +132,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	latency := s.latency
+	s.arrived++
+	s.notify()
 	s.mu.Unlock()
-	if latency > 0 {
-		// Like a real server, finish the work even if the client gave up:
-		// that is how a timed-out attempt can still have created a task.
-		t := time.NewTimer(latency)
-		select {
-		case <-t.C:
-		case <-s.closing:
-			t.Stop()
-		}
-	}
+	s.delay(time.Now())
 	rep := s.injected()
 	if rep == nil {
 		x := s.handle(r, body)
@@ -148,6 +145,30 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	// request in Requests.
 	s.record(r, body, rep.status, rep.outcome)
 	s.write(w, *rep)
+}
+
+// delay holds a request that arrived at start for the current latency.
+// Like a real server, it finishes the work even if the client gave up:
+// that is how a timed-out attempt can still have created a task.
+func (s *Server) delay(start time.Time) {
+	for {
+		s.mu.Lock()
+		remaining := time.Until(start.Add(s.latency))
+		changed := s.latencyChanged
+		s.mu.Unlock()
+		if remaining <= 0 {
+			return
+		}
+		t := time.NewTimer(remaining)
+		select {
+		case <-t.C:
+		case <-changed:
+		case <-s.closing:
+			t.Stop()
+			return
+		}
+		t.Stop()
+	}
 }
 
 // injected takes the answer an outage or the failure script dictates.
@@ -204,6 +225,11 @@ func (s *Server) record(r *http.Request, body []byte, status int, o Outcome) {
 	case Duplicate:
 		s.duplicates++
 	}
+	s.notify()
+}
+
+// notify wakes waiters; s.mu is held.
+func (s *Server) notify() {
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
@@ -279,15 +305,25 @@ func (s *Server) SetUp() {
 	s.down = nil
 }
 
-// SetLatency delays every answer by d (0 for none). A request whose client
-// gives up meanwhile is still carried out.
+// SetLatency delays every answer by d after the request arrived (0 for
+// none). It applies to requests already held too: lowering it releases
+// them. A request whose client gives up meanwhile is still carried out.
 func (s *Server) SetLatency(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.latency = d
+	close(s.latencyChanged)
+	s.latencyChanged = make(chan struct{})
 }
 
-// WaitRequests blocks until at least n requests were received, or ctx ends.
+// WaitArrived blocks until at least n requests have reached the fake, even
+// if it has not answered them yet (see SetLatency), or ctx ends.
+func (s *Server) WaitArrived(ctx context.Context, n int) error {
+	return s.wait(ctx, func() bool { return s.arrived >= n }, fmt.Sprintf("%d arrived requests", n))
+}
+
+// WaitRequests blocks until at least n requests were received and
+// answered, or ctx ends.
 func (s *Server) WaitRequests(ctx context.Context, n int) error {
 	return s.wait(ctx, func() bool { return len(s.reqs) >= n }, fmt.Sprintf("%d requests", n))
 }

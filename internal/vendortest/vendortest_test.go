@@ -298,15 +298,24 @@ func TestOutageAndRecording(t *testing.T) {
 
 func TestLatencyStillCarriesOutAbandonedRequests(t *testing.T) {
 	sc := vendortest.NewScale(t, "k")
-	sc.SetLatency(100 * time.Millisecond)
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	sc.SetLatency(time.Hour) // until Close; the client gives up long before
+	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
+	go func() {
+		if sc.WaitArrived(ctx, 1) == nil {
+			cancel() // the vendor has the request: give up on the answer
+		}
+	}()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, sc.TaskURL(),
 		strings.NewReader(`{"project":"p","attachment":"https://i/a.jpg","unique_id":"u","geometries":{"box":{"objects_to_annotate":["car"]}}}`))
 	req.SetBasicAuth("k", "")
-	if _, err := http.DefaultClient.Do(req); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Do = %v, want the client to time out", err)
+	if _, err := http.DefaultClient.Do(req); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Do = %v, want the client to give up", err)
 	}
+	if sc.Accepted() != 0 || sc.RequestCount() != 0 {
+		t.Fatalf("answered before the latency passed")
+	}
+	sc.SetLatency(0)
 	wctx, wcancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer wcancel()
 	if err := sc.WaitAccepted(wctx, 1); err != nil {
@@ -324,10 +333,12 @@ func TestWait(t *testing.T) {
 	if err := ls.WaitRequests(ctx, 1); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "have 0 requests") {
 		t.Fatalf("WaitRequests with nothing sent = %v", err)
 	}
+	bounded, stop := context.WithTimeout(t.Context(), 10*time.Second)
+	defer stop()
 	var wg sync.WaitGroup
 	got := make(chan error, 2)
-	wg.Go(func() { got <- ls.WaitRequests(t.Context(), 3) })
-	wg.Go(func() { got <- ls.WaitAccepted(t.Context(), 2) })
+	wg.Go(func() { got <- ls.WaitRequests(bounded, 3) })
+	wg.Go(func() { got <- ls.WaitAccepted(bounded, 2) })
 	for range 3 {
 		call(t, http.MethodPost, ls.ImportURL(1), map[string]string{"Authorization": "Token tok"}, `[{"data":{"image":"https://i/a.jpg"}}]`)
 	}
