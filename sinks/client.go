@@ -59,8 +59,10 @@ func newClient(env pipeline.Env) *http.Client {
 			otelhttp.WithTracerProvider(tp),
 			otelhttp.WithMeterProvider(mp),
 			otelhttp.WithPropagators(propagation.TraceContext{})),
-		// A vendor redirect is followed (GET after a 303); the policy is
-		// Go's default, capped at 10.
+		// A redirect on a vendor API call means the URL is wrong (http for
+		// https, an old host); following it would turn a POST into a GET
+		// and lose the body. Report it instead.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 }
 
@@ -137,7 +139,12 @@ func retryableStatus(code int) bool {
 // statusError is the DeliveryError for an unwanted status.
 func statusError(req *http.Request, resp *response, retry bool) *pipeline.DeliveryError {
 	msg := fmt.Sprintf("%s %s: vendor answered %d %s", req.Method, redactURL(req.URL), resp.status, http.StatusText(resp.status))
-	if detail := vendorMessage(resp.body); detail != "" {
+	if loc := resp.header.Get("Location"); resp.status >= 300 && resp.status < 400 && loc != "" {
+		if u, err := req.URL.Parse(loc); err == nil {
+			loc = redactURL(u)
+		}
+		msg += " (redirect to " + loc + ": fix the sink's url)"
+	} else if detail := vendorMessage(resp.body); detail != "" {
 		msg += ": " + detail
 	}
 	return &pipeline.DeliveryError{

@@ -126,6 +126,8 @@ func TestHTTPClassification(t *testing.T) {
 		{status: 200, success: []int{201}, wantErr: true},
 		{status: 201, success: []int{201}},
 		{status: 503, conflict: true, wantErr: true, retry: true},
+		{status: 301, wantErr: true},
+		{status: 308, wantErr: true},
 	}
 	for _, tt := range tests {
 		name := http.StatusText(tt.status)
@@ -136,7 +138,8 @@ func TestHTTPClassification(t *testing.T) {
 			name += " success_status"
 		}
 		t.Run(name, func(t *testing.T) {
-			v := newVendor(t, answer{status: tt.status, body: `{"error":"vendor says ` + http.StatusText(tt.status) + `"}`})
+			v := newVendor(t, answer{status: tt.status, body: `{"error":"vendor says ` + http.StatusText(tt.status) + `"}`,
+				header: map[string]string{"Location": "/moved"}})
 			s := newHTTPSink(t, v.URL, func(c *sinks.HTTPConfig) {
 				c.ConflictIsSuccess = tt.conflict
 				c.SuccessStatus = tt.success
@@ -151,6 +154,12 @@ func TestHTTPClassification(t *testing.T) {
 			de := deliveryError(t, err)
 			if de.Status != tt.status || de.Retry != tt.retry {
 				t.Fatalf("DeliveryError status %d retry %v, want %d retry %v", de.Status, de.Retry, tt.status, tt.retry)
+			}
+			if tt.status >= 300 && tt.status < 400 {
+				if !strings.Contains(de.Msg, "/moved: fix the sink's url") {
+					t.Fatalf("msg %q should say where the redirect points", de.Msg)
+				}
+				return
 			}
 			if !strings.Contains(de.Answer, "vendor says") || !strings.Contains(de.Msg, "vendor says") {
 				t.Fatalf("msg %q / answer %q do not carry the vendor's message", de.Msg, de.Answer)
