@@ -179,7 +179,12 @@ type ConfigError struct {
 	// Path is where in the document, e.g. `sinks[1] "scale": retry.max_attempts`.
 	Path string
 	Msg  string
+	// Err is the cause of an error found while building a stage or sink.
+	Err error
 }
+
+// Unwrap returns the cause, if any.
+func (e *ConfigError) Unwrap() error { return e.Err }
 
 func (e *ConfigError) Error() string {
 	var b strings.Builder
@@ -225,11 +230,19 @@ func FieldErr(field, format string, args ...any) error {
 // LoadOption changes how a config is loaded.
 type LoadOption func(*loadOptions)
 
-type loadOptions struct{ allowUnsetEnv bool }
+type loadOptions struct {
+	allowUnsetEnv bool
+	registry      *Registry
+}
 
 // AllowUnsetEnv lets ${VAR} without a default expand to "" instead of being
 // an error; preview uses it so that no vendor keys are needed.
 func AllowUnsetEnv() LoadOption { return func(o *loadOptions) { o.allowUnsetEnv = true } }
+
+// ResolveWith makes loading also Resolve the stage and sink options against
+// reg, so that their errors are reported together with every other error
+// in the file rather than after those are fixed.
+func ResolveWith(reg *Registry) LoadOption { return func(o *loadOptions) { o.registry = reg } }
 
 // LoadConfig reads and decodes a config file. Stage and sink options are
 // decoded against a registry later, by Resolve (New calls it).
@@ -259,6 +272,7 @@ func ParseConfig(name string, data []byte, opts ...LoadOption) (*Config, error) 
 		return nil, l.errs
 	}
 	cfg.root = f
+	l.root = f // sinks() positions errors by document path
 	if len(f.Docs) == 0 || f.Docs[0].Body == nil {
 		l.add(nil, "", "config is empty")
 		return nil, l.errs
@@ -294,10 +308,14 @@ func ParseConfig(name string, data []byte, opts ...LoadOption) (*Config, error) 
 		}
 	}
 	l.check(&cfg)
+	if lo.registry != nil {
+		cfg.resolve(l, lo.registry)
+	}
 	if len(l.errs) > 0 {
 		l.sort()
 		return nil, l.errs
 	}
+	cfg.resolved = lo.registry != nil
 	return &cfg, nil
 }
 
@@ -314,6 +332,17 @@ func (c *Config) Resolve(reg *Registry) error {
 		return nil
 	}
 	l := &loader{file: c.file, root: c.root}
+	c.resolve(l, reg)
+	if len(l.errs) > 0 {
+		l.sort()
+		return l.errs
+	}
+	c.resolved = true
+	return nil
+}
+
+// resolve decodes and validates the stage and sink options into l's errors.
+func (c *Config) resolve(l *loader, reg *Registry) {
 	for i := range c.Stages {
 		s := &c.Stages[i]
 		t, ok := reg.Stage(s.Type)
@@ -326,6 +355,9 @@ func (c *Config) Resolve(reg *Registry) error {
 	}
 	for i := range c.Sinks {
 		s := &c.Sinks[i]
+		if s.Type == "" {
+			continue // "type is required" is reported already
+		}
 		t, ok := reg.Sink(s.Type)
 		if !ok {
 			l.at(s.path+".type", s.label(), "", fmt.Sprintf("unknown sink type %q (known: %s)", s.Type, strings.Join(reg.SinkTypes(), ", ")))
@@ -334,12 +366,15 @@ func (c *Config) Resolve(reg *Registry) error {
 		s.Options = t.Config()
 		l.decodeOptions(s.node, sinkCommonKeys, s.Options, s.path, s.label())
 	}
-	if len(l.errs) > 0 {
-		l.sort()
-		return l.errs
-	}
-	c.resolved = true
-	return nil
+}
+
+// entryError positions an error found while building a stage or sink at
+// its entry in the file, so that it reads like every other config error.
+func (c *Config) entryError(path, label string, err error) error {
+	l := &loader{file: c.file, root: c.root}
+	l.at(path, label, "", err.Error())
+	l.errs[0].Err = err
+	return l.errs
 }
 
 func (s *StageConfig) label() string { return fmt.Sprintf("%s %q", s.path, s.Name) }
@@ -602,7 +637,11 @@ func (l *loader) decode(m *ast.MappingNode, dst any, label string) bool {
 		ok = false
 		var ye yaml.Error
 		if errors.As(err, &ye) && ye.GetToken() != nil {
-			l.yamlErr(label, err)
+			path := label
+			if ye.GetToken() != mv.Key.GetToken() {
+				path += ": " + mv.Key.String() // the problem is inside this key's value
+			}
+			l.yamlErr(path, err)
 			continue
 		}
 		msg := err.Error()

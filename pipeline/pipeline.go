@@ -197,7 +197,7 @@ func (p *Pipeline) buildStages() error {
 		env := p.env("stage", sc.Name)
 		s, err := t.Build(sc.Options, env)
 		if err != nil {
-			return fmt.Errorf("stage %q: %w", sc.Name, err)
+			return p.cfg.entryError(sc.path, sc.label(), err)
 		}
 		p.stages = append(p.stages, builtStage{cfg: sc, stage: s, log: env.Logger})
 	}
@@ -210,7 +210,7 @@ func (p *Pipeline) buildSinks() error {
 		env := p.env("sink", sc.Name)
 		s, err := t.Build(sc.Options, env)
 		if err != nil {
-			return fmt.Errorf("sink %q: %w", sc.Name, err)
+			return p.cfg.entryError(sc.path, sc.label(), err)
 		}
 		bs := &builtSink{cfg: sc, sink: s, log: env.Logger, queue: p.metrics.queue(sc.Name)}
 		p.sinks = append(p.sinks, bs) // appended first so Close closes it

@@ -34,7 +34,8 @@ func previewCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "labelpipe preview:", err)
 		return 1
 	}
-	cfg, err := pipeline.LoadConfig(*cfgPath, pipeline.AllowUnsetEnv())
+	reg := builtin.Registry()
+	cfg, err := pipeline.LoadConfig(*cfgPath, pipeline.AllowUnsetEnv(), pipeline.ResolveWith(reg))
 	if err != nil {
 		printConfigError(stderr, err)
 		return 1
@@ -45,7 +46,7 @@ func previewCommand(args []string, stdout, stderr io.Writer) int {
 		h.Set(*header, *secret)
 		h.Set("Content-Type", "application/json")
 	}
-	rep, err := pipeline.Preview(context.Background(), cfg, pipeline.Options{Registry: builtin.Registry()}, body, h)
+	rep, err := pipeline.Preview(context.Background(), cfg, pipeline.Options{Registry: reg}, body, h)
 	if err != nil {
 		printConfigError(stderr, err)
 		return 1

@@ -26,7 +26,8 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, err := pipeline.LoadConfig(*cfgPath)
+	reg := builtin.Registry()
+	cfg, err := pipeline.LoadConfig(*cfgPath, pipeline.ResolveWith(reg))
 	if err != nil {
 		printConfigError(stderr, err)
 		return 1
@@ -49,7 +50,7 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 		}
 	}()
 	p, err := pipeline.New(cfg, pipeline.Options{
-		Registry:       builtin.Registry(),
+		Registry:       reg,
 		Logger:         logger,
 		TracerProvider: tel.TracerProvider,
 		MeterProvider:  tel.MeterProvider,

@@ -18,10 +18,8 @@ func validateCommand(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, err := pipeline.LoadConfig(*cfgPath)
-	if err == nil {
-		err = cfg.Resolve(builtin.Registry())
-	}
+	// ResolveWith: the stage and sink options' errors come with the rest.
+	cfg, err := pipeline.LoadConfig(*cfgPath, pipeline.ResolveWith(builtin.Registry()))
 	if err != nil {
 		printConfigError(stderr, err)
 		return 1
