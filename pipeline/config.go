@@ -235,8 +235,9 @@ type loadOptions struct {
 	registry      *Registry
 }
 
-// AllowUnsetEnv lets ${VAR} without a default expand to "" instead of being
-// an error; preview uses it so that no vendor keys are needed.
+// AllowUnsetEnv leaves an unset ${VAR} without a default as written
+// instead of reporting an error; preview uses it so that no vendor keys
+// are needed.
 func AllowUnsetEnv() LoadOption { return func(o *loadOptions) { o.allowUnsetEnv = true } }
 
 // ResolveWith makes loading also Resolve the stage and sink options against
@@ -701,9 +702,11 @@ func (v *envExpander) Visit(n ast.Node) ast.Visitor {
 		if m[2] != "" {
 			return m[3]
 		}
-		if !v.allowUnset {
-			v.l.add(s, "", fmt.Sprintf("environment variable %s is not set (use ${%s:-default} for a default)", m[1], m[1]))
+		if v.allowUnset {
+			// Left as written, so a preview shows what is missing.
+			return ref
 		}
+		v.l.add(s, "", fmt.Sprintf("environment variable %s is not set (use ${%s:-default} for a default)", m[1], m[1]))
 		return ""
 	})
 	return v

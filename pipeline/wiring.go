@@ -1,27 +1,34 @@
 package pipeline
 
 import (
-	"errors"
-	"fmt"
+	"context"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 )
 
-// newRedisClientFor builds the shared Redis client from the config.
+// newRedisClientFor builds the shared Redis client from the config, traced
+// with the injected providers.
 func newRedisClientFor(p *Pipeline) (redis.UniversalClient, error) {
-	opt, err := redis.ParseURL(p.cfg.Redis.URL)
-	if err != nil {
-		return nil, fmt.Errorf("redis.url: %w", err)
-	}
-	return redis.NewClient(opt), nil
+	return NewRedisClient(context.Background(), p.cfg.Redis, p.opts.TracerProvider, p.opts.MeterProvider, p.log.With("component", "redis"))
 }
 
-// openRedisBackends opens the durable broker, DLQ and ledger.
-func openRedisBackends(p *Pipeline, _ watermill.LoggerAdapter) (Broker, DLQ, Ledger, error) {
-	return nil, nil, nil, errors.New("broker redis: not wired yet")
+// openRedisBackends opens the durable broker, DLQ and ledger on the shared
+// client.
+func openRedisBackends(p *Pipeline, wlog watermill.LoggerAdapter) (Broker, DLQ, Ledger, error) {
+	b, err := NewRedisBroker(p.redis, p.cfg.Broker, p.opts.ReplicaID, wlog)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	prefix := p.cfg.Redis.KeyPrefix
+	return b, NewRedisDLQ(p.redis, prefix), NewRedisLedger(p.redis, prefix, ledgerTTL), nil
 }
 
 // breakerStore shares breaker state across replicas when Redis is there.
-func (p *Pipeline) breakerStore() gobreaker.SharedDataStore { return nil }
+func (p *Pipeline) breakerStore() gobreaker.SharedDataStore {
+	if p.redis == nil {
+		return nil
+	}
+	return NewRedisBreakerStore(p.redis, p.cfg.Redis.KeyPrefix)
+}
