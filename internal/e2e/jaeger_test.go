@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/labelpipe/labelpipe/configs"
 	"github.com/labelpipe/labelpipe/internal/jaegertest"
+	"github.com/labelpipe/labelpipe/internal/redistest"
 	"github.com/labelpipe/labelpipe/pipeline"
 	"github.com/labelpipe/labelpipe/pipeline/builtin"
 )
@@ -41,7 +43,30 @@ const secret = "e2e-secret"
 // attempt, the client requests and the vendors' server spans.
 func TestJaegerTrace(t *testing.T) {
 	j := jaegertest.Start(t)
+	tests := []struct {
+		name string
+		// backend is the broker, redis and dedupe config for the case.
+		backend func(t *testing.T) string
+	}{
+		{name: "memory broker", backend: func(*testing.T) string {
+			return "broker: {type: memory}\ndedupe_store: memory\n"
+		}},
+		{name: "redis broker", backend: func(t *testing.T) string {
+			return fmt.Sprintf("broker: {type: redis}\nredis: {url: %q}\ndedupe_store: redis\n", redistest.Start(t).URL())
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { traceOneExport(t, j, tt.backend(t)) })
+	}
+}
+
+func traceOneExport(t *testing.T, j *jaegertest.Jaeger, backend string) {
 	ctx := t.Context()
+	dedupeStore := "memory"
+	if strings.Contains(backend, "dedupe_store: redis") {
+		dedupeStore = "redis"
+	}
+	backend = strings.Replace(backend, "dedupe_store: "+dedupeStore+"\n", "", 1)
 
 	// Scale fails its first request with a 503, so one delivery is retried.
 	var scaleCalls atomic.Int32
@@ -64,12 +89,12 @@ func TestJaegerTrace(t *testing.T) {
 	cfg, err := pipeline.ParseConfig("e2e.yaml", []byte(fmt.Sprintf(`
 server: {addr: %q, path: /webhook, shutdown_timeout: 10s}
 admin: {addr: %q}
-broker: {type: memory}
+%s
 tracing: {exporter: otlp, protocol: grpc, endpoint: %q, sample_ratio: 1}
 stages:
   - {type: secret, header: X-Aquarium-Secret, secrets: [%q]}
   - {type: schema, schema: issue-exported}
-  - {type: dedupe, store: memory, ttl: 1h}
+  - {type: dedupe, store: %s, ttl: 1h}
 sinks:
   - name: labelbox
     type: graphql
@@ -81,7 +106,7 @@ sinks:
     url: %s/v1/task/imageannotation
     body: '.issue.elements[] | {unique_id: .element_id, attachment: "x"}'
     retry: {max_attempts: 3, initial_interval: 10ms, max_interval: 20ms}
-`, webhook, admin, j.OTLPGRPC(), secret, labelbox.URL, scale.URL)))
+`, webhook, admin, backend, j.OTLPGRPC(), secret, dedupeStore, labelbox.URL, scale.URL)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +202,7 @@ sinks:
 		t.Fatalf("%v\n%s", err, tr)
 	}
 	t.Logf("trace in Jaeger (%s/trace/%s):\n%s", j.QueryURL(), tr.TraceID, tr)
-	checkTrace(t, tr, accepted.ID)
+	checkTrace(t, tr, accepted.ID, dedupeStore == "redis")
 }
 
 // want counts the spans the trace must hold once everything is exported.
@@ -216,7 +241,9 @@ func complete(tr jaegertest.Trace) bool {
 	return true
 }
 
-func checkTrace(t *testing.T, tr jaegertest.Trace, exportID string) {
+// checkTrace asserts the span tree; onRedis adds the Redis command spans
+// (redisotel) and the redis messaging system.
+func checkTrace(t *testing.T, tr jaegertest.Trace, exportID string, onRedis bool) {
 	t.Helper()
 	for _, w := range want {
 		if got := len(tr.Find(w.service, w.op)); got != w.n {
@@ -232,6 +259,17 @@ func checkTrace(t *testing.T, tr jaegertest.Trace, exportID string) {
 		if s.ParentSpanID != parent.SpanID {
 			t.Errorf("%s %q (span %s) has parent %q, want %s %q (span %s)",
 				s.ServiceName, s.OperationName, s.SpanID, s.ParentSpanID, parent.ServiceName, parent.OperationName, parent.SpanID)
+		}
+	}
+	redisChild := func(s jaegertest.Span) {
+		t.Helper()
+		for _, c := range tr.Children(s.SpanID) {
+			if c.Tags["db.system"] == "redis" && c.Kind == "client" {
+				return
+			}
+		}
+		if onRedis {
+			t.Errorf("%s %q has no Redis command span under it", s.ServiceName, s.OperationName)
 		}
 	}
 	kindIs := func(s jaegertest.Span, kind string) {
@@ -271,6 +309,9 @@ func checkTrace(t *testing.T, tr jaegertest.Trace, exportID string) {
 		tag(s, "labelpipe.stage.type", name)
 		tag(s, "labelpipe.stage.name", name)
 		tag(s, "labelpipe.stage.outcome", "passed")
+		if name == "dedupe" {
+			redisChild(s)
+		}
 		if s.Start.Before(last) {
 			t.Errorf("stage %s started before the stage ahead of it", name)
 		}
@@ -282,6 +323,11 @@ func checkTrace(t *testing.T, tr jaegertest.Trace, exportID string) {
 	parentIs(pubExports, hook)
 	kindIs(pubExports, "producer")
 	tag(pubExports, "messaging.destination.name", pipeline.TopicExports)
+	system := "gochannel"
+	if onRedis {
+		system = "redis"
+	}
+	tag(pubExports, "messaging.system", system)
 	fanout := one("labelpipe", "process exports")
 	parentIs(fanout, pubExports)
 	kindIs(fanout, "consumer")
@@ -298,6 +344,7 @@ func checkTrace(t *testing.T, tr jaegertest.Trace, exportID string) {
 		for _, consume := range tr.Find("labelpipe", "process sink."+sink) {
 			parentIs(consume, pub)
 			kindIs(consume, "consumer")
+			redisChild(consume) // the delivered ledger
 			deliveries := only(tr.Children(consume.SpanID), "deliver "+sink)
 			if len(deliveries) != 1 {
 				t.Errorf("consumer span %s has %d deliver spans, want 1", consume.SpanID, len(deliveries))
