@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // benchCommand measures labelpipe end to end on loopback: it starts three
@@ -63,6 +66,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	lp.print(stdout, "labelpipe")
+	lp.printRedis(stdout)
 	if !o.baseline {
 		return lp.exitCode()
 	}
@@ -100,6 +104,7 @@ type benchResult struct {
 	rssKB                    int64
 	bodyBytes                int
 	cpu                      time.Duration
+	redisCmds                map[string]int64
 }
 
 func (r benchResult) print(w io.Writer, name string) {
@@ -107,6 +112,53 @@ func (r benchResult) print(w io.Writer, name string) {
 		name, r.accepted, r.sent, r.failed, r.acceptRate, r.e2eRate, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond),
 		r.e2eP50.Round(time.Microsecond), r.e2eP99.Round(time.Microsecond), r.lost, r.duplicates, float64(r.rssKB)/1024, float64(r.bodyBytes)/(1<<20),
 		r.cpu.Round(time.Millisecond), (r.cpu / time.Duration(max(r.accepted, 1))).Round(time.Microsecond))
+}
+
+func (r benchResult) printRedis(w io.Writer) {
+	if len(r.redisCmds) == 0 {
+		return
+	}
+	var total int64
+	names := make([]string, 0, len(r.redisCmds))
+	for k, v := range r.redisCmds {
+		total += v
+		names = append(names, k)
+	}
+	sort.Slice(names, func(i, j int) bool { return r.redisCmds[names[i]] > r.redisCmds[names[j]] })
+	n := float64(max(r.accepted, 1))
+	fmt.Fprintf(w, "redis commands per export: %.1f (", float64(total)/n)
+	for i, k := range names {
+		if i > 0 {
+			fmt.Fprint(w, ", ")
+		}
+		fmt.Fprintf(w, "%s %.1f", k, float64(r.redisCmds[k])/n)
+	}
+	fmt.Fprintln(w, ")")
+}
+
+// redisCommands reads per-command call counts from INFO commandstats.
+func redisCommands(c *redis.Client) map[string]int64 {
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		return nil
+	}
+	out := map[string]int64{}
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			if v, ok := strings.CutPrefix(kv, "calls="); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				out[strings.TrimPrefix(name, "cmdstat_")] = n
+			}
+		}
+	}
+	// The bench's own INFO and the reset are not the daemon's work.
+	delete(out, "info")
+	delete(out, "config|resetstat")
+	return out
 }
 
 func (r benchResult) exitCode() int {
@@ -176,6 +228,18 @@ func runBench(exe string, o benchOptions, baseline bool, stderr io.Writer) (benc
 		return res, fmt.Errorf("warm-up export: %w", err)
 	}
 
+	var rdb *redis.Client
+	if o.broker == "redis" {
+		opt, err := redis.ParseURL(o.redisURL)
+		if err != nil {
+			return res, fmt.Errorf("--redis-url: %w", err)
+		}
+		rdb = redis.NewClient(opt)
+		defer rdb.Close()
+		if err := rdb.ConfigResetStat(context.Background()).Err(); err != nil {
+			return res, fmt.Errorf("redis CONFIG RESETSTAT: %w", err)
+		}
+	}
 	cpuBefore := cpuTime(cmd.Process.Pid)
 	elements := o.elementsPerExport()
 	bodies := make(chan int, o.n)
@@ -239,6 +303,9 @@ func runBench(exe string, o benchOptions, baseline bool, stderr io.Writer) (benc
 		if err := fetch("http://"+admin+"/debug/pprof/heap", o.memProfile); err != nil {
 			fmt.Fprintln(stderr, "memprofile:", err)
 		}
+	}
+	if rdb != nil {
+		res.redisCmds = redisCommands(rdb)
 	}
 	res.rssKB = peakRSS(cmd.Process.Pid)
 	res.cpu = cpuTime(cmd.Process.Pid) - cpuBefore
