@@ -18,11 +18,13 @@ import (
 //
 // Its lock is SET key token NX PX breakerLockTTL, released by a script
 // that deletes the key only if it still holds our token. gobreaker holds
-// the lock for a whole Execute, that is for the vendor request, so the TTL
-// is long enough for a slow request yet bounds how long a crashed holder
-// blocks the others.
+// the lock for a whole Execute; sinks/resilience only records outcomes
+// in it (a read-modify-write of the state, a few round trips), never a
+// vendor request. So a short TTL is enough, and a replica killed while
+// holding the lock blocks the others (and its own restart) for at most
+// breakerLockTTL, well inside gobreaker's 5s wait for the lock.
 const (
-	breakerLockTTL  = 15 * time.Second
+	breakerLockTTL  = 2 * time.Second
 	breakerLockWait = time.Second // Lock gives up after this; gobreaker retries for 5s
 )
 

@@ -22,7 +22,7 @@ import (
 // Claiming. A message stays pending (in the group's PEL) from delivery to
 // ack. Another consumer claims it once it has been idle for claim_idle AND
 // its owner is gone. "Gone" is a heartbeat: every subscribed consumer keeps
-// a key <prefix>alive:<stream>:<group>:<consumer> alive (PX claim_idle,
+// a key <prefix>alive:<topic>:<group>:<consumer> alive (PX claim_idle,
 // refreshed every claim_idle/3). A live replica holding a message longer
 // than claim_idle (breaker open, long retry backoff) therefore keeps it,
 // and a SIGKILLed one loses its messages to the living within about
@@ -244,7 +244,7 @@ func readerClient(c redis.UniversalClient, size int) (redis.UniversalClient, boo
 }
 
 func (b *redisBroker) aliveKey(stream, group, consumer string) string {
-	return b.cfg.Prefix + "alive:" + stream + ":" + group + ":" + consumer
+	return b.cfg.Prefix + "alive:" + strings.TrimPrefix(stream, b.cfg.Prefix) + ":" + group + ":" + consumer
 }
 
 // heartbeat keeps the alive keys of this replica's consumers from
