@@ -1,0 +1,345 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/labelpipe/labelpipe/pipeline"
+)
+
+const dlqUsage = `usage:
+  labelpipe dlq list   [-c CONFIG] [--sink NAME] [--limit N] [--json]
+  labelpipe dlq show   [-c CONFIG] --sink NAME --id ID
+  labelpipe dlq replay [-c CONFIG] --sink NAME (--id ID ... | --all)
+  labelpipe dlq purge  [-c CONFIG] --sink NAME (--id ID ... | --all)
+
+The commands work on the dead-letter queues a running daemon keeps in the
+Redis of CONFIG (broker.type redis). replay puts each request back on its
+sink's queue, where the daemon delivers it again; purge deletes entries.
+Without --sink, list shows how many entries each sink has.
+`
+
+// The dlq command replaces the placeholder in dlq_dispatch.go.
+func init() { dlqDispatch = dlqCommand }
+
+// progressMin is the smallest replay that gets a progress bar.
+const progressMin = 20
+
+// dlqCommand runs `labelpipe dlq SUBCOMMAND [flags]`.
+func dlqCommand(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, dlqUsage)
+		return 2
+	}
+	sub := args[0]
+	if !slices.Contains([]string{"list", "show", "replay", "purge"}, sub) {
+		fmt.Fprintf(stderr, "labelpipe dlq: unknown subcommand %q\n\n%s", sub, dlqUsage)
+		return 2
+	}
+	fs := flag.NewFlagSet("dlq "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, dlqUsage) }
+	cfgPath := fs.String("c", defaultConfig, "config file")
+	sink := fs.String("sink", "", "sink name")
+	all := fs.Bool("all", false, "every entry of the sink (replay, purge)")
+	limit := fs.Int("limit", 100, "list at most this many entries (0: all)")
+	asJSON := fs.Bool("json", false, "list as JSON lines")
+	var ids []string
+	fs.Func("id", "entry id (repeatable)", func(s string) error {
+		if s == "" {
+			return errors.New("empty id")
+		}
+		ids = append(ids, s)
+		return nil
+	})
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "labelpipe dlq %s: unexpected argument %q\n", sub, fs.Arg(0))
+		return 2
+	}
+	switch sub {
+	case "show":
+		if *sink == "" || len(ids) != 1 {
+			fmt.Fprintln(stderr, "labelpipe dlq show: needs --sink and one --id")
+			return 2
+		}
+	case "replay", "purge":
+		if *sink == "" || (len(ids) == 0) == !*all {
+			fmt.Fprintf(stderr, "labelpipe dlq %s: needs --sink and either --id (repeatable) or --all\n", sub)
+			return 2
+		}
+	}
+
+	// Vendor keys are not needed to reach the DLQ.
+	cfg, err := pipeline.LoadConfig(*cfgPath, pipeline.AllowUnsetEnv())
+	if err != nil {
+		printConfigError(stderr, err)
+		return 1
+	}
+	if cfg.Broker.Type != "redis" || cfg.Redis.URL == "" {
+		fmt.Fprintf(stderr, "labelpipe dlq: %s uses broker %q; dead letters of the memory broker live inside the daemon, use its admin API (GET /api/dlq)\n",
+			*cfgPath, cfg.Broker.Type)
+		return 1
+	}
+	names := make([]string, len(cfg.Sinks))
+	for i, s := range cfg.Sinks {
+		names[i] = s.Name
+	}
+	if *sink != "" && !slices.Contains(names, *sink) {
+		// A removed sink can still be listed and purged, but a replay
+		// would queue requests nobody consumes.
+		if sub == "replay" {
+			fmt.Fprintf(stderr, "labelpipe dlq replay: %s has no sink %q (sinks: %s)\n", *cfgPath, *sink, strings.Join(names, ", "))
+			return 1
+		}
+		fmt.Fprintf(stderr, "labelpipe dlq: note: %s has no sink %q\n", *cfgPath, *sink)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	client, err := pipeline.NewRedisClient(ctx, cfg.Redis, nil, nil, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "labelpipe dlq:", err)
+		return 1
+	}
+	defer func() { _ = client.Close() }()
+	// The same key prefix the daemon's DLQ uses (pipeline/wiring.go).
+	dlq := pipeline.NewRedisDLQ(client, cfg.Redis.KeyPrefix)
+
+	switch sub {
+	case "list":
+		err = dlqList(ctx, dlq, *sink, names, *limit, *asJSON, stdout)
+	case "show":
+		err = dlqShow(ctx, dlq, *sink, ids[0], stdout)
+	case "purge":
+		var taken []*pipeline.DeadLetter
+		taken, err = dlq.Take(ctx, *sink, ids)
+		if err == nil {
+			fmt.Fprintf(stdout, "purged %d entries from %s\n", len(taken), *sink)
+			err = missing(ids, taken)
+		}
+	case "replay":
+		err = dlqReplay(ctx, cfg, client, dlq, *sink, ids, stdout, stderr)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "labelpipe dlq:", err)
+		return 1
+	}
+	return 0
+}
+
+func dlqList(ctx context.Context, dlq pipeline.DLQ, sink string, names []string, limit int, asJSON bool, stdout io.Writer) error {
+	if sink == "" {
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SINK\tENTRIES")
+		for _, n := range names {
+			l, err := dlq.Len(ctx, n)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(tw, "%s\t%d\n", n, l)
+		}
+		return tw.Flush()
+	}
+	entries, err := dlq.List(ctx, sink, limit)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		for _, d := range entries {
+			if err := enc.Encode(d); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tEXPORT\tCHUNK\tSTATUS\tATTEMPTS\tFAILED AT\tERROR")
+	for _, d := range entries {
+		status := "-"
+		if d.Status != 0 {
+			status = fmt.Sprint(d.Status)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\t%s\n", d.ID, d.ExportID, d.Chunk, status, d.Attempts, d.FailedAt, clip(d.Error, 80))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if total, err := dlq.Len(ctx, sink); err == nil && total > int64(len(entries)) {
+		fmt.Fprintf(stdout, "(%d of %d entries; --limit 0 for all)\n", len(entries), total)
+	}
+	return nil
+}
+
+// dlqShow prints one entry with the request it holds.
+func dlqShow(ctx context.Context, dlq pipeline.DLQ, sink, id string, stdout io.Writer) error {
+	entries, err := dlq.List(ctx, sink, 0)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(entries, func(d *pipeline.DeadLetter) bool { return d.ID == id })
+	if i < 0 {
+		return fmt.Errorf("%s has no dead letter %s", sink, id)
+	}
+	d := entries[i]
+	out := struct {
+		*pipeline.DeadLetter
+		Message any `json:"message,omitempty"`
+	}{DeadLetter: d}
+	if m := d.Message; m != nil {
+		msg := map[string]any{"uuid": m.UUID, "metadata": m.Metadata}
+		// The payload is shown as JSON when it is JSON.
+		switch {
+		case json.Valid(m.Payload):
+			msg["payload"] = json.RawMessage(m.Payload)
+		case utf8.Valid(m.Payload):
+			msg["payload"] = string(m.Payload)
+		default:
+			msg["payload_base64"] = base64.StdEncoding.EncodeToString(m.Payload)
+		}
+		out.Message = msg
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+// dlqReplay moves entries back to their sink's queue through the redis
+// broker, as the daemon's own replay does.
+func dlqReplay(ctx context.Context, cfg *pipeline.Config, client redis.UniversalClient, dlq pipeline.DLQ, sink string, ids []string, stdout, stderr io.Writer) error {
+	total := int64(len(ids))
+	if total == 0 {
+		n, err := dlq.Len(ctx, sink)
+		if err != nil {
+			return err
+		}
+		total = n
+	}
+	host, _ := os.Hostname()
+	broker, err := pipeline.NewRedisBroker(client, cfg.Broker, fmt.Sprintf("dlq-cli-%s-%d", host, os.Getpid()), nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = broker.Close() }()
+
+	var bar *progressBar
+	if total >= progressMin {
+		bar = newProgressBar(stderr, total, "replaying "+sink)
+	}
+	n, err := pipeline.ReplayDeadLetters(ctx, dlq, broker, sink, ids, func(done int) {
+		if bar != nil {
+			bar.set(int64(done))
+		}
+	})
+	if bar != nil {
+		bar.finish()
+	}
+	fmt.Fprintf(stdout, "replayed %d entries to %s\n", n, pipeline.TopicSink(sink))
+	if err != nil {
+		return err
+	}
+	if len(ids) > 0 && n < len(ids) {
+		return fmt.Errorf("%d of the %d ids were not in the %s DLQ (already replayed or purged?)", len(ids)-n, len(ids), sink)
+	}
+	return nil
+}
+
+// missing reports ids the DLQ did not have.
+func missing(ids []string, taken []*pipeline.DeadLetter) error {
+	var gone []string
+	for _, id := range ids {
+		if !slices.ContainsFunc(taken, func(d *pipeline.DeadLetter) bool { return d.ID == id }) {
+			gone = append(gone, id)
+		}
+	}
+	if len(gone) > 0 {
+		return fmt.Errorf("not found: %s", strings.Join(gone, ", "))
+	}
+	return nil
+}
+
+func clip(s string, n int) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	return string([]rune(s)[:n-1]) + "…"
+}
+
+// progressBar draws "label [#####     ] done/total" on a terminal,
+// redrawn in place at most every 100ms; elsewhere (a log file) it writes a
+// line at every 10%.
+type progressBar struct {
+	w      io.Writer
+	total  int64
+	label  string
+	tty    bool
+	done   int64
+	drawn  time.Time
+	decile int64
+}
+
+func newProgressBar(w io.Writer, total int64, label string) *progressBar {
+	b := &progressBar{w: w, total: max(total, 1), label: label}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			b.tty = true
+		}
+	}
+	b.draw()
+	return b
+}
+
+func (b *progressBar) set(done int64) {
+	b.done = done
+	if done > b.total { // entries added while replaying
+		b.total = done
+	}
+	if b.tty {
+		if time.Since(b.drawn) >= 100*time.Millisecond || done == b.total {
+			b.draw()
+		}
+		return
+	}
+	if d := done * 10 / b.total; d > b.decile {
+		b.decile = d
+		b.draw()
+	}
+}
+
+func (b *progressBar) draw() {
+	const width = 30
+	filled := int(b.done * width / b.total)
+	line := fmt.Sprintf("%s [%s%s] %d/%d", b.label, strings.Repeat("#", filled), strings.Repeat(" ", width-filled), b.done, b.total)
+	if b.tty {
+		fmt.Fprint(b.w, "\r"+line)
+	} else {
+		fmt.Fprintln(b.w, line)
+	}
+	b.drawn = time.Now()
+}
+
+func (b *progressBar) finish() {
+	if b.tty {
+		b.draw()
+		fmt.Fprintln(b.w)
+	}
+}

@@ -1,0 +1,1059 @@
+package e2e_test
+
+// Redis integration tests: the real labelpipe binary, run as replica
+// processes on loopback ports, against a real redis-server
+// (internal/redistest) and the fake vendors (internal/vendortest). Each
+// subtest is one "Done when" item of the Redis issue.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/labelpipe/labelpipe/configs"
+	"github.com/labelpipe/labelpipe/internal/redistest"
+	"github.com/labelpipe/labelpipe/internal/vendortest"
+)
+
+// Vendor credentials of the fakes.
+const (
+	scaleKey    = "scale-e2e-key"
+	labelboxKey = "labelbox-e2e-key"
+	lsToken     = "ls-e2e-token"
+	lsProject   = 7
+	lbProject   = "lb-project"
+	e2eSecret   = "e2e-redis-secret"
+)
+
+// elementsPerExport is how many elements issue-crops.json has: Scale gets
+// one request per element, Labelbox and Label Studio one per export.
+const elementsPerExport = 2
+
+// TestRedis builds the daemon once and runs every scenario against it.
+func TestRedis(t *testing.T) {
+	bin := buildLabelpipe(t)
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T, bin string)
+	}{
+		{"replica killed under load and restarted", testCrashUnderLoad},
+		{"two replicas split the work and the survivor finishes", testTwoReplicas},
+		{"redis restarted with AOF under load", testRedisRestart},
+		{"dedupe", testDedupe},
+		{"vendor outage opens the shared breaker", testSharedBreaker},
+		{"dead letter and replay", testDLQReplay},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.run(t, bin) })
+	}
+}
+
+// testCrashUnderLoad: two replicas take a steady load; one is SIGKILLed
+// and restarted under the same replica id. Every 202'd export reaches
+// every sink; Scale and Labelbox (idempotency keys) hold no duplicate, and
+// Label Studio (none) at most the requests in flight at the kill.
+func testCrashUnderLoad(t *testing.T, bin string) {
+	r := newRig(t, bin, rigOptions{latency: 20 * time.Millisecond})
+	a, b := r.start("a"), r.start("b")
+	l := r.startLoad(10*time.Millisecond, a, b)
+	l.waitAccepted(t, 30)
+	a.kill()
+	l.waitAccepted(t, l.acceptedCount()+30) // b alone
+	a.restart()
+	l.waitAccepted(t, l.acceptedCount()+30)
+	ids := l.stop()
+	if got := l.acceptedBy(a); got == 0 {
+		t.Fatal("replica a accepted nothing")
+	}
+	r.waitDelivered(t, ids, 60*time.Second)
+	r.checkExactlyOnce(t, ids)
+	// Label Studio has no idempotency key: only requests in flight at the
+	// kill may repeat, at most its max_in_flight.
+	if d := r.ls.Duplicates(); d > r.opts.inFlight() {
+		t.Fatalf("label studio got %d duplicate imports, more than the %d in flight at the kill", d, r.opts.inFlight())
+	}
+	t.Logf("%d exports accepted, %d label studio repeats after the kill", len(ids), r.ls.Duplicates())
+}
+
+// testTwoReplicas: both replicas answer webhooks and deliver; then one is
+// killed while it holds work and the other finishes that work.
+func testTwoReplicas(t *testing.T, bin string) {
+	r := newRig(t, bin, rigOptions{claimIdle: time.Second})
+	a, b := r.start("a"), r.start("b")
+	l := r.startLoad(5*time.Millisecond, a, b)
+	l.waitAccepted(t, 40)
+	ids := l.stop()
+	for _, rp := range []*replica{a, b} {
+		if l.acceptedBy(rp) == 0 {
+			t.Fatalf("replica %s answered no webhook with 202", rp.name)
+		}
+	}
+	r.waitDelivered(t, ids, 30*time.Second)
+	for _, rp := range []*replica{a, b} {
+		if n := rp.delivered(t); n == 0 {
+			t.Fatalf("replica %s delivered nothing", rp.name)
+		}
+	}
+
+	// Slow Scale down so that work piles up on both, then kill a while
+	// its consumers hold some.
+	r.scale.SetLatency(300 * time.Millisecond)
+	l = r.startLoad(5*time.Millisecond, a, b)
+	l.waitAccepted(t, 20)
+	more := l.stop()
+	r.waitPending(t, "sink.scale", "sink-scale", a.name)
+	a.kill()
+	r.scale.SetLatency(0)
+	r.waitDelivered(t, append(ids, more...), 30*time.Second)
+	r.checkExactlyOnce(t, append(ids, more...))
+}
+
+// testRedisRestart: Redis is killed (AOF, fsync always) under load and
+// started again. Ingress answers 503 with Retry-After while it is down,
+// recovers without a daemon restart, and nothing accepted is lost.
+func testRedisRestart(t *testing.T, bin string) {
+	r := newRig(t, bin, rigOptions{aof: true})
+	a := r.start("a")
+	l := r.startLoad(10*time.Millisecond, a)
+	l.waitAccepted(t, 30)
+	r.redis.Kill()
+
+	status, hdr, body := r.post(t, a, r.exportBody("while-down"))
+	if status != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" {
+		t.Fatalf("webhook while redis is down: %d (Retry-After %q) %s; want 503 with Retry-After", status, hdr.Get("Retry-After"), body)
+	}
+	if code := a.readyz(); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz while redis is down: %d", code)
+	}
+
+	r.redis.Restart()
+	a.waitReady(t, 30*time.Second)
+	l.waitAccepted(t, l.acceptedCount()+30)
+	ids := l.stop()
+	for code, n := range l.statuses() {
+		if code != http.StatusAccepted && code != http.StatusServiceUnavailable {
+			t.Fatalf("load got %d answers %d; want only 202 and 503", n, code)
+		}
+	}
+	r.waitDelivered(t, ids, 60*time.Second)
+	r.checkExactlyOnce(t, ids)
+}
+
+// testDedupe: the same export twice is delivered once; an export whose
+// durable publish failed after its dedupe key was reserved is accepted
+// when sent again.
+func testDedupe(t *testing.T, bin string) {
+	r := newRig(t, bin, rigOptions{redisUser: true})
+	a := r.start("a")
+
+	body := r.exportBody("twice")
+	status, _, first := r.post(t, a, body)
+	if status != http.StatusAccepted {
+		t.Fatalf("first: %d %s", status, first)
+	}
+	status, _, second := r.post(t, a, body)
+	if status != http.StatusOK || !strings.Contains(string(second), "duplicate") {
+		t.Fatalf("second: %d %s, want 200 duplicate", status, second)
+	}
+
+	// XADD is refused, SET NX is not: the key is reserved, the publish
+	// fails, and the caller's retry must not be taken for a duplicate.
+	admin := r.redis.Client(t)
+	if err := admin.Do(t.Context(), "ACL", "SETUSER", "labelpipe", "-xadd").Err(); err != nil {
+		t.Fatal(err)
+	}
+	retried := r.exportBody("publish-fails")
+	if status, _, b := r.post(t, a, retried); status != http.StatusServiceUnavailable {
+		t.Fatalf("with publish failing: %d %s, want 503", status, b)
+	}
+	if err := admin.Do(t.Context(), "ACL", "SETUSER", "labelpipe", "+xadd").Err(); err != nil {
+		t.Fatal(err)
+	}
+	status, _, third := r.post(t, a, retried)
+	if status != http.StatusAccepted {
+		t.Fatalf("retry after the failed publish: %d %s, want 202", status, third)
+	}
+	ids := []string{exportID(t, first), exportID(t, third)}
+	r.waitDelivered(t, ids, 30*time.Second)
+	r.checkExactlyOnce(t, ids)
+}
+
+// testSharedBreaker: Scale is down with two replicas. Replica b's own
+// trip rule would never open its breaker, so b reporting open and sending
+// nothing is the shared state at work. No attempts are made while it is
+// open (so no retry budget is spent and nothing is dead-lettered),
+// Labelbox and Label Studio deliver everything meanwhile, and Scale drains
+// once it is back.
+func testSharedBreaker(t *testing.T, bin string) {
+	const trip = 4
+	openFor := time.Second
+	r := newRig(t, bin, rigOptions{
+		scaleInFlight: 1,
+		scaleBreaker:  fmt.Sprintf("{consecutive_failures: %d, open_timeout: %s}", trip, openFor),
+		scaleBreakerOf: map[string]string{
+			"b": fmt.Sprintf("{consecutive_failures: 1000000, open_timeout: %s}", openFor),
+		},
+		scaleRetry: "{max_attempts: 12, initial_interval: 20ms, max_interval: 50ms, max_elapsed: 0s}",
+	})
+	a, b := r.start("a"), r.start("b")
+	r.scale.SetDown(http.StatusServiceUnavailable)
+	outage := time.Now()
+
+	var ids []string
+	for i := range 6 {
+		rp := []*replica{a, b}[i%2]
+		status, _, body := r.post(t, rp, r.exportBody(fmt.Sprintf("outage-%d", i)))
+		if status != http.StatusAccepted {
+			t.Fatalf("export %d: %d %s", i, status, body)
+		}
+		ids = append(ids, exportID(t, body))
+	}
+	a.waitBreaker(t, "scale", "open")
+	b.waitBreaker(t, "scale", "open")
+	atOpen := r.scale.RequestCount()
+
+	// The other sinks are not held up by Scale.
+	r.waitSink(t, "labelbox", ids, 15*time.Second)
+	r.waitSink(t, "label_studio", ids, 15*time.Second)
+	if r.scale.Accepted() != 0 {
+		t.Fatal("scale accepted during its outage")
+	}
+	// Keep Scale down for a few open periods.
+	waitUntil(t, outage.Add(3*openFor))
+	down := time.Since(outage)
+	r.scale.SetUp()
+	during := r.scale.RequestCount()
+	// While open nothing is sent; each open period ends with at most one
+	// half-open probe per replica.
+	probes := 2 * (int(down/openFor) + 1)
+	if during > atOpen+probes {
+		t.Fatalf("%d scale requests during a %s outage: %d to open it and %d more, want at most %d half-open probes",
+			during, down.Round(time.Millisecond), atOpen, during-atOpen, probes)
+	}
+	r.waitDelivered(t, ids, 30*time.Second)
+	r.checkExactlyOnce(t, ids)
+	if n := r.redis.Client(t).XLen(t.Context(), "labelpipe:dlq.scale").Val(); n != 0 {
+		t.Fatalf("%d scale requests dead-lettered: retry budget spent while the breaker was open", n)
+	}
+	t.Logf("outage %s: %d scale requests (%d until open)", down.Round(time.Millisecond), during, atOpen)
+}
+
+// testDLQReplay: a 400 from Scale dead-letters one request with its
+// error; `labelpipe dlq replay` after the vendor is fixed delivers it
+// once. show and purge work on a second one.
+func testDLQReplay(t *testing.T, bin string) {
+	r := newRig(t, bin, rigOptions{})
+	a := r.start("a")
+	rdb := r.redis.Client(t)
+	const dlqKey = "labelpipe:dlq.scale"
+
+	r.scale.FailNext(1, http.StatusBadRequest, "")
+	status, _, body := r.post(t, a, r.exportBody("dlq"))
+	if status != http.StatusAccepted {
+		t.Fatalf("%d %s", status, body)
+	}
+	id := exportID(t, body)
+	pollFor(t, "one dead letter", func() bool { return rdb.XLen(t.Context(), dlqKey).Val() == 1 })
+	r.waitSink(t, "labelbox", []string{id}, 15*time.Second)
+	if got := len(r.scaleTasks()[id]); got != elementsPerExport-1 {
+		t.Fatalf("scale has %d tasks of the export before replay, want %d", got, elementsPerExport-1)
+	}
+
+	out := r.cli(t, 0, "dlq", "list", "-c", a.config, "--sink", "scale", "--json")
+	var letters []map[string]any
+	for line := range strings.Lines(out) {
+		var d map[string]any
+		if err := json.Unmarshal([]byte(line), &d); err != nil {
+			t.Fatalf("dlq list --json: %v\n%s", err, out)
+		}
+		letters = append(letters, d)
+	}
+	if len(letters) != 1 {
+		t.Fatalf("dlq list: %d entries, want 1\n%s", len(letters), out)
+	}
+	d := letters[0]
+	if d["export_id"] != id || d["status"] != float64(400) || d["error"] == "" || d["sink"] != "scale" {
+		t.Fatalf("dead letter %v", d)
+	}
+	out = r.cli(t, 0, "dlq", "list", "-c", a.config)
+	if !hasLine(out, "scale", "1") {
+		t.Fatalf("dlq list without --sink:\n%s", out)
+	}
+
+	out = r.cli(t, 0, "dlq", "replay", "-c", a.config, "--sink", "scale", "--all")
+	if !strings.Contains(out, "replayed 1") {
+		t.Fatalf("replay said %q", out)
+	}
+	r.waitDelivered(t, []string{id}, 15*time.Second)
+	r.checkExactlyOnce(t, []string{id})
+	if n := rdb.XLen(t.Context(), dlqKey).Val(); n != 0 {
+		t.Fatalf("%d left in the DLQ after replay", n)
+	}
+	// Replaying again finds nothing and sends nothing.
+	before := r.scale.RequestCount()
+	out = r.cli(t, 0, "dlq", "replay", "-c", a.config, "--sink", "scale", "--all")
+	if !strings.Contains(out, "replayed 0") || r.scale.RequestCount() != before {
+		t.Fatalf("second replay: %q, %d requests after %d", out, r.scale.RequestCount(), before)
+	}
+
+	// show and purge.
+	r.scale.FailNext(1, http.StatusBadRequest, "")
+	_, _, body = r.post(t, a, r.exportBody("dlq-purge"))
+	pollFor(t, "a second dead letter", func() bool { return rdb.XLen(t.Context(), dlqKey).Val() == 1 })
+	entry := rdb.XRange(t.Context(), dlqKey, "-", "+").Val()[0]
+	out = r.cli(t, 0, "dlq", "show", "-c", a.config, "--sink", "scale", "--id", entry.ID)
+	var shown struct {
+		ID       string `json:"id"`
+		ExportID string `json:"export_id"`
+		Message  struct {
+			Payload json.RawMessage `json:"payload"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal([]byte(out), &shown); err != nil || shown.ID != entry.ID || shown.ExportID != exportID(t, body) || len(shown.Message.Payload) == 0 {
+		t.Fatalf("dlq show: %v\n%s", err, out)
+	}
+	r.cli(t, 2, "dlq", "purge", "-c", a.config, "--sink", "scale") // needs --id or --all
+	out = r.cli(t, 0, "dlq", "purge", "-c", a.config, "--sink", "scale", "--id", entry.ID)
+	if !strings.Contains(out, "purged 1") || rdb.XLen(t.Context(), dlqKey).Val() != 0 {
+		t.Fatalf("purge: %q", out)
+	}
+}
+
+// ---- the rig: Redis, fake vendors and replica processes ----
+
+type rigOptions struct {
+	aof bool
+	// redisUser connects as ACL user "labelpipe" instead of the default.
+	redisUser bool
+	claimIdle time.Duration
+	// latency delays every vendor answer.
+	latency       time.Duration
+	scaleInFlight int
+	scaleRetry    string
+	scaleBreaker  string
+	// scaleBreakerOf overrides scaleBreaker for a replica, by name.
+	scaleBreakerOf map[string]string
+}
+
+func (o rigOptions) inFlight() int { return 4 } // max_in_flight of label_studio
+
+type rig struct {
+	t        *testing.T
+	bin      string
+	dir      string
+	opts     rigOptions
+	redis    *redistest.Server
+	redisURL string
+	scale    *vendortest.Scale
+	labelbox *vendortest.Labelbox
+	ls       *vendortest.LabelStudio
+	payload  map[string]any
+	http     *http.Client
+}
+
+func newRig(t *testing.T, bin string, opts rigOptions) *rig {
+	if opts.claimIdle == 0 {
+		opts.claimIdle = time.Second
+	}
+	if opts.scaleInFlight == 0 {
+		opts.scaleInFlight = 4
+	}
+	if opts.scaleRetry == "" {
+		opts.scaleRetry = "{max_attempts: 20, initial_interval: 20ms, max_interval: 200ms}"
+	}
+	if opts.scaleBreaker == "" {
+		opts.scaleBreaker = "{consecutive_failures: 50, open_timeout: 1s}"
+	}
+	var ropts []redistest.Option
+	if opts.aof {
+		ropts = append(ropts, redistest.WithAOF())
+	}
+	r := &rig{
+		t: t, bin: bin, dir: t.TempDir(), opts: opts,
+		redis:    redistest.Start(t, ropts...),
+		scale:    vendortest.NewScale(t, scaleKey),
+		labelbox: vendortest.NewLabelbox(t, labelboxKey),
+		ls:       vendortest.NewLabelStudio(t, lsToken),
+		http:     &http.Client{Timeout: 10 * time.Second},
+	}
+	r.redisURL = r.redis.URL()
+	if opts.redisUser {
+		err := r.redis.Client(t).Do(t.Context(), "ACL", "SETUSER", "labelpipe", "on", ">pw", "~*", "&*", "+@all").Err()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.redisURL = "unix://labelpipe:pw@" + r.redis.Addr()
+	}
+	for _, v := range []*vendortest.Server{r.scale.Server, r.labelbox.Server, r.ls.Server} {
+		v.SetLatency(opts.latency)
+	}
+	raw, err := configs.Payloads.ReadFile("payloads/issue-crops.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &r.payload); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// config is vendors.yaml's pipeline against the fakes, with short
+// intervals.
+func (r *rig) config(name, webhook, admin string) string {
+	breaker := r.opts.scaleBreaker
+	if b, ok := r.opts.scaleBreakerOf[name]; ok {
+		breaker = b
+	}
+	return fmt.Sprintf(`
+server: {addr: %q, path: /webhook, shutdown_timeout: 5s}
+admin: {addr: %q}
+broker: {type: redis, claim_idle: %s}
+redis: {url: %q}
+log: {format: json, level: info}
+stages:
+  - {type: secret, header: X-Aquarium-Secret, secrets: [%q]}
+  - {type: schema, schema: issue-exported}
+  - {type: dedupe, store: redis, ttl: 1h, on_store_error: reject}
+sinks:
+  - name: labelbox
+    type: graphql
+    url: %s
+    headers: {Authorization: "Bearer %s"}
+    query: |
+      mutation QueueIssue($projectId: ID!, $name: String!, $globalKeys: [ID!]) {
+        project(where: {id: $projectId}) {
+          createBatchV2(input: {name: $name, globalKeys: $globalKeys, priority: 5}) {
+            batch { id }
+            failedDataRowIds
+          }
+        }
+      }
+    variables: |
+      [.issue.elements[].frame_id] | unique
+      | {projectId: %q, name: "aquarium-\($export.issue_id)-\($export.id)-0", globalKeys: .}
+    already_done: "already exists"
+    retry: {max_attempts: 20, initial_interval: 20ms, max_interval: 200ms}
+    breaker: {consecutive_failures: 50, open_timeout: 1s}
+  - name: scale
+    type: http
+    method: POST
+    url: %s
+    basic_auth: {username: %q, password: ""}
+    conflict_is_success: true
+    max_in_flight: %d
+    body: |
+      .issue.elements[] as $el
+      | {
+          project: "aquarium-relabel",
+          batch: "aquarium-\($export.issue_id)",
+          instruction: "Relabel the objects flagged in this issue.",
+          attachment: $el.frame_data.sensor_data[0].data_urls.image_url,
+          unique_id: "\($export.id)-\($el.element_id)",
+          geometries: {box: {objects_to_annotate: ([$el.frame_data.label_data[]?.label] | unique)}},
+          metadata: {export_id: $export.id, element_id: $el.element_id}
+        }
+    retry: %s
+    breaker: %s
+  - name: label_studio
+    type: http
+    url: %s
+    headers: {Authorization: "Token %s"}
+    max_in_flight: %d
+    body: |
+      [.issue.elements[] | {
+          data: {image: .frame_data.sensor_data[0].data_urls.image_url},
+          meta: {export_id: $export.id, element_id: .element_id}
+        }]
+    retry: {max_attempts: 20, initial_interval: 20ms, max_interval: 200ms}
+    breaker: {consecutive_failures: 50, open_timeout: 1s}
+`, webhook, admin, r.opts.claimIdle, r.redisURL, e2eSecret,
+		r.labelbox.Endpoint(), labelboxKey, lbProject,
+		r.scale.TaskURL(), scaleKey, r.opts.scaleInFlight, r.opts.scaleRetry, breaker,
+		r.ls.ImportURL(lsProject), lsToken, r.opts.inFlight())
+}
+
+// exportBody is issue-crops.json as a distinct issue, so that dedupe keeps
+// it apart from the others.
+func (r *rig) exportBody(tag string) []byte {
+	p := map[string]any{}
+	for k, v := range r.payload {
+		p[k] = v
+	}
+	issue := map[string]any{}
+	for k, v := range r.payload["issue"].(map[string]any) {
+		issue[k] = v
+	}
+	issue["id"] = "issue_e2e_" + tag
+	p["issue"] = issue
+	b, err := json.Marshal(p)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func (r *rig) post(t *testing.T, rp *replica, body []byte) (int, http.Header, []byte) {
+	t.Helper()
+	status, hdr, b, err := r.postErr(rp, body)
+	if err != nil {
+		t.Fatalf("POST to %s: %v", rp.name, err)
+	}
+	return status, hdr, b
+}
+
+func (r *rig) postErr(rp *replica, body []byte) (int, http.Header, []byte, error) {
+	req, err := http.NewRequest(http.MethodPost, "http://"+rp.webhook+"/webhook", bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Aquarium-Secret", e2eSecret)
+	resp, err := r.http.Do(req)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b, err
+}
+
+func exportID(t *testing.T, body []byte) string {
+	t.Helper()
+	var a struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(body, &a); err != nil || a.ID == "" {
+		t.Fatalf("no export id in %s (%v)", body, err)
+	}
+	return a.ID
+}
+
+// cli runs the labelpipe binary and checks its exit code.
+func (r *rig) cli(t *testing.T, wantCode int, args ...string) string {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), r.bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("labelpipe %s: %v", strings.Join(args, " "), err)
+	}
+	if code != wantCode {
+		t.Fatalf("labelpipe %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, wantCode, &stdout, &stderr)
+	}
+	return stdout.String()
+}
+
+// ---- what the vendors got ----
+
+// scaleTasks groups Scale's tasks by export id.
+func (r *rig) scaleTasks() map[string][]vendortest.ScaleTask {
+	out := map[string][]vendortest.ScaleTask{}
+	for _, tk := range r.scale.Tasks() {
+		id, _ := tk.Metadata["export_id"].(string)
+		out[id] = append(out[id], tk)
+	}
+	return out
+}
+
+func (r *rig) labelboxBatches() map[string][]vendortest.LabelboxBatch {
+	out := map[string][]vendortest.LabelboxBatch{}
+	for _, bt := range r.labelbox.Batches(lbProject) {
+		// aquarium-<issue>-<export id>-0
+		name := strings.TrimSuffix(bt.Name, "-0")
+		id := name[strings.LastIndex(name, "-")+1:]
+		out[id] = append(out[id], bt)
+	}
+	return out
+}
+
+func (r *rig) lsTasks() map[string][]vendortest.LabelStudioTask {
+	out := map[string][]vendortest.LabelStudioTask{}
+	for _, tk := range r.ls.Tasks(lsProject) {
+		id, _ := tk.Meta["export_id"].(string)
+		out[id] = append(out[id], tk)
+	}
+	return out
+}
+
+// missing says which sinks lack which of ids, or "" when none.
+func (r *rig) missing(sink string, ids []string) []string {
+	var have func(id string) bool
+	switch sink {
+	case "scale":
+		tasks := r.scaleTasks()
+		have = func(id string) bool { return len(tasks[id]) >= elementsPerExport }
+	case "labelbox":
+		batches := r.labelboxBatches()
+		have = func(id string) bool { return len(batches[id]) >= 1 }
+	case "label_studio":
+		tasks := r.lsTasks()
+		have = func(id string) bool { return len(tasks[id]) >= elementsPerExport }
+	}
+	var out []string
+	for _, id := range ids {
+		if !have(id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func (r *rig) waitSink(t *testing.T, sink string, ids []string, within time.Duration) {
+	t.Helper()
+	var v *vendortest.Server
+	switch sink {
+	case "scale":
+		v = r.scale.Server
+	case "labelbox":
+		v = r.labelbox.Server
+	default:
+		v = r.ls.Server
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), within)
+	defer cancel()
+	for {
+		miss := r.missing(sink, ids)
+		if len(miss) == 0 {
+			return
+		}
+		// Wake on the vendor's next request, or re-check now and then.
+		wctx, wcancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		_ = v.WaitRequests(wctx, v.RequestCount()+1)
+		wcancel()
+		if ctx.Err() != nil {
+			t.Fatalf("%s lacks %d of %d exports after %s (e.g. %s)", sink, len(miss), len(ids), within, miss[0])
+		}
+	}
+}
+
+// waitDelivered waits until every sink has every export.
+func (r *rig) waitDelivered(t *testing.T, ids []string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for _, s := range []string{"labelbox", "scale", "label_studio"} {
+		r.waitSink(t, s, ids, time.Until(deadline))
+	}
+}
+
+// checkExactlyOnce: Scale and Labelbox hold each export exactly once
+// (their idempotency keys make a repeat harmless), Label Studio at least
+// once, and nothing but these exports reached them.
+func (r *rig) checkExactlyOnce(t *testing.T, ids []string) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	for id, tasks := range r.scaleTasks() {
+		if !want[id] {
+			t.Errorf("scale has tasks of export %q nobody got a 202 for", id)
+		} else if len(tasks) != elementsPerExport {
+			t.Errorf("scale has %d tasks of export %s, want %d", len(tasks), id, elementsPerExport)
+		}
+	}
+	for id, bs := range r.labelboxBatches() {
+		if !want[id] {
+			t.Errorf("labelbox has a batch of export %q nobody got a 202 for", id)
+		} else if len(bs) != 1 {
+			t.Errorf("labelbox has %d batches of export %s", len(bs), id)
+		}
+	}
+	for id := range r.lsTasks() {
+		if !want[id] {
+			t.Errorf("label studio has tasks of export %q nobody got a 202 for", id)
+		}
+	}
+	if len(r.missing("scale", ids))+len(r.missing("labelbox", ids))+len(r.missing("label_studio", ids)) != 0 {
+		t.Error("an export is missing at a vendor")
+	}
+}
+
+// waitPending waits until a consumer of replica holds a message of
+// stream in group.
+func (r *rig) waitPending(t *testing.T, topic, group, replica string) {
+	t.Helper()
+	rdb := r.redis.Client(t)
+	pollFor(t, replica+" holding "+topic+" messages", func() bool {
+		p, err := rdb.XPending(t.Context(), "labelpipe:"+topic, group).Result()
+		if err != nil {
+			return false
+		}
+		for c, n := range p.Consumers {
+			if strings.HasPrefix(c, replica+"-") && n > 0 {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// ---- replicas ----
+
+type replica struct {
+	r       *rig
+	name    string
+	config  string
+	webhook string
+	admin   string
+	logPath string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// start runs a replica on fresh loopback ports and waits until it is ready.
+func (r *rig) start(name string) *replica {
+	t := r.t
+	rp := &replica{r: r, name: name, webhook: freeLoopback(t), admin: freeLoopback(t)}
+	rp.config = filepath.Join(r.dir, name+".yaml")
+	if err := os.WriteFile(rp.config, []byte(r.config(name, rp.webhook, rp.admin)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rp.logPath = filepath.Join(r.dir, name+".log")
+	t.Cleanup(func() {
+		rp.stop()
+		if t.Failed() {
+			t.Logf("replica %s log (tail):\n%s", name, tail(rp.logPath, 60))
+		}
+	})
+	rp.run()
+	rp.waitReady(t, 30*time.Second)
+	return rp
+}
+
+func (rp *replica) run() {
+	t := rp.r.t
+	logf, err := os.OpenFile(rp.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(rp.r.bin, "run", "-c", rp.config)
+	// The same id across restarts: the restarted replica takes over what
+	// its previous life left pending.
+	cmd.Env = append(os.Environ(), "LABELPIPE_REPLICA_ID="+rp.name)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		_ = logf.Close()
+		close(done)
+	}()
+	rp.mu.Lock()
+	rp.cmd, rp.done = cmd, done
+	rp.mu.Unlock()
+}
+
+// kill is kill -9.
+func (rp *replica) kill() {
+	rp.signal(syscall.SIGKILL, 10*time.Second)
+}
+
+// stop is SIGTERM, then SIGKILL after the drain deadline.
+func (rp *replica) stop() {
+	rp.signal(syscall.SIGTERM, 10*time.Second)
+	rp.signal(syscall.SIGKILL, 10*time.Second)
+}
+
+func (rp *replica) signal(sig syscall.Signal, wait time.Duration) {
+	rp.mu.Lock()
+	cmd, done := rp.cmd, rp.done
+	rp.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-done:
+		return
+	default:
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(wait):
+	}
+}
+
+func (rp *replica) restart() {
+	rp.kill()
+	rp.run()
+	rp.waitReady(rp.r.t, 30*time.Second)
+}
+
+func (rp *replica) readyz() int {
+	resp, err := rp.r.http.Get("http://" + rp.admin + "/readyz")
+	if err != nil {
+		return 0
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
+
+func (rp *replica) waitReady(t *testing.T, within time.Duration) {
+	t.Helper()
+	deadline := time.After(within)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for rp.readyz() != http.StatusOK {
+		rp.mu.Lock()
+		done := rp.done
+		rp.mu.Unlock()
+		select {
+		case <-done:
+			t.Fatalf("replica %s exited:\n%s", rp.name, tail(rp.logPath, 40))
+		case <-deadline:
+			t.Fatalf("replica %s not ready after %s:\n%s", rp.name, within, tail(rp.logPath, 40))
+		case <-tick.C:
+		}
+	}
+}
+
+// waitBreaker waits until /api/sinks reports sink's breaker in state.
+func (rp *replica) waitBreaker(t *testing.T, sink, state string) {
+	t.Helper()
+	pollFor(t, fmt.Sprintf("%s breaker %s on %s", sink, state, rp.name), func() bool {
+		resp, err := rp.r.http.Get("http://" + rp.admin + "/api/sinks")
+		if err != nil {
+			return false
+		}
+		defer func() { _ = resp.Body.Close() }()
+		var sinks []struct {
+			Name    string `json:"name"`
+			Breaker string `json:"breaker"`
+		}
+		if json.NewDecoder(resp.Body).Decode(&sinks) != nil {
+			return false
+		}
+		for _, s := range sinks {
+			if s.Name == sink {
+				return s.Breaker == state
+			}
+		}
+		return false
+	})
+}
+
+// delivered sums labelpipe_sink_deliveries_total{outcome="delivered"} of
+// the replica's /metrics.
+func (rp *replica) delivered(t *testing.T) float64 {
+	t.Helper()
+	resp, err := rp.r.http.Get("http://" + rp.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "labelpipe_sink_deliveries_total{") && strings.Contains(line, `outcome="delivered"`) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
+}
+
+// ---- load ----
+
+// load posts distinct exports at a steady pace, round-robin over replicas,
+// and remembers every export that got a 202.
+type load struct {
+	r    *rig
+	quit chan struct{}
+	done chan struct{}
+
+	mu       sync.Mutex
+	accepted []string
+	by       map[string]int // replica -> 202s
+	codes    map[int]int
+	changed  chan struct{}
+}
+
+var loadSeq struct {
+	sync.Mutex
+	n int
+}
+
+func (r *rig) startLoad(every time.Duration, targets ...*replica) *load {
+	l := &load{r: r, quit: make(chan struct{}), done: make(chan struct{}), by: map[string]int{}, codes: map[int]int{}, changed: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-l.quit:
+				return
+			case <-tick.C:
+			}
+			loadSeq.Lock()
+			loadSeq.n++
+			n := loadSeq.n
+			loadSeq.Unlock()
+			rp := targets[i%len(targets)]
+			status, _, body, err := r.postErr(rp, r.exportBody(fmt.Sprintf("load-%d", n)))
+			l.mu.Lock()
+			if err == nil {
+				l.codes[status]++
+			}
+			if err == nil && status == http.StatusAccepted {
+				var a struct {
+					ID string `json:"id"`
+				}
+				if json.Unmarshal(body, &a) == nil && a.ID != "" {
+					l.accepted = append(l.accepted, a.ID)
+					l.by[rp.name]++
+					close(l.changed)
+					l.changed = make(chan struct{})
+				}
+			}
+			l.mu.Unlock()
+		}
+	}()
+	return l
+}
+
+func (l *load) acceptedCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.accepted)
+}
+
+func (l *load) acceptedBy(rp *replica) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.by[rp.name]
+}
+
+func (l *load) statuses() map[int]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[int]int{}
+	for k, v := range l.codes {
+		out[k] = v
+	}
+	return out
+}
+
+func (l *load) waitAccepted(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		l.mu.Lock()
+		got, ch := len(l.accepted), l.changed
+		l.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("load: %d exports accepted, waited for %d (answers %v)", got, n, l.statuses())
+		}
+	}
+}
+
+// stop ends the load and returns the accepted export ids.
+func (l *load) stop() []string {
+	select {
+	case <-l.quit:
+	default:
+		close(l.quit)
+	}
+	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.accepted...)
+}
+
+// ---- helpers ----
+
+func buildLabelpipe(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "labelpipe")
+	cmd := exec.CommandContext(t.Context(), "go", "build", "-o", bin, "github.com/labelpipe/labelpipe/cmd/labelpipe")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freeLoopback(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// waitUntil blocks until the given time.
+func waitUntil(t *testing.T, at time.Time) {
+	select {
+	case <-time.After(time.Until(at)):
+	case <-t.Context().Done():
+	}
+}
+
+func tail(path string, lines int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// hasLine reports whether out has a line with exactly these fields.
+func hasLine(out string, fields ...string) bool {
+	for line := range strings.Lines(out) {
+		if strings.Join(strings.Fields(line), " ") == strings.Join(fields, " ") {
+			return true
+		}
+	}
+	return false
+}
+
+// pollFor checks cond every 50ms for up to 30s.
+func pollFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		case <-tick.C:
+		}
+	}
+}
