@@ -65,11 +65,14 @@ type Pipeline struct {
 	redis   redis.UniversalClient
 	ownsRDB bool
 	router  *message.Router
+	// fanoutSlots bounds the exports fanned out at once.
+	fanoutSlots chan struct{}
 
 	draining  atomic.Bool
 	inflight  sync.WaitGroup // webhook requests being answered
 	pending   atomic.Int64   // requests queued on the memory broker, not finished
 	runCancel context.CancelFunc
+	ran       atomic.Bool // Run started the router
 	hardStop  context.Context
 	hardStopF context.CancelFunc
 	closeOnce sync.Once
@@ -84,7 +87,10 @@ type builtStage struct {
 }
 
 type builtSink struct {
-	cfg    SinkConfig
+	cfg SinkConfig
+	// slots bounds the requests under way at once (max_in_flight), whatever
+	// the broker's subscribers do.
+	slots  chan struct{}
 	sink   Sink
 	filter *JQ
 	policy *resilience.Policy
@@ -212,7 +218,8 @@ func (p *Pipeline) buildSinks() error {
 		if err != nil {
 			return p.cfg.entryError(sc.path, sc.label(), err)
 		}
-		bs := &builtSink{cfg: sc, sink: s, log: env.Logger, queue: p.metrics.queue(sc.Name)}
+		bs := &builtSink{cfg: sc, sink: s, log: env.Logger, queue: p.metrics.queue(sc.Name),
+			slots: make(chan struct{}, sc.MaxInFlight)}
 		p.sinks = append(p.sinks, bs) // appended first so Close closes it
 		if sc.Filter != "" {
 			if bs.filter, err = CompileJQ(sc.Filter); err != nil {
@@ -251,6 +258,7 @@ func (p *Pipeline) buildRouter() error {
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
+	p.fanoutSlots = make(chan struct{}, p.cfg.Broker.FanoutWorkers)
 	for i, sub := range subs {
 		r.AddConsumerHandler(fmt.Sprintf("fanout-%d", i), TopicExports, sub, p.fanout)
 	}
@@ -278,6 +286,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p.runCancel = cancel
 	routerDone := make(chan error, 1)
+	p.ran.Store(true)
 	go func() { routerDone <- p.router.Run(runCtx) }()
 	select {
 	case <-p.router.Running():
@@ -389,7 +398,9 @@ func (p *Pipeline) Close() error {
 		if p.hardStopF != nil {
 			p.hardStopF()
 		}
-		if p.router != nil && !p.router.IsClosed() {
+		// A router that never ran has no handlers to stop, and its Close
+		// would wait the whole close timeout for them.
+		if p.router != nil && p.ran.Load() && !p.router.IsClosed() {
 			errs = append(errs, p.router.Close())
 		}
 		for _, s := range p.stages {
