@@ -2,9 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"fmt"
-	"sync"
-	"sync/atomic"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -24,8 +21,10 @@ func TopicDLQ(sink string) string { return "dlq." + sink }
 // Broker carries messages between the ingress and the handlers.
 type Broker interface {
 	message.Publisher
-	// Workers returns n subscribers that share topic's messages within
-	// group: each message goes to one of them, so n is the concurrency.
+	// Workers returns up to n subscribers that share topic's messages
+	// within group: each message goes to one of them. A broker whose
+	// subscriber delivers concurrently may return fewer; the pipeline
+	// bounds concurrency itself.
 	Workers(topic, group string, n int) ([]message.Subscriber, error)
 	// Durable reports whether a published message survives a restart.
 	Durable() bool
@@ -71,73 +70,41 @@ type Ledger interface {
 	Record(ctx context.Context, key string) error
 }
 
-// memoryBroker is watermill's gochannel. gochannel gives every subscriber
-// every message, so Workers gives each worker a lane of its own and
-// Publish deals messages round-robin over a topic's lanes.
+// memoryBroker is watermill's gochannel. gochannel hands a subscriber
+// every message without waiting for the previous one's ack, so one
+// subscriber per topic already delivers concurrently; the pipeline bounds
+// the concurrency itself (max_in_flight). Workers therefore returns a
+// single subscriber: a second one would receive a copy of every message.
 type memoryBroker struct {
-	gc    *gochannel.GoChannel
-	mu    sync.RWMutex
-	lanes map[string]*lanes
-}
-
-type lanes struct {
-	n    int
-	next atomic.Uint64
+	gc *gochannel.GoChannel
 }
 
 func newMemoryBroker(logger watermill.LoggerAdapter) *memoryBroker {
 	return &memoryBroker{
 		// PreserveContext lets the decoded payload ride along in process,
 		// so the fan-out does not parse the export a second time.
-		gc:    gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64, PreserveContext: true}, logger),
-		lanes: map[string]*lanes{},
+		gc: gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64, PreserveContext: true}, logger),
 	}
 }
-
-func laneTopic(topic string, i int) string { return fmt.Sprintf("%s#%d", topic, i) }
 
 func (b *memoryBroker) Publish(topic string, msgs ...*message.Message) error {
-	b.mu.RLock()
-	l := b.lanes[topic]
-	b.mu.RUnlock()
-	if l == nil {
-		return b.gc.Publish(topic, msgs...)
-	}
-	for _, m := range msgs {
-		i := int(l.next.Add(1) % uint64(l.n))
-		if err := b.gc.Publish(laneTopic(topic, i), m); err != nil {
-			return err
-		}
-	}
-	return nil
+	return b.gc.Publish(topic, msgs...)
 }
 
-func (b *memoryBroker) Workers(topic, _ string, n int) ([]message.Subscriber, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if _, dup := b.lanes[topic]; dup {
-		return nil, fmt.Errorf("memory broker: %s already has workers", topic)
-	}
-	b.lanes[topic] = &lanes{n: n}
-	subs := make([]message.Subscriber, n)
-	for i := range subs {
-		subs[i] = laneSubscriber{gc: b.gc, lane: i}
-	}
-	return subs, nil
+func (b *memoryBroker) Workers(_, _ string, _ int) ([]message.Subscriber, error) {
+	return []message.Subscriber{sharedSubscriber{b.gc}}, nil
 }
 
 func (b *memoryBroker) Durable() bool                   { return false }
 func (b *memoryBroker) Ready(ctx context.Context) error { return nil }
 func (b *memoryBroker) Close() error                    { return b.gc.Close() }
 
-type laneSubscriber struct {
-	gc   *gochannel.GoChannel
-	lane int
+// sharedSubscriber lets the router close its subscriber without closing
+// the gochannel the publisher shares; the broker closes that once.
+type sharedSubscriber struct{ gc *gochannel.GoChannel }
+
+func (s sharedSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	return s.gc.Subscribe(ctx, topic)
 }
 
-func (s laneSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	return s.gc.Subscribe(ctx, laneTopic(topic, s.lane))
-}
-
-// Close is a no-op: the broker closes the shared gochannel once.
-func (s laneSubscriber) Close() error { return nil }
+func (s sharedSubscriber) Close() error { return nil }

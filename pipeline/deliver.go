@@ -22,6 +22,8 @@ import (
 func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 	attrSink := attribute.String("sink", s.cfg.Name)
 	return func(msg *message.Message) error {
+		s.slots <- struct{}{}
+		defer func() { <-s.slots }()
 		ctx, span := p.consumerSpan(msg, TopicSink(s.cfg.Name))
 		defer span.End()
 		req := &Request{Sink: s.cfg.Name, ExportID: msg.Metadata.Get(MetaExportID), Body: msg.Payload}

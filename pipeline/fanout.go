@@ -21,6 +21,8 @@ const metaOnlySink = "only_sink"
 // fanout decodes an export once and queues one message per request of
 // every sink that wants it, on topic sink.<name>.
 func (p *Pipeline) fanout(msg *message.Message) error {
+	p.fanoutSlots <- struct{}{}
+	defer func() { <-p.fanoutSlots }()
 	ctx, span := p.consumerSpan(msg, TopicExports)
 	defer span.End()
 	exportID := msg.Metadata.Get(MetaExportID)

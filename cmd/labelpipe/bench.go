@@ -105,13 +105,14 @@ type benchResult struct {
 	bodyBytes                int
 	cpu                      time.Duration
 	redisCmds                map[string]int64
+	vendorConns              int64
 }
 
 func (r benchResult) print(w io.Writer, name string) {
-	fmt.Fprintf(w, "%-10s accepted %d/%d (failed %d), %.0f accepted/s, %.0f exports/s end to end; accept latency p50 %v p99 %v; delivery latency p50 %v p99 %v; lost %d, duplicated %d; peak RSS %.1f MiB (body %.1f MiB); CPU %v (%v per export)\n",
+	fmt.Fprintf(w, "%-10s accepted %d/%d (failed %d), %.0f accepted/s, %.0f exports/s end to end; accept latency p50 %v p99 %v; delivery latency p50 %v p99 %v; lost %d, duplicated %d; peak RSS %.1f MiB (body %.1f MiB); CPU %v (%v per export); %d vendor connections\n",
 		name, r.accepted, r.sent, r.failed, r.acceptRate, r.e2eRate, r.p50.Round(time.Microsecond), r.p99.Round(time.Microsecond),
 		r.e2eP50.Round(time.Microsecond), r.e2eP99.Round(time.Microsecond), r.lost, r.duplicates, float64(r.rssKB)/1024, float64(r.bodyBytes)/(1<<20),
-		r.cpu.Round(time.Millisecond), (r.cpu / time.Duration(max(r.accepted, 1))).Round(time.Microsecond))
+		r.cpu.Round(time.Millisecond), (r.cpu / time.Duration(max(r.accepted, 1))).Round(time.Microsecond), r.vendorConns)
 }
 
 func (r benchResult) printRedis(w io.Writer) {
@@ -317,6 +318,7 @@ func runBench(exe string, o benchOptions, baseline bool, stderr io.Writer) (benc
 	res.e2eP50, res.e2eP99 = percentile(e2e, 50), percentile(e2e, 99)
 	res.lost, res.duplicates = vendors.lostAndDuplicated(o.n)
 	res.bodyBytes = int(bodySize.Load())
+	res.vendorConns = vendors.conns.Load()
 	return res, nil
 }
 
@@ -354,7 +356,7 @@ func benchConfig(addr, admin string, o benchOptions, vendorURLs []string) string
 	b.WriteString("stages:\n  - {type: secret, secrets: [" + benchSecret + "]}\n  - {type: schema, schema: issue-exported}\n  - {type: dedupe, store: memory, ttl: 1h}\nsinks:\n")
 	for i, u := range vendorURLs {
 		body, _ := json.Marshal(benchBodies[i])
-		fmt.Fprintf(&b, "  - {name: vendor%d, type: http, url: %q, max_in_flight: 16, body: %s}\n", i, u, body)
+		fmt.Fprintf(&b, "  - {name: vendor%d, type: http, url: %q, max_in_flight: 32, body: %s}\n", i, u, body)
 	}
 	return b.String()
 }
@@ -484,6 +486,7 @@ type benchVendors struct {
 	sentAt   map[string]time.Time
 	lat      []time.Duration
 	changed  chan struct{}
+	conns    atomic.Int64 // connections opened to the vendors
 }
 
 func newBenchVendors(n, expected int, latency time.Duration) *benchVendors {
@@ -495,7 +498,12 @@ func newBenchVendors(n, expected int, latency time.Duration) *benchVendors {
 		}
 		idx := i
 		v.counts = append(v.counts, map[string]int{})
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { v.serve(idx, w, r) })}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { v.serve(idx, w, r) }),
+			ConnState: func(_ net.Conn, s http.ConnState) {
+				if s == http.StateNew {
+					v.conns.Add(1)
+				}
+			}}
 		v.servers, v.lns = append(v.servers, srv), append(v.lns, ln)
 		go srv.Serve(ln)
 	}
@@ -523,7 +531,11 @@ func (v *benchVendors) serve(idx int, w http.ResponseWriter, r *http.Request) {
 			Name string `json:"name"`
 		} `json:"variables"`
 	}
-	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+	raw, err := io.ReadAll(r.Body)
+	if err == nil {
+		err = json.Unmarshal(raw, &body)
+	}
+	if err != nil {
 		http.Error(w, `{"error":"bad json"}`, http.StatusBadRequest)
 		return
 	}
