@@ -45,7 +45,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "bench":
 		return benchCommand(rest, stdout, stderr)
 	case "dlq":
-		return dlqDispatch(rest, stdout, stderr)
+		return dlqCommand(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "labelpipe", version)
 		return 0
