@@ -34,9 +34,6 @@ sink's queue, where the daemon delivers it again; purge deletes entries.
 Without --sink, list shows how many entries each sink has.
 `
 
-// The dlq command replaces the placeholder in dlq_dispatch.go.
-func init() { dlqDispatch = dlqCommand }
-
 // progressMin is the smallest replay that gets a progress bar.
 const progressMin = 20
 
