@@ -1313,3 +1313,31 @@ func TestDrainFinishesInFlightDeliveries(t *testing.T) {
 		t.Errorf("label studio accepted %d imports when Run returned, want %d", got, n)
 	}
 }
+
+// Close without Run (an embedder that gave up, or preview) returns at once
+// and cleanly, and a second Close is harmless.
+func TestCloseWithoutRun(t *testing.T) {
+	cfg, err := pipeline.ParseConfig(filepath.Join(t.TempDir(), "c.yaml"), []byte(`
+server: {addr: "", shutdown_timeout: 2s}
+admin: {addr: ""}
+sinks:
+  - {name: archive, type: file, path: out/archive.jsonl}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pipeline.New(cfg, pipeline.Options{Registry: builtin.Registry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := p.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Close without Run took %v; it has nothing to wait for", took)
+	}
+	if err := p.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
