@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strconv"
+	"time"
 )
 
 // AdminHandler serves the admin API:
@@ -39,10 +40,15 @@ func (p *Pipeline) AdminHandler() http.Handler {
 	mux.HandleFunc("GET /api/sinks", func(w http.ResponseWriter, r *http.Request) {
 		var out []map[string]any
 		for _, s := range p.sinks {
+			q := p.sinkQueue(r.Context(), s)
+			age := 0.0
+			if !q.Oldest.IsZero() {
+				age = time.Since(q.Oldest).Seconds()
+			}
 			out = append(out, map[string]any{
 				"name": s.cfg.Name, "type": s.cfg.Type, "events": s.cfg.Events,
-				"breaker": s.policy.State(), "queue_depth": s.queue.depth.Load(),
-				"dlq": p.dlqLen(r.Context(), s.cfg.Name),
+				"breaker": s.policy.State(), "queue_depth": q.Depth, "oldest_pending_seconds": age,
+				"in_flight_here": s.queue.depth.Load(), "dlq": p.dlqLen(r.Context(), s.cfg.Name),
 			})
 		}
 		writeJSON(w, http.StatusOK, out)

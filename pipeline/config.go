@@ -73,8 +73,9 @@ type BrokerConfig struct {
 	// ClaimIdle is how long a pending message of a dead replica waits
 	// before a living one claims it; default 60s.
 	ClaimIdle time.Duration `yaml:"claim_idle"`
-	// MaxLen approximately trims each stream to this many entries; 0 keeps
-	// everything (default). Trimming only drops acknowledged entries.
+	// MaxLen approximately trims each stream to this many entries plus
+	// whatever is not yet acknowledged; 0 keeps everything. Default 10000.
+	// Trimming only ever drops entries every group has acknowledged.
 	MaxLen int64 `yaml:"max_len"`
 	// FanoutWorkers is how many exports are fanned out at once; default 4.
 	FanoutWorkers int `yaml:"fanout_workers"`
@@ -162,7 +163,7 @@ func defaultConfig() Config {
 		Server: ServerConfig{Addr: "127.0.0.1:8080", Path: "/webhook", MaxBodyBytes: 32 << 20,
 			ReadTimeout: 60 * time.Second, ShutdownTimeout: 30 * time.Second},
 		Admin:  AdminConfig{Addr: "127.0.0.1:9090"},
-		Broker: BrokerConfig{Type: "memory", Prefix: "labelpipe:", ClaimIdle: 60 * time.Second, FanoutWorkers: 4},
+		Broker: BrokerConfig{Type: "memory", Prefix: "labelpipe:", ClaimIdle: 60 * time.Second, MaxLen: 10000, FanoutWorkers: 4},
 		Redis:  RedisConfig{KeyPrefix: "labelpipe:"},
 		Log:    LogConfig{Level: "info", Format: "text"},
 	}
@@ -613,21 +614,31 @@ func (l *loader) check(c *Config) {
 }
 
 // decodeOptions strictly decodes the keys of m not in skip into dst, then
-// validates dst.
+// validates dst. It validates even when some keys did not decode, so that
+// one bad key does not hide the entry's other problems, but it says
+// nothing more about a key that did not decode.
 func (l *loader) decodeOptions(m *ast.MappingNode, skip map[string]bool, dst any, path, label string) {
-	if !l.decode(subset(m, skip, false), dst, label) {
+	failed := l.decode(subset(m, skip, false), dst, label)
+	v, ok := dst.(Validator)
+	if !ok {
 		return
 	}
-	if v, ok := dst.(Validator); ok {
-		l.validation(path, label, v.Validate())
+	var keep []error
+	for _, e := range flatten(v.Validate()) {
+		var fe *FieldError
+		if errors.As(e, &fe) && failed[strings.FieldsFunc(fe.Field, func(r rune) bool { return r == '.' || r == '[' })[0]] {
+			continue
+		}
+		keep = append(keep, e)
 	}
+	l.validation(path, label, errors.Join(keep...))
 }
 
 // decode strictly decodes m into dst one key at a time, so that every bad
-// key is reported, each at its own position. It reports whether all keys
-// decoded.
-func (l *loader) decode(m *ast.MappingNode, dst any, label string) bool {
-	ok := true
+// key is reported, each at its own position. It returns the keys that did
+// not decode.
+func (l *loader) decode(m *ast.MappingNode, dst any, label string) (failed map[string]bool) {
+	failed = map[string]bool{}
 	for _, mv := range m.Values {
 		one := *m
 		one.Values = []*ast.MappingValueNode{mv}
@@ -635,7 +646,7 @@ func (l *loader) decode(m *ast.MappingNode, dst any, label string) bool {
 		if err == nil {
 			continue
 		}
-		ok = false
+		failed[mv.Key.String()] = true
 		var ye yaml.Error
 		if errors.As(err, &ye) && ye.GetToken() != nil {
 			path := label
@@ -651,7 +662,7 @@ func (l *loader) decode(m *ast.MappingNode, dst any, label string) bool {
 		}
 		l.add(mv.Value, label+": "+mv.Key.String(), msg)
 	}
-	return ok
+	return failed
 }
 
 // subset returns a mapping with the keys of m that are (keep) or are not

@@ -34,6 +34,7 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			attribute.Int("labelpipe.chunks", req.Chunks))
 		finish := func(outcome string) {
 			s.queue.depth.Add(-1)
+			s.local.done(msg.UUID)
 			p.donePending(1)
 			p.metrics.deliveries.Add(ctx, 1, metric.WithAttributes(attrSink, attribute.String("outcome", outcome)))
 		}
@@ -188,6 +189,9 @@ type pipelinePublisher struct {
 func (pp pipelinePublisher) Publish(topic string, msgs ...*message.Message) error {
 	if s, ok := pp.p.byName[msgs[0].Metadata.Get(MetaSink)]; ok && topic == TopicSink(s.cfg.Name) {
 		s.queue.depth.Add(int64(len(msgs)))
+		for _, m := range msgs {
+			s.local.add([]string{m.UUID}, time.Now())
+		}
 	}
 	return pp.p.publishMsgs(pp.ctx, topic, msgs...)
 }
@@ -204,6 +208,12 @@ func ReplayDeadLetters(ctx context.Context, dlq DLQ, pub message.Publisher, sink
 	}
 	for i, d := range entries {
 		m := d.Message
+		if m == nil {
+			// Stored without its request (by another tool); nothing to
+			// replay, so it goes back rather than vanish.
+			_ = dlq.Add(context.WithoutCancel(ctx), d)
+			continue
+		}
 		topic := m.Metadata.Get(metaReplayTopic)
 		if topic == "" {
 			topic = TopicSink(sink)

@@ -55,8 +55,16 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 			continue
 		}
 		s.queue.depth.Add(int64(len(msgs)))
+		ids := make([]string, len(msgs))
+		for i, m := range msgs {
+			ids[i] = m.UUID
+		}
+		s.local.add(ids, time.Now())
 		if err := p.publishMsgs(ctx, TopicSink(s.cfg.Name), msgs...); err != nil {
 			s.queue.depth.Add(-int64(len(msgs)))
+			for _, id := range ids {
+				s.local.done(id)
+			}
 			span.RecordError(err)
 			// Nacked: the export is fanned out again. Requests already
 			// queued for earlier sinks are caught by the delivered ledger.

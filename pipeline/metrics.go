@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -31,7 +32,8 @@ type queueStat struct {
 	breaker atomic.Int64
 }
 
-func newInstruments(mp metric.MeterProvider, dlqLen func(ctx context.Context, sink string) int64) (*instruments, error) {
+func newInstruments(mp metric.MeterProvider, dlqLen func(ctx context.Context, sink string) int64,
+	queue func(ctx context.Context, sink string) QueueStat) (*instruments, error) {
 	m := mp.Meter("github.com/labelpipe/labelpipe/pipeline")
 	in := &instruments{queues: map[string]*queueStat{}}
 	var err error
@@ -53,15 +55,28 @@ func newInstruments(mp metric.MeterProvider, dlqLen func(ctx context.Context, si
 	must(e)
 	in.e2e, e = m.Float64Histogram("labelpipe.sink.delivery_latency", metric.WithUnit("s"), metric.WithDescription("Time from webhook accepted to request delivered."))
 	must(e)
-	_, e = m.Int64ObservableGauge("labelpipe.sink.queue_depth",
-		metric.WithDescription("Requests this replica has queued for the sink and not finished."),
-		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
-			for name, q := range in.snapshot() {
-				o.Observe(q.depth.Load(), metric.WithAttributes(attribute.String("sink", name)))
+	depth, e := m.Int64ObservableGauge("labelpipe.sink.queue_depth",
+		metric.WithDescription("Requests queued for the sink and not finished (across replicas on Redis)."))
+	must(e)
+	oldest, e := m.Float64ObservableGauge("labelpipe.sink.oldest_pending_age", metric.WithUnit("s"),
+		metric.WithDescription("Age of the oldest request queued for the sink and not finished."))
+	must(e)
+	if e == nil {
+		_, e = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+			for name := range in.snapshot() {
+				st := queue(ctx, name)
+				attrs := metric.WithAttributes(attribute.String("sink", name))
+				o.ObserveInt64(depth, st.Depth, attrs)
+				age := 0.0
+				if !st.Oldest.IsZero() {
+					age = time.Since(st.Oldest).Seconds()
+				}
+				o.ObserveFloat64(oldest, age, attrs)
 			}
 			return nil
-		}))
-	must(e)
+		}, depth, oldest)
+		must(e)
+	}
 	_, e = m.Int64ObservableGauge("labelpipe.sink.breaker_state",
 		metric.WithDescription("Circuit breaker state: 0 closed, 1 half-open, 2 open."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {

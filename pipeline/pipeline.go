@@ -96,6 +96,7 @@ type builtSink struct {
 	policy *resilience.Policy
 	log    *slog.Logger
 	queue  *queueStat
+	local  localQueue // queued requests, for brokers without QueueStats
 }
 
 // New builds a pipeline from a loaded config. On failure it closes
@@ -139,7 +140,7 @@ func New(cfg *Config, opts Options) (p *Pipeline, err error) {
 			p = nil
 		}
 	}()
-	if p.metrics, err = newInstruments(opts.MeterProvider, p.dlqLen); err != nil {
+	if p.metrics, err = newInstruments(opts.MeterProvider, p.dlqLen, p.queueOf); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if err = p.openBackends(); err != nil {
@@ -263,7 +264,7 @@ func (p *Pipeline) buildRouter() error {
 		r.AddConsumerHandler(fmt.Sprintf("fanout-%d", i), TopicExports, sub, p.fanout)
 	}
 	for _, s := range p.sinks {
-		subs, err := p.broker.Workers(TopicSink(s.cfg.Name), "sink-"+s.cfg.Name, s.cfg.MaxInFlight)
+		subs, err := p.broker.Workers(TopicSink(s.cfg.Name), sinkGroup(s.cfg.Name), s.cfg.MaxInFlight)
 		if err != nil {
 			return fmt.Errorf("broker: %w", err)
 		}
@@ -436,6 +437,14 @@ func (p *Pipeline) Ready(ctx context.Context) error {
 		return fmt.Errorf("broker: %w", err)
 	}
 	return nil
+}
+
+func (p *Pipeline) queueOf(ctx context.Context, sink string) QueueStat {
+	s, ok := p.byName[sink]
+	if !ok {
+		return QueueStat{}
+	}
+	return p.sinkQueue(ctx, s)
 }
 
 func (p *Pipeline) dlqLen(ctx context.Context, sink string) int64 {
