@@ -626,12 +626,21 @@ func (l *loader) decodeOptions(m *ast.MappingNode, skip map[string]bool, dst any
 	var keep []error
 	for _, e := range flatten(v.Validate()) {
 		var fe *FieldError
-		if errors.As(e, &fe) && failed[strings.FieldsFunc(fe.Field, func(r rune) bool { return r == '.' || r == '[' })[0]] {
+		if errors.As(e, &fe) && failed[fieldKey(fe.Field)] {
 			continue
 		}
 		keep = append(keep, e)
 	}
 	l.validation(path, label, errors.Join(keep...))
+}
+
+// fieldKey is the key a field path starts with: "retry" for
+// "retry.max_attempts", "secrets" for "secrets[0]".
+func fieldKey(field string) string {
+	if i := strings.IndexAny(field, ".["); i >= 0 {
+		return field[:i]
+	}
+	return field
 }
 
 // decode strictly decodes m into dst one key at a time, so that every bad
