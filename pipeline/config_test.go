@@ -41,7 +41,9 @@ func TestConfigErrors(t *testing.T) {
 			`:6:1: unknown key "logging"`,
 			`stages[0] "dedupe": unknown field "stor"`,
 			`sinks[0] "archive": unknown field "envelop"`,
-			`:21:7: sinks[1] "scale": retry: unknown field "max_attempt"`,
+			// An unknown key does not hide the entry's other problems.
+			`sinks[0] "archive": body: invalid jq`,
+			`:22:7: sinks[1] "scale": retry: unknown field "max_attempt"`,
 		},
 		"bad-durations": {
 			`server: shutdown_timeout: bad duration`,
@@ -75,6 +77,13 @@ func TestConfigErrors(t *testing.T) {
 			`sinks[1] "vendor": name is used by an earlier sink`,
 			`sinks[2] "bad name!": name may hold only letters, digits, _ and -`,
 			`sinks[3]: name is required`,
+		},
+		"wrong-types": {
+			`:6:14: stages[0] "secret": secrets: mapping was used where sequence is expected`,
+			`:10:10: sinks[0] "scale": url: cannot unmarshal`,
+			`:11:27: sinks[0] "scale": success_status[1]: 999 is not an HTTP status`,
+			`:15:15: sinks[1] "archive": envelope: cannot unmarshal`,
+			`:16:20: sinks[1] "archive": max_in_flight: cannot unmarshal`,
 		},
 		"no-sinks": {
 			`broker: type: unknown broker "kafka"`,
