@@ -59,6 +59,25 @@ type Breaker struct {
 	// OpenTimeout is how long the breaker stays open before a half-open
 	// probe; default 30s.
 	OpenTimeout time.Duration `yaml:"open_timeout"`
+	// SyncInterval matters only when replicas share the breaker (Redis):
+	// while the breaker is closed with no failure streak, a replica trusts
+	// its copy of the shared state this long before reading it again, so
+	// a trip elsewhere stops its attempts within SyncInterval. An open
+	// breaker is honoured until its expiry without reading; failures,
+	// streaks and probes always go to the store. 0 means the default:
+	// 250ms, or open_timeout if that is shorter. At most open_timeout.
+	SyncInterval time.Duration `yaml:"sync_interval"`
+}
+
+// defaultSyncInterval is breaker.sync_interval when it is not set.
+const defaultSyncInterval = 250 * time.Millisecond
+
+// syncInterval is SyncInterval with its default applied.
+func (b Breaker) syncInterval() time.Duration {
+	if b.SyncInterval > 0 {
+		return b.SyncInterval
+	}
+	return min(defaultSyncInterval, b.OpenTimeout)
 }
 
 // Defaults returns the default policy.
@@ -112,6 +131,13 @@ func (c Config) Validate() error {
 	}
 	if c.Breaker.OpenTimeout <= 0 {
 		bad("breaker.open_timeout", "must be > 0")
+	}
+	// 0 is the default rather than an error: it follows a short
+	// open_timeout, which a fixed 250ms default would exceed.
+	if c.Breaker.SyncInterval < 0 {
+		bad("breaker.sync_interval", "must be > 0 (or 0 for the default)")
+	} else if c.Breaker.OpenTimeout > 0 && c.Breaker.SyncInterval > c.Breaker.OpenTimeout {
+		bad("breaker.sync_interval", "must be ≤ breaker.open_timeout (%v)", c.Breaker.OpenTimeout)
 	}
 	return errors.Join(errs...)
 }

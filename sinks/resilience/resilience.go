@@ -2,14 +2,12 @@ package resilience
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -36,9 +34,13 @@ type Options struct {
 	Logger *slog.Logger
 	// Store, when set, keeps the breaker state in a shared store
 	// (gobreaker's DistributedCircuitBreaker) so that replicas open and
-	// close it together. The lock is only held for short bookkeeping, never
-	// during a request; Store.Lock should wait briefly for a held lock
-	// (gobreaker sleeps 500ms before retrying a failed Lock).
+	// close it together. Each replica reads it at most every
+	// breaker.sync_interval while all is well and writes only what
+	// changes the state (failures, the success ending a failure streak,
+	// probes, transitions). The lock is only held for that bookkeeping,
+	// never during a request. A failed Store.Lock is retried for up to 5s
+	// while the store still answers GetData (the lock is busy), not when
+	// the store is down.
 	Store gobreaker.SharedDataStore
 	// OnStateChange, when set, is called on every breaker transition this
 	// process makes ("closed", "open", "half-open") instead of logging it.
@@ -110,8 +112,18 @@ func New(cfg Config, opts Options) (*Policy, error) {
 		p.br = &localBreaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](settings), p: p}
 		return p, nil
 	}
-	sb := &sharedBreaker{store: opts.Store, settings: settings, key: "gobreaker:state:" + opts.Name, p: p, probe: make(chan struct{}, 1)}
-	if err := sb.init(); err != nil {
+	sb := &sharedBreaker{
+		store:        opts.Store,
+		held:         &heldStore{SharedDataStore: opts.Store},
+		settings:     settings,
+		key:          "gobreaker:state:" + opts.Name,
+		lockKey:      "gobreaker:mutex:" + opts.Name,
+		syncEvery:    cfg.Breaker.syncInterval(),
+		everyOutcome: cfg.Breaker.FailureRatio > 0,
+		p:            p,
+		probe:        make(chan struct{}, 1),
+	}
+	if err := sb.locked(sb.init); err != nil {
 		return nil, fmt.Errorf("resilience: shared breaker %q: %w", opts.Name, err)
 	}
 	p.br = sb
@@ -446,144 +458,3 @@ func (b *localBreaker) allow() (admission, time.Time, error) {
 }
 
 func (b *localBreaker) state() string { return b.cb.State().String() }
-
-// sharedBreaker keeps the state in a shared store so that replicas agree.
-//
-// gobreaker's DistributedCircuitBreaker holds the store's lock for the whole
-// of Execute; wrapping a vendor request in it would serialise every request
-// of the sink across all replicas. So the attempt runs outside: admission
-// reads the shared state, and the outcome is recorded afterwards through a
-// short Execute. Each replica sends at most one half-open probe.
-type sharedBreaker struct {
-	dcb      atomic.Pointer[gobreaker.DistributedCircuitBreaker[struct{}]]
-	store    gobreaker.SharedDataStore
-	settings gobreaker.Settings
-	key      string
-	p        *Policy
-	probe    chan struct{} // this replica's half-open probe slot
-	// failing is set while the store errors, so that the outage is
-	// logged once rather than per request.
-	failing atomic.Bool
-}
-
-// init (re)creates the breaker, which writes a fresh closed state to the
-// store when it holds none (first start, or the key was lost).
-func (b *sharedBreaker) init() error {
-	dcb, err := gobreaker.NewDistributedCircuitBreaker[struct{}](b.store, b.settings)
-	if err != nil {
-		return err
-	}
-	b.dcb.Store(dcb)
-	return nil
-}
-
-// read returns the shared state, recreating it when the store lost it.
-func (b *sharedBreaker) read() (gobreaker.SharedState, error) {
-	s, err := b.readRaw()
-	if errors.Is(err, gobreaker.ErrNoSharedState) {
-		if err := b.init(); err != nil {
-			return s, err
-		}
-		s, err = b.readRaw()
-	}
-	return s, err
-}
-
-func (b *sharedBreaker) readRaw() (gobreaker.SharedState, error) {
-	var s gobreaker.SharedState
-	data, err := b.store.GetData(b.key)
-	if err != nil {
-		return s, err
-	}
-	if len(data) == 0 {
-		return s, gobreaker.ErrNoSharedState
-	}
-	err = json.Unmarshal(data, &s)
-	return s, err
-}
-
-// storeFailed lets the attempt through: a store outage must not stop
-// deliveries.
-func (b *sharedBreaker) storeFailed(err error) (admission, time.Time, error) {
-	if !b.failing.Swap(true) {
-		b.p.log.Warn("shared breaker state unavailable: delivering without it", "breaker", b.p.name, "err", err)
-	}
-	return admission{state: "closed", done: func(error) {}}, time.Time{}, nil
-}
-
-func (b *sharedBreaker) storeOK() {
-	if b.failing.Swap(false) {
-		b.p.log.Info("shared breaker state available again", "breaker", b.p.name)
-	}
-}
-
-func (b *sharedBreaker) allow() (admission, time.Time, error) {
-	s, err := b.read()
-	if err != nil {
-		return b.storeFailed(err)
-	}
-	if s.State == gobreaker.StateOpen && !time.Now().Before(s.Expiry) {
-		// Let gobreaker move it to half-open under the store's lock.
-		if _, err := b.dcb.Load().State(); err != nil {
-			return b.storeFailed(err)
-		}
-		if s, err = b.read(); err != nil {
-			return b.storeFailed(err)
-		}
-	}
-	b.storeOK()
-	switch s.State {
-	case gobreaker.StateOpen:
-		return admission{}, s.Expiry, gobreaker.ErrOpenState
-	case gobreaker.StateHalfOpen:
-		select {
-		case b.probe <- struct{}{}:
-		default:
-			return admission{}, time.Time{}, gobreaker.ErrTooManyRequests
-		}
-		record := b.recorder(s.Generation)
-		return admission{state: "half-open", done: func(outcome error) {
-			record(outcome)
-			<-b.probe
-			b.p.broadcast()
-		}}, time.Time{}, nil
-	default:
-		return admission{state: "closed", done: b.recorder(s.Generation)}, time.Time{}, nil
-	}
-}
-
-// recorder returns a func that counts an outcome, unless the breaker has
-// moved on to another generation since the attempt was admitted.
-func (b *sharedBreaker) recorder(gen uint64) func(error) {
-	return func(outcome error) {
-		if outcome != nil && errors.Is(outcome, errExcluded) {
-			return
-		}
-		ran := false
-		_, err := b.dcb.Load().Execute(func() (struct{}, error) {
-			// Runs under the store's lock, before the state is written back.
-			ran = true
-			if cur, err := b.readRaw(); err == nil && cur.Generation != gen {
-				return struct{}{}, errExcluded
-			}
-			return struct{}{}, outcome
-		})
-		breakerRefused := errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests)
-		if err != nil && !breakerRefused && (!ran || (!errors.Is(err, errExcluded) && (outcome == nil || !errors.Is(err, outcome)))) {
-			if !b.failing.Swap(true) {
-				b.p.log.Warn("shared breaker state unavailable: outcome not recorded", "breaker", b.p.name, "err", err)
-			}
-		}
-	}
-}
-
-func (b *sharedBreaker) state() string {
-	s, err := b.read()
-	if err != nil {
-		return "closed"
-	}
-	if s.State == gobreaker.StateOpen && !time.Now().Before(s.Expiry) {
-		return "half-open"
-	}
-	return s.State.String()
-}

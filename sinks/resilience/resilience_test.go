@@ -451,3 +451,35 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 		t.Fatalf("New = %v, want a retry.max_attempts error", err)
 	}
 }
+
+func TestSyncIntervalValidation(t *testing.T) {
+	tests := []struct {
+		name    string
+		sync    time.Duration
+		open    time.Duration
+		wantErr string // "" means valid
+	}{
+		{"default", 0, time.Second, ""},
+		{"default under a short open_timeout", 0, 100 * time.Millisecond, ""},
+		{"equal to open_timeout", time.Second, time.Second, ""},
+		{"negative", -time.Millisecond, time.Second, "breaker.sync_interval: must be > 0"},
+		{"longer than open_timeout", 2 * time.Second, time.Second, "breaker.sync_interval: must be ≤ breaker.open_timeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := resilience.Defaults()
+			c.Breaker.SyncInterval, c.Breaker.OpenTimeout = tt.sync, tt.open
+			err := c.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Validate = %v, want valid", err)
+				}
+				return
+			}
+			var fe *resilience.FieldError
+			if !errors.As(err, &fe) || fe.Field != "breaker.sync_interval" || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Validate = %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}
