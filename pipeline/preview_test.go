@@ -149,6 +149,9 @@ func TestPreviewQuickstart(t *testing.T) {
 
 	// Nothing was written: the file sinks only opened their files.
 	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(cfg.File())), "out", "*.jsonl"))
+	if len(matches) != 3 {
+		t.Errorf("want the three quickstart sink files opened under the copy, found %v", matches)
+	}
 	for _, m := range matches {
 		if st, err := os.Stat(m); err != nil || st.Size() != 0 {
 			t.Errorf("preview wrote to %s", m)
@@ -202,7 +205,9 @@ func TestPreviewRequests(t *testing.T) {
 // Preview of configs/vendors.yaml shows the vendor requests with every key
 // redacted; no key appears anywhere in its output.
 func TestPreviewRedactsSecrets(t *testing.T) {
-	// vendors.yaml keeps dedupe keys and breakers in Redis.
+	// vendors.yaml keeps dedupe keys and breakers in Redis, and the
+	// library's Preview builds them (the CLI's preview swaps them for
+	// in-process ones; see cmd/labelpipe).
 	t.Setenv("REDIS_URL", redistest.Start(t).URL())
 	keys := map[string]string{
 		"AQ_WEBHOOK_SECRET":    "aq-whsecret-0001",

@@ -255,6 +255,36 @@ func TestPreview(t *testing.T) {
 	}
 }
 
+// preview of configs/vendors.yaml needs neither Redis nor the vendors, and
+// shows no key it was given.
+func TestPreviewVendorsRedactsKeys(t *testing.T) {
+	keys := map[string]string{
+		"AQ_WEBHOOK_SECRET":    "aq-whsecret-0001",
+		"LABELBOX_API_KEY":     "lb-apikey-0002",
+		"SCALE_API_KEY":        "scale-apikey-0003",
+		"LABEL_STUDIO_API_KEY": "ls-apitoken-0004",
+	}
+	for k, v := range keys {
+		t.Setenv(k, v)
+	}
+	t.Setenv("REDIS_URL", "redis://127.0.0.1:1/0") // nothing listens there
+	code, stdout, stderr := labelpipe(t, "preview", "-c", "../../configs/vendors.yaml", "--secret", keys["AQ_WEBHOOK_SECRET"],
+		payloads+"issue-crops.json")
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, stdout, stderr)
+	}
+	for name, v := range keys {
+		if strings.Contains(stdout+stderr, v) {
+			t.Errorf("the output shows %s", name)
+		}
+	}
+	// One request to Labelbox, one Scale task per element (2), one Label
+	// Studio import: each with its Authorization redacted.
+	if n := strings.Count(stdout, `"Authorization": "REDACTED"`); n != 4 {
+		t.Errorf("%d redacted Authorization headers, want 4:\n%s", n, stdout)
+	}
+}
+
 // The quickstart as a new user runs it: `labelpipe run`, then `labelpipe
 // send` with a sample payload, which shows up in every quickstart sink;
 // SIGTERM drains and exits 0.
