@@ -65,6 +65,8 @@ type Pipeline struct {
 	redis   redis.UniversalClient
 	ownsRDB bool
 	router  *message.Router
+	// offline: built for a preview; touches nothing outside the process.
+	offline bool
 	// fanoutSlots bounds the exports fanned out at once.
 	fanoutSlots chan struct{}
 
@@ -102,6 +104,10 @@ type builtSink struct {
 // New builds a pipeline from a loaded config. On failure it closes
 // whatever it had built.
 func New(cfg *Config, opts Options) (p *Pipeline, err error) {
+	return newPipeline(cfg, opts, false)
+}
+
+func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err error) {
 	if opts.Registry == nil {
 		return nil, errors.New("pipeline: Options.Registry is required (use builtin.Registry())")
 	}
@@ -123,13 +129,14 @@ func New(cfg *Config, opts Options) (p *Pipeline, err error) {
 		opts.ReplicaID = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
 	p = &Pipeline{
-		cfg:    cfg,
-		log:    opts.Logger,
-		tracer: opts.TracerProvider.Tracer("github.com/labelpipe/labelpipe/pipeline"),
-		prop:   propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
-		opts:   opts,
-		byName: map[string]*builtSink{},
-		events: map[string]bool{},
+		cfg:     cfg,
+		log:     opts.Logger,
+		tracer:  opts.TracerProvider.Tracer("github.com/labelpipe/labelpipe/pipeline"),
+		prop:    propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
+		opts:    opts,
+		byName:  map[string]*builtSink{},
+		events:  map[string]bool{},
+		offline: offline,
 	}
 	p.hardStop, p.hardStopF = context.WithCancel(context.Background())
 	// built, not p: `return nil, err` has already set p to nil when this runs.
@@ -166,6 +173,7 @@ func (p *Pipeline) env(kind, name string) Env {
 		MeterProvider:  p.opts.MeterProvider,
 		Redis:          p.redis,
 		ConfigDir:      p.cfg.dir,
+		Offline:        p.offline,
 	}
 }
 

@@ -41,11 +41,15 @@ type SinkPreview struct {
 
 // Preview runs body through the stages and the sinks' renderers of cfg.
 // header is the webhook request's headers; with none, stages that only
-// check headers (secret) are skipped and say so.
+// check headers (secret) are skipped and say so. It touches nothing outside
+// the process: no Redis (a dedupe stage previews against an empty store,
+// the verdict a first delivery gets) and no vendor.
 func Preview(ctx context.Context, cfg *Config, opts Options, body []byte, header http.Header) (*PreviewReport, error) {
 	c := *cfg
 	c.Broker.Type = "memory"
-	p, err := New(&c, opts)
+	c.Redis.URL = ""
+	opts.Redis = nil
+	p, err := newPipeline(&c, opts, true)
 	if err != nil {
 		return nil, err
 	}

@@ -26,6 +26,10 @@ type Env struct {
 	Redis redis.UniversalClient
 	// ConfigDir is the directory of the config file, for relative paths.
 	ConfigDir string
+	// Offline is set when the pipeline is built for a preview: nothing
+	// outside the process may be touched (Redis is nil then), so a stage
+	// that keeps shared state uses a private, empty one instead.
+	Offline bool
 }
 
 // Validator is implemented by config structs. Validate is pure (no I/O) and

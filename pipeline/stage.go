@@ -19,7 +19,10 @@ type Export struct {
 	Header http.Header
 	// Body is the raw request body as received.
 	Body []byte
-	// Payload is the decoded JSON document. Transforms replace it.
+	// Payload is the decoded JSON document. A stage that changes it
+	// assigns a new value and never edits the old one in place: the
+	// source publishes the raw Body when Payload is still the value it
+	// decoded.
 	Payload any
 	// Attrs carries values one stage leaves for a later one or for the
 	// source (for example the dedupe key to release on a failed publish).

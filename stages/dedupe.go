@@ -121,8 +121,12 @@ func buildDedupe(c *DedupeConfig, env pipeline.Env) (pipeline.Stage, error) {
 		}
 		d.key = prog
 	}
-	switch c.Store {
-	case StoreRedis:
+	switch {
+	case c.Store == StoreRedis && env.Offline:
+		// A preview gives the verdict a first delivery gets, touching
+		// nothing shared.
+		d.store = NewMemoryStore(c.TTL)
+	case c.Store == StoreRedis:
 		if env.Redis == nil {
 			return nil, errors.New("dedupe store redis needs redis.url in the config")
 		}

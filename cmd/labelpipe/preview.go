@@ -11,24 +11,7 @@ import (
 
 	"github.com/labelpipe/labelpipe/pipeline"
 	"github.com/labelpipe/labelpipe/pipeline/builtin"
-	"github.com/labelpipe/labelpipe/stages"
 )
-
-// offline makes a config touch nothing outside the process: no Redis
-// client (and so no shared breaker), and dedupe previewed against an
-// empty in-memory store, which gives the verdict a first delivery gets.
-func offline(cfg *pipeline.Config, reg *pipeline.Registry) error {
-	if err := cfg.Resolve(reg); err != nil {
-		return err
-	}
-	cfg.Redis.URL = ""
-	for _, s := range cfg.Stages {
-		if d, ok := s.Options.(*stages.DedupeConfig); ok {
-			d.Store = stages.StoreMemory
-		}
-	}
-	return nil
-}
 
 // previewCommand shows what the pipeline would do with a payload: each
 // stage's verdict, the answer, and every request each sink would send,
@@ -62,10 +45,6 @@ func previewCommand(args []string, stdout, stderr io.Writer) int {
 		h = http.Header{}
 		h.Set(*header, *secret)
 		h.Set("Content-Type", "application/json")
-	}
-	if err := offline(cfg, reg); err != nil {
-		printConfigError(stderr, err)
-		return 1
 	}
 	rep, err := pipeline.Preview(context.Background(), cfg, pipeline.Options{Registry: reg}, body, h)
 	if err != nil {
