@@ -79,6 +79,14 @@ type BrokerConfig struct {
 	MaxLen int64 `yaml:"max_len"`
 	// FanoutWorkers is how many exports are fanned out at once; default 4.
 	FanoutWorkers int `yaml:"fanout_workers"`
+	// MaxPending bounds, on the memory broker, the messages queued and not
+	// yet finished (exports and sink requests). When it is reached the
+	// webhook waits for room, up to QueueWait, then answers 503, so an
+	// overload slows callers down instead of growing memory without end.
+	// Default 4000; the redis broker keeps its queue in Redis instead.
+	MaxPending int64 `yaml:"max_pending"`
+	// QueueWait is how long a webhook request waits for room; default 10s.
+	QueueWait time.Duration `yaml:"queue_wait"`
 }
 
 // RedisConfig configures the Redis client.
@@ -162,10 +170,11 @@ func defaultConfig() Config {
 	return Config{
 		Server: ServerConfig{Addr: "127.0.0.1:8080", Path: "/webhook", MaxBodyBytes: 32 << 20,
 			ReadTimeout: 60 * time.Second, ShutdownTimeout: 30 * time.Second},
-		Admin:  AdminConfig{Addr: "127.0.0.1:9090"},
-		Broker: BrokerConfig{Type: "memory", Prefix: "labelpipe:", ClaimIdle: 60 * time.Second, MaxLen: 10000, FanoutWorkers: 4},
-		Redis:  RedisConfig{KeyPrefix: "labelpipe:"},
-		Log:    LogConfig{Level: "info", Format: "text"},
+		Admin: AdminConfig{Addr: "127.0.0.1:9090"},
+		Broker: BrokerConfig{Type: "memory", Prefix: "labelpipe:", ClaimIdle: 60 * time.Second, MaxLen: 10000, FanoutWorkers: 4,
+			MaxPending: 4000, QueueWait: 10 * time.Second},
+		Redis: RedisConfig{KeyPrefix: "labelpipe:"},
+		Log:   LogConfig{Level: "info", Format: "text"},
 	}
 }
 
@@ -584,6 +593,12 @@ func (l *loader) check(c *Config) {
 	}
 	if c.Broker.FanoutWorkers < 1 {
 		l.at("broker.fanout_workers", "broker", "fanout_workers", "must be ≥ 1")
+	}
+	if c.Broker.MaxPending < 1 {
+		l.at("broker.max_pending", "broker", "max_pending", "must be ≥ 1")
+	}
+	if c.Broker.QueueWait < 0 {
+		l.at("broker.queue_wait", "broker", "queue_wait", "must be ≥ 0")
 	}
 	if !strings.HasPrefix(c.Server.Path, "/") {
 		l.at("server.path", "server", "path", "must start with /")

@@ -73,6 +73,7 @@ type Pipeline struct {
 	draining  atomic.Bool
 	inflight  sync.WaitGroup // webhook requests being answered
 	pending   atomic.Int64   // requests queued on the memory broker, not finished
+	room      chan struct{}  // signalled when a queued request finishes
 	runCancel context.CancelFunc
 	ran       atomic.Bool // Run started the router
 	hardStop  context.Context
@@ -134,6 +135,7 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		tracer:  opts.TracerProvider.Tracer("github.com/labelpipe/labelpipe/pipeline"),
 		prop:    propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
 		opts:    opts,
+		room:    make(chan struct{}, 1),
 		byName:  map[string]*builtSink{},
 		events:  map[string]bool{},
 		offline: offline,

@@ -776,6 +776,38 @@ func TestWebhookUnavailableWhileDraining(t *testing.T) {
 	}
 }
 
+// A full memory queue makes the webhook wait for room, then answer 503,
+// and accept again once the vendor catches up.
+func TestWebhookBackpressureWhenQueueIsFull(t *testing.T) {
+	ls := vendortest.NewLabelStudio(t, lsToken)
+	ls.SetLatency(time.Hour) // held until the test lowers it
+	cfg := strings.Replace(head(""), "broker: {type: memory}", "broker: {type: memory, max_pending: 1, queue_wait: 100ms}", 1)
+	h := startHarness(t, cfg+labelStudioSink(ls, fastPolicy))
+	body, _ := samplePayload(t, "issue-frames.json")
+	h.accept(body)
+	waitFake(t, "the delivery to reach the vendor", func(ctx context.Context) error { return ls.WaitArrived(ctx, 1) })
+
+	other, _ := samplePayload(t, "issue-crops.json")
+	start := time.Now()
+	a := h.send(hookReq{secret: hookSecret, body: other})
+	if a.Code != http.StatusServiceUnavailable || !strings.Contains(a.Error, "queue is full") {
+		t.Fatalf("with the queue full: %d %s, want 503 saying the queue is full", a.Code, a.Raw)
+	}
+	if waited := time.Since(start); waited < 100*time.Millisecond {
+		t.Errorf("answered after %v, want it to wait queue_wait (100ms) for room first", waited)
+	}
+	if ra := a.Header.Get("Retry-After"); ra == "" || ra == "0" {
+		t.Errorf("Retry-After = %q, want a positive number of seconds", ra)
+	}
+
+	ls.SetLatency(0) // the vendor catches up
+	h.eventually(5*time.Second, "the queued request to finish", func() bool { return ls.Accepted() == 1 })
+	if a := h.send(hookReq{secret: hookSecret, body: other}); a.Code != http.StatusAccepted {
+		t.Fatalf("after room was made: %d %s, want 202", a.Code, a.Raw)
+	}
+	waitFake(t, "both exports delivered", func(ctx context.Context) error { return ls.WaitAccepted(ctx, 2) })
+}
+
 // ---------------------------------------------------------------------------
 // Delivery
 
