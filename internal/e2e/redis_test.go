@@ -57,6 +57,7 @@ func TestRedis(t *testing.T) {
 		{"dedupe", testDedupe},
 		{"vendor outage opens the shared breaker", testSharedBreaker},
 		{"dead letter and replay", testDLQReplay},
+		{"daemon started while redis is down", testStartWithRedisDown},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, bin) })
 	}
@@ -150,6 +151,52 @@ func testRedisRestart(t *testing.T, bin string) {
 		}
 	}
 	r.waitDelivered(t, ids, 60*time.Second)
+	r.checkExactlyOnce(t, ids)
+}
+
+// testStartWithRedisDown: the daemon starts while Redis is down (nothing
+// at startup, shared breakers included, may need it). Until Redis is up it
+// is not ready and ingress answers 503 with Retry-After; once Redis is
+// started it becomes ready by itself, without a restart, and delivers.
+func testStartWithRedisDown(t *testing.T, bin string) {
+	r := newRig(t, bin, rigOptions{})
+	r.redis.Stop()
+	a := r.launch("a")
+
+	// Wait until it serves /readyz at all; it must not exit instead.
+	deadline := time.After(30 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for a.readyz() == 0 {
+		a.mu.Lock()
+		done := a.done
+		a.mu.Unlock()
+		select {
+		case <-done:
+			t.Fatalf("replica exited while redis was down:\n%s", tail(a.logPath, 20))
+		case <-deadline:
+			t.Fatalf("replica never answered /readyz while redis was down:\n%s", tail(a.logPath, 20))
+		case <-tick.C:
+		}
+	}
+	if code := a.readyz(); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz while redis is down: %d, want 503", code)
+	}
+	status, hdr, body := r.post(t, a, r.exportBody("before-redis"))
+	if status != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" {
+		t.Fatalf("webhook while redis is down: %d (Retry-After %q) %s; want 503 with Retry-After", status, hdr.Get("Retry-After"), body)
+	}
+
+	r.redis.Restart() // started on the same socket
+	up := time.Now()
+	a.waitReady(t, 30*time.Second)
+	t.Logf("ready %s after redis started", time.Since(up).Round(time.Millisecond))
+	status, _, body = r.post(t, a, r.exportBody("after-redis"))
+	if status != http.StatusAccepted {
+		t.Fatalf("webhook once redis is up: %d %s, want 202", status, body)
+	}
+	ids := []string{exportID(t, body)}
+	r.waitDelivered(t, ids, 30*time.Second)
 	r.checkExactlyOnce(t, ids)
 }
 
@@ -723,6 +770,13 @@ type replica struct {
 
 // start runs a replica on fresh loopback ports and waits until it is ready.
 func (r *rig) start(name string) *replica {
+	rp := r.launch(name)
+	rp.waitReady(r.t, 30*time.Second)
+	return rp
+}
+
+// launch runs a replica on fresh loopback ports without waiting for it.
+func (r *rig) launch(name string) *replica {
 	t := r.t
 	rp := &replica{r: r, name: name, webhook: freeLoopback(t), admin: freeLoopback(t)}
 	rp.config = filepath.Join(r.dir, name+".yaml")
@@ -737,7 +791,6 @@ func (r *rig) start(name string) *replica {
 		}
 	})
 	rp.run()
-	rp.waitReady(t, 30*time.Second)
 	return rp
 }
 

@@ -40,7 +40,9 @@ type Options struct {
 	// probes, transitions). The lock is only held for that bookkeeping,
 	// never during a request. A failed Store.Lock is retried for up to 5s
 	// while the store still answers GetData (the lock is busy), not when
-	// the store is down.
+	// the store is down. New makes no store call: the shared state is read
+	// (and created when missing) on first use, and while the store is down
+	// attempts go ahead on this replica's last view of it.
 	Store gobreaker.SharedDataStore
 	// OnStateChange, when set, is called on every breaker transition this
 	// process makes ("closed", "open", "half-open") instead of logging it.
@@ -123,9 +125,9 @@ func New(cfg Config, opts Options) (*Policy, error) {
 		p:            p,
 		probe:        make(chan struct{}, 1),
 	}
-	if err := sb.locked(sb.init); err != nil {
-		return nil, fmt.Errorf("resilience: shared breaker %q: %w", opts.Name, err)
-	}
+	// No store call here: the shared state is read, or created, on first
+	// use, so that a store that is down at startup does not stop the
+	// daemon (it delivers without the shared state until the store answers).
 	p.br = sb
 	return p, nil
 }
@@ -198,26 +200,34 @@ func (p *Policy) State() string { return p.br.state() }
 //
 // Before each attempt it waits for the rate limiter. While the breaker is
 // open it waits, making no attempt and spending no budget, until the open
-// period has passed and a half-open probe has decided. Backoff is
-// exponential with full jitter; a larger Retry-After (capped at
-// retry.max_interval) replaces it. Cancelling ctx stops any wait and
-// returns an error wrapping ctx.Err(); it wraps neither ErrPermanent nor
-// ErrExhausted, so the caller can hand the request back rather than
-// dead-letter it.
+// period has passed and a half-open probe has decided. A probe that fails
+// retryably spends no budget either: it counts towards neither
+// retry.max_attempts nor retry.max_elapsed, and the request waits for the
+// re-opened breaker again, so a long outage cannot dead-letter a request
+// through probes alone. Backoff is exponential with full jitter; a larger
+// Retry-After (capped at retry.max_interval) replaces it. Cancelling ctx
+// stops any wait and returns an error wrapping ctx.Err(); it wraps neither
+// ErrPermanent nor ErrExhausted, so the caller can hand the request back
+// rather than dead-letter it.
+//
+// attempts, like Attempt.N and Error.Attempts, counts every attempt made,
+// probes included.
 func (p *Policy) Do(ctx context.Context, attempt func(ctx context.Context, a Attempt) error) (attempts int, err error) {
 	start := time.Now()
 	var (
-		breakerTotal time.Duration // excluded from max_elapsed
-		lastErr      error
-		backoff      time.Duration
-		honoured     bool
+		free     time.Duration // excluded from max_elapsed: breaker waits, failed probes
+		spent    int           // attempts that count towards max_attempts
+		lastErr  error
+		backoff  time.Duration
+		honoured bool
 	)
 	for n := 1; ; n++ {
 		adm, breakerWait, err := p.admit(ctx)
 		if err != nil {
 			return n - 1, canceled(err, n-1, lastErr)
 		}
-		breakerTotal += breakerWait
+		free += breakerWait
+		began := time.Now()
 		err = attempt(ctx, Attempt{N: n, BreakerState: adm.state, Backoff: backoff, RetryAfter: honoured, BreakerWait: breakerWait})
 		outcome := err
 		if err != nil && ctx.Err() != nil {
@@ -234,12 +244,22 @@ func (p *Policy) Do(ctx context.Context, attempt func(ctx context.Context, a Att
 		if !retryable(err) {
 			return n, &Error{Kind: ErrPermanent, Attempts: n, Elapsed: time.Since(start), Last: err}
 		}
-		if n >= p.cfg.Retry.MaxAttempts {
-			return n, &Error{Kind: ErrExhausted, Attempts: n, Elapsed: time.Since(start), Last: err}
-		}
-		backoff, honoured = p.backoff(n, err)
-		if limit := p.cfg.Retry.MaxElapsed; limit > 0 && time.Since(start)-breakerTotal+backoff > limit {
-			return n, &Error{Kind: ErrExhausted, Attempts: n, Elapsed: time.Since(start), Last: err, MaxElapsed: limit}
+		if adm.state == gobreaker.StateHalfOpen.String() {
+			// The failed probe re-opened the breaker: like the open
+			// period, it spends nothing. The backoff (not grown by it)
+			// still applies, so that a probe whose outcome the store
+			// failed to record cannot be repeated at once.
+			backoff, honoured = p.backoff(max(spent, 1), err)
+			free += time.Since(began) + backoff
+		} else {
+			spent++
+			if spent >= p.cfg.Retry.MaxAttempts {
+				return n, &Error{Kind: ErrExhausted, Attempts: n, Elapsed: time.Since(start), Last: err}
+			}
+			backoff, honoured = p.backoff(spent, err)
+			if limit := p.cfg.Retry.MaxElapsed; limit > 0 && time.Since(start)-free+backoff > limit {
+				return n, &Error{Kind: ErrExhausted, Attempts: n, Elapsed: time.Since(start), Last: err, MaxElapsed: limit}
+			}
 		}
 		if err := sleep(ctx, backoff); err != nil {
 			return n, canceled(err, n, lastErr)
@@ -307,7 +327,7 @@ func (p *Policy) waitRate(ctx context.Context) error {
 	return nil
 }
 
-// backoff is the wait before the retry after attempt n: full jitter over
+// backoff is the wait after the n-th failed attempt that spent budget: full jitter over
 // min(max_interval, initial·2^(n-1)), replaced by a larger Retry-After.
 func (p *Policy) backoff(n int, err error) (time.Duration, bool) {
 	r := p.cfg.Retry

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sony/gobreaker/v2"
+
 	"github.com/labelpipe/labelpipe/sinks/resilience"
 )
 
@@ -481,5 +483,117 @@ func TestSyncIntervalValidation(t *testing.T) {
 				t.Fatalf("Validate = %v, want %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// TestFailedProbesSpendNoBudget: the vendor stays down for many open
+// periods. Each failed half-open probe re-opens the breaker and spends
+// neither retry.max_attempts nor retry.max_elapsed, so the request is
+// still there to succeed once the vendor is back; a permanent error on a
+// probe still ends it at once.
+func TestFailedProbesSpendNoBudget(t *testing.T) {
+	const (
+		open   = 20 * time.Millisecond
+		trip   = 2 // consecutive failures that open the breaker
+		probes = 8 // failed probes before the vendor recovers
+	)
+	tests := []struct {
+		name        string
+		maxAttempts int
+		maxElapsed  time.Duration
+		latency     time.Duration // of each failed probe
+		probeErr    error         // what the failed probes answer
+		wantKind    error         // nil: success after the outage
+	}{
+		// 2 attempts trip it; 8 probes would be attempts 3 to 10.
+		{"max_attempts", 3, 0, 0, errRetry, nil},
+		// 8 probes of 15ms each outlast max_elapsed on their own.
+		{"max_elapsed", 100, 60 * time.Millisecond, 15 * time.Millisecond, errRetry, nil},
+		{"permanent error on a probe", 3, 0, 0, errPerm, resilience.ErrPermanent},
+	}
+	stores := []struct {
+		name  string
+		store func() gobreaker.SharedDataStore
+	}{
+		{"local", func() gobreaker.SharedDataStore { return nil }},
+		{"shared", func() gobreaker.SharedDataStore { return newMemStore() }},
+	}
+	for _, st := range stores {
+		for _, tt := range tests {
+			t.Run(st.name+"/"+tt.name, func(t *testing.T) {
+				c := fastConfig()
+				c.Retry = resilience.Retry{MaxAttempts: tt.maxAttempts, InitialInterval: time.Millisecond,
+					MaxInterval: 2 * time.Millisecond, MaxElapsed: tt.maxElapsed}
+				c.Breaker.ConsecutiveFailures = trip
+				c.Breaker.OpenTimeout = open
+				ch, onChange := transitions()
+				p := newPolicy(t, c, resilience.Options{Name: "labelbox", Store: st.store(), OnStateChange: onChange})
+
+				var seen []resilience.Attempt // Do calls attempt sequentially
+				n, err := p.Do(t.Context(), func(ctx context.Context, a resilience.Attempt) error {
+					seen = append(seen, a)
+					switch {
+					case len(seen) <= trip:
+						return errRetry
+					case a.BreakerState != "half-open":
+						return errors.New("an attempt after the trip was not a half-open probe")
+					case len(seen) <= trip+probes:
+						if tt.latency > 0 { // the down vendor is slow to answer
+							if err := sleepCtx(ctx, tt.latency); err != nil {
+								return err
+							}
+						}
+						return tt.probeErr
+					default:
+						return nil // the vendor is back
+					}
+				})
+
+				if tt.wantKind != nil {
+					if !errors.Is(err, tt.wantKind) || n != trip+1 {
+						t.Fatalf("Do = %d, %v; want %v on the first probe (attempt %d)", n, err, tt.wantKind, trip+1)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatalf("Do = %d attempts, %v; want success after %d failed probes", n, err, probes)
+				}
+				if want := trip + probes + 1; n != want || len(seen) != want {
+					t.Fatalf("Do made %d attempts (saw %d), want %d", n, len(seen), want)
+				}
+				for i, a := range seen {
+					if a.N != i+1 {
+						t.Errorf("attempt %d has N=%d: N must count every attempt, probes included", i+1, a.N)
+					}
+				}
+				// Every probe came after its own open period.
+				for _, a := range seen[trip:] {
+					if a.BreakerState != "half-open" || a.BreakerWait < open/2 {
+						t.Errorf("attempt %d in %q after a %v breaker wait, want a half-open probe after ~%v", a.N, a.BreakerState, a.BreakerWait, open)
+					}
+				}
+				want := []string{"closed->open"}
+				for range probes {
+					want = append(want, "open->half-open", "half-open->open")
+				}
+				want = append(want, "open->half-open", "half-open->closed")
+				expectTransitions(t, ch, want...)
+				if p.State() != "closed" {
+					t.Fatalf("State = %q after the vendor recovered", p.State())
+				}
+			})
+		}
+	}
+}
+
+// sleepCtx stands in for a slow vendor answer.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-tm.C:
+		return nil
 	}
 }

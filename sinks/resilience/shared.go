@@ -52,7 +52,7 @@ type sharedBreaker struct {
 
 	// rec serialises this process's use of dcb and of the store's lock.
 	rec sync.Mutex
-	dcb *gobreaker.DistributedCircuitBreaker[struct{}] // guarded by rec
+	dcb *gobreaker.DistributedCircuitBreaker[struct{}] // guarded by rec; nil until first used
 
 	vmu     sync.Mutex
 	view    gobreaker.SharedState
@@ -152,9 +152,15 @@ func (b *sharedBreaker) lock() error {
 	}
 }
 
-// run calls fn with the breaker, recreating the shared state first if the
-// store lost it. The caller holds rec and the store's lock.
+// run calls fn with the breaker, creating it on first use and recreating
+// the shared state first if the store lost it. The caller holds rec and the
+// store's lock.
 func (b *sharedBreaker) run(fn func(*gobreaker.DistributedCircuitBreaker[struct{}]) error) error {
+	if b.dcb == nil {
+		if err := b.init(); err != nil {
+			return err
+		}
+	}
 	err := fn(b.dcb)
 	if errors.Is(err, gobreaker.ErrNoSharedState) {
 		if err = b.init(); err == nil {

@@ -252,6 +252,13 @@ func TestSharedBreakerQuietOutcomesWriteNothing(t *testing.T) {
 				c.Breaker = resilience.Breaker{ConsecutiveFailures: 5, FailureRatio: tt.ratio, MinRequests: 10,
 					Interval: time.Minute, OpenTimeout: time.Minute, SyncInterval: time.Minute}
 				ps, cs := replicas(t, c, be.start(t), resilience.Options{}, resilience.Options{})
+				// Each replica reads (the first creates) the shared state on
+				// first use; what is counted is the steady state after it.
+				for _, p := range ps {
+					if st := p.State(); st != "closed" {
+						t.Fatalf("State = %q on a new breaker", st)
+					}
+				}
 				for _, cn := range cs {
 					cn.reset()
 				}
@@ -570,6 +577,106 @@ func TestSharedBreakerCountsConcurrentFailures(t *testing.T) {
 			wg.Wait()
 			if st := sharedState(t, cs[0]); st.State != gobreaker.StateOpen {
 				t.Fatalf("shared state %v %+v after %d concurrent failures, want open", st.State, st.Counts, 2*perReplica)
+			}
+		})
+	}
+}
+
+// outages give a store that a test can take down and bring back: in
+// memory, and a real redis-server stopped and started again on its socket.
+var outages = []struct {
+	name  string
+	start func(t *testing.T) (handle func() gobreaker.SharedDataStore, down, up func())
+}{
+	{"memory", func(*testing.T) (func() gobreaker.SharedDataStore, func(), func()) {
+		s := newMemStore()
+		return func() gobreaker.SharedDataStore { return s }, func() { s.down.Store(true) }, func() { s.down.Store(false) }
+	}},
+	{"redis", func(t *testing.T) (func() gobreaker.SharedDataStore, func(), func()) {
+		srv := redistest.Start(t)
+		return func() gobreaker.SharedDataStore { return pipeline.NewRedisBreakerStore(srv.Client(t), "test:") }, srv.Stop, srv.Restart
+	}},
+}
+
+// TestSharedBreakerStoreDownAtNew: a replica built while the store is down
+// starts at once without touching it, delivers on its own view meanwhile,
+// and joins the shared state when the store answers: its failures count
+// towards the shared streak, and a trip elsewhere stops its attempts.
+func TestSharedBreakerStoreDownAtNew(t *testing.T) {
+	const syncEvery = 20 * time.Millisecond
+	for _, be := range outages {
+		t.Run(be.name, func(t *testing.T) {
+			c := fastConfig()
+			c.Retry.MaxAttempts = 2
+			c.Breaker = resilience.Breaker{ConsecutiveFailures: 3, OpenTimeout: time.Minute, SyncInterval: syncEvery}
+			handle, down, up := be.start(t)
+			down()
+
+			store := &counted{SharedDataStore: handle()}
+			began := time.Now()
+			b, err := resilience.New(c, resilience.Options{Name: "labelbox", Store: store})
+			if err != nil {
+				t.Fatalf("New with the store down: %v", err)
+			}
+			if el, calls := time.Since(began), store.calls(); calls != 0 || el > time.Second {
+				t.Fatalf("New made %d store calls and took %v, want none and at once", calls, el)
+			}
+
+			// Deliveries go ahead while the store is down.
+			if n, err := b.Do(t.Context(), (&script{errs: []error{errRetry}}).attempt); n != 2 || err != nil {
+				t.Fatalf("Do with the store down = %d, %v; want a retry then success", n, err)
+			}
+			if st := b.State(); st != "closed" {
+				t.Fatalf("State with the store down = %q", st)
+			}
+
+			// The store is back: b's next use creates the shared state.
+			up()
+			check := handle()
+			tick := time.NewTicker(time.Millisecond)
+			defer tick.Stop()
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				if _, err := b.Do(t.Context(), (&script{}).attempt); err != nil {
+					t.Fatal(err)
+				}
+				if data, err := check.GetData("gobreaker:state:labelbox"); err == nil && len(data) > 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the shared state was never created after the store came back")
+				}
+				<-tick.C
+			}
+			// b's failures now count in the shared state...
+			fail := func(context.Context, resilience.Attempt) error { return errRetry }
+			if _, err := b.Do(t.Context(), fail); !errors.Is(err, resilience.ErrExhausted) {
+				t.Fatalf("Do = %v, want exhausted", err)
+			}
+			if st := sharedState(t, check); st.State != gobreaker.StateClosed || st.Counts.ConsecutiveFailures != 2 {
+				t.Fatalf("shared state %v %+v, want b's two failures counted", st.State, st.Counts)
+			}
+			// ...so one more on another replica trips it, for b too.
+			once := c
+			once.Retry.MaxAttempts = 1
+			a := newPolicy(t, once, resilience.Options{Name: "labelbox", Store: handle()})
+			if _, err := a.Do(t.Context(), fail); !errors.Is(err, resilience.ErrExhausted) {
+				t.Fatalf("a.Do = %v, want the failure", err)
+			}
+			if st := sharedState(t, check); st.State != gobreaker.StateOpen {
+				t.Fatalf("shared state %v %+v after the third failure in a row, want open", st.State, st.Counts)
+			}
+			tripped := time.Now()
+			for b.State() != "open" {
+				if time.Since(tripped) > syncEvery+2*time.Second {
+					t.Fatalf("b still sees %q", b.State())
+				}
+				<-tick.C
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+			defer cancel()
+			if n, err := b.Do(ctx, (&script{}).attempt); n != 0 || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("b.Do while the shared breaker is open = %d, %v; want no attempt", n, err)
 			}
 		})
 	}
