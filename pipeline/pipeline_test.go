@@ -22,6 +22,7 @@ import (
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/labelpipe/labelpipe/configs"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
@@ -54,6 +55,7 @@ type harness struct {
 	logs    *lockedBuffer
 	stop    context.CancelFunc
 	done    chan error // Run's result; nil until run
+	spans   *tracetest.SpanRecorder
 }
 
 // lockedBuffer collects the pipeline's log; it is printed when a test fails.
@@ -79,13 +81,14 @@ func (b *lockedBuffer) String() string {
 // there.
 func newHarness(t *testing.T, cfgText string) *harness {
 	t.Helper()
-	h := &harness{t: t, dir: t.TempDir(), logs: &lockedBuffer{}}
+	h := &harness{t: t, dir: t.TempDir(), logs: &lockedBuffer{}, spans: tracetest.NewSpanRecorder()}
 	cfg, err := pipeline.ParseConfig(filepath.Join(h.dir, "labelpipe.yaml"), []byte(cfgText))
 	if err != nil {
 		t.Fatalf("config:\n%v\n--- config text ---\n%s", err, cfgText)
 	}
-	// A real SDK provider, so that answers and dead letters carry trace ids.
-	tp := sdktrace.NewTracerProvider()
+	// A real SDK provider, so that answers and dead letters carry trace
+	// ids, recording every span for the span-tree tests.
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(h.spans))
 	h.p, err = pipeline.New(cfg, pipeline.Options{
 		Registry:       builtin.Registry(),
 		Logger:         slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
