@@ -30,6 +30,15 @@ import (
 // start (a restarted replica reusing its name) hands them to
 // <name>-orphan, which has no heartbeat, so they are claimed at once.
 //
+// Lost replies. XREADGROUP and XCLAIM change the PEL in Redis before the
+// reply reaches us. When the connection breaks in between (Redis killed
+// after its AOF fsync, or go-redis retrying the read on a new connection),
+// the entry is pending under this live consumer, which never got it, and
+// its heartbeat keeps everyone else off. So each worker remembers the
+// entries it did receive and has not acked yet, and also claims an entry
+// of its own that is idle for claim_idle and not among them. Held entries
+// are never claimed back, so only a lost reply costs a redelivery.
+//
 // Trimming. Redis 7 cannot trim "acknowledged entries only", and plain
 // XADD MAXLEN would drop messages nobody has read. So publish never trims;
 // every max(1, min(100, max_len/10)) publishes per stream one Lua script
@@ -205,7 +214,7 @@ func (b *redisBroker) Workers(topic, group string, n int) ([]message.Subscriber,
 		}
 		claimInterval := min(max(b.cfg.ClaimIdle/4, 50*time.Millisecond), 5*time.Second)
 		sub, err := redisstream.NewSubscriber(redisstream.SubscriberConfig{
-			Client:                        noCloseClient{reader},
+			Client:                        heldClient{noCloseClient{reader}, w},
 			Consumer:                      w.consumer,
 			ConsumerGroup:                 group,
 			NackResendSleep:               redisNackResend,
@@ -337,6 +346,9 @@ type redisWorker struct {
 	started atomic.Bool
 	// subMu orders the inner Subscribe and Close, which redisstream does not.
 	subMu sync.Mutex
+	// held has the ids of the entries Redis handed to this consumer, by
+	// a reply we got, that are not acked yet (see "Lost replies").
+	held sync.Map // stream entry id -> struct{}
 }
 
 func (w *redisWorker) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -471,10 +483,12 @@ func (w *redisWorker) join(ctx context.Context, key string) error {
 }
 
 // shouldClaim claims an idle pending entry only when its consumer has no
-// heartbeat; when unsure (Redis error) it leaves the entry alone.
+// heartbeat, or when it is this consumer's own and its reply was lost;
+// when unsure (Redis error) it leaves the entry alone.
 func (w *redisWorker) shouldClaim(p redis.XPendingExt) bool {
 	if p.Consumer == w.consumer {
-		return false
+		_, held := w.held.Load(p.ID)
+		return !held
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
 	defer cancel()
@@ -521,6 +535,43 @@ func (w *redisWorker) Close() error {
 type noCloseClient struct{ redis.UniversalClient }
 
 func (noCloseClient) Close() error { return nil }
+
+// heldClient is the subscriber's client: it notes in w.held which entries
+// reached this consumer (read or claimed) and forgets them once acked.
+// An entry is noted before the subscriber sees it, so a fresh delivery is
+// never taken for a lost one.
+type heldClient struct {
+	noCloseClient
+	w *redisWorker
+}
+
+func (c heldClient) XReadGroup(ctx context.Context, a *redis.XReadGroupArgs) *redis.XStreamSliceCmd {
+	cmd := c.noCloseClient.XReadGroup(ctx, a)
+	for _, xs := range cmd.Val() {
+		for _, m := range xs.Messages {
+			c.w.held.Store(m.ID, struct{}{})
+		}
+	}
+	return cmd
+}
+
+func (c heldClient) XClaim(ctx context.Context, a *redis.XClaimArgs) *redis.XMessageSliceCmd {
+	cmd := c.noCloseClient.XClaim(ctx, a)
+	for _, m := range cmd.Val() {
+		c.w.held.Store(m.ID, struct{}{})
+	}
+	return cmd
+}
+
+func (c heldClient) XAck(ctx context.Context, stream, group string, ids ...string) *redis.IntCmd {
+	cmd := c.noCloseClient.XAck(ctx, stream, group, ids...)
+	if cmd.Err() == nil {
+		for _, id := range ids {
+			c.w.held.Delete(id)
+		}
+	}
+	return cmd
+}
 
 // quietLogger passes watermill's logs through but repeats an error with
 // the same message at most once per interval: while Redis is down every

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-redisstream/pkg/redisstream"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 
@@ -351,6 +352,75 @@ func TestRedisBrokerSurvivesRestartWithAOF(t *testing.T) {
 		t.Fatalf("got %s", m.UUID)
 	}
 	m.Ack()
+}
+
+// A reply Redis never got to send (killed after its AOF fsync, or a read
+// retried on a new connection) leaves the entry pending under a live
+// consumer that never saw it. The consumer must claim it back, and must
+// not claim back the entries it does hold.
+func TestRedisBrokerRedeliversEntryWhoseReplyWasLost(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	b := newBroker(t, rdb, "r1", pipeline.BrokerConfig{ClaimIdle: idle})
+	ch := subscribe(t, b, "exports", "fanout", 1)
+	publish(t, b, "exports", "held")
+	held, _ := receive(t, 5*time.Second, ch...)
+
+	// Deliver "lost" to the worker's consumer name in Redis only, as a
+	// read whose reply was lost does. MULTI keeps the worker's blocked
+	// read from getting it first.
+	stream := testPrefix + "exports"
+	values, err := redisstream.DefaultMarshallerUnmarshaller{}.Marshal(stream, message.NewMessage("lost", []byte("payload lost")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var read *redis.XStreamSliceCmd
+	if _, err := rdb.TxPipelined(t.Context(), func(p redis.Pipeliner) error {
+		p.XAdd(t.Context(), &redis.XAddArgs{Stream: stream, Values: values})
+		read = p.XReadGroup(t.Context(), &redis.XReadGroupArgs{
+			Group: "fanout", Consumer: "r1-fanout-0", Streams: []string{stream, ">"}, Count: 1, Block: -1})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	lostID := read.Val()[0].Messages[0].ID
+
+	// The worker claims "lost" back (second delivery) while "held", older
+	// and as idle, stays with its single delivery.
+	deadline := time.After(10 * time.Second)
+	tick := time.NewTicker(idle / 10)
+	defer tick.Stop()
+	for {
+		pe, err := rdb.XPendingExt(t.Context(), &redis.XPendingExtArgs{
+			Stream: stream, Group: "fanout", Start: "-", End: "+", Count: 10}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts := map[string]int64{}
+		for _, p := range pe {
+			counts[p.ID] = p.RetryCount
+		}
+		if counts[lostID] >= 2 {
+			if len(pe) != 2 || pe[0].RetryCount != 1 {
+				t.Fatalf("held entry claimed back too: %+v", pe)
+			}
+			break
+		}
+		select {
+		case <-deadline:
+			t.Fatalf("lost entry never claimed back: %+v", pe)
+		case <-tick.C:
+		}
+	}
+
+	held.Ack()
+	m, _ := receive(t, 5*time.Second, ch...)
+	if m.UUID != "lost" {
+		t.Fatalf("got %s, want lost", m.UUID)
+	}
+	m.Ack()
+	nothing(t, ch[0], 3*idle) // no duplicate of either
 }
 
 func waitReady(t *testing.T, b pipeline.Broker) {
