@@ -317,6 +317,12 @@ func runBench(exe string, o benchOptions, baseline bool, stderr io.Writer) (benc
 	e2e := vendors.latencies()
 	res.e2eP50, res.e2eP99 = percentile(e2e, 50), percentile(e2e, 99)
 	res.lost, res.duplicates = vendors.lostAndDuplicated(o.n)
+	if res.lost > 0 || res.duplicates > 0 {
+		// Say why: the daemon's warnings and errors.
+		if logs, err := os.ReadFile(logf.Name()); err == nil {
+			fmt.Fprintf(stderr, "daemon log (lost %d, duplicated %d):\n%s\n", res.lost, res.duplicates, tailLines(logs, 40))
+		}
+	}
 	res.bodyBytes = int(bodySize.Load())
 	res.vendorConns = vendors.conns.Load()
 	return res, nil
@@ -349,7 +355,10 @@ func benchConfig(addr, admin string, o benchOptions, vendorURLs []string) string
 	var b strings.Builder
 	fmt.Fprintf(&b, "server: {addr: %q, path: /webhook, max_body_bytes: %d}\nadmin: {addr: %q}\nlog: {level: warn}\n", addr, 256<<20, admin)
 	if o.broker == "redis" {
-		fmt.Fprintf(&b, "broker: {type: redis}\nredis: {url: %q, key_prefix: %q}\n", o.redisURL, fmt.Sprintf("bench%d:", time.Now().UnixNano()))
+		// A prefix of its own, so streams and keys left by an earlier run
+		// on the same Redis are not redelivered into this one.
+		prefix := fmt.Sprintf("bench%d:", time.Now().UnixNano())
+		fmt.Fprintf(&b, "broker: {type: redis, prefix: %q}\nredis: {url: %q, key_prefix: %q}\n", prefix, o.redisURL, prefix)
 	} else {
 		b.WriteString("broker: {type: memory}\n")
 	}
@@ -436,6 +445,15 @@ func peakRSS(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// tailLines returns the last n lines of b.
+func tailLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // fetch saves a URL's body to a file.
