@@ -672,7 +672,7 @@ func (l *loader) decode(m *ast.MappingNode, dst any, label string) (failed map[s
 		}
 		failed[mv.Key.String()] = true
 		var ye yaml.Error
-		if errors.As(err, &ye) && ye.GetToken() != nil {
+		if errors.As(err, &ye) && ye.GetToken() != nil && !strings.Contains(err.Error(), "time: ") {
 			path := label
 			if ye.GetToken() != mv.Key.GetToken() {
 				path += ": " + mv.Key.String() // the problem is inside this key's value
@@ -681,12 +681,41 @@ func (l *loader) decode(m *ast.MappingNode, dst any, label string) (failed map[s
 			continue
 		}
 		msg := err.Error()
+		at, path := ast.Node(mv.Value), mv.Key.String()
 		if i := strings.LastIndex(msg, "time: "); i >= 0 {
-			msg = "bad duration: " + msg[i+len("time: "):] + ` (use e.g. "500ms", "30s", "24h")`
+			cause := msg[i+len("time: "):]
+			msg = "bad duration: " + cause + ` (use e.g. "500ms", "30s", "24h")`
+			// The time package names the value, not the key: find the key
+			// below this one that holds it, so the error points there.
+			if q := strings.LastIndex(cause, `"`); q > 0 {
+				if p := strings.LastIndex(cause[:q], `"`); p >= 0 {
+					if n, sub := findScalar(mv.Value, cause[p+1:q]); n != nil {
+						at, path = n, path+sub
+					}
+				}
+			}
 		}
-		l.add(mv.Value, label+": "+mv.Key.String(), msg)
+		l.add(at, label+": "+path, msg)
 	}
 	return failed
+}
+
+// findScalar finds, below n, the mapping value whose scalar text is v and
+// returns it with its dotted path relative to n (e.g. ".initial_interval").
+func findScalar(n ast.Node, v string) (ast.Node, string) {
+	m, ok := n.(*ast.MappingNode)
+	if !ok {
+		return nil, ""
+	}
+	for _, mv := range m.Values {
+		if s, ok := mv.Value.(*ast.StringNode); ok && s.Value == v {
+			return mv.Value, "." + mv.Key.String()
+		}
+		if found, sub := findScalar(mv.Value, v); found != nil {
+			return found, "." + mv.Key.String() + sub
+		}
+	}
+	return nil, ""
 }
 
 // subset returns a mapping with the keys of m that are (keep) or are not

@@ -49,7 +49,7 @@ func TestConfigErrors(t *testing.T) {
 			`server: shutdown_timeout: bad duration`,
 			`stages[0] "dedupe": ttl: bad duration`,
 			`sinks[0] "archive": timeout: bad duration`,
-			`sinks[0] "archive": retry: bad duration`,
+			`sinks[0] "archive": retry.initial_interval: bad duration`,
 		},
 		"invalid-jq": {
 			`:6:11: stages[0] "filter": expr: invalid jq`,
@@ -102,7 +102,7 @@ func TestConfigErrors(t *testing.T) {
 			`sinks[1] "labelbox": name is used by an earlier sink`,
 			`sinks[1] "labelbox": unknown sink type "kafka"`,
 			`sinks[2] "scale": filter: invalid jq`,
-			`sinks[2] "scale": retry: bad duration`,
+			`sinks[2] "scale": retry.initial_interval: bad duration`,
 		},
 	}
 
