@@ -403,6 +403,13 @@ func (l *loader) add(n ast.Node, path, msg string) {
 	if n != nil && n.GetToken() != nil {
 		e.Line, e.Col = n.GetToken().Position.Line, n.GetToken().Position.Column
 	}
+	// An unset variable already explains what is wrong with its value; a
+	// second error there ("is empty") would only repeat it.
+	for _, prev := range l.errs {
+		if e.Line > 0 && prev.Line == e.Line && prev.Col == e.Col && strings.HasPrefix(prev.Msg, "environment variable ") {
+			return
+		}
+	}
 	l.errs = append(l.errs, e)
 }
 
