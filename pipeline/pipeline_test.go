@@ -779,6 +779,44 @@ func TestWebhookUnavailableWhileDraining(t *testing.T) {
 	}
 }
 
+// Past the rate_limit stage's rate the webhook answers 429 with Retry-After.
+func TestWebhookRateLimited(t *testing.T) {
+	h := startHarness(t, head(`  - {type: rate_limit, per_second: 0.5, burst: 1}`)+`  - {name: archive, type: file, path: out/archive.jsonl}
+`)
+	body, _ := samplePayload(t, "issue-frames.json")
+	h.accept(body)
+	other, _ := samplePayload(t, "issue-crops.json")
+	a := h.send(hookReq{secret: hookSecret, body: other})
+	if a.Code != http.StatusTooManyRequests || !strings.Contains(a.Error, "rate limited") {
+		t.Fatalf("second webhook: %d %s, want 429 saying it is rate limited", a.Code, a.Raw)
+	}
+	if ra := a.Header.Get("Retry-After"); ra != "1" && ra != "2" {
+		t.Errorf("Retry-After = %q, want the 1-2 s until the next token", ra)
+	}
+}
+
+// A stage that rejects after dedupe reserved the key gives the key back,
+// so the caller's retry is accepted, not taken for a duplicate.
+func TestRejectAfterDedupeReleasesTheKey(t *testing.T) {
+	h := startHarness(t, head(`  - {type: dedupe, store: memory, ttl: 1h}
+  - {type: rate_limit, per_second: 20, burst: 1}`)+`  - {name: archive, type: file, path: out/archive.jsonl}
+`)
+	body, _ := samplePayload(t, "issue-frames.json")
+	h.accept(body)
+	other, _ := samplePayload(t, "issue-crops.json")
+	if a := h.send(hookReq{secret: hookSecret, body: other}); a.Code != http.StatusTooManyRequests {
+		t.Fatalf("second webhook at once: %d %s, want 429", a.Code, a.Raw)
+	}
+	var last webhookAnswer
+	h.eventually(5*time.Second, "the retry to get past the rate limit", func() bool {
+		last = h.send(hookReq{secret: hookSecret, body: other})
+		return last.Code != http.StatusTooManyRequests
+	})
+	if last.Code != http.StatusAccepted {
+		t.Fatalf("retry after the 429: %d %s, want 202 (the rejected attempt must not hold the dedupe key)", last.Code, last.Raw)
+	}
+}
+
 // A full memory queue makes the webhook wait for room, then answer 503,
 // and accept again once the vendor catches up.
 func TestWebhookBackpressureWhenQueueIsFull(t *testing.T) {

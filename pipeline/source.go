@@ -122,6 +122,9 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 
 	exports, err := p.ingress(ctx, e)
 	if err != nil {
+		// Not accepted: give back what earlier stages reserved (a dedupe
+		// key), or the caller's retry would be taken for a duplicate.
+		p.release(ctx, e)
 		p.replyStageError(ctx, w, e, err)
 		return
 	}
@@ -287,6 +290,9 @@ func (p *Pipeline) replyStageError(ctx context.Context, w http.ResponseWriter, e
 		}
 		p.unavailable(ctx, w, after, se.Error())
 	default:
+		if se.RetryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int((se.RetryAfter+time.Second-1)/time.Second)))
+		}
 		p.reply(ctx, w, se.Status, answer{Error: se.Msg, Violations: se.Violations})
 	}
 }

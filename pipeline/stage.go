@@ -122,7 +122,8 @@ type StageError struct {
 	Violations []Violation
 	// DuplicateOf is the id of the export this one repeats.
 	DuplicateOf string
-	// RetryAfter is the hint sent with VerdictUnavailable.
+	// RetryAfter is the Retry-After hint: always sent with
+	// VerdictUnavailable, and with a reject (a 429) when set.
 	RetryAfter time.Duration
 	// Err is the cause, if any.
 	Err error

@@ -18,6 +18,9 @@ func Register(r *pipeline.Registry) {
 	r.RegisterStage("filter", pipeline.NewStageType(
 		"drops exports a jq predicate is false for",
 		FilterDefaults, buildFilter))
+	r.RegisterStage("rate_limit", pipeline.NewStageType(
+		"answers 429 with Retry-After past a rate of webhooks per second (one bucket, or one per jq key)",
+		RateLimitDefaults, buildRateLimit))
 	r.RegisterStage("transform", pipeline.NewStageType(
 		"replaces the payload with the value of a jq program",
 		TransformDefaults, buildTransform))
