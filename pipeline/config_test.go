@@ -59,7 +59,7 @@ func TestConfigErrors(t *testing.T) {
 			`sinks[2] "labelbox": variables: invalid jq`,
 		},
 		"unknown-types": {
-			`:7:11: stages[1] "sigv4": unknown stage type "sigv4" (known: dedupe, filter, schema, secret, transform)`,
+			`:7:11: stages[1] "sigv4": unknown stage type "sigv4" (known: dedupe, filter, rate_limit, schema, secret, transform)`,
 			`:13:11: sinks[1] "kafka": unknown sink type "kafka" (known: file, graphql, http)`,
 		},
 		"env": {

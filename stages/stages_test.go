@@ -184,7 +184,7 @@ func passed(t *testing.T, e *pipeline.Export, out []*pipeline.Export, err error)
 
 func TestRegisterAddsEveryStage(t *testing.T) {
 	got := registry().StageTypes()
-	want := []string{"dedupe", "filter", "schema", "secret", "transform"}
+	want := []string{"dedupe", "filter", "rate_limit", "schema", "secret", "transform"}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("StageTypes() = %v, want %v", got, want)
 	}
