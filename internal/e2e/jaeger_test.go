@@ -481,8 +481,15 @@ func waitReady(t *testing.T, url string, runErr <-chan error) {
 // waitFor polls cond until it holds or 20s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.After(20 * time.Second)
-	tick := time.NewTicker(10 * time.Millisecond)
+	poll(t, 20*time.Second, 10*time.Millisecond, what, cond)
+}
+
+// poll checks cond every interval until it holds, failing the test after
+// within.
+func poll(t *testing.T, within, every time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(within)
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for !cond() {
 		select {

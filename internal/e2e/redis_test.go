@@ -1099,14 +1099,5 @@ func hasLine(out string, fields ...string) bool {
 // pollFor checks cond every 50ms for up to 30s.
 func pollFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.After(30 * time.Second)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
-		case <-tick.C:
-		}
-	}
+	poll(t, 30*time.Second, 50*time.Millisecond, what, cond)
 }
