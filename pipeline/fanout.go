@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -77,7 +78,7 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 
 // render runs one sink's filter and body program for an export.
 func (p *Pipeline) render(ctx context.Context, s *builtSink, msg *message.Message, payload any, export map[string]any) ([]*message.Message, error) {
-	if !contains(s.cfg.Events, fmt.Sprint(export["event"])) {
+	if !slices.Contains(s.cfg.Events, fmt.Sprint(export["event"])) {
 		return nil, nil
 	}
 	if s.filter != nil {
@@ -170,15 +171,6 @@ func (p *Pipeline) waitRoom(ctx context.Context) bool {
 		}
 	}
 	return true
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func receivedAt(md message.Metadata) (time.Time, bool) {

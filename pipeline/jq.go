@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/itchyny/gojq"
@@ -44,7 +45,7 @@ func (j *JQ) Run(ctx context.Context, input any, export map[string]any) ([]any, 
 		}
 		if err, isErr := v.(error); isErr {
 			var halt *gojq.HaltError
-			if asHalt(err, &halt) && halt.Value() == nil {
+			if errors.As(err, &halt) && halt.Value() == nil {
 				return out, nil
 			}
 			return out, fmt.Errorf("jq: %w", err)
@@ -93,12 +94,4 @@ func (j *JQ) JSON(ctx context.Context, input any, export map[string]any) ([][]by
 		out[i] = b
 	}
 	return out, nil
-}
-
-func asHalt(err error, target **gojq.HaltError) bool {
-	h, ok := err.(*gojq.HaltError)
-	if ok {
-		*target = h
-	}
-	return ok
 }

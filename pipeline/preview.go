@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -132,7 +133,7 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 	export := e.Info()
 	for _, s := range p.sinks {
 		sp := SinkPreview{Name: s.cfg.Name, Type: s.cfg.Type}
-		if !contains(s.cfg.Events, e.Event()) {
+		if !slices.Contains(s.cfg.Events, e.Event()) {
 			sp.Skipped = fmt.Sprintf("does not subscribe to event %q", e.Event())
 			rep.Sinks = append(rep.Sinks, sp)
 			continue

@@ -3,8 +3,9 @@ package pipeline
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"regexp"
-	"sort"
+	"slices"
 
 	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/metric"
@@ -125,16 +126,7 @@ func (r *Registry) Stage(name string) (StageType, bool) { t, ok := r.stages[name
 func (r *Registry) Sink(name string) (SinkType, bool) { t, ok := r.sinks[name]; return t, ok }
 
 // StageTypes lists the registered stage type names, sorted.
-func (r *Registry) StageTypes() []string { return sortedKeys(r.stages) }
+func (r *Registry) StageTypes() []string { return slices.Sorted(maps.Keys(r.stages)) }
 
 // SinkTypes lists the registered sink type names, sorted.
-func (r *Registry) SinkTypes() []string { return sortedKeys(r.sinks) }
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func (r *Registry) SinkTypes() []string { return slices.Sorted(maps.Keys(r.sinks)) }

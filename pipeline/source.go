@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"mime"
 	"net/http"
 	"reflect"
@@ -82,8 +81,13 @@ func answerName(code int, a answer) string {
 }
 
 func (p *Pipeline) unavailable(ctx context.Context, w http.ResponseWriter, after time.Duration, msg string) {
-	w.Header().Set("Retry-After", strconv.Itoa(int((after+time.Second-1)/time.Second)))
+	setRetryAfter(w, after)
 	p.reply(ctx, w, http.StatusServiceUnavailable, answer{Error: msg})
+}
+
+// setRetryAfter sets Retry-After in whole seconds, rounded up.
+func setRetryAfter(w http.ResponseWriter, d time.Duration) {
+	w.Header().Set("Retry-After", strconv.Itoa(int((d+time.Second-1)/time.Second)))
 }
 
 func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
@@ -291,7 +295,7 @@ func (p *Pipeline) replyStageError(ctx context.Context, w http.ResponseWriter, e
 		p.unavailable(ctx, w, after, se.Error())
 	default:
 		if se.RetryAfter > 0 {
-			w.Header().Set("Retry-After", strconv.Itoa(int((se.RetryAfter+time.Second-1)/time.Second)))
+			setRetryAfter(w, se.RetryAfter)
 		}
 		p.reply(ctx, w, se.Status, answer{Error: se.Msg, Violations: se.Violations})
 	}
@@ -393,5 +397,3 @@ func (c metadataCarrier) Keys() []string {
 	}
 	return out
 }
-
-var _ = io.EOF

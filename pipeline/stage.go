@@ -56,9 +56,11 @@ func (e *Export) Info() map[string]any {
 	return info
 }
 
-// Event is the payload's `event` field, or "" when it has none.
+// Event is the payload's `event` field, or "" when it has none. It reads
+// the field directly: the source asks once per export on the hot path.
 func (e *Export) Event() string {
-	s, _ := e.Info()["event"].(string)
+	m, _ := e.Payload.(map[string]any)
+	s, _ := m["event"].(string)
 	return s
 }
 
