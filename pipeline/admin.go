@@ -48,7 +48,7 @@ func (p *Pipeline) AdminHandler() http.Handler {
 			out = append(out, map[string]any{
 				"name": s.cfg.Name, "type": s.cfg.Type, "events": s.cfg.Events,
 				"breaker": s.policy.State(), "queue_depth": q.Depth, "oldest_pending_seconds": age,
-				"in_flight_here": s.queue.depth.Load(), "dlq": p.dlqLen(r.Context(), s.cfg.Name),
+				"in_flight_here": len(s.slots), "dlq": p.dlqLen(r.Context(), s.cfg.Name),
 			})
 		}
 		writeJSON(w, http.StatusOK, out)

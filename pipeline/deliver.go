@@ -33,7 +33,6 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 		span.SetAttributes(attribute.String("labelpipe.sink", s.cfg.Name), attribute.Int("labelpipe.chunk", req.Chunk),
 			attribute.Int("labelpipe.chunks", req.Chunks))
 		finish := func(outcome string) {
-			s.queue.depth.Add(-1)
 			s.local.done(msg.UUID)
 			p.donePending(1)
 			p.metrics.deliveries.Add(ctx, 1, metric.WithAttributes(attrSink, attribute.String("outcome", outcome)))
@@ -188,10 +187,7 @@ type pipelinePublisher struct {
 
 func (pp pipelinePublisher) Publish(topic string, msgs ...*message.Message) error {
 	if s, ok := pp.p.byName[msgs[0].Metadata.Get(MetaSink)]; ok && topic == TopicSink(s.cfg.Name) {
-		s.queue.depth.Add(int64(len(msgs)))
-		for _, m := range msgs {
-			s.local.add([]string{m.UUID}, time.Now())
-		}
+		pp.p.queued(s, msgs)
 	}
 	return pp.p.publishMsgs(pp.ctx, topic, msgs...)
 }

@@ -55,16 +55,10 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 		if len(msgs) == 0 {
 			continue
 		}
-		s.queue.depth.Add(int64(len(msgs)))
-		ids := make([]string, len(msgs))
-		for i, m := range msgs {
-			ids[i] = m.UUID
-		}
-		s.local.add(ids, time.Now())
+		p.queued(s, msgs)
 		if err := p.publishMsgs(ctx, TopicSink(s.cfg.Name), msgs...); err != nil {
-			s.queue.depth.Add(-int64(len(msgs)))
-			for _, id := range ids {
-				s.local.done(id)
+			for _, m := range msgs {
+				s.local.done(m.UUID)
 			}
 			span.RecordError(err)
 			// Nacked: the export is fanned out again. Requests already

@@ -25,10 +25,9 @@ type instruments struct {
 	queues map[string]*queueStat
 }
 
-// queueStat counts one sink's requests this process has queued and not yet
-// finished, and its breaker state (0 closed, 1 half-open, 2 open).
+// queueStat holds one sink's breaker state (0 closed, 1 half-open, 2
+// open) for the gauge.
 type queueStat struct {
-	depth   atomic.Int64
 	breaker atomic.Int64
 }
 

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -112,6 +113,21 @@ func (q *localQueue) stat() QueueStat {
 		}
 	}
 	return st
+}
+
+// queued notes requests put on a sink's queue, for a broker that cannot
+// report its queue itself. A broker that can (Redis) is left alone: there
+// another replica may deliver what this one queued, so a record here
+// would never be cleared.
+func (p *Pipeline) queued(s *builtSink, msgs []*message.Message) {
+	if _, ok := p.broker.(queueStater); ok {
+		return
+	}
+	ids := make([]string, len(msgs))
+	for i, m := range msgs {
+		ids[i] = m.UUID
+	}
+	s.local.add(ids, time.Now())
 }
 
 // sinkQueue reports a sink's queue: from the broker when it can, else from
