@@ -68,64 +68,17 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 		rep.Answer.Status, rep.Answer.Body = status, a
 		return rep
 	}
-	decoded := false
-	for _, s := range p.stages {
-		v := StageVerdict{Name: s.cfg.Name, Type: s.cfg.Type}
-		if _, raw := s.stage.(RawStage); raw && header == nil {
-			v.Verdict, v.Detail = "skipped", "no request headers in preview (pass --secret to check it)"
-			rep.Stages = append(rep.Stages, v)
-			continue
-		}
-		if _, raw := s.stage.(RawStage); !raw && !decoded {
-			if err := decodePayload(e); err != nil {
-				se, _ := AsStageError(err)
-				return stop(se.Status, answer{Error: se.Msg, Violations: se.Violations})
-			}
-			decoded = true
-		}
-		var out []*Export
-		var err error
-		if pv, ok := s.stage.(Previewer); ok {
-			out, err = pv.Preview(ctx, e)
-		} else {
-			out, err = s.stage.Process(ctx, e)
-		}
-		if err != nil {
-			se, ok := AsStageError(err)
-			switch {
-			case !ok:
-				v.Verdict, v.Detail = "error", err.Error()
-				rep.Stages = append(rep.Stages, v)
-				return stop(http.StatusInternalServerError, answer{Error: err.Error()})
-			case se.Verdict == VerdictDuplicate:
-				v.Verdict = "duplicate"
-				rep.Stages = append(rep.Stages, v)
-				return stop(http.StatusOK, answer{Status: "duplicate", ID: se.DuplicateOf})
-			case se.Verdict == VerdictUnavailable:
-				v.Verdict, v.Detail = "unavailable", se.Error()
-				rep.Stages = append(rep.Stages, v)
-				return stop(http.StatusServiceUnavailable, answer{Error: se.Error()})
-			default:
-				v.Verdict, v.Detail = "rejected", se.Msg
-				rep.Stages = append(rep.Stages, v)
-				return stop(se.Status, answer{Error: se.Msg, Violations: se.Violations})
-			}
-		}
-		if len(out) == 0 {
-			v.Verdict, v.Detail = "dropped", e.Attrs[AttrDropReason]
-			rep.Stages = append(rep.Stages, v)
-			return stop(http.StatusOK, answer{Status: "filtered", Reason: e.Attrs[AttrDropReason]})
-		}
-		v.Verdict = "passed"
-		rep.Stages = append(rep.Stages, v)
-		e = out[0]
+	tr := &trial{noHeaders: header == nil}
+	out, err := p.ingress(ctx, e, tr)
+	rep.Stages = tr.verdicts
+	if err != nil {
+		code, a, _ := stageAnswer(err)
+		return stop(code, a)
 	}
-	if !decoded {
-		if err := decodePayload(e); err != nil {
-			se, _ := AsStageError(err)
-			return stop(se.Status, answer{Error: se.Msg, Violations: se.Violations})
-		}
+	if len(out) == 0 {
+		return stop(http.StatusOK, answer{Status: "filtered", Reason: e.Attrs[AttrDropReason]})
 	}
+	e = out[0]
 	if ev := e.Event(); !p.events[ev] {
 		return stop(http.StatusOK, answer{Status: "ignored", Reason: fmt.Sprintf("no sink subscribes to event %q", ev)})
 	}

@@ -124,7 +124,7 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	e := &Export{ID: watermill.NewULID(), ReceivedAt: time.Now(), Header: r.Header, Body: body}
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String("labelpipe.export.id", e.ID), attribute.Int("http.request.body.size", len(body)))
 
-	exports, err := p.ingress(ctx, e)
+	exports, err := p.ingress(ctx, e, nil)
 	if err != nil {
 		// Not accepted: give back what earlier stages reserved (a dedupe
 		// key), or the caller's retry would be taken for a duplicate.
@@ -180,13 +180,29 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 	return buf.Bytes(), err
 }
 
+// trial, passed to ingress by a preview, makes the stage chain free of side
+// effects (Previewer stages preview instead of processing) and records each
+// stage's verdict.
+type trial struct {
+	// noHeaders skips raw stages: there is no request to check.
+	noHeaders bool
+	verdicts  []StageVerdict
+}
+
 // ingress runs the stage chain. Leading raw stages run before the body is
 // decoded; the body is decoded once, then every other stage sees Payload.
-func (p *Pipeline) ingress(ctx context.Context, e *Export) ([]*Export, error) {
+// tr is nil except in a preview.
+func (p *Pipeline) ingress(ctx context.Context, e *Export, tr *trial) ([]*Export, error) {
 	cur := []*Export{e}
 	decoded := false
 	for _, s := range p.stages {
-		if _, raw := s.stage.(RawStage); !raw && !decoded {
+		_, raw := s.stage.(RawStage)
+		if raw && tr != nil && tr.noHeaders {
+			tr.verdicts = append(tr.verdicts, StageVerdict{Name: s.cfg.Name, Type: s.cfg.Type,
+				Verdict: "skipped", Detail: "no request headers in preview (pass --secret to check it)"})
+			continue
+		}
+		if !raw && !decoded {
 			if err := decodePayload(e); err != nil {
 				return nil, err
 			}
@@ -194,7 +210,10 @@ func (p *Pipeline) ingress(ctx context.Context, e *Export) ([]*Export, error) {
 		}
 		var next []*Export
 		for _, x := range cur {
-			out, err := p.runStage(ctx, s, x)
+			out, outcome, err := p.runStage(ctx, s, x, tr != nil)
+			if tr != nil {
+				tr.record(s, outcome, x, err)
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -219,14 +238,36 @@ func (p *Pipeline) ingress(ctx context.Context, e *Export) ([]*Export, error) {
 	return cur, nil
 }
 
-func (p *Pipeline) runStage(ctx context.Context, s builtStage, e *Export) ([]*Export, error) {
+func (tr *trial) record(s builtStage, outcome string, e *Export, err error) {
+	v := StageVerdict{Name: s.cfg.Name, Type: s.cfg.Type, Verdict: outcome}
+	switch se, ok := AsStageError(err); {
+	case outcome == "dropped":
+		v.Detail = e.Attrs[AttrDropReason]
+	case ok && se.Verdict == VerdictReject:
+		v.Detail = se.Msg
+	case err != nil && outcome != "duplicate":
+		v.Detail = err.Error()
+	}
+	tr.verdicts = append(tr.verdicts, v)
+}
+
+// runStage runs one stage under its span and reports the outcome: passed,
+// dropped, duplicate, rejected, unavailable or error. In a preview a
+// Previewer stage previews instead.
+func (p *Pipeline) runStage(ctx context.Context, s builtStage, e *Export, preview bool) ([]*Export, string, error) {
 	ctx, span := p.tracer.Start(ctx, "stage "+s.cfg.Name, trace.WithAttributes(
 		attribute.String("labelpipe.stage.type", s.cfg.Type),
 		attribute.String("labelpipe.stage.name", s.cfg.Name),
 		attribute.String("labelpipe.export.id", e.ID)))
 	defer span.End()
 	start := time.Now()
-	out, err := s.stage.Process(ctx, e)
+	var out []*Export
+	var err error
+	if pv, ok := s.stage.(Previewer); ok && preview {
+		out, err = pv.Preview(ctx, e)
+	} else {
+		out, err = s.stage.Process(ctx, e)
+	}
 	outcome := "passed"
 	switch se, ok := AsStageError(err); {
 	case err == nil && len(out) == 0:
@@ -239,6 +280,10 @@ func (p *Pipeline) runStage(ctx context.Context, s builtStage, e *Export) ([]*Ex
 		outcome = "rejected"
 		span.AddEvent("rejected", trace.WithAttributes(attribute.Int("http.response.status_code", se.Status), attribute.String("reason", se.Msg)))
 		span.SetStatus(codes.Error, se.Msg)
+	case ok && se.Verdict == VerdictUnavailable:
+		outcome = "unavailable"
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
 	case err != nil:
 		outcome = "error"
 		span.RecordError(err)
@@ -247,10 +292,10 @@ func (p *Pipeline) runStage(ctx context.Context, s builtStage, e *Export) ([]*Ex
 	span.SetAttributes(attribute.String("labelpipe.stage.outcome", outcome))
 	p.metrics.stageDur.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(
 		attribute.String("stage", s.cfg.Name), attribute.String("outcome", outcome)))
-	if outcome == "rejected" || outcome == "error" {
+	if outcome == "rejected" || outcome == "error" || outcome == "unavailable" {
 		s.log.InfoContext(ctx, "stage stopped the export", "export", e.ID, "outcome", outcome, "err", err)
 	}
-	return out, err
+	return out, outcome, err
 }
 
 func decodePayload(e *Export) error {
@@ -278,26 +323,34 @@ func decodePayload(e *Export) error {
 }
 
 func (p *Pipeline) replyStageError(ctx context.Context, w http.ResponseWriter, e *Export, err error) {
+	if _, ok := AsStageError(err); !ok {
+		p.log.ErrorContext(ctx, "stage failed", "export", e.ID, "err", err)
+	}
+	code, a, after := stageAnswer(err)
+	if after > 0 {
+		setRetryAfter(w, after)
+	}
+	p.reply(ctx, w, code, a)
+}
+
+// stageAnswer is the webhook answer for an ingress error, with the
+// Retry-After to send (0 for none).
+func stageAnswer(err error) (int, answer, time.Duration) {
 	se, ok := AsStageError(err)
 	if !ok {
-		p.log.ErrorContext(ctx, "stage failed", "export", e.ID, "err", err)
-		p.reply(ctx, w, http.StatusInternalServerError, answer{Error: "internal error while checking the export: " + err.Error()})
-		return
+		return http.StatusInternalServerError, answer{Error: "internal error while checking the export: " + err.Error()}, 0
 	}
 	switch se.Verdict {
 	case VerdictDuplicate:
-		p.reply(ctx, w, http.StatusOK, answer{Status: "duplicate", ID: se.DuplicateOf})
+		return http.StatusOK, answer{Status: "duplicate", ID: se.DuplicateOf}, 0
 	case VerdictUnavailable:
 		after := se.RetryAfter
 		if after <= 0 {
 			after = retryAfterUnavailable
 		}
-		p.unavailable(ctx, w, after, se.Error())
+		return http.StatusServiceUnavailable, answer{Error: se.Error()}, after
 	default:
-		if se.RetryAfter > 0 {
-			setRetryAfter(w, se.RetryAfter)
-		}
-		p.reply(ctx, w, se.Status, answer{Error: se.Msg, Violations: se.Violations})
+		return se.Status, answer{Error: se.Msg, Violations: se.Violations}, se.RetryAfter
 	}
 }
 
