@@ -10,7 +10,6 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/labelpipe/labelpipe/sinks/resilience"
@@ -20,22 +19,23 @@ import (
 // resilience policy (rate limit, breaker, retries) around each attempt,
 // then the ledger record or the dead-letter queue.
 func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
-	attrSink := attribute.String("sink", s.cfg.Name)
 	return func(msg *message.Message) error {
 		s.slots <- struct{}{}
 		defer func() { <-s.slots }()
-		ctx, span := p.consumerSpan(msg, TopicSink(s.cfg.Name))
+		ctx, span := p.consumerSpan(msg, s.topic)
 		defer span.End()
 		req := &Request{Sink: s.cfg.Name, ExportID: msg.Metadata.Get(MetaExportID), Body: msg.Payload}
 		req.Chunk, _ = strconv.Atoi(msg.Metadata.Get(MetaChunk))
 		req.Chunks, _ = strconv.Atoi(msg.Metadata.Get(MetaChunks))
 		key := req.IdempotencyKey()
-		span.SetAttributes(attribute.String("labelpipe.sink", s.cfg.Name), attribute.Int("labelpipe.chunk", req.Chunk),
-			attribute.Int("labelpipe.chunks", req.Chunks))
+		if span.IsRecording() {
+			span.SetAttributes(attribute.String("labelpipe.sink", s.cfg.Name), attribute.Int("labelpipe.chunk", req.Chunk),
+				attribute.Int("labelpipe.chunks", req.Chunks))
+		}
 		finish := func(outcome string) {
 			s.local.done(msg.UUID)
 			p.donePending(1)
-			p.metrics.deliveries.Add(ctx, 1, metric.WithAttributes(attrSink, attribute.String("outcome", outcome)))
+			p.metrics.deliveries.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "outcome", outcome))
 		}
 
 		if done, err := p.ledger.Delivered(ctx, key); err != nil {
@@ -47,13 +47,15 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 		}
 
 		attempts, err := p.attempts(ctx, s, req)
-		span.SetAttributes(attribute.Int("labelpipe.attempts", attempts))
+		if span.IsRecording() {
+			span.SetAttributes(attribute.Int("labelpipe.attempts", attempts))
+		}
 		if err == nil {
 			if err := p.ledger.Record(ctx, key); err != nil {
 				s.log.WarnContext(ctx, "could not record delivery; a redelivery may repeat it", "export", req.ExportID, "err", err)
 			}
 			if t, ok := receivedAt(msg.Metadata); ok {
-				p.metrics.e2e.Record(ctx, time.Since(t).Seconds(), metric.WithAttributes(attrSink))
+				p.metrics.e2e.Record(ctx, time.Since(t).Seconds(), p.metrics.with("sink", s.cfg.Name, "", ""))
 			}
 			finish("delivered")
 			return nil
@@ -73,22 +75,27 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 }
 
 // attempts runs the resilience policy around Send, one span per attempt.
+// Span attributes are built only for recorded spans: with sampling off
+// they were a good part of a delivery's allocations.
 func (p *Pipeline) attempts(ctx context.Context, s *builtSink, req *Request) (int, error) {
-	ctx, span := p.tracer.Start(ctx, "deliver "+s.cfg.Name, trace.WithAttributes(
-		attribute.String("labelpipe.sink", s.cfg.Name), attribute.String("labelpipe.sink.type", s.cfg.Type),
-		attribute.String("labelpipe.export.id", req.ExportID), attribute.Int("labelpipe.chunk", req.Chunk)))
+	ctx, span := p.tracer.Start(ctx, s.spanDeliver)
 	defer span.End()
-	attrSink := attribute.String("sink", s.cfg.Name)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("labelpipe.sink", s.cfg.Name), attribute.String("labelpipe.sink.type", s.cfg.Type),
+			attribute.String("labelpipe.export.id", req.ExportID), attribute.Int("labelpipe.chunk", req.Chunk))
+	}
 	n, err := s.policy.Do(ctx, func(ctx context.Context, a resilience.Attempt) error {
-		ctx, as := p.tracer.Start(ctx, "attempt "+s.cfg.Name, trace.WithAttributes(
-			attribute.Int("labelpipe.attempt", a.N),
-			attribute.String("labelpipe.breaker.state", a.BreakerState),
-			attribute.Int64("labelpipe.backoff_ms", a.Backoff.Milliseconds()),
-			attribute.Bool("labelpipe.retry_after_honoured", a.RetryAfter),
-			attribute.Int64("labelpipe.breaker_wait_ms", a.BreakerWait.Milliseconds())))
+		ctx, as := p.tracer.Start(ctx, s.spanAttempt)
 		defer as.End()
+		if as.IsRecording() {
+			as.SetAttributes(attribute.Int("labelpipe.attempt", a.N),
+				attribute.String("labelpipe.breaker.state", a.BreakerState),
+				attribute.Int64("labelpipe.backoff_ms", a.Backoff.Milliseconds()),
+				attribute.Bool("labelpipe.retry_after_honoured", a.RetryAfter),
+				attribute.Int64("labelpipe.breaker_wait_ms", a.BreakerWait.Milliseconds()))
+		}
 		if a.N > 1 {
-			p.metrics.retries.Add(ctx, 1, metric.WithAttributes(attrSink))
+			p.metrics.retries.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "", ""))
 		}
 		ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 		defer cancel()
@@ -109,7 +116,7 @@ func (p *Pipeline) attempts(ctx context.Context, s *builtSink, req *Request) (in
 			as.SetStatus(codes.Error, err.Error())
 			s.log.InfoContext(ctx, "attempt failed", "export", req.ExportID, "chunk", req.Chunk, "attempt", a.N, "err", err)
 		}
-		p.metrics.attempts.Add(ctx, 1, metric.WithAttributes(attrSink, attribute.String("result", result)))
+		p.metrics.attempts.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "result", result))
 		return err
 	})
 	if err != nil {

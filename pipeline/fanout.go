@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -30,7 +29,8 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 
 	payload := msg.Context().Value(decodedPayload{})
 	if payload == nil {
-		if err := json.Unmarshal(msg.Payload, &payload); err != nil {
+		var err error
+		if payload, err = decodeJSON(msg.Payload); err != nil {
 			// Only valid JSON is ever published; a corrupt entry cannot be
 			// delivered anywhere, so it is logged loudly and dropped.
 			span.SetStatus(codes.Error, "corrupt export")
@@ -56,7 +56,7 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 			continue
 		}
 		p.queued(s, msgs)
-		if err := p.publishMsgs(ctx, TopicSink(s.cfg.Name), msgs...); err != nil {
+		if err := p.publishMsgs(ctx, s.topic, msgs...); err != nil {
 			for _, m := range msgs {
 				s.local.done(m.UUID)
 			}
@@ -123,12 +123,38 @@ func exportInfo(md message.Metadata) map[string]any {
 // consumerSpan continues the trace carried in the message metadata.
 func (p *Pipeline) consumerSpan(msg *message.Message, topic string) (context.Context, trace.Span) {
 	ctx := p.prop.Extract(p.hardStop, metadataCarrier(msg.Metadata))
-	return p.tracer.Start(ctx, "process "+topic, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
-		semconv.MessagingSystemKey.String(p.messagingSystem()),
-		semconv.MessagingDestinationName(topic),
-		semconv.MessagingOperationTypeProcess,
-		semconv.MessagingMessageID(msg.UUID),
-		attribute.String("labelpipe.export.id", msg.Metadata.Get(MetaExportID))))
+	ctx, span := p.tracer.Start(ctx, p.spanName("process", topic), trace.WithSpanKind(trace.SpanKindConsumer))
+	if span.IsRecording() {
+		span.SetAttributes(semconv.MessagingSystemKey.String(p.messagingSystem()),
+			semconv.MessagingDestinationName(topic),
+			semconv.MessagingOperationTypeProcess,
+			semconv.MessagingMessageID(msg.UUID),
+			attribute.String("labelpipe.export.id", msg.Metadata.Get(MetaExportID)))
+	}
+	return ctx, span
+}
+
+// spanName is verb+" "+topic, built once per known topic rather than for
+// every message.
+func (p *Pipeline) spanName(verb, topic string) string {
+	if n, ok := p.spanNames[verb][topic]; ok {
+		return n
+	}
+	return verb + " " + topic
+}
+
+func (p *Pipeline) buildSpanNames() {
+	p.spanNames = map[string]map[string]string{}
+	topics := []string{TopicExports}
+	for _, s := range p.sinks {
+		topics = append(topics, s.topic)
+	}
+	for _, verb := range []string{"process", "publish"} {
+		p.spanNames[verb] = map[string]string{}
+		for _, t := range topics {
+			p.spanNames[verb][t] = verb + " " + t
+		}
+	}
 }
 
 func (p *Pipeline) donePending(n int64) {

@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -87,11 +86,7 @@ func (j *JQ) JSON(ctx context.Context, input any, export map[string]any) ([][]by
 	}
 	out := make([][]byte, len(vs))
 	for i, v := range vs {
-		b, err := json.Marshal(v)
-		if err != nil {
-			return nil, fmt.Errorf("jq: value %d is not JSON: %w", i, err)
-		}
-		out[i] = b
+		out[i], _ = gojq.Marshal(v) // never fails: jq only yields JSON values
 	}
 	return out, nil
 }

@@ -23,6 +23,53 @@ type instruments struct {
 
 	mu     sync.Mutex
 	queues map[string]*queueStat
+
+	// opts caches one measurement option per attribute set: building a set
+	// sorts and copies its attributes, which every export did several
+	// times over before.
+	optMu sync.RWMutex
+	opts  map[attrKey]metric.MeasurementOption
+}
+
+// attrKey names an attribute set of at most two string attributes, or
+// the request counter's (status, answer) when status is set.
+type attrKey struct {
+	k1, v1, k2, v2 string
+	status         int
+}
+
+// with returns the measurement option for {k1: v1, k2: v2}; k2 "" leaves
+// the second attribute out.
+func (in *instruments) with(k1, v1, k2, v2 string) metric.MeasurementOption {
+	return in.opt(attrKey{k1: k1, v1: v1, k2: k2, v2: v2})
+}
+
+// withStatus returns the option for a webhook answer.
+func (in *instruments) withStatus(status int, answer string) metric.MeasurementOption {
+	return in.opt(attrKey{k2: "answer", v2: answer, status: status})
+}
+
+func (in *instruments) opt(k attrKey) metric.MeasurementOption {
+	in.optMu.RLock()
+	o, ok := in.opts[k]
+	in.optMu.RUnlock()
+	if ok {
+		return o
+	}
+	kv := make([]attribute.KeyValue, 0, 2)
+	if k.status != 0 {
+		kv = append(kv, attribute.Int("status", k.status))
+	} else {
+		kv = append(kv, attribute.String(k.k1, k.v1))
+	}
+	if k.k2 != "" {
+		kv = append(kv, attribute.String(k.k2, k.v2))
+	}
+	o = metric.WithAttributeSet(attribute.NewSet(kv...))
+	in.optMu.Lock()
+	in.opts[k] = o
+	in.optMu.Unlock()
+	return o
 }
 
 // queueStat holds one sink's breaker state (0 closed, 1 half-open, 2
@@ -34,7 +81,7 @@ type queueStat struct {
 func newInstruments(mp metric.MeterProvider, dlqLen func(ctx context.Context, sink string) int64,
 	queue func(ctx context.Context, sink string) QueueStat) (*instruments, error) {
 	m := mp.Meter("github.com/labelpipe/labelpipe/pipeline")
-	in := &instruments{queues: map[string]*queueStat{}}
+	in := &instruments{queues: map[string]*queueStat{}, opts: map[attrKey]metric.MeasurementOption{}}
 	var err error
 	must := func(e error) {
 		if err == nil {

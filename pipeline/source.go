@@ -14,10 +14,10 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/go-json-experiment/json/jsontext"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -65,9 +65,10 @@ func (p *Pipeline) reply(ctx context.Context, w http.ResponseWriter, code int, a
 	if a.Error != "" {
 		span.SetStatus(codes.Error, a.Error)
 	}
-	span.SetAttributes(attribute.String("labelpipe.answer", answerName(code, a)))
-	p.metrics.requests.Add(ctx, 1, metric.WithAttributes(
-		attribute.Int("status", code), attribute.String("answer", answerName(code, a))))
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("labelpipe.answer", answerName(code, a)))
+	}
+	p.metrics.requests.Add(ctx, 1, p.metrics.withStatus(code, answerName(code, a)))
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(a)
@@ -122,7 +123,9 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e := &Export{ID: watermill.NewULID(), ReceivedAt: time.Now(), Header: r.Header, Body: body}
-	trace.SpanFromContext(ctx).SetAttributes(attribute.String("labelpipe.export.id", e.ID), attribute.Int("http.request.body.size", len(body)))
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.SetAttributes(attribute.String("labelpipe.export.id", e.ID), attribute.Int("http.request.body.size", len(body)))
+	}
 
 	exports, err := p.ingress(ctx, e, nil)
 	if err != nil {
@@ -255,11 +258,13 @@ func (tr *trial) record(s builtStage, outcome string, e *Export, err error) {
 // dropped, duplicate, rejected, unavailable or error. In a preview a
 // Previewer stage previews instead.
 func (p *Pipeline) runStage(ctx context.Context, s builtStage, e *Export, preview bool) ([]*Export, string, error) {
-	ctx, span := p.tracer.Start(ctx, "stage "+s.cfg.Name, trace.WithAttributes(
-		attribute.String("labelpipe.stage.type", s.cfg.Type),
-		attribute.String("labelpipe.stage.name", s.cfg.Name),
-		attribute.String("labelpipe.export.id", e.ID)))
+	ctx, span := p.tracer.Start(ctx, s.span)
 	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("labelpipe.stage.type", s.cfg.Type),
+			attribute.String("labelpipe.stage.name", s.cfg.Name),
+			attribute.String("labelpipe.export.id", e.ID))
+	}
 	start := time.Now()
 	var out []*Export
 	var err error
@@ -289,9 +294,10 @@ func (p *Pipeline) runStage(ctx context.Context, s builtStage, e *Export, previe
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 	}
-	span.SetAttributes(attribute.String("labelpipe.stage.outcome", outcome))
-	p.metrics.stageDur.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(
-		attribute.String("stage", s.cfg.Name), attribute.String("outcome", outcome)))
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("labelpipe.stage.outcome", outcome))
+	}
+	p.metrics.stageDur.Record(ctx, time.Since(start).Seconds(), p.metrics.with("stage", s.cfg.Name, "outcome", outcome))
 	if outcome == "rejected" || outcome == "error" || outcome == "unavailable" {
 		s.log.InfoContext(ctx, "stage stopped the export", "export", e.ID, "outcome", outcome, "err", err)
 	}
@@ -302,11 +308,11 @@ func decodePayload(e *Export) error {
 	if len(bytes.TrimSpace(e.Body)) == 0 {
 		return Reject(http.StatusBadRequest, "body is empty; want a JSON object")
 	}
-	var v any
-	if err := json.Unmarshal(e.Body, &v); err != nil {
-		var se *json.SyntaxError
+	v, err := decodeJSON(e.Body)
+	if err != nil {
+		var se *jsontext.SyntacticError
 		if errors.As(err, &se) {
-			return Reject(http.StatusBadRequest, "body is not valid JSON: %v (at byte %d)", se, se.Offset)
+			return Reject(http.StatusBadRequest, "body is not valid JSON: %v (at byte %d)", se.Err, se.ByteOffset)
 		}
 		return Reject(http.StatusBadRequest, "body is not valid JSON: %v", err)
 	}
@@ -390,12 +396,14 @@ func (p *Pipeline) publish(ctx context.Context, e *Export) error {
 // publishMsgs publishes under a producer span and carries the trace
 // context in each message's metadata.
 func (p *Pipeline) publishMsgs(ctx context.Context, topic string, msgs ...*message.Message) error {
-	ctx, span := p.tracer.Start(ctx, "publish "+topic, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
-		semconv.MessagingSystemKey.String(p.messagingSystem()),
-		semconv.MessagingDestinationName(topic),
-		semconv.MessagingOperationTypeSend,
-		semconv.MessagingBatchMessageCount(len(msgs))))
+	ctx, span := p.tracer.Start(ctx, p.spanName("publish", topic), trace.WithSpanKind(trace.SpanKindProducer))
 	defer span.End()
+	if span.IsRecording() {
+		span.SetAttributes(semconv.MessagingSystemKey.String(p.messagingSystem()),
+			semconv.MessagingDestinationName(topic),
+			semconv.MessagingOperationTypeSend,
+			semconv.MessagingBatchMessageCount(len(msgs)))
+	}
 	for _, m := range msgs {
 		p.prop.Inject(ctx, metadataCarrier(m.Metadata))
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/itchyny/gojq"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
@@ -364,19 +365,17 @@ func encodeJSON(buf *bytes.Buffer, v any) error {
 }
 
 // renderJSON runs a body program and encodes each value it yields.
+// gojq's own encoder writes jq values without reflection (a third of the
+// render's allocations with encoding/json) and, like jq, leaves &, < and >
+// unescaped so URLs reach the vendor as written.
 func renderJSON(ctx context.Context, prog *pipeline.JQ, payload any, export map[string]any) ([][]byte, error) {
 	vs, err := prog.Run(ctx, payload, export)
 	if err != nil {
 		return nil, err
 	}
 	out := make([][]byte, len(vs))
-	var buf bytes.Buffer
 	for i, v := range vs {
-		buf.Reset()
-		if err := encodeJSON(&buf, v); err != nil {
-			return nil, fmt.Errorf("body %d is not JSON: %w", i, err)
-		}
-		out[i] = bytes.Clone(buf.Bytes())
+		out[i], _ = gojq.Marshal(v) // never fails: jq only yields JSON values
 	}
 	return out, nil
 }

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/itchyny/gojq"
+
 	"github.com/labelpipe/labelpipe/pipeline"
 )
 
@@ -135,20 +137,15 @@ func (s *GraphQL) Render(ctx context.Context, payload any, export map[string]any
 		return nil, err
 	}
 	out := make([][]byte, len(vs))
-	var buf bytes.Buffer
 	for i, v := range vs {
 		switch v.(type) {
 		case map[string]any, nil:
 		default:
 			return nil, fmt.Errorf("variables value %d is %s, want an object", i, jqType(v))
 		}
-		buf.Reset()
-		buf.Write(s.queryJSON)
-		if err := encodeJSON(&buf, v); err != nil {
-			return nil, fmt.Errorf("variables value %d is not JSON: %w", i, err)
-		}
-		buf.WriteByte('}')
-		out[i] = bytes.Clone(buf.Bytes())
+		vars, _ := gojq.Marshal(v) // never fails: jq only yields JSON values
+		b := make([]byte, 0, len(s.queryJSON)+len(vars)+1)
+		out[i] = append(append(append(b, s.queryJSON...), vars...), '}')
 	}
 	return out, nil
 }
