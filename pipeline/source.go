@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net/http"
 	"reflect"
@@ -175,10 +176,17 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	rd := http.MaxBytesReader(w, r.Body, limit)
-	var buf bytes.Buffer
 	if r.ContentLength > 0 && r.ContentLength <= limit {
-		buf.Grow(int(r.ContentLength))
+		// Exactly Content-Length bytes, which net/http holds the body to. A
+		// bytes.Buffer would double its capacity at the end to look for
+		// more: twice the body's size in memory for a large export.
+		buf := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(rd, buf); err != nil {
+			return nil, err
+		}
+		return buf, nil
 	}
+	var buf bytes.Buffer
 	_, err := buf.ReadFrom(rd)
 	return buf.Bytes(), err
 }
