@@ -41,17 +41,17 @@ const (
 )
 
 var decoders = sync.Pool{New: func() any {
-	d := &decoder{strs: make(map[string]string, 256)}
+	d := &decoder{strs: make(map[string]any, 256)}
 	d.dec = jsontext.NewDecoder(&d.empty)
 	return d
 }}
 
 type decoder struct {
 	dec   *jsontext.Decoder
-	empty bytes.Buffer // read from when idle, so the pool keeps no body
-	strs  map[string]string
-	kvs   []kv  // scratch for the object being read, to size its map once
-	vals  []any // scratch for the array being read
+	empty bytes.Buffer   // read from when idle, so the pool keeps no body
+	strs  map[string]any // shared strings, already boxed
+	kvs   []kv           // scratch for the object being read, to size its map once
+	vals  []any          // scratch for the array being read
 }
 
 type kv struct {
@@ -109,10 +109,11 @@ func (d *decoder) object() (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		k, err := d.str(raw)
+		kv0, err := d.str(raw)
 		if err != nil {
 			return nil, err
 		}
+		k := kv0.(string)
 		v, err := d.value()
 		if err != nil {
 			return nil, err
@@ -153,25 +154,27 @@ func (d *decoder) array() (any, error) {
 	return a, nil
 }
 
-// str unquotes a JSON string, sharing short ones already seen.
-func (d *decoder) str(raw jsontext.Value) (string, error) {
+// str unquotes a JSON string, sharing short ones already seen. It
+// returns the string already boxed in an any: a shared value then costs
+// no allocation at all where it is stored in the tree.
+func (d *decoder) str(raw jsontext.Value) (any, error) {
 	inner := raw[1 : len(raw)-1]
 	if bytes.IndexByte(inner, '\\') >= 0 {
 		u, err := jsontext.AppendUnquote(nil, raw)
 		if err != nil {
-			return "", fmt.Errorf("string: %w", err)
+			return nil, fmt.Errorf("string: %w", err)
 		}
 		return string(u), nil
 	}
 	if len(inner) > maxInternLen {
 		return string(inner), nil
 	}
-	if s, ok := d.strs[string(inner)]; ok {
-		return s, nil
+	if v, ok := d.strs[string(inner)]; ok {
+		return v, nil
 	}
-	s := string(inner)
+	var v any = string(inner)
 	if len(d.strs) < maxInterned {
-		d.strs[s] = s
+		d.strs[v.(string)] = v
 	}
-	return s, nil
+	return v, nil
 }
