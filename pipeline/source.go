@@ -390,14 +390,14 @@ func (p *Pipeline) publish(ctx context.Context, e *Export) error {
 		}
 		body = b
 	}
-	info := e.Info()
+	event, project, issueID := e.facts()
 	msg := message.NewMessage(e.ID, body)
 	msg.SetContext(context.WithValue(context.Background(), decodedPayload{}, e.Payload))
 	msg.Metadata.Set(MetaExportID, e.ID)
-	msg.Metadata.Set(MetaReceivedAt, info["received_at"].(string))
-	msg.Metadata.Set(MetaEvent, info["event"].(string))
-	msg.Metadata.Set(MetaProject, info["project"].(string))
-	msg.Metadata.Set(MetaIssueID, info["issue_id"].(string))
+	msg.Metadata.Set(MetaReceivedAt, e.ReceivedAt.UTC().Format(time.RFC3339Nano))
+	msg.Metadata.Set(MetaEvent, event)
+	msg.Metadata.Set(MetaProject, project)
+	msg.Metadata.Set(MetaIssueID, issueID)
 	return p.publishMsgs(ctx, TopicExports, msg)
 }
 

@@ -33,27 +33,26 @@ type Export struct {
 
 // Info is the `$export` value jq programs see.
 func (e *Export) Info() map[string]any {
-	info := map[string]any{
+	event, project, issueID := e.facts()
+	return map[string]any{
 		"id":          e.ID,
 		"received_at": e.ReceivedAt.UTC().Format(time.RFC3339Nano),
-		"event":       "",
-		"project":     "",
-		"issue_id":    "",
+		"event":       event,
+		"project":     project,
+		"issue_id":    issueID,
 	}
-	if m, ok := e.Payload.(map[string]any); ok {
-		if s, ok := m["event"].(string); ok {
-			info["event"] = s
-		}
-		if s, ok := m["project"].(string); ok {
-			info["project"] = s
-		}
-		if is, ok := m["issue"].(map[string]any); ok {
-			if s, ok := is["id"].(string); ok {
-				info["issue_id"] = s
-			}
-		}
+}
+
+// facts reads the event, project and issue id from the payload, "" for
+// any that is missing.
+func (e *Export) facts() (event, project, issueID string) {
+	m, _ := e.Payload.(map[string]any)
+	event, _ = m["event"].(string)
+	project, _ = m["project"].(string)
+	if is, ok := m["issue"].(map[string]any); ok {
+		issueID, _ = is["id"].(string)
 	}
-	return info
+	return event, project, issueID
 }
 
 // Event is the payload's `event` field, or "" when it has none. It reads
