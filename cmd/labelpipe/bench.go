@@ -45,6 +45,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.baseline, "baseline", false, "also run the hand-written forwarder and report ratios")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up waiting for deliveries after this long")
 	fs.DurationVar(&o.vendorLatency, "vendor-latency", 0, "latency each fake vendor adds to every request")
+	fs.IntVar(&o.maxInFlight, "max-in-flight", 8, "the daemon's max_in_flight for each sink")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the daemon's CPU profile during the run to this file")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write the daemon's heap profile (with allocations) after the run to this file")
 	if err := fs.Parse(args); err != nil {
@@ -59,7 +60,8 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "labelpipe bench:", err)
 		return 1
 	}
-	fmt.Fprintf(stdout, "bench: %d exports × %d elements, %d senders, 3 sinks, broker %s\n", o.n, o.elementsPerExport(), o.c, o.broker)
+	fmt.Fprintf(stdout, "bench: %d exports × %d elements, %d senders, 3 sinks with max_in_flight %d, broker %s\n",
+		o.n, o.elementsPerExport(), o.c, o.maxInFlight, o.broker)
 	lp, err := runBench(exe, o, false, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "labelpipe bench:", err)
@@ -83,6 +85,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 
 type benchOptions struct {
 	n, c, elements, exportMB int
+	maxInFlight              int
 	broker, redisURL         string
 	cpuProfile, memProfile   string
 	baseline                 bool
@@ -365,7 +368,7 @@ func benchConfig(addr, admin string, o benchOptions, vendorURLs []string) string
 	b.WriteString("stages:\n  - {type: secret, secrets: [" + benchSecret + "]}\n  - {type: schema, schema: issue-exported}\n  - {type: dedupe, store: memory, ttl: 1h}\nsinks:\n")
 	for i, u := range vendorURLs {
 		body, _ := json.Marshal(benchBodies[i])
-		fmt.Fprintf(&b, "  - {name: vendor%d, type: http, url: %q, max_in_flight: 32, body: %s}\n", i, u, body)
+		fmt.Fprintf(&b, "  - {name: vendor%d, type: http, url: %q, max_in_flight: %d, body: %s}\n", i, u, o.maxInFlight, body)
 	}
 	return b.String()
 }
