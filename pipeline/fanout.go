@@ -160,37 +160,8 @@ func (p *Pipeline) buildSpanNames() {
 func (p *Pipeline) donePending(n int64) {
 	if !p.broker.Durable() {
 		p.pending.Add(-n)
-		select {
-		case p.room <- struct{}{}:
-		default:
-		}
+		p.admission.wake()
 	}
-}
-
-// waitRoom holds a webhook request while the memory broker's queue is
-// full: backpressure instead of unbounded memory. It reports whether room
-// was found within broker.queue_wait.
-func (p *Pipeline) waitRoom(ctx context.Context) bool {
-	if p.broker.Durable() || p.pending.Load() < p.cfg.Broker.MaxPending {
-		return true
-	}
-	deadline := time.NewTimer(p.cfg.Broker.QueueWait)
-	defer deadline.Stop()
-	// A finished request signals room; the tick covers a signal taken by
-	// another waiter.
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for p.pending.Load() >= p.cfg.Broker.MaxPending {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-deadline.C:
-			return false
-		case <-p.room:
-		case <-tick.C:
-		}
-	}
-	return true
 }
 
 func receivedAt(md message.Metadata) (time.Time, bool) {

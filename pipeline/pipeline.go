@@ -74,7 +74,7 @@ type Pipeline struct {
 	draining  atomic.Bool
 	inflight  sync.WaitGroup // webhook requests being answered
 	pending   atomic.Int64   // requests queued on the memory broker, not finished
-	room      chan struct{}  // signalled when a queued request finishes
+	admission *admission     // webhook requests into the memory broker's queue
 	runCancel context.CancelFunc
 	ran       atomic.Bool // Run started the router
 	hardStop  context.Context
@@ -140,11 +140,11 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		tracer:  opts.TracerProvider.Tracer("github.com/labelpipe/labelpipe/pipeline"),
 		prop:    propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
 		opts:    opts,
-		room:    make(chan struct{}, 1),
 		byName:  map[string]*builtSink{},
 		events:  map[string]bool{},
 		offline: offline,
 	}
+	p.admission = &admission{max: cfg.Broker.MaxPending, pending: p.pending.Load}
 	p.hardStop, p.hardStopF = context.WithCancel(context.Background())
 	// built, not p: `return nil, err` has already set p to nil when this runs.
 	built := p

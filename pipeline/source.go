@@ -148,12 +148,16 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if !p.waitRoom(ctx) {
-		for _, x := range exports {
-			p.release(ctx, x)
+	if !p.broker.Durable() {
+		done, ok := p.admission.admit(ctx, p.cfg.Broker.QueueWait)
+		if !ok {
+			for _, x := range exports {
+				p.release(ctx, x)
+			}
+			p.unavailable(ctx, w, retryAfterUnavailable, "labelpipe's queue is full (the vendors are slower than the exports arriving); it was not accepted, retry shortly")
+			return
 		}
-		p.unavailable(ctx, w, retryAfterUnavailable, "labelpipe's queue is full (the vendors are slower than the exports arriving); it was not accepted, retry shortly")
-		return
+		defer done()
 	}
 	for i, x := range exports {
 		if err := p.publish(ctx, x); err != nil {
