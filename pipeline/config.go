@@ -83,10 +83,11 @@ type BrokerConfig struct {
 	// yet finished (exports and sink requests). When it is reached the
 	// webhook waits for room, up to QueueWait, then answers 503, so an
 	// overload slows callers down instead of growing memory without end.
-	// Default 256. In process every queued message is held by goroutines
-	// the garbage collector scans on every cycle: a 4000-message backlog
-	// cost a third of the daemon's CPU and halved its throughput. The redis
-	// broker keeps its queue in Redis instead and ignores this.
+	// Default 128 (about 40 exports to 3 sinks). In process every queued
+	// message is held by goroutines the garbage collector scans on every
+	// cycle: a 4000-message backlog cost a third of the daemon's CPU, and a
+	// longer queue only adds latency. The redis broker keeps its queue in
+	// Redis instead and ignores this.
 	MaxPending int64 `yaml:"max_pending"`
 	// QueueWait is how long a webhook request waits for room; default 10s.
 	QueueWait time.Duration `yaml:"queue_wait"`
@@ -175,7 +176,7 @@ func defaultConfig() Config {
 			ReadTimeout: 60 * time.Second, ShutdownTimeout: 30 * time.Second},
 		Admin: AdminConfig{Addr: "127.0.0.1:9090"},
 		Broker: BrokerConfig{Type: "memory", Prefix: "labelpipe:", ClaimIdle: 60 * time.Second, MaxLen: 10000, FanoutWorkers: 4,
-			MaxPending: 256, QueueWait: 10 * time.Second},
+			MaxPending: 128, QueueWait: 10 * time.Second},
 		Redis: RedisConfig{KeyPrefix: "labelpipe:"},
 		Log:   LogConfig{Level: "info", Format: "text"},
 	}
