@@ -48,6 +48,7 @@ func TestDecodeJSONRejects(t *testing.T) {
 	for _, in := range []string{
 		`{"a":}`, `{"a":1,}`, `[1 2]`, `{"a":1} {"b":2}`, `{"a":1} x`, `{"a"`, `{'a':1}`,
 		`{"n":1e400}`, `{"s":"\x"}`, "{\"s\":\"\xff\"}",
+		strings.Repeat("[", 20000) + strings.Repeat("]", 20000), // deeper than any export
 	} {
 		if v, err := decodeJSON([]byte(in)); err == nil {
 			t.Errorf("decodeJSON(%q) = %#v, want an error", in, v)
