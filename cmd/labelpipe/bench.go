@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -46,6 +47,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up waiting for deliveries after this long")
 	fs.DurationVar(&o.vendorLatency, "vendor-latency", 0, "latency each fake vendor adds to every request")
 	fs.IntVar(&o.maxInFlight, "max-in-flight", 8, "the daemon's max_in_flight for each sink")
+	fs.IntVar(&o.rounds, "rounds", 1, "run this many rounds (with --baseline, each pairs labelpipe and the forwarder) and report the median ratios")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write the daemon's CPU profile during the run to this file")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write the daemon's heap profile (with allocations) after the run to this file")
 	if err := fs.Parse(args); err != nil {
@@ -62,30 +64,60 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "bench: %d exports × %d elements, %d senders, 3 sinks with max_in_flight %d, broker %s\n",
 		o.n, o.elementsPerExport(), o.c, o.maxInFlight, o.broker)
-	lp, err := runBench(exe, o, false, stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "labelpipe bench:", err)
-		return 1
+	if o.rounds < 1 {
+		o.rounds = 1
 	}
-	lp.print(stdout, "labelpipe")
-	lp.printRedis(stdout)
-	if !o.baseline {
-		return lp.exitCode()
+	code := 0
+	var ratios [][4]float64
+	for round := 1; round <= o.rounds; round++ {
+		if o.rounds > 1 {
+			fmt.Fprintf(stdout, "round %d of %d\n", round, o.rounds)
+		}
+		lp, err := runBench(exe, o, false, stderr)
+		if err != nil {
+			fmt.Fprintln(stderr, "labelpipe bench:", err)
+			return 1
+		}
+		lp.print(stdout, "labelpipe")
+		lp.printRedis(stdout)
+		code = max(code, lp.exitCode())
+		if !o.baseline {
+			continue
+		}
+		bl, err := runBench(exe, o, true, stderr)
+		if err != nil {
+			fmt.Fprintln(stderr, "labelpipe bench: baseline:", err)
+			return 1
+		}
+		bl.print(stdout, "forwarder")
+		r := [4]float64{lp.e2eRate / bl.e2eRate, ratio(lp.p99, bl.p99), ratio(lp.e2eP99, bl.e2eP99), float64(lp.rssKB) / float64(bl.rssKB)}
+		ratios = append(ratios, r)
+		printRatios(stdout, "ratio labelpipe/forwarder", r)
 	}
-	bl, err := runBench(exe, o, true, stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "labelpipe bench: baseline:", err)
-		return 1
+	if len(ratios) > 1 {
+		// Each round pairs the two under the same machine conditions; the
+		// median pair-ratio is steadier than any one round on a noisy host.
+		var med [4]float64
+		for i := range med {
+			col := make([]float64, len(ratios))
+			for j, r := range ratios {
+				col[j] = r[i]
+			}
+			slices.Sort(col)
+			med[i] = col[len(col)/2]
+		}
+		printRatios(stdout, fmt.Sprintf("median of %d rounds", len(ratios)), med)
 	}
-	bl.print(stdout, "forwarder")
-	fmt.Fprintf(stdout, "ratio labelpipe/forwarder: end-to-end throughput %.2fx, accept p99 %.2fx, e2e p99 %.2fx, peak RSS %.2fx\n",
-		lp.e2eRate/bl.e2eRate, ratio(lp.p99, bl.p99), ratio(lp.e2eP99, bl.e2eP99), float64(lp.rssKB)/float64(bl.rssKB))
-	return lp.exitCode()
+	return code
+}
+
+func printRatios(w io.Writer, label string, r [4]float64) {
+	fmt.Fprintf(w, "%s: end-to-end throughput %.2fx, accept p99 %.2fx, e2e p99 %.2fx, peak RSS %.2fx\n", label, r[0], r[1], r[2], r[3])
 }
 
 type benchOptions struct {
 	n, c, elements, exportMB int
-	maxInFlight              int
+	maxInFlight, rounds      int
 	broker, redisURL         string
 	cpuProfile, memProfile   string
 	baseline                 bool
