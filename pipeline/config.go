@@ -765,11 +765,37 @@ type envExpander struct {
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
 
 func (v *envExpander) Visit(n ast.Node) ast.Visitor {
-	s, ok := n.(*ast.StringNode)
-	if !ok || !strings.Contains(s.Value, "${") {
-		return v
+	switch n := n.(type) {
+	case *ast.LiteralNode:
+		// A block scalar (| or >): its string token sits at the block's
+		// end, so an unset variable is placed by the block's raw lines.
+		if n.Value != nil && n.Start != nil {
+			v.expand(n.Value, func(at int) (int, int) {
+				origin := n.Value.GetToken().Origin
+				refs := envRef.FindAllStringIndex(origin, -1)
+				if at >= len(refs) {
+					return 0, 0
+				}
+				before := origin[:refs[at][0]]
+				return n.Start.Position.Line + 1 + strings.Count(before, "\n"), len(before) - strings.LastIndexByte(before, '\n')
+			})
+		}
+		return nil
+	case *ast.StringNode:
+		v.expand(n, nil)
 	}
+	return v
+}
+
+// expand interpolates one string. pos, when set, places the at-th
+// reference in the file; otherwise an error points at the string.
+func (v *envExpander) expand(s *ast.StringNode, pos func(at int) (line, col int)) {
+	if !strings.Contains(s.Value, "${") {
+		return
+	}
+	at := -1
 	s.Value = envRef.ReplaceAllStringFunc(s.Value, func(ref string) string {
+		at++
 		m := envRef.FindStringSubmatch(ref)
 		if val, ok := os.LookupEnv(m[1]); ok && val != "" {
 			return val
@@ -781,8 +807,14 @@ func (v *envExpander) Visit(n ast.Node) ast.Visitor {
 			// Left as written, so a preview shows what is missing.
 			return ref
 		}
-		v.l.add(s, "", fmt.Sprintf("environment variable %s is not set (use ${%s:-default} for a default)", m[1], m[1]))
+		msg := fmt.Sprintf("environment variable %s is not set (use ${%s:-default} for a default)", m[1], m[1])
+		if pos != nil {
+			if line, col := pos(at); line > 0 {
+				v.l.errs = append(v.l.errs, &ConfigError{File: v.l.file, Line: line, Col: col, Msg: msg})
+				return ""
+			}
+		}
+		v.l.add(s, "", msg)
 		return ""
 	})
-	return v
 }

@@ -33,6 +33,7 @@ func TestConfigErrors(t *testing.T) {
 	t.Setenv("LP_TEST_SET_SECRET", "set")
 	t.Setenv("LP_TEST_UNSET_SECRET", "") // empty counts as unset
 	t.Setenv("LP_TEST_UNSET_KEY", "")
+	t.Setenv("LP_TEST_UNSET_TOKEN", "")
 	t.Setenv("LP_TEST_ADDR", "")
 
 	want := map[string][]string{
@@ -65,6 +66,7 @@ func TestConfigErrors(t *testing.T) {
 		"env": {
 			`:7:15: environment variable LP_TEST_UNSET_SECRET is not set`,
 			`:12:30: environment variable LP_TEST_UNSET_KEY is not set`,
+			`:20:16: environment variable LP_TEST_UNSET_TOKEN is not set`,
 		},
 		"retry-zero": {
 			`sinks[1] "scale": retry.max_attempts: must be ≥ 1`,
