@@ -25,6 +25,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/labelpipe/labelpipe/configs"
+	"github.com/labelpipe/labelpipe/internal/testutil"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
 	"github.com/labelpipe/labelpipe/pipeline/builtin"
@@ -52,28 +53,10 @@ type harness struct {
 	dir     string
 	webhook *httptest.Server
 	admin   *httptest.Server
-	logs    *lockedBuffer
+	logs    *testutil.LockedBuffer
 	stop    context.CancelFunc
 	done    chan error // Run's result; nil until run
 	spans   *tracetest.SpanRecorder
-}
-
-// lockedBuffer collects the pipeline's log; it is printed when a test fails.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // newHarness builds (but does not run) a pipeline from config text. The
@@ -81,7 +64,7 @@ func (b *lockedBuffer) String() string {
 // there.
 func newHarness(t *testing.T, cfgText string) *harness {
 	t.Helper()
-	h := &harness{t: t, dir: t.TempDir(), logs: &lockedBuffer{}, spans: tracetest.NewSpanRecorder()}
+	h := &harness{t: t, dir: t.TempDir(), logs: &testutil.LockedBuffer{}, spans: tracetest.NewSpanRecorder()}
 	cfg, err := pipeline.ParseConfig(filepath.Join(h.dir, "labelpipe.yaml"), []byte(cfgText))
 	if err != nil {
 		t.Fatalf("config:\n%v\n--- config text ---\n%s", err, cfgText)

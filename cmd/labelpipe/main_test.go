@@ -8,30 +8,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/labelpipe/labelpipe/internal/testutil"
 )
-
-// syncBuffer is an io.Writer safe for the goroutine running a command
-// while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // labelpipe runs the CLI in process and returns its exit code and output.
 func labelpipe(t *testing.T, args ...string) (int, string, string) {
@@ -292,7 +274,7 @@ func TestRunAndSend(t *testing.T) {
 	t.Setenv("AQ_WEBHOOK_SECRET", "")
 	t.Setenv("LABELPIPE_URL", "")
 	cfg, dir := quickstart(t)
-	var stdout, stderr syncBuffer
+	var stdout, stderr testutil.LockedBuffer
 	exited := make(chan int, 1)
 	go func() { exited <- run([]string{"run", "-c", cfg}, &stdout, &stderr) }()
 

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,6 +25,7 @@ import (
 	"github.com/labelpipe/labelpipe/configs"
 	"github.com/labelpipe/labelpipe/internal/jaegertest"
 	"github.com/labelpipe/labelpipe/internal/redistest"
+	"github.com/labelpipe/labelpipe/internal/testutil"
 	"github.com/labelpipe/labelpipe/pipeline"
 	"github.com/labelpipe/labelpipe/pipeline/builtin"
 )
@@ -117,7 +117,7 @@ sinks:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = tel.Shutdown(context.Background()) })
-	logs := &syncBuffer{}
+	logs := &testutil.LockedBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("labelpipe log:\n%s", logs)
@@ -498,22 +498,4 @@ func poll(t *testing.T, within, every time.Duration, what string, cond func() bo
 		case <-tick.C:
 		}
 	}
-}
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

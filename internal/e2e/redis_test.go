@@ -27,6 +27,7 @@ import (
 
 	"github.com/labelpipe/labelpipe/configs"
 	"github.com/labelpipe/labelpipe/internal/redistest"
+	"github.com/labelpipe/labelpipe/internal/testutil"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 )
 
@@ -837,16 +838,7 @@ func (rp *replica) signal(sig syscall.Signal, wait time.Duration) {
 	if cmd == nil {
 		return
 	}
-	select {
-	case <-done:
-		return
-	default:
-	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-	case <-time.After(wait):
-	}
+	testutil.Signal(cmd.Process, done, sig, wait)
 }
 
 func (rp *replica) restart() {

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/labelpipe/labelpipe/internal/testutil"
 )
 
 // startTimeout bounds how long Start and Restart wait for PING to answer.
@@ -196,15 +198,7 @@ func (s *Server) signal(sig syscall.Signal, timeout time.Duration) {
 	if cmd == nil {
 		return
 	}
-	select {
-	case <-done:
-		return
-	default:
-	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-	case <-time.After(timeout):
+	if !testutil.Signal(cmd.Process, done, sig, timeout) {
 		_ = cmd.Process.Kill()
 		<-done
 	}

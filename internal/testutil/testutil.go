@@ -1,0 +1,46 @@
+// Package testutil holds the small helpers several test suites share.
+package testutil
+
+import (
+	"bytes"
+	"os"
+	"sync"
+	"time"
+)
+
+// LockedBuffer is an io.Writer that a pipeline or a child process writes
+// its log to while the test reads it; tests print it when they fail.
+type LockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *LockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *LockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Signal sends sig to a child process unless it has already exited
+// (done is closed), then waits up to wait for it to exit. It reports
+// whether the process has exited.
+func Signal(p *os.Process, done <-chan struct{}, sig os.Signal, wait time.Duration) bool {
+	select {
+	case <-done:
+		return true
+	default:
+	}
+	_ = p.Signal(sig)
+	select {
+	case <-done:
+		return true
+	case <-time.After(wait):
+		return false
+	}
+}
