@@ -51,6 +51,13 @@ type ServerConfig struct {
 	Path string `yaml:"path"`
 	// MaxBodyBytes caps a request body; default 32 MiB. Larger: 413.
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxInflightBytes bounds the bodies being read and checked at once,
+	// counted by Content-Length (max_body_bytes for a body without one).
+	// An export costs about 12x its size in memory while it is checked,
+	// so a burst of large ones could exhaust the process. A request over
+	// the budget waits for room up to broker.queue_wait, then gets 503 and
+	// Retry-After. Default 4 x max_body_bytes; at least max_body_bytes.
+	MaxInflightBytes int64 `yaml:"max_inflight_bytes"`
 	// ReadTimeout bounds reading one request; default 60s.
 	ReadTimeout time.Duration `yaml:"read_timeout"`
 	// ShutdownTimeout bounds the drain on SIGTERM; default 30s.
@@ -616,6 +623,9 @@ func (l *loader) check(c *Config) {
 	}
 	if c.Server.MaxBodyBytes <= 0 {
 		l.at("server.max_body_bytes", "server", "max_body_bytes", "must be > 0")
+	}
+	if n := c.Server.MaxInflightBytes; n != 0 && n < c.Server.MaxBodyBytes {
+		l.at("server.max_inflight_bytes", "server", "max_inflight_bytes", "must be ≥ max_body_bytes, or one body could never be read")
 	}
 	switch c.Tracing.Exporter {
 	case "", "none", "otlp", "stdout":

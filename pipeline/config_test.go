@@ -87,6 +87,9 @@ func TestConfigErrors(t *testing.T) {
 			`:15:15: sinks[1] "archive": envelope: cannot unmarshal`,
 			`:16:20: sinks[1] "archive": max_in_flight: cannot unmarshal`,
 		},
+		"server-limits": {
+			`:5:23: server: max_inflight_bytes: must be ≥ max_body_bytes`,
+		},
 		"no-sinks": {
 			`broker: type: unknown broker "kafka"`,
 			`sinks: at least one sink is required`,

@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/labelpipe/labelpipe/sinks/resilience"
 )
@@ -72,9 +73,10 @@ type Pipeline struct {
 	spanNames   map[string]map[string]string // verb → topic → span name
 
 	draining  atomic.Bool
-	inflight  sync.WaitGroup // webhook requests being answered
-	pending   atomic.Int64   // requests queued on the memory broker, not finished
-	admission *admission     // webhook requests into the memory broker's queue
+	inflight  sync.WaitGroup      // webhook requests being answered
+	pending   atomic.Int64        // requests queued on the memory broker, not finished
+	admission *admission          // webhook requests into the memory broker's queue
+	bodies    *semaphore.Weighted // server.max_inflight_bytes
 	runCancel context.CancelFunc
 	ran       atomic.Bool // Run started the router
 	hardStop  context.Context
@@ -145,6 +147,11 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		offline: offline,
 	}
 	p.admission = &admission{max: cfg.Broker.MaxPending, pending: p.pending.Load}
+	budget := cfg.Server.MaxInflightBytes
+	if budget == 0 {
+		budget = 4 * cfg.Server.MaxBodyBytes
+	}
+	p.bodies = semaphore.NewWeighted(budget)
 	p.hardStop, p.hardStopF = context.WithCancel(context.Background())
 	// built, not p: `return nil, err` has already set p to nil when this runs.
 	built := p

@@ -832,6 +832,72 @@ func TestWebhookBackpressureWhenQueueIsFull(t *testing.T) {
 	waitFake(t, "both exports delivered", func(ctx context.Context) error { return ls.WaitAccepted(ctx, 2) })
 }
 
+// Bodies share server.max_inflight_bytes: while one large body is being
+// read, another that would not fit waits queue_wait, then gets 503; a body
+// that says it is over max_body_bytes is refused before it is read.
+func TestWebhookBodiesShareAMemoryBudget(t *testing.T) {
+	body, _ := samplePayload(t, "issue-frames.json")
+	limit := len(body) + 100
+	cfg := strings.Replace(head(""), "max_body_bytes: 65536",
+		fmt.Sprintf("max_body_bytes: %d, max_inflight_bytes: %d", limit, limit), 1)
+	cfg = strings.Replace(cfg, "broker: {type: memory}", "broker: {type: memory, queue_wait: 150ms}", 1)
+	h := startHarness(t, cfg+`  - {name: archive, type: file, path: out/archive.jsonl}
+`)
+
+	// A slow caller: its Content-Length takes the whole budget, and it has
+	// sent only part of the body.
+	pr, pw := io.Pipe()
+	slow, err := http.NewRequestWithContext(t.Context(), http.MethodPost, h.webhook.URL+"/webhook", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow.ContentLength = int64(limit)
+	slow.Header.Set("Content-Type", "application/json")
+	slow.Header.Set("X-Aquarium-Secret", hookSecret)
+	slowDone := make(chan int, 1)
+	go func() {
+		resp, err := h.webhook.Client().Do(slow)
+		if err != nil {
+			slowDone <- 0
+			return
+		}
+		resp.Body.Close()
+		slowDone <- resp.StatusCode
+	}()
+	if _, err := pw.Write(body[:10]); err != nil { // returns once the server reads it
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	a := h.send(hookReq{secret: hookSecret, body: body})
+	if a.Code != http.StatusServiceUnavailable || !strings.Contains(a.Error, "max_inflight_bytes") {
+		t.Fatalf("with the budget taken: %d %s, want 503 naming max_inflight_bytes", a.Code, a.Raw)
+	}
+	if waited := time.Since(start); waited < 150*time.Millisecond {
+		t.Errorf("answered after %v, want it to wait queue_wait (150ms) first", waited)
+	}
+	if ra := a.Header.Get("Retry-After"); ra == "" || ra == "0" {
+		t.Errorf("Retry-After = %q, want a positive number of seconds", ra)
+	}
+
+	// The slow body arrives in full (padded to its Content-Length with
+	// whitespace); its share comes back and the next export is accepted.
+	rest := append(append([]byte(nil), body[10:]...), bytes.Repeat([]byte(" "), limit-len(body))...)
+	if _, err := pw.Write(rest); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if code := <-slowDone; code != http.StatusAccepted {
+		t.Errorf("slow body answered %d, want 202", code)
+	}
+	h.accept(body)
+
+	big := h.send(hookReq{secret: hookSecret, body: bytes.Repeat([]byte(" "), limit+1)})
+	if big.Code != http.StatusRequestEntityTooLarge || !strings.Contains(big.Error, "max_body_bytes") {
+		t.Errorf("oversized body: %d %s, want 413 naming max_body_bytes", big.Code, big.Raw)
+	}
+}
+
 // ---------------------------------------------------------------------------
 // Delivery
 

@@ -113,11 +113,33 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	body, err := readBody(w, r, p.cfg.Server.MaxBodyBytes)
+	limit := p.cfg.Server.MaxBodyBytes
+	if r.ContentLength > limit {
+		// Said up front: refuse it without reading a byte.
+		p.reply(ctx, w, http.StatusRequestEntityTooLarge, answer{Error: tooLarge(limit)})
+		return
+	}
+	// A body costs memory in proportion to its size until it is checked:
+	// take its share of server.max_inflight_bytes first.
+	weight := r.ContentLength
+	if weight < 0 {
+		weight = limit // unknown length: as much as it may be
+	}
+	if !p.bodies.TryAcquire(weight) {
+		wait, cancel := context.WithTimeout(ctx, p.cfg.Broker.QueueWait)
+		err := p.bodies.Acquire(wait, weight)
+		cancel()
+		if err != nil {
+			p.unavailable(ctx, w, retryAfterUnavailable, "labelpipe is busy reading other large exports (server.max_inflight_bytes); it was not accepted, retry shortly")
+			return
+		}
+	}
+	defer p.bodies.Release(weight)
+	body, err := readBody(w, r, limit)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			p.reply(ctx, w, http.StatusRequestEntityTooLarge, answer{Error: fmt.Sprintf("body is larger than the limit of %d bytes (server.max_body_bytes)", tooBig.Limit)})
+			p.reply(ctx, w, http.StatusRequestEntityTooLarge, answer{Error: tooLarge(tooBig.Limit)})
 			return
 		}
 		p.reply(ctx, w, http.StatusBadRequest, answer{Error: "could not read body: " + err.Error()})
@@ -176,6 +198,10 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 	p.log.InfoContext(ctx, "export accepted", "export", ids[0], "event", exports[0].Event())
 	p.reply(ctx, w, http.StatusAccepted, a)
+}
+
+func tooLarge(limit int64) string {
+	return fmt.Sprintf("body is larger than the limit of %d bytes (server.max_body_bytes)", limit)
 }
 
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
