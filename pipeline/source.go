@@ -119,22 +119,12 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 		p.reply(ctx, w, http.StatusRequestEntityTooLarge, answer{Error: tooLarge(limit)})
 		return
 	}
-	// A body costs memory in proportion to its size until it is checked:
-	// take its share of server.max_inflight_bytes first.
-	weight := r.ContentLength
-	if weight < 0 {
-		weight = limit // unknown length: as much as it may be
+	release, ok := p.reserveBody(ctx, r.ContentLength)
+	if !ok {
+		p.unavailable(ctx, w, retryAfterUnavailable, "labelpipe is busy reading other large exports (server.max_inflight_bytes); it was not accepted, retry shortly")
+		return
 	}
-	if !p.bodies.TryAcquire(weight) {
-		wait, cancel := context.WithTimeout(ctx, p.cfg.Broker.QueueWait)
-		err := p.bodies.Acquire(wait, weight)
-		cancel()
-		if err != nil {
-			p.unavailable(ctx, w, retryAfterUnavailable, "labelpipe is busy reading other large exports (server.max_inflight_bytes); it was not accepted, retry shortly")
-			return
-		}
-	}
-	defer p.bodies.Release(weight)
+	defer release()
 	body, err := readBody(w, r, limit)
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -198,6 +188,25 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 	p.log.InfoContext(ctx, "export accepted", "export", ids[0], "event", exports[0].Event())
 	p.reply(ctx, w, http.StatusAccepted, a)
+}
+
+// reserveBody takes a body's share of server.max_inflight_bytes before it
+// is read: until it is checked, a body costs memory in proportion to its
+// size. A body of unknown length counts as max_body_bytes. It waits up to
+// broker.queue_wait for room.
+func (p *Pipeline) reserveBody(ctx context.Context, contentLength int64) (release func(), ok bool) {
+	n := contentLength
+	if n < 0 {
+		n = p.cfg.Server.MaxBodyBytes
+	}
+	if !p.bodies.TryAcquire(n) {
+		wait, cancel := context.WithTimeout(ctx, p.cfg.Broker.QueueWait)
+		defer cancel()
+		if err := p.bodies.Acquire(wait, n); err != nil {
+			return nil, false
+		}
+	}
+	return func() { p.bodies.Release(n) }, true
 }
 
 func tooLarge(limit int64) string {
