@@ -78,7 +78,9 @@ func (j *JQ) Bool(ctx context.Context, input any, export map[string]any) (bool, 
 	return vs[0] != nil && vs[0] != false, nil
 }
 
-// JSON runs the program and encodes each value as JSON.
+// JSON runs the program and encodes each value as JSON. gojq's own
+// encoder writes jq values without reflection and, like jq, leaves &, <
+// and > unescaped, so URLs in a vendor body arrive as written.
 func (j *JQ) JSON(ctx context.Context, input any, export map[string]any) ([][]byte, error) {
 	vs, err := j.Run(ctx, input, export)
 	if err != nil {

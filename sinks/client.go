@@ -15,7 +15,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/itchyny/gojq"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
@@ -362,20 +361,4 @@ func encodeJSON(buf *bytes.Buffer, v any) error {
 	}
 	buf.Truncate(buf.Len() - 1) // Encode's newline
 	return nil
-}
-
-// renderJSON runs a body program and encodes each value it yields.
-// gojq's own encoder writes jq values without reflection (a third of the
-// render's allocations with encoding/json) and, like jq, leaves &, < and >
-// unescaped so URLs reach the vendor as written.
-func renderJSON(ctx context.Context, prog *pipeline.JQ, payload any, export map[string]any) ([][]byte, error) {
-	vs, err := prog.Run(ctx, payload, export)
-	if err != nil {
-		return nil, err
-	}
-	out := make([][]byte, len(vs))
-	for i, v := range vs {
-		out[i], _ = gojq.Marshal(v) // never fails: jq only yields JSON values
-	}
-	return out, nil
 }

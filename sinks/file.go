@@ -85,7 +85,7 @@ func (s *File) Path() string { return s.path }
 
 // Render runs the body program: one line per value.
 func (s *File) Render(ctx context.Context, payload any, export map[string]any) ([][]byte, error) {
-	return renderJSON(ctx, s.body, payload, export)
+	return s.body.JSON(ctx, payload, export)
 }
 
 // Send appends r as one line. A line is written with one write call on an

@@ -108,7 +108,7 @@ func NewHTTP(c *HTTPConfig, env pipeline.Env) (*HTTP, error) {
 
 // Render runs the body program: one request per value.
 func (s *HTTP) Render(ctx context.Context, payload any, export map[string]any) ([][]byte, error) {
-	return renderJSON(ctx, s.body, payload, export)
+	return s.body.JSON(ctx, payload, export)
 }
 
 // Send makes one attempt.

@@ -1,7 +1,6 @@
 package resilience_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +14,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/labelpipe/labelpipe/internal/redistest"
+	"github.com/labelpipe/labelpipe/internal/testutil"
 	"github.com/labelpipe/labelpipe/pipeline"
 	"github.com/labelpipe/labelpipe/sinks/resilience"
 )
@@ -456,24 +456,6 @@ func TestSharedBreakerOpenElsewhereStopsAttempts(t *testing.T) {
 	}
 }
 
-// syncLog is a log destination safe for concurrent writers.
-type syncLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 func TestSharedBreakerStoreDownDoesNotStopDeliveries(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -488,7 +470,7 @@ func TestSharedBreakerStoreDownDoesNotStopDeliveries(t *testing.T) {
 			c.Retry.MaxAttempts = 3
 			c.Breaker = resilience.Breaker{ConsecutiveFailures: 2, OpenTimeout: time.Minute, SyncInterval: tt.syncEvery}
 			store := newMemStore()
-			var logs syncLog
+			var logs testutil.LockedBuffer
 			p := newPolicy(t, c, resilience.Options{Name: "labelbox", Store: store, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			store.down.Store(true)
 			start := time.Now()
