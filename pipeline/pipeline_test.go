@@ -205,6 +205,24 @@ func (h *harness) send(r hookReq) webhookAnswer {
 	return a
 }
 
+// sendWaitsThenUnavailable posts an export that cannot get in and requires
+// a 503 whose error mentions why, with a Retry-After, after the request
+// waited queue_wait for room.
+func (h *harness) sendWaitsThenUnavailable(body []byte, queueWait time.Duration, why string) {
+	h.t.Helper()
+	start := time.Now()
+	a := h.send(hookReq{secret: hookSecret, body: body})
+	if a.Code != http.StatusServiceUnavailable || !strings.Contains(a.Error, why) {
+		h.t.Fatalf("got %d %s, want 503 saying %q", a.Code, a.Raw, why)
+	}
+	if waited := time.Since(start); waited < queueWait {
+		h.t.Errorf("answered after %v, want it to wait queue_wait (%v) for room first", waited, queueWait)
+	}
+	if ra := a.Header.Get("Retry-After"); ra == "" || ra == "0" {
+		h.t.Errorf("Retry-After = %q, want a positive number of seconds", ra)
+	}
+}
+
 // accept posts an export with the right secret and requires a 202.
 func (h *harness) accept(body []byte) webhookAnswer {
 	h.t.Helper()
@@ -812,17 +830,7 @@ func TestWebhookBackpressureWhenQueueIsFull(t *testing.T) {
 	waitFake(t, "the delivery to reach the vendor", func(ctx context.Context) error { return ls.WaitArrived(ctx, 1) })
 
 	other, _ := samplePayload(t, "issue-crops.json")
-	start := time.Now()
-	a := h.send(hookReq{secret: hookSecret, body: other})
-	if a.Code != http.StatusServiceUnavailable || !strings.Contains(a.Error, "queue is full") {
-		t.Fatalf("with the queue full: %d %s, want 503 saying the queue is full", a.Code, a.Raw)
-	}
-	if waited := time.Since(start); waited < 100*time.Millisecond {
-		t.Errorf("answered after %v, want it to wait queue_wait (100ms) for room first", waited)
-	}
-	if ra := a.Header.Get("Retry-After"); ra == "" || ra == "0" {
-		t.Errorf("Retry-After = %q, want a positive number of seconds", ra)
-	}
+	h.sendWaitsThenUnavailable(other, 100*time.Millisecond, "queue is full")
 
 	ls.SetLatency(0) // the vendor catches up
 	h.eventually(5*time.Second, "the queued request to finish", func() bool { return ls.Accepted() == 1 })
@@ -868,17 +876,7 @@ func TestWebhookBodiesShareAMemoryBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	start := time.Now()
-	a := h.send(hookReq{secret: hookSecret, body: body})
-	if a.Code != http.StatusServiceUnavailable || !strings.Contains(a.Error, "max_inflight_bytes") {
-		t.Fatalf("with the budget taken: %d %s, want 503 naming max_inflight_bytes", a.Code, a.Raw)
-	}
-	if waited := time.Since(start); waited < 150*time.Millisecond {
-		t.Errorf("answered after %v, want it to wait queue_wait (150ms) first", waited)
-	}
-	if ra := a.Header.Get("Retry-After"); ra == "" || ra == "0" {
-		t.Errorf("Retry-After = %q, want a positive number of seconds", ra)
-	}
+	h.sendWaitsThenUnavailable(body, 150*time.Millisecond, "max_inflight_bytes")
 
 	// The slow body arrives in full (padded to its Content-Length with
 	// whitespace); its share comes back and the next export is accepted.
