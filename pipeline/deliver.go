@@ -78,14 +78,14 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 // Span attributes are built only for recorded spans: with sampling off
 // they were a good part of a delivery's allocations.
 func (p *Pipeline) attempts(ctx context.Context, s *builtSink, req *Request) (int, error) {
-	ctx, span := p.tracer.Start(ctx, s.spanDeliver)
+	ctx, span := p.tracer.Start(ctx, "deliver "+s.cfg.Name)
 	defer span.End()
 	if span.IsRecording() {
 		span.SetAttributes(attribute.String("labelpipe.sink", s.cfg.Name), attribute.String("labelpipe.sink.type", s.cfg.Type),
 			attribute.String("labelpipe.export.id", req.ExportID), attribute.Int("labelpipe.chunk", req.Chunk))
 	}
 	n, err := s.policy.Do(ctx, func(ctx context.Context, a resilience.Attempt) error {
-		ctx, as := p.tracer.Start(ctx, s.spanAttempt)
+		ctx, as := p.tracer.Start(ctx, "attempt "+s.cfg.Name)
 		defer as.End()
 		if as.IsRecording() {
 			as.SetAttributes(attribute.Int("labelpipe.attempt", a.N),

@@ -123,7 +123,7 @@ func exportInfo(md message.Metadata) map[string]any {
 // consumerSpan continues the trace carried in the message metadata.
 func (p *Pipeline) consumerSpan(msg *message.Message, topic string) (context.Context, trace.Span) {
 	ctx := p.prop.Extract(p.hardStop, metadataCarrier(msg.Metadata))
-	ctx, span := p.tracer.Start(ctx, p.spanName("process", topic), trace.WithSpanKind(trace.SpanKindConsumer))
+	ctx, span := p.tracer.Start(ctx, "process "+topic, trace.WithSpanKind(trace.SpanKindConsumer))
 	if span.IsRecording() {
 		span.SetAttributes(semconv.MessagingSystemKey.String(p.messagingSystem()),
 			semconv.MessagingDestinationName(topic),
@@ -132,29 +132,6 @@ func (p *Pipeline) consumerSpan(msg *message.Message, topic string) (context.Con
 			attribute.String("labelpipe.export.id", msg.Metadata.Get(MetaExportID)))
 	}
 	return ctx, span
-}
-
-// spanName is verb+" "+topic, built once per known topic rather than for
-// every message.
-func (p *Pipeline) spanName(verb, topic string) string {
-	if n, ok := p.spanNames[verb][topic]; ok {
-		return n
-	}
-	return verb + " " + topic
-}
-
-func (p *Pipeline) buildSpanNames() {
-	p.spanNames = map[string]map[string]string{}
-	topics := []string{TopicExports}
-	for _, s := range p.sinks {
-		topics = append(topics, s.topic)
-	}
-	for _, verb := range []string{"process", "publish"} {
-		p.spanNames[verb] = map[string]string{}
-		for _, t := range topics {
-			p.spanNames[verb][t] = verb + " " + t
-		}
-	}
 }
 
 func (p *Pipeline) donePending(n int64) {

@@ -70,7 +70,6 @@ type Pipeline struct {
 	offline bool
 	// fanoutSlots bounds the exports fanned out at once.
 	fanoutSlots chan struct{}
-	spanNames   map[string]map[string]string // verb → topic → span name
 
 	draining  atomic.Bool
 	inflight  sync.WaitGroup      // webhook requests being answered
@@ -90,7 +89,6 @@ type builtStage struct {
 	cfg   StageConfig
 	stage Stage
 	log   *slog.Logger
-	span  string // span name, built once rather than per export
 }
 
 type builtSink struct {
@@ -104,9 +102,7 @@ type builtSink struct {
 	log    *slog.Logger
 	queue  *queueStat
 	local  localQueue // queued requests, for brokers without QueueStats
-
-	// Names built once rather than per request.
-	topic, spanDeliver, spanAttempt string
+	topic  string     // sink.<name>
 }
 
 // New builds a pipeline from a loaded config. On failure it closes
@@ -173,7 +169,6 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 	if err = p.buildSinks(); err != nil {
 		return nil, err
 	}
-	p.buildSpanNames()
 	if err = p.buildRouter(); err != nil {
 		return nil, err
 	}
@@ -229,7 +224,7 @@ func (p *Pipeline) buildStages() error {
 		if err != nil {
 			return p.cfg.entryError(sc.path, sc.label(), err)
 		}
-		p.stages = append(p.stages, builtStage{cfg: sc, stage: s, log: env.Logger, span: "stage " + sc.Name})
+		p.stages = append(p.stages, builtStage{cfg: sc, stage: s, log: env.Logger})
 	}
 	return nil
 }
@@ -243,8 +238,7 @@ func (p *Pipeline) buildSinks() error {
 			return p.cfg.entryError(sc.path, sc.label(), err)
 		}
 		bs := &builtSink{cfg: sc, sink: s, log: env.Logger, queue: p.metrics.queue(sc.Name),
-			slots: make(chan struct{}, sc.MaxInFlight), topic: TopicSink(sc.Name),
-			spanDeliver: "deliver " + sc.Name, spanAttempt: "attempt " + sc.Name}
+			slots: make(chan struct{}, sc.MaxInFlight), topic: TopicSink(sc.Name)}
 		p.sinks = append(p.sinks, bs) // appended first so Close closes it
 		if sc.Filter != "" {
 			if bs.filter, err = CompileJQ(sc.Filter); err != nil {

@@ -305,7 +305,7 @@ func (tr *trial) record(s builtStage, outcome string, e *Export, err error) {
 // dropped, duplicate, rejected, unavailable or error. In a preview a
 // Previewer stage previews instead.
 func (p *Pipeline) runStage(ctx context.Context, s builtStage, e *Export, preview bool) ([]*Export, string, error) {
-	ctx, span := p.tracer.Start(ctx, s.span)
+	ctx, span := p.tracer.Start(ctx, "stage "+s.cfg.Name)
 	defer span.End()
 	if span.IsRecording() {
 		span.SetAttributes(attribute.String("labelpipe.stage.type", s.cfg.Type),
@@ -443,7 +443,7 @@ func (p *Pipeline) publish(ctx context.Context, e *Export) error {
 // publishMsgs publishes under a producer span and carries the trace
 // context in each message's metadata.
 func (p *Pipeline) publishMsgs(ctx context.Context, topic string, msgs ...*message.Message) error {
-	ctx, span := p.tracer.Start(ctx, p.spanName("publish", topic), trace.WithSpanKind(trace.SpanKindProducer))
+	ctx, span := p.tracer.Start(ctx, "publish "+topic, trace.WithSpanKind(trace.SpanKindProducer))
 	defer span.End()
 	if span.IsRecording() {
 		span.SetAttributes(semconv.MessagingSystemKey.String(p.messagingSystem()),
