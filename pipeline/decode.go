@@ -64,8 +64,10 @@ func (d *decoder) release() {
 	if len(d.strs) >= maxInterned {
 		clear(d.strs)
 	}
-	clear(d.kvs[:cap(d.kvs)])
-	clear(d.vals[:cap(d.vals)])
+	// object and array zero what they pop; an error leaves the rest below
+	// len. Clearing up to cap would cost a large export's size every time.
+	clear(d.kvs)
+	clear(d.vals)
 	d.kvs, d.vals = d.kvs[:0], d.vals[:0]
 	decoders.Put(d)
 }

@@ -107,12 +107,8 @@ func (r *RateLimit) Process(ctx context.Context, e *pipeline.Export) ([]*pipelin
 	if wait := res.Delay(); wait > 0 {
 		// Not taken: the token stays for the caller that waits its turn.
 		res.Cancel()
-		err := pipeline.Reject(http.StatusTooManyRequests,
-			"rate limited: more than %g webhooks a second (stage %s); retry after %s", float64(r.limit), r.name, wait.Round(time.Millisecond))
-		if se, ok := pipeline.AsStageError(err); ok {
-			se.RetryAfter = wait
-		}
-		return nil, err
+		return nil, &pipeline.StageError{Verdict: pipeline.VerdictReject, Status: http.StatusTooManyRequests, RetryAfter: wait,
+			Msg: fmt.Sprintf("rate limited: more than %g webhooks a second (stage %s); retry after %s", float64(r.limit), r.name, wait.Round(time.Millisecond))}
 	}
 	return []*pipeline.Export{e}, nil
 }

@@ -196,12 +196,14 @@ func violations(ve *jsonschema.ValidationError) []pipeline.Violation {
 	return slices.Compact(out)
 }
 
+var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
+
 // jsonPointer builds an RFC 6901 pointer from reference tokens.
 func jsonPointer(tokens []string) string {
 	var b strings.Builder
 	for _, t := range tokens {
 		b.WriteByte('/')
-		b.WriteString(strings.NewReplacer("~", "~0", "/", "~1").Replace(t))
+		b.WriteString(pointerEscaper.Replace(t))
 	}
 	return b.String()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -100,7 +99,7 @@ func New(cfg Config, opts Options) (*Policy, error) {
 		changed:  make(chan struct{}),
 	}
 	if p.log == nil {
-		p.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+		p.log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.RateLimit.PerSecond > 0 {
 		burst := cfg.RateLimit.Burst
