@@ -822,23 +822,24 @@ func (rp *replica) run() {
 
 // kill is kill -9.
 func (rp *replica) kill() {
-	rp.signal(syscall.SIGKILL, 10*time.Second)
+	rp.signal(syscall.SIGKILL)
 }
 
 // stop is SIGTERM, then SIGKILL after the drain deadline.
 func (rp *replica) stop() {
-	rp.signal(syscall.SIGTERM, 10*time.Second)
-	rp.signal(syscall.SIGKILL, 10*time.Second)
+	rp.signal(syscall.SIGTERM)
 }
 
-func (rp *replica) signal(sig syscall.Signal, wait time.Duration) {
+// signal sends sig and waits for the replica to exit, sending SIGKILL if
+// it has not within 10s.
+func (rp *replica) signal(sig syscall.Signal) {
 	rp.mu.Lock()
 	cmd, done := rp.cmd, rp.done
 	rp.mu.Unlock()
 	if cmd == nil {
 		return
 	}
-	testutil.Signal(cmd.Process, done, sig, wait)
+	testutil.Stop(cmd.Process, done, sig, 10*time.Second)
 }
 
 func (rp *replica) restart() {

@@ -30,6 +30,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/labelpipe/labelpipe/internal/testutil"
 )
 
 // Version is the Jaeger release the tools module pins.
@@ -368,18 +370,7 @@ func (j *Jaeger) ready(ctx context.Context) error {
 
 // stop sends SIGTERM, then SIGKILL after stopTimeout, and waits for exit.
 func (j *Jaeger) stop() {
-	select {
-	case <-j.done:
-		return
-	default:
-	}
-	_ = j.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-j.done:
-	case <-time.After(stopTimeout):
-		_ = j.cmd.Process.Kill()
-		<-j.done
-	}
+	testutil.Stop(j.cmd.Process, j.done, syscall.SIGTERM, stopTimeout)
 }
 
 // Trace is one trace as Jaeger's query API returns it.

@@ -198,10 +198,7 @@ func (s *Server) signal(sig syscall.Signal, timeout time.Duration) {
 	if cmd == nil {
 		return
 	}
-	if !testutil.Signal(cmd.Process, done, sig, timeout) {
-		_ = cmd.Process.Kill()
-		<-done
-	}
+	testutil.Stop(cmd.Process, done, sig, timeout)
 }
 
 // log returns the tail of the server's log file, for failure messages.

@@ -44,3 +44,12 @@ func Signal(p *os.Process, done <-chan struct{}, sig os.Signal, wait time.Durati
 		return false
 	}
 }
+
+// Stop is Signal followed, if the process has not exited within wait, by
+// SIGKILL; it returns once the process has exited.
+func Stop(p *os.Process, done <-chan struct{}, sig os.Signal, wait time.Duration) {
+	if !Signal(p, done, sig, wait) {
+		_ = p.Kill()
+		<-done
+	}
+}
