@@ -1067,16 +1067,13 @@ func waitUntil(t *testing.T, at time.Time) {
 	}
 }
 
+// tail returns the last lines of the file at path, or why it cannot.
 func tail(path string, lines int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
 	}
-	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(ls) > lines {
-		ls = ls[len(ls)-lines:]
-	}
-	return strings.Join(ls, "\n")
+	return testutil.Tail(string(b), lines)
 }
 
 // hasLine reports whether out has a line with exactly these fields.

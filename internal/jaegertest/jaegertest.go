@@ -96,16 +96,7 @@ func (j *Jaeger) Log() string {
 	if err != nil {
 		return ""
 	}
-	return "jaeger log (tail):\n" + tail(string(b), 40)
-}
-
-// tail returns the last n lines of s.
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return "jaeger log (tail):\n" + testutil.Tail(string(b), 40)
 }
 
 // CacheDir is where the built binary is kept: $LABELPIPE_CACHE, else
@@ -198,7 +189,7 @@ func build(t testing.TB, path string) error {
 		select {
 		case err := <-waited:
 			if err != nil {
-				return fmt.Errorf("go build jaeger %s in %s: %w\n%s", Version, tools, err, tail(out.String(), 40))
+				return fmt.Errorf("go build jaeger %s in %s: %w\n%s", Version, tools, err, testutil.Tail(out.String(), 40))
 			}
 			t.Logf("jaegertest: built Jaeger in %s", time.Since(began).Round(time.Second))
 			if err := os.Rename(tmp, path); err != nil {

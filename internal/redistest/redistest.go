@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -207,9 +206,5 @@ func (s *Server) log() string {
 	if err != nil {
 		return ""
 	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > 20 {
-		lines = lines[len(lines)-20:]
-	}
-	return "redis-server log:\n" + strings.Join(lines, "\n")
+	return "redis-server log:\n" + testutil.Tail(string(b), 20)
 }

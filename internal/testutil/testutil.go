@@ -4,6 +4,7 @@ package testutil
 import (
 	"bytes"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -52,4 +53,14 @@ func Stop(p *os.Process, done <-chan struct{}, sig os.Signal, wait time.Duration
 		_ = p.Kill()
 		<-done
 	}
+}
+
+// Tail returns the last n lines of s, for showing a log in a failure
+// message; surrounding blank space is dropped.
+func Tail(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
