@@ -235,13 +235,9 @@ func (es ConfigErrors) Error() string {
 
 // FieldError is a validation error naming a field by its dotted path below
 // the stage or sink (e.g. "retry.max_attempts" or "secrets[0]"), so that the
-// loader can point at its line and column.
-type FieldError struct {
-	Field string
-	Msg   string
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+// loader can point at its line and column. It is resilience's type, which
+// cannot import this package, so that one type serves both.
+type FieldError = resilience.FieldError
 
 // FieldErr builds a *FieldError.
 func FieldErr(field, format string, args ...any) error {
@@ -469,13 +465,9 @@ func (l *loader) yamlErr(path string, err error) {
 func (l *loader) validation(base, label string, err error) {
 	for _, e := range flatten(err) {
 		var fe *FieldError
-		var re *resilience.FieldError
-		switch {
-		case errors.As(e, &fe):
+		if errors.As(e, &fe) {
 			l.at(base+"."+fe.Field, label, fe.Field, fe.Msg)
-		case errors.As(e, &re):
-			l.at(base+"."+re.Field, label, re.Field, re.Msg)
-		default:
+		} else {
 			l.at(base, label, "", e.Error())
 		}
 	}

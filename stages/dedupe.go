@@ -108,6 +108,7 @@ func (c *DedupeConfig) Validate() error {
 func buildDedupe(c *DedupeConfig, env pipeline.Env) (pipeline.Stage, error) {
 	d := &Dedupe{
 		name:   env.Name,
+		attr:   pipeline.AttrDedupeKey + ":" + env.Name,
 		allow:  c.OnStoreError == OnStoreErrorAllow,
 		logger: env.Logger,
 	}
@@ -139,7 +140,10 @@ func buildDedupe(c *DedupeConfig, env pipeline.Env) (pipeline.Stage, error) {
 
 // Dedupe is the dedupe stage.
 type Dedupe struct {
-	name   string
+	name string
+	// attr is this stage's own attribute for its key; AttrDedupeKey holds
+	// the last dedupe stage's only, and a pipeline may have more than one.
+	attr   string
 	store  DedupeStore
 	key    *pipeline.JQ // nil: the default key
 	allow  bool
@@ -166,7 +170,7 @@ func (d *Dedupe) Process(ctx context.Context, e *pipeline.Export) ([]*pipeline.E
 		return nil, pipeline.Duplicate(holder)
 	}
 	e.SetAttr(pipeline.AttrDedupeKey, key)
-	e.SetAttr(d.attr(), key)
+	e.SetAttr(d.attr, key)
 	return []*pipeline.Export{e}, nil
 }
 
@@ -206,10 +210,7 @@ func (d *Dedupe) storeFailed(ctx context.Context, e *pipeline.Export, err error)
 // Release gives back the key e reserved, if e still holds it, so that a
 // retry of an export that was not published is accepted.
 func (d *Dedupe) Release(ctx context.Context, e *pipeline.Export) error {
-	key := e.Attrs[d.attr()]
-	if key == "" {
-		key = e.Attrs[pipeline.AttrDedupeKey]
-	}
+	key := e.Attrs[d.attr]
 	if key == "" {
 		return nil
 	}
@@ -218,10 +219,6 @@ func (d *Dedupe) Release(ctx context.Context, e *pipeline.Export) error {
 	}
 	return nil
 }
-
-// attr is this stage's own attribute for its key; AttrDedupeKey holds the
-// last dedupe stage's only, and a pipeline may have more than one.
-func (d *Dedupe) attr() string { return pipeline.AttrDedupeKey + ":" + d.name }
 
 func (d *Dedupe) keyOf(ctx context.Context, e *pipeline.Export) (string, error) {
 	if d.key == nil {

@@ -88,7 +88,8 @@ func Defaults() Config {
 	}
 }
 
-// FieldError names the offending field (dotted path below the sink).
+// FieldError names the offending field (dotted path below the sink). It
+// is also pipeline.FieldError, the one type every stage and sink returns.
 type FieldError struct {
 	Field string
 	Msg   string
