@@ -1,8 +1,6 @@
 package stages_test
 
 import (
-	"bytes"
-
 	"log/slog"
 	"net/http"
 	"strings"
@@ -15,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
 	"github.com/labelpipe/labelpipe/internal/redistest"
+	"github.com/labelpipe/labelpipe/internal/testutil"
 	"github.com/labelpipe/labelpipe/pipeline"
 	"github.com/labelpipe/labelpipe/stages"
 )
@@ -302,9 +301,8 @@ func TestDedupeRedisDown(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := redistest.Start(t)
-			var logs bytes.Buffer
-			var mu sync.Mutex
-			logger := slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &mu}, nil))
+			var logs testutil.LockedBuffer
+			logger := slog.New(slog.NewTextHandler(&logs, nil))
 			s := mustBuild(t, "dedupe", "store: redis\non_store_error: "+tt.policy,
 				pipeline.Env{Redis: srv.Client(t), Logger: logger})
 
@@ -317,9 +315,7 @@ func TestDedupeRedisDown(t *testing.T) {
 			out, err = s.Process(t.Context(), e)
 			if tt.pass {
 				passed(t, e, out, err)
-				mu.Lock()
 				got := logs.String()
-				mu.Unlock()
 				if !strings.Contains(got, "level=WARN") || !strings.Contains(got, "dedupe store unavailable") {
 					t.Fatalf("log = %q, want a warning about the store", got)
 				}
@@ -342,17 +338,6 @@ func TestDedupeRedisDown(t *testing.T) {
 			passed(t, again, out, err)
 		})
 	}
-}
-
-type lockedWriter struct {
-	w  *bytes.Buffer
-	mu *sync.Mutex
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 func TestDedupeBuild(t *testing.T) {
