@@ -457,25 +457,20 @@ func freeAddr(t *testing.T) string {
 // waitReady polls /readyz until it answers 200, Run fails, or 10s pass.
 func waitReady(t *testing.T, url string, runErr <-chan error) {
 	t.Helper()
-	deadline := time.After(10 * time.Second)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
+	poll(t, 10*time.Second, 10*time.Millisecond, "labelpipe ready at "+url, func() bool {
+		if resp, err := http.Get(url); err == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return true
 			}
 		}
 		select {
 		case err := <-runErr:
 			t.Fatalf("Run returned before ready: %v", err)
-		case <-deadline:
-			t.Fatalf("labelpipe not ready at %s within 10s (last: %v)", url, err)
-		case <-tick.C:
+		default:
 		}
-	}
+		return false
+	})
 }
 
 // waitFor polls cond until it holds or 20s pass.

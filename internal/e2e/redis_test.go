@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -165,21 +164,7 @@ func testStartWithRedisDown(t *testing.T, bin string) {
 	a := r.launch("a")
 
 	// Wait until it serves /readyz at all; it must not exit instead.
-	deadline := time.After(30 * time.Second)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for a.readyz() == 0 {
-		a.mu.Lock()
-		done := a.done
-		a.mu.Unlock()
-		select {
-		case <-done:
-			t.Fatalf("replica exited while redis was down:\n%s", tail(a.logPath, 20))
-		case <-deadline:
-			t.Fatalf("replica never answered /readyz while redis was down:\n%s", tail(a.logPath, 20))
-		case <-tick.C:
-		}
-	}
+	a.waitReadyz(t, 30*time.Second, "answering /readyz while redis is down", func(code int) bool { return code != 0 })
 	if code := a.readyz(); code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz while redis is down: %d, want 503", code)
 	}
@@ -779,7 +764,7 @@ func (r *rig) start(name string) *replica {
 // launch runs a replica on fresh loopback ports without waiting for it.
 func (r *rig) launch(name string) *replica {
 	t := r.t
-	rp := &replica{r: r, name: name, webhook: freeLoopback(t), admin: freeLoopback(t)}
+	rp := &replica{r: r, name: name, webhook: freeAddr(t), admin: freeAddr(t)}
 	rp.config = filepath.Join(r.dir, name+".yaml")
 	if err := os.WriteFile(rp.config, []byte(r.config(name, rp.webhook, rp.admin)), 0o600); err != nil {
 		t.Fatal(err)
@@ -857,23 +842,31 @@ func (rp *replica) readyz() int {
 	return resp.StatusCode
 }
 
+// waitReady waits until /readyz answers 200.
 func (rp *replica) waitReady(t *testing.T, within time.Duration) {
 	t.Helper()
-	deadline := time.After(within)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for rp.readyz() != http.StatusOK {
+	rp.waitReadyz(t, within, "ready", func(code int) bool { return code == http.StatusOK })
+}
+
+// waitReadyz polls /readyz every 50ms until ok holds for its status (0:
+// no answer). The test fails if the replica exits first or within passes;
+// launch's cleanup then prints the replica's log.
+func (rp *replica) waitReadyz(t *testing.T, within time.Duration, what string, ok func(code int) bool) {
+	t.Helper()
+	poll(t, within, 50*time.Millisecond, "replica "+rp.name+" "+what, func() bool {
+		if ok(rp.readyz()) {
+			return true
+		}
 		rp.mu.Lock()
 		done := rp.done
 		rp.mu.Unlock()
 		select {
 		case <-done:
-			t.Fatalf("replica %s exited:\n%s", rp.name, tail(rp.logPath, 40))
-		case <-deadline:
-			t.Fatalf("replica %s not ready after %s:\n%s", rp.name, within, tail(rp.logPath, 40))
-		case <-tick.C:
+			t.Fatalf("replica %s exited while waiting until it is %s", rp.name, what)
+		default:
 		}
-	}
+		return false
+	})
 }
 
 // waitBreaker waits until /api/sinks reports sink's breaker in state.
@@ -1046,17 +1039,6 @@ func buildLabelpipe(t *testing.T) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
-}
-
-func freeLoopback(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
 }
 
 // waitUntil blocks until the given time.
