@@ -84,8 +84,8 @@ func testCrashUnderLoad(t *testing.T, bin string) {
 	r.checkExactlyOnce(t, ids)
 	// Label Studio has no idempotency key: only requests in flight at the
 	// kill may repeat, at most its max_in_flight.
-	if d := r.ls.Duplicates(); d > r.opts.inFlight() {
-		t.Fatalf("label studio got %d duplicate imports, more than the %d in flight at the kill", d, r.opts.inFlight())
+	if d := r.ls.Duplicates(); d > lsInFlight {
+		t.Fatalf("label studio got %d duplicate imports, more than the %d in flight at the kill", d, lsInFlight)
 	}
 	t.Logf("%d exports accepted, %d label studio repeats after the kill", len(ids), r.ls.Duplicates())
 }
@@ -382,7 +382,8 @@ type rigOptions struct {
 	scaleBreakerOf map[string]string
 }
 
-func (o rigOptions) inFlight() int { return 4 } // max_in_flight of label_studio
+// lsInFlight is label_studio's max_in_flight in every rig.
+const lsInFlight = 4
 
 type rig struct {
 	t        *testing.T
@@ -516,7 +517,7 @@ sinks:
 `, webhook, admin, r.opts.claimIdle, r.redisURL, e2eSecret,
 		r.labelbox.Endpoint(), labelboxKey, lbProject,
 		r.scale.TaskURL(), scaleKey, r.opts.scaleInFlight, r.opts.scaleRetry, breaker,
-		r.ls.ImportURL(lsProject), lsToken, r.opts.inFlight())
+		r.ls.ImportURL(lsProject), lsToken, lsInFlight)
 }
 
 // exportBody is issue-crops.json as a distinct issue, so that dedupe keeps
