@@ -19,6 +19,7 @@ import (
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/labelpipe/labelpipe/pipeline"
 )
@@ -183,10 +184,7 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 // answer is the start of a vendor's answer, cut on a rune boundary.
 func answer(b []byte) string {
 	if len(b) > answerLimit {
-		b = b[:answerLimit]
-		for len(b) > 0 && !utf8.Valid(b) {
-			b = b[:len(b)-1]
-		}
+		return cutValid(string(b[:answerLimit]))
 	}
 	return string(b)
 }
@@ -220,11 +218,16 @@ func clip(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	s = s[:n]
+	return cutValid(s[:n]) + "…"
+}
+
+// cutValid drops trailing bytes until s is valid UTF-8, so that a cut
+// never ends inside a rune.
+func cutValid(s string) string {
 	for len(s) > 0 && !utf8.ValidString(s) {
 		s = s[:len(s)-1]
 	}
-	return s + "…"
+	return s
 }
 
 // Redacted stands in for a secret in preview output and messages.
@@ -314,7 +317,7 @@ func validateURL(field, raw string) error {
 func validateHeaders(field string, h map[string]string) []error {
 	var errs []error
 	for k, v := range h {
-		if !validHeaderName(k) {
+		if !httpguts.ValidHeaderFieldName(k) {
 			errs = append(errs, pipeline.FieldErr(field+"."+k, "%q is not a valid header name", k))
 		}
 		if strings.ContainsAny(v, "\r\n\x00") {
@@ -322,22 +325,6 @@ func validateHeaders(field string, h map[string]string) []error {
 		}
 	}
 	return errs
-}
-
-// validHeaderName reports whether s is an RFC 9110 token.
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, r := range s {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
-		case strings.ContainsRune("!#$%&'*+-.^_`|~", r):
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // setHeaders applies the configured headers over the defaults every

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/labelpipe/labelpipe/pipeline"
 )
 
@@ -79,7 +81,7 @@ func (c *HTTPConfig) Validate() error {
 	if _, err := pipeline.CompileJQ(c.Body); err != nil {
 		errs = append(errs, pipeline.FieldErr("body", "%v", err))
 	}
-	if c.IdempotencyHeader != "" && !validHeaderName(c.IdempotencyHeader) {
+	if c.IdempotencyHeader != "" && !httpguts.ValidHeaderFieldName(c.IdempotencyHeader) {
 		errs = append(errs, pipeline.FieldErr("idempotency_header", "%q is not a valid header name", c.IdempotencyHeader))
 	}
 	for i, s := range c.SuccessStatus {
