@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -45,28 +44,25 @@ func TestJaegerTrace(t *testing.T) {
 	j := jaegertest.Start(t)
 	tests := []struct {
 		name string
-		// backend is the broker, redis and dedupe config for the case.
+		// backend is the broker and redis config for the case.
 		backend func(t *testing.T) string
+		// dedupeStore is the dedupe stage's store.
+		dedupeStore string
 	}{
-		{name: "memory broker", backend: func(*testing.T) string {
-			return "broker: {type: memory}\ndedupe_store: memory\n"
+		{name: "memory broker", dedupeStore: "memory", backend: func(*testing.T) string {
+			return "broker: {type: memory}\n"
 		}},
-		{name: "redis broker", backend: func(t *testing.T) string {
-			return fmt.Sprintf("broker: {type: redis}\nredis: {url: %q}\ndedupe_store: redis\n", redistest.Start(t).URL())
+		{name: "redis broker", dedupeStore: "redis", backend: func(t *testing.T) string {
+			return fmt.Sprintf("broker: {type: redis}\nredis: {url: %q}\n", redistest.Start(t).URL())
 		}},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) { traceOneExport(t, j, tt.backend(t)) })
+		t.Run(tt.name, func(t *testing.T) { traceOneExport(t, j, tt.backend(t), tt.dedupeStore) })
 	}
 }
 
-func traceOneExport(t *testing.T, j *jaegertest.Jaeger, backend string) {
+func traceOneExport(t *testing.T, j *jaegertest.Jaeger, backend, dedupeStore string) {
 	ctx := t.Context()
-	dedupeStore := "memory"
-	if strings.Contains(backend, "dedupe_store: redis") {
-		dedupeStore = "redis"
-	}
-	backend = strings.Replace(backend, "dedupe_store: "+dedupeStore+"\n", "", 1)
 
 	// Scale fails its first request with a 503, so one delivery is retried.
 	var scaleCalls atomic.Int32
