@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+	"golang.org/x/sync/singleflight"
 )
 
 // sharedBreaker keeps the state in a shared store so that replicas agree.
@@ -54,10 +55,12 @@ type sharedBreaker struct {
 	rec sync.Mutex
 	dcb *gobreaker.DistributedCircuitBreaker[struct{}] // guarded by rec; nil until first used
 
-	vmu     sync.Mutex
-	view    gobreaker.SharedState
-	viewAt  time.Time // when view was current; zero: no view yet
-	reading *readCall // the store read under way, if any
+	vmu    sync.Mutex
+	view   gobreaker.SharedState
+	viewAt time.Time // when view was current; zero: no view yet
+	// reads lets callers that arrive while a store read is under way share
+	// its result, so that a burst of admissions costs one read.
+	reads singleflight.Group
 }
 
 // lockTimeout is how long recording waits for another holder of the
@@ -222,46 +225,28 @@ func (b *sharedBreaker) current() (gobreaker.SharedState, error) {
 	return b.refresh()
 }
 
-type readCall struct {
-	done chan struct{}
-	s    gobreaker.SharedState
-	err  error
-}
-
-// refresh reads the shared state into the view. Callers arriving while a
-// read is under way share its result, so that a burst of admissions costs
-// one read.
+// refresh reads the shared state into the view, once for all callers
+// arriving while the read is under way.
 func (b *sharedBreaker) refresh() (gobreaker.SharedState, error) {
-	b.vmu.Lock()
-	if c := b.reading; c != nil {
-		b.vmu.Unlock()
-		<-c.done
-		return c.s, c.err
-	}
-	c := &readCall{done: make(chan struct{})}
-	b.reading = c
-	b.vmu.Unlock()
-
-	at := time.Now()
-	data, err := b.store.GetData(b.key)
-	if err == nil {
+	v, err, _ := b.reads.Do("", func() (any, error) {
+		at := time.Now()
+		data, err := b.store.GetData(b.key)
+		if err != nil {
+			return gobreaker.SharedState{}, err
+		}
 		b.storeOK()
-		var s gobreaker.SharedState
-		if s, err = decode(data); err == nil {
-			c.s = b.adopt(s, at)
-		} else if errors.Is(err, gobreaker.ErrNoSharedState) {
+		s, err := decode(data)
+		switch {
+		case err == nil:
+			return b.adopt(s, at), nil
+		case errors.Is(err, gobreaker.ErrNoSharedState):
 			// Lost (a Redis flush or failover): write a fresh closed state.
 			err = b.locked(b.init)
-			c.s = b.viewCopy()
+			return b.viewCopy(), err
 		}
-	}
-	c.err = err
-
-	b.vmu.Lock()
-	b.reading = nil
-	b.vmu.Unlock()
-	close(c.done)
-	return c.s, c.err
+		return gobreaker.SharedState{}, err
+	})
+	return v.(gobreaker.SharedState), err
 }
 
 func (b *sharedBreaker) viewCopy() gobreaker.SharedState {
