@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/labelpipe/labelpipe/configs"
 	"github.com/labelpipe/labelpipe/internal/redistest"
 	"github.com/labelpipe/labelpipe/internal/testutil"
@@ -205,15 +207,14 @@ func testDedupe(t *testing.T, bin string) {
 
 	// XADD is refused, SET NX is not: the key is reserved, the publish
 	// fails, and the caller's retry must not be taken for a duplicate.
-	admin := r.redis.Client(t)
-	if err := admin.Do(t.Context(), "ACL", "SETUSER", "labelpipe", "-xadd").Err(); err != nil {
+	if err := r.rdb.Do(t.Context(), "ACL", "SETUSER", "labelpipe", "-xadd").Err(); err != nil {
 		t.Fatal(err)
 	}
 	retried := r.exportBody("publish-fails")
 	if status, _, b := r.post(t, a, retried); status != http.StatusServiceUnavailable {
 		t.Fatalf("with publish failing: %d %s, want 503", status, b)
 	}
-	if err := admin.Do(t.Context(), "ACL", "SETUSER", "labelpipe", "+xadd").Err(); err != nil {
+	if err := r.rdb.Do(t.Context(), "ACL", "SETUSER", "labelpipe", "+xadd").Err(); err != nil {
 		t.Fatal(err)
 	}
 	status, _, third := r.post(t, a, retried)
@@ -279,7 +280,7 @@ func testSharedBreaker(t *testing.T, bin string) {
 	}
 	r.waitDelivered(t, ids, 30*time.Second)
 	r.checkExactlyOnce(t, ids)
-	if n := r.redis.Client(t).XLen(t.Context(), "labelpipe:dlq.scale").Val(); n != 0 {
+	if n := r.rdb.XLen(t.Context(), "labelpipe:dlq.scale").Val(); n != 0 {
 		t.Fatalf("%d scale requests dead-lettered: retry budget spent while the breaker was open", n)
 	}
 	t.Logf("outage %s: %d scale requests (%d until open)", down.Round(time.Millisecond), during, atOpen)
@@ -291,7 +292,6 @@ func testSharedBreaker(t *testing.T, bin string) {
 func testDLQReplay(t *testing.T, bin string) {
 	r := newRig(t, bin, rigOptions{})
 	a := r.start("a")
-	rdb := r.redis.Client(t)
 	const dlqKey = "labelpipe:dlq.scale"
 
 	r.scale.FailNext(1, http.StatusBadRequest, "")
@@ -300,7 +300,7 @@ func testDLQReplay(t *testing.T, bin string) {
 		t.Fatalf("%d %s", status, body)
 	}
 	id := exportID(t, body)
-	pollFor(t, "one dead letter", func() bool { return rdb.XLen(t.Context(), dlqKey).Val() == 1 })
+	pollFor(t, "one dead letter", func() bool { return r.rdb.XLen(t.Context(), dlqKey).Val() == 1 })
 	r.waitSink(t, "labelbox", []string{id}, 15*time.Second)
 	if got := len(r.scaleTasks()[id]); got != elementsPerExport-1 {
 		t.Fatalf("scale has %d tasks of the export before replay, want %d", got, elementsPerExport-1)
@@ -333,7 +333,7 @@ func testDLQReplay(t *testing.T, bin string) {
 	}
 	r.waitDelivered(t, []string{id}, 15*time.Second)
 	r.checkExactlyOnce(t, []string{id})
-	if n := rdb.XLen(t.Context(), dlqKey).Val(); n != 0 {
+	if n := r.rdb.XLen(t.Context(), dlqKey).Val(); n != 0 {
 		t.Fatalf("%d left in the DLQ after replay", n)
 	}
 	// Replaying again finds nothing and sends nothing.
@@ -346,8 +346,8 @@ func testDLQReplay(t *testing.T, bin string) {
 	// show and purge.
 	r.scale.FailNext(1, http.StatusBadRequest, "")
 	_, _, body = r.post(t, a, r.exportBody("dlq-purge"))
-	pollFor(t, "a second dead letter", func() bool { return rdb.XLen(t.Context(), dlqKey).Val() == 1 })
-	entry := rdb.XRange(t.Context(), dlqKey, "-", "+").Val()[0]
+	pollFor(t, "a second dead letter", func() bool { return r.rdb.XLen(t.Context(), dlqKey).Val() == 1 })
+	entry := r.rdb.XRange(t.Context(), dlqKey, "-", "+").Val()[0]
 	out = r.cli(t, 0, "dlq", "show", "-c", a.config, "--sink", "scale", "--id", entry.ID)
 	var shown struct {
 		ID       string `json:"id"`
@@ -361,7 +361,7 @@ func testDLQReplay(t *testing.T, bin string) {
 	}
 	r.cli(t, 2, "dlq", "purge", "-c", a.config, "--sink", "scale") // needs --id or --all
 	out = r.cli(t, 0, "dlq", "purge", "-c", a.config, "--sink", "scale", "--id", entry.ID)
-	if !strings.Contains(out, "purged 1") || rdb.XLen(t.Context(), dlqKey).Val() != 0 {
+	if !strings.Contains(out, "purged 1") || r.rdb.XLen(t.Context(), dlqKey).Val() != 0 {
 		t.Fatalf("purge: %q", out)
 	}
 }
@@ -391,6 +391,7 @@ type rig struct {
 	dir      string
 	opts     rigOptions
 	redis    *redistest.Server
+	rdb      *redis.Client // as the default user; reconnects after Restart
 	redisURL string
 	scale    *vendortest.Scale
 	labelbox *vendortest.Labelbox
@@ -424,9 +425,10 @@ func newRig(t *testing.T, bin string, opts rigOptions) *rig {
 		ls:       vendortest.NewLabelStudio(t, lsToken),
 		http:     &http.Client{Timeout: 10 * time.Second},
 	}
+	r.rdb = r.redis.Client(t)
 	r.redisURL = r.redis.URL()
 	if opts.redisUser {
-		err := r.redis.Client(t).Do(t.Context(), "ACL", "SETUSER", "labelpipe", "on", ">pw", "~*", "&*", "+@all").Err()
+		err := r.rdb.Do(t.Context(), "ACL", "SETUSER", "labelpipe", "on", ">pw", "~*", "&*", "+@all").Err()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -725,9 +727,8 @@ func (r *rig) checkExactlyOnce(t *testing.T, ids []string) {
 // stream in group.
 func (r *rig) waitPending(t *testing.T, topic, group, replica string) {
 	t.Helper()
-	rdb := r.redis.Client(t)
 	pollFor(t, replica+" holding "+topic+" messages", func() bool {
-		p, err := rdb.XPending(t.Context(), "labelpipe:"+topic, group).Result()
+		p, err := r.rdb.XPending(t.Context(), "labelpipe:"+topic, group).Result()
 		if err != nil {
 			return false
 		}
