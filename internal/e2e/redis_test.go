@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -525,14 +526,8 @@ sinks:
 // exportBody is issue-crops.json as a distinct issue, so that dedupe keeps
 // it apart from the others.
 func (r *rig) exportBody(tag string) []byte {
-	p := map[string]any{}
-	for k, v := range r.payload {
-		p[k] = v
-	}
-	issue := map[string]any{}
-	for k, v := range r.payload["issue"].(map[string]any) {
-		issue[k] = v
-	}
+	p := maps.Clone(r.payload)
+	issue := maps.Clone(r.payload["issue"].(map[string]any))
 	issue["id"] = "issue_e2e_" + tag
 	p["issue"] = issue
 	b, err := json.Marshal(p)
@@ -993,11 +988,7 @@ func (l *load) acceptedBy(rp *replica) int {
 func (l *load) statuses() map[int]int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := map[int]int{}
-	for k, v := range l.codes {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(l.codes)
 }
 
 func (l *load) waitAccepted(t *testing.T, n int) {

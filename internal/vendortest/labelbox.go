@@ -3,8 +3,9 @@ package vendortest
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -175,12 +176,7 @@ func (l *Labelbox) handle(r *http.Request, body []byte) reply {
 func checkVariables(doc *gqlDoc, vars map[string]any) *gqlFail {
 	used := map[string]bool{}
 	usedVars(doc.sel, used)
-	names := make([]string, 0, len(used))
-	for n := range used {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(used)) {
 		if _, ok := doc.vars[n]; !ok {
 			return gqlErrorf("GRAPHQL_VALIDATION_FAILED", "Variable \"$%s\" is not defined.", n)
 		}
@@ -305,11 +301,7 @@ func (l *Labelbox) deleteBatchLabels(projectID string, f *gqlField, vars map[str
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	found := false
-	for _, b := range l.batches[projectID] {
-		found = found || b.ID == id
-	}
-	if !found {
+	if !slices.ContainsFunc(l.batches[projectID], func(b LabelboxBatch) bool { return b.ID == id }) {
 		return nil, gqlErrorf("RESOURCE_NOT_FOUND", "Batch %q not found in project %q.", id, projectID)
 	}
 	l.requeued = append(l.requeued, LabelboxRequeue{ProjectID: projectID, BatchID: id, Type: typ})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -198,11 +199,7 @@ func scaleCheckGeometries(v any, problems []string) (map[string]any, []string) {
 		return nil, append(problems, "geometries is required: an object such as {\"box\": {\"objects_to_annotate\": [...]}}")
 	}
 	for k, spec := range g {
-		known := false
-		for _, name := range scaleGeometries {
-			known = known || k == name
-		}
-		if !known {
+		if !slices.Contains(scaleGeometries, k) {
 			problems = append(problems, fmt.Sprintf("geometries.%s is not a geometry type (want one of %s)", k, strings.Join(scaleGeometries, ", ")))
 			continue
 		}
