@@ -40,12 +40,8 @@ type redisBreakerStore struct {
 	tokens map[string]string // lock key -> our token while we hold it
 }
 
-// NewRedisBreakerStore is newRedisBreakerStore for tests and embedders.
+// NewRedisBreakerStore shares circuit-breaker state through Redis.
 func NewRedisBreakerStore(client redis.UniversalClient, prefix string) gobreaker.SharedDataStore {
-	return newRedisBreakerStore(client, prefix)
-}
-
-func newRedisBreakerStore(client redis.UniversalClient, prefix string) gobreaker.SharedDataStore {
 	return &redisBreakerStore{client: client, prefix: prefix, tokens: map[string]string{}}
 }
 

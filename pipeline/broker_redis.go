@@ -80,14 +80,9 @@ type redisBroker struct {
 	done    chan struct{}
 }
 
-// NewRedisBroker is newRedisBroker for tests and embedders.
-func NewRedisBroker(client redis.UniversalClient, cfg BrokerConfig, replicaID string, logger watermill.LoggerAdapter) (Broker, error) {
-	return newRedisBroker(client, cfg, replicaID, logger)
-}
-
-// newRedisBroker builds the durable broker on client. replicaID must differ
+// NewRedisBroker builds the durable broker on client. replicaID must differ
 // between processes sharing the Redis (host-pid is fine).
-func newRedisBroker(client redis.UniversalClient, cfg BrokerConfig, replicaID string, logger watermill.LoggerAdapter) (Broker, error) {
+func NewRedisBroker(client redis.UniversalClient, cfg BrokerConfig, replicaID string, logger watermill.LoggerAdapter) (Broker, error) {
 	if client == nil {
 		return nil, errors.New("redis broker: no redis client")
 	}
@@ -136,7 +131,10 @@ func (b *redisBroker) Publish(topic string, msgs ...*message.Message) error {
 }
 
 func (b *redisBroker) maybeTrim(stream string, n int64) {
-	c, _ := b.trimmed.LoadOrStore(stream, new(atomic.Int64))
+	c, ok := b.trimmed.Load(stream)
+	if !ok { // the first publish to stream only: LoadOrStore's argument escapes every time
+		c, _ = b.trimmed.LoadOrStore(stream, new(atomic.Int64))
+	}
 	cnt := c.(*atomic.Int64)
 	after := cnt.Add(n)
 	if after/b.trimEvery == (after-n)/b.trimEvery {

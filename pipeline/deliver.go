@@ -193,7 +193,7 @@ type pipelinePublisher struct {
 }
 
 func (pp pipelinePublisher) Publish(topic string, msgs ...*message.Message) error {
-	if s, ok := pp.p.byName[msgs[0].Metadata.Get(MetaSink)]; ok && topic == TopicSink(s.cfg.Name) {
+	if s, ok := pp.p.byName[msgs[0].Metadata.Get(MetaSink)]; ok && topic == s.topic {
 		pp.p.queued(s, msgs)
 	}
 	return pp.p.publishMsgs(pp.ctx, topic, msgs...)

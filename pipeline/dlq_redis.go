@@ -25,10 +25,8 @@ type redisDLQ struct {
 	prefix string
 }
 
-// NewRedisDLQ is newRedisDLQ for tests and embedders.
-func NewRedisDLQ(client redis.UniversalClient, prefix string) DLQ { return newRedisDLQ(client, prefix) }
-
-func newRedisDLQ(client redis.UniversalClient, prefix string) DLQ {
+// NewRedisDLQ keeps dead letters in Redis streams under prefix.
+func NewRedisDLQ(client redis.UniversalClient, prefix string) DLQ {
 	return &redisDLQ{client: client, prefix: prefix}
 }
 

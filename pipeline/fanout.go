@@ -72,7 +72,7 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 
 // render runs one sink's filter and body program for an export.
 func (p *Pipeline) render(ctx context.Context, s *builtSink, msg *message.Message, payload any, export map[string]any) ([]*message.Message, error) {
-	if !slices.Contains(s.cfg.Events, fmt.Sprint(export["event"])) {
+	if ev, _ := export["event"].(string); !slices.Contains(s.cfg.Events, ev) {
 		return nil, nil
 	}
 	if s.filter != nil {

@@ -16,13 +16,8 @@ type redisLedger struct {
 	ttl    time.Duration
 }
 
-// NewRedisLedger is newRedisLedger for tests and embedders.
+// NewRedisLedger remembers deliveries for ttl; ttl ≤ 0 keeps them forever.
 func NewRedisLedger(client redis.UniversalClient, prefix string, ttl time.Duration) Ledger {
-	return newRedisLedger(client, prefix, ttl)
-}
-
-// newRedisLedger remembers deliveries for ttl; ttl ≤ 0 keeps them forever.
-func newRedisLedger(client redis.UniversalClient, prefix string, ttl time.Duration) Ledger {
 	return &redisLedger{client: client, prefix: prefix + "delivered:", ttl: max(ttl, 0)}
 }
 

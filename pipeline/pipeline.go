@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,7 +135,7 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		cfg:     cfg,
 		log:     opts.Logger,
 		tracer:  opts.TracerProvider.Tracer("github.com/labelpipe/labelpipe/pipeline"),
-		prop:    propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
+		prop:    Propagator(),
 		opts:    opts,
 		byName:  map[string]*builtSink{},
 		events:  map[string]bool{},
@@ -282,12 +281,12 @@ func (p *Pipeline) buildRouter() error {
 		r.AddConsumerHandler(fmt.Sprintf("fanout-%d", i), TopicExports, sub, p.fanout)
 	}
 	for _, s := range p.sinks {
-		subs, err := p.broker.Workers(TopicSink(s.cfg.Name), sinkGroup(s.cfg.Name), s.cfg.MaxInFlight)
+		subs, err := p.broker.Workers(s.topic, sinkGroup(s.cfg.Name), s.cfg.MaxInFlight)
 		if err != nil {
 			return fmt.Errorf("broker: %w", err)
 		}
 		for i, sub := range subs {
-			r.AddConsumerHandler(fmt.Sprintf("sink-%s-%d", s.cfg.Name, i), TopicSink(s.cfg.Name), sub, p.deliverHandler(s))
+			r.AddConsumerHandler(fmt.Sprintf("sink-%s-%d", s.cfg.Name, i), s.topic, sub, p.deliverHandler(s))
 		}
 	}
 	return nil
@@ -476,10 +475,3 @@ func (p *Pipeline) dlqLen(ctx context.Context, sink string) int64 {
 	return n
 }
 
-// resolvePath makes a config-relative path absolute.
-func (c *Config) resolvePath(path string) string {
-	if filepath.IsAbs(path) {
-		return path
-	}
-	return filepath.Join(c.dir, path)
-}

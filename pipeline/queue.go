@@ -134,7 +134,7 @@ func (p *Pipeline) queued(s *builtSink, msgs []*message.Message) {
 // this process.
 func (p *Pipeline) sinkQueue(ctx context.Context, s *builtSink) QueueStat {
 	if qs, ok := p.broker.(queueStater); ok {
-		st, err := qs.QueueStats(ctx, TopicSink(s.cfg.Name), sinkGroup(s.cfg.Name))
+		st, err := qs.QueueStats(ctx, s.topic, sinkGroup(s.cfg.Name))
 		if err == nil {
 			return st
 		}

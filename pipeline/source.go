@@ -70,9 +70,7 @@ func (p *Pipeline) reply(ctx context.Context, w http.ResponseWriter, code int, a
 		span.SetAttributes(attribute.String("labelpipe.answer", answerName(code, a)))
 	}
 	p.metrics.requests.Add(ctx, 1, p.metrics.withStatus(code, answerName(code, a)))
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(a)
+	writeJSON(w, code, a)
 }
 
 func answerName(code int, a answer) string {
