@@ -474,4 +474,3 @@ func (p *Pipeline) dlqLen(ctx context.Context, sink string) int64 {
 	}
 	return n
 }
-

@@ -348,8 +348,10 @@ func runBench(exe string, o benchOptions, baseline bool, stderr io.Writer) (benc
 	res.sent, res.accepted, res.failed = o.n, int(accepted.Load()), int(failed.Load())
 	res.acceptRate = float64(res.accepted) / acceptDur.Seconds()
 	res.e2eRate = float64(res.accepted) / e2eDur.Seconds()
+	slices.Sort(latencies)
 	res.p50, res.p99 = percentile(latencies, 50), percentile(latencies, 99)
 	e2e := vendors.latencies()
+	slices.Sort(e2e)
 	res.e2eP50, res.e2eP99 = percentile(e2e, 50), percentile(e2e, 99)
 	res.lost, res.duplicates = vendors.lostAndDuplicated(o.n)
 	if res.lost > 0 || res.duplicates > 0 {
@@ -429,17 +431,16 @@ func makeExport(i, elements int) []byte {
 	return b.Bytes()
 }
 
-func percentile(ds []time.Duration, p int) time.Duration {
-	if len(ds) == 0 {
+// percentile is the p-th percentile (nearest rank) of sorted.
+func percentile(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
 		return 0
 	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	idx := (len(s)*p + 99) / 100
+	idx := (len(sorted)*p + 99) / 100
 	if idx < 1 {
 		idx = 1
 	}
-	return s[idx-1]
+	return sorted[idx-1]
 }
 
 func freeAddr() string {
