@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -70,29 +71,16 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 	return nil
 }
 
-// render runs one sink's filter and body program for an export.
+// render turns one sink's bodies for an export into messages for its topic.
 func (p *Pipeline) render(ctx context.Context, s *builtSink, msg *message.Message, payload any, export map[string]any) ([]*message.Message, error) {
-	if ev, _ := export["event"].(string); !slices.Contains(s.cfg.Events, ev) {
-		return nil, nil
-	}
-	if s.filter != nil {
-		ok, err := s.filter.Bool(ctx, payload, export)
-		if err != nil {
-			return nil, fmt.Errorf("filter: %w", err)
-		}
-		if !ok {
-			s.log.DebugContext(ctx, "filter is false; sink skips the export", "export", export["id"])
-			return nil, nil
-		}
-	}
-	sinkExport := make(map[string]any, len(export)+1)
-	for k, v := range export {
-		sinkExport[k] = v
-	}
-	sinkExport["sink"] = s.cfg.Name
-	bodies, err := s.sink.Render(ctx, payload, sinkExport)
+	ev, _ := export["event"].(string)
+	bodies, skip, err := s.bodies(ctx, ev, payload, export)
 	if err != nil {
-		return nil, fmt.Errorf("render: %w", err)
+		return nil, err
+	}
+	if skip != "" {
+		s.log.DebugContext(ctx, "sink skips the export", "export", export["id"], "reason", skip)
+		return nil, nil
 	}
 	out := make([]*message.Message, len(bodies))
 	for i, b := range bodies {
@@ -107,6 +95,33 @@ func (p *Pipeline) render(ctx context.Context, s *builtSink, msg *message.Messag
 		out[i] = m
 	}
 	return out, nil
+}
+
+// bodies runs the sink's event check, filter and body program for an
+// export: what the fan-out queues and what a preview shows. skip says why
+// the sink takes no part, "" when it does. A render error comes with the
+// bodies rendered before it, for the preview.
+func (s *builtSink) bodies(ctx context.Context, event string, payload any, export map[string]any) (bodies [][]byte, skip string, err error) {
+	if !slices.Contains(s.cfg.Events, event) {
+		return nil, fmt.Sprintf("does not subscribe to event %q", event), nil
+	}
+	if s.filter != nil {
+		ok, err := s.filter.Bool(ctx, payload, export)
+		if err != nil {
+			return nil, "", fmt.Errorf("filter: %w", err)
+		}
+		if !ok {
+			return nil, "filter is false", nil
+		}
+	}
+	sinkExport := make(map[string]any, len(export)+1)
+	maps.Copy(sinkExport, export)
+	sinkExport["sink"] = s.cfg.Name
+	bodies, err = s.sink.Render(ctx, payload, sinkExport)
+	if err != nil {
+		return bodies, "", fmt.Errorf("render: %w", err)
+	}
+	return bodies, "", nil
 }
 
 // exportInfo rebuilds `$export` from message metadata.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -85,31 +84,10 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 	rep.Answer.Status, rep.Answer.Body = http.StatusAccepted, answer{Status: "accepted", ID: e.ID}
 	export := e.Info()
 	for _, s := range p.sinks {
-		sp := SinkPreview{Name: s.cfg.Name, Type: s.cfg.Type}
-		if !slices.Contains(s.cfg.Events, e.Event()) {
-			sp.Skipped = fmt.Sprintf("does not subscribe to event %q", e.Event())
-			rep.Sinks = append(rep.Sinks, sp)
-			continue
-		}
-		if s.filter != nil {
-			ok, err := s.filter.Bool(ctx, e.Payload, export)
-			if err != nil {
-				sp.Error = "filter: " + err.Error()
-			} else if !ok {
-				sp.Skipped = "filter is false"
-			}
-			if err != nil || !ok {
-				rep.Sinks = append(rep.Sinks, sp)
-				continue
-			}
-		}
-		sinkExport := map[string]any{"sink": s.cfg.Name}
-		for k, v := range export {
-			sinkExport[k] = v
-		}
-		bodies, err := s.sink.Render(ctx, e.Payload, sinkExport)
+		bodies, skip, err := s.bodies(ctx, e.Event(), e.Payload, export)
+		sp := SinkPreview{Name: s.cfg.Name, Type: s.cfg.Type, Skipped: skip}
 		if err != nil {
-			sp.Error = "render: " + err.Error()
+			sp.Error = err.Error()
 		}
 		for i, b := range bodies {
 			req := &Request{Sink: s.cfg.Name, ExportID: e.ID, Chunk: i, Chunks: len(bodies), Body: b}
