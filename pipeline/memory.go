@@ -66,6 +66,9 @@ type memoryLedger struct {
 	mu   sync.Mutex
 	ttl  time.Duration
 	seen map[string]time.Time
+	// earliest is no later than the first expiry in seen: before it a
+	// sweep would delete nothing, so none is made.
+	earliest time.Time
 }
 
 func newMemoryLedger(ttl time.Duration) *memoryLedger {
@@ -88,13 +91,20 @@ func (l *memoryLedger) Record(_ context.Context, key string) error {
 	defer l.mu.Unlock()
 	now := time.Now()
 	// Sweep now and then so the map does not grow without bound.
-	if len(l.seen) > 0 && len(l.seen)%4096 == 0 {
+	if len(l.seen) > 0 && len(l.seen)%4096 == 0 && now.After(l.earliest) {
+		l.earliest = time.Time{}
 		for k, exp := range l.seen {
 			if now.After(exp) {
 				delete(l.seen, k)
+			} else if l.earliest.IsZero() || exp.Before(l.earliest) {
+				l.earliest = exp
 			}
 		}
 	}
-	l.seen[key] = now.Add(l.ttl)
+	exp := now.Add(l.ttl)
+	if l.earliest.IsZero() || exp.Before(l.earliest) {
+		l.earliest = exp
+	}
+	l.seen[key] = exp
 	return nil
 }
