@@ -34,7 +34,6 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 		}
 		finish := func(outcome string) {
 			s.local.done(msg.UUID)
-			p.donePending(1)
 			p.metrics.deliveries.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "outcome", outcome))
 		}
 

@@ -36,7 +36,6 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 			// delivered anywhere, so it is logged loudly and dropped.
 			span.SetStatus(codes.Error, "corrupt export")
 			p.log.ErrorContext(ctx, "export on the broker is not valid JSON; dropping it", "export", exportID, "err", err)
-			p.donePending(1)
 			return nil
 		}
 	}
@@ -67,7 +66,6 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 			return fmt.Errorf("queue requests for sink %s: %w", s.cfg.Name, err)
 		}
 	}
-	p.donePending(1)
 	return nil
 }
 
@@ -147,13 +145,6 @@ func (p *Pipeline) consumerSpan(msg *message.Message, topic string) (context.Con
 			attribute.String("labelpipe.export.id", msg.Metadata.Get(MetaExportID)))
 	}
 	return ctx, span
-}
-
-func (p *Pipeline) donePending(n int64) {
-	if !p.broker.Durable() {
-		p.pending.Add(-n)
-		p.admission.wake()
-	}
 }
 
 func receivedAt(md message.Metadata) (time.Time, bool) {

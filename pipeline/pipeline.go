@@ -264,6 +264,20 @@ func (p *Pipeline) buildSinks() error {
 	return nil
 }
 
+// countFinished takes a message off the memory broker's count of queued
+// messages when its handler finishes it (acks); a nacked message stays
+// queued. Every handler is counted the same way, here rather than in each.
+func (p *Pipeline) countFinished(h message.HandlerFunc) message.HandlerFunc {
+	return func(msg *message.Message) ([]*message.Message, error) {
+		out, err := h(msg)
+		if err == nil {
+			p.pending.Add(-1)
+			p.admission.wake()
+		}
+		return out, err
+	}
+}
+
 func (p *Pipeline) buildRouter() error {
 	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: p.cfg.Server.ShutdownTimeout},
 		newWatermillLogger(p.log.With("component", "router")))
@@ -271,6 +285,9 @@ func (p *Pipeline) buildRouter() error {
 		return fmt.Errorf("router: %w", err)
 	}
 	r.AddMiddleware(middleware.Recoverer)
+	if !p.broker.Durable() {
+		r.AddMiddleware(p.countFinished)
+	}
 	p.router = r
 	subs, err := p.broker.Workers(TopicExports, "fanout", p.cfg.Broker.FanoutWorkers)
 	if err != nil {
