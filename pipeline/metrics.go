@@ -3,7 +3,6 @@ package pipeline
 import (
 	"context"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -20,9 +19,6 @@ type instruments struct {
 	attempts   metric.Int64Counter
 	retries    metric.Int64Counter
 	e2e        metric.Float64Histogram
-
-	mu     sync.Mutex
-	queues map[string]*queueStat
 
 	// opts caches one measurement option per attribute set: building a set
 	// sorts and copies its attributes, which every export did several
@@ -72,16 +68,12 @@ func (in *instruments) opt(k attrKey) metric.MeasurementOption {
 	return o
 }
 
-// queueStat holds one sink's breaker state (0 closed, 1 half-open, 2
-// open) for the gauge.
-type queueStat struct {
-	breaker atomic.Int64
-}
-
-func newInstruments(mp metric.MeterProvider, dlqLen func(ctx context.Context, sink string) int64,
-	queue func(ctx context.Context, sink string) QueueStat) (*instruments, error) {
+// newInstruments makes the pipeline's instruments; the gauges observe the
+// built sinks.
+func newInstruments(mp metric.MeterProvider, sinks []*builtSink, dlqLen func(ctx context.Context, sink string) int64,
+	queue func(ctx context.Context, s *builtSink) QueueStat) (*instruments, error) {
 	m := mp.Meter("github.com/labelpipe/labelpipe/pipeline")
-	in := &instruments{queues: map[string]*queueStat{}, opts: map[attrKey]metric.MeasurementOption{}}
+	in := &instruments{opts: map[attrKey]metric.MeasurementOption{}}
 	var err error
 	must := func(e error) {
 		if err == nil {
@@ -109,9 +101,9 @@ func newInstruments(mp metric.MeterProvider, dlqLen func(ctx context.Context, si
 	must(e)
 	if e == nil {
 		_, e = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
-			for name := range in.snapshot() {
-				st := queue(ctx, name)
-				attrs := metric.WithAttributes(attribute.String("sink", name))
+			for _, s := range sinks {
+				st := queue(ctx, s)
+				attrs := metric.WithAttributes(attribute.String("sink", s.cfg.Name))
 				o.ObserveInt64(depth, st.Depth, attrs)
 				age := 0.0
 				if !st.Oldest.IsZero() {
@@ -126,8 +118,8 @@ func newInstruments(mp metric.MeterProvider, dlqLen func(ctx context.Context, si
 	_, e = m.Int64ObservableGauge("labelpipe.sink.breaker_state",
 		metric.WithDescription("Circuit breaker state: 0 closed, 1 half-open, 2 open."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
-			for name, q := range in.snapshot() {
-				o.Observe(q.breaker.Load(), metric.WithAttributes(attribute.String("sink", name)))
+			for _, s := range sinks {
+				o.Observe(s.breaker.Load(), metric.WithAttributes(attribute.String("sink", s.cfg.Name)))
 			}
 			return nil
 		}))
@@ -135,34 +127,13 @@ func newInstruments(mp metric.MeterProvider, dlqLen func(ctx context.Context, si
 	_, e = m.Int64ObservableGauge("labelpipe.sink.dlq_size",
 		metric.WithDescription("Entries in the sink's dead-letter queue."),
 		metric.WithInt64Callback(func(ctx context.Context, o metric.Int64Observer) error {
-			for name := range in.snapshot() {
-				o.Observe(dlqLen(ctx, name), metric.WithAttributes(attribute.String("sink", name)))
+			for _, s := range sinks {
+				o.Observe(dlqLen(ctx, s.cfg.Name), metric.WithAttributes(attribute.String("sink", s.cfg.Name)))
 			}
 			return nil
 		}))
 	must(e)
 	return in, err
-}
-
-func (in *instruments) queue(sink string) *queueStat {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	q := in.queues[sink]
-	if q == nil {
-		q = &queueStat{}
-		in.queues[sink] = q
-	}
-	return q
-}
-
-func (in *instruments) snapshot() map[string]*queueStat {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	out := make(map[string]*queueStat, len(in.queues))
-	for k, v := range in.queues {
-		out[k] = v
-	}
-	return out
 }
 
 func breakerGauge(state string) int64 {

@@ -94,14 +94,14 @@ type builtSink struct {
 	cfg SinkConfig
 	// slots bounds the requests under way at once (max_in_flight), whatever
 	// the broker's subscribers do.
-	slots  chan struct{}
-	sink   Sink
-	filter *JQ
-	policy *resilience.Policy
-	log    *slog.Logger
-	queue  *queueStat
-	local  localQueue // queued requests, for brokers without QueueStats
-	topic  string     // sink.<name>
+	slots   chan struct{}
+	sink    Sink
+	filter  *JQ
+	policy  *resilience.Policy
+	log     *slog.Logger
+	breaker atomic.Int64 // state for the gauge: 0 closed, 1 half-open, 2 open
+	local   localQueue   // queued requests, for brokers without QueueStats
+	topic   string       // sink.<name>
 }
 
 // New builds a pipeline from a loaded config. On failure it closes
@@ -156,9 +156,6 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 			p = nil
 		}
 	}()
-	if p.metrics, err = newInstruments(opts.MeterProvider, p.dlqLen, p.queueOf); err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
-	}
 	if err = p.openBackends(); err != nil {
 		return nil, err
 	}
@@ -167,6 +164,9 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 	}
 	if err = p.buildSinks(); err != nil {
 		return nil, err
+	}
+	if p.metrics, err = newInstruments(opts.MeterProvider, p.sinks, p.dlqLen, p.sinkQueue); err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if err = p.buildRouter(); err != nil {
 		return nil, err
@@ -236,7 +236,7 @@ func (p *Pipeline) buildSinks() error {
 		if err != nil {
 			return p.cfg.entryError(sc.path, sc.label(), err)
 		}
-		bs := &builtSink{cfg: sc, sink: s, log: env.Logger, queue: p.metrics.queue(sc.Name),
+		bs := &builtSink{cfg: sc, sink: s, log: env.Logger,
 			slots: make(chan struct{}, sc.MaxInFlight), topic: TopicSink(sc.Name)}
 		p.sinks = append(p.sinks, bs) // appended first so Close closes it
 		if sc.Filter != "" {
@@ -249,7 +249,7 @@ func (p *Pipeline) buildSinks() error {
 			Logger: env.Logger,
 			Store:  p.breakerStore(),
 			OnStateChange: func(from, to string) {
-				bs.queue.breaker.Store(breakerGauge(to))
+				bs.breaker.Store(breakerGauge(to))
 				env.Logger.Warn("circuit breaker changed state", "from", from, "to", to)
 			},
 		})
@@ -471,14 +471,6 @@ func (p *Pipeline) Ready(ctx context.Context) error {
 		return fmt.Errorf("broker: %w", err)
 	}
 	return nil
-}
-
-func (p *Pipeline) queueOf(ctx context.Context, sink string) QueueStat {
-	s, ok := p.byName[sink]
-	if !ok {
-		return QueueStat{}
-	}
-	return p.sinkQueue(ctx, s)
 }
 
 func (p *Pipeline) dlqLen(ctx context.Context, sink string) int64 {
