@@ -148,6 +148,12 @@ func statusError(req *http.Request, resp *response, retry bool) *pipeline.Delive
 	} else if detail := vendorMessage(resp.body); detail != "" {
 		msg += ": " + detail
 	}
+	return deliveryError(resp, retry, msg)
+}
+
+// deliveryError describes a vendor answer that was not a success: its
+// status, whether to retry and after how long, and the start of it.
+func deliveryError(resp *response, retry bool, msg string) *pipeline.DeliveryError {
 	return &pipeline.DeliveryError{
 		Status: resp.status,
 		Retry:  retry,

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/itchyny/gojq"
 
@@ -254,13 +253,7 @@ func (s *GraphQL) graphqlError(req *http.Request, resp *response, errs []gqlErro
 	if len(errs) > 1 {
 		msg += fmt.Sprintf(" (and %d more)", len(errs)-1)
 	}
-	return &pipeline.DeliveryError{
-		Status: resp.status,
-		Retry:  retry,
-		After:  parseRetryAfter(resp.header.Get("Retry-After"), time.Now()),
-		Msg:    msg,
-		Answer: answer(resp.body),
-	}
+	return deliveryError(resp, retry, msg)
 }
 
 func (s *GraphQL) request(ctx context.Context, r *pipeline.Request) (*http.Request, error) {
