@@ -3,9 +3,10 @@ package pipeline
 import (
 	"encoding/json"
 	"net/http"
-	"net/http/pprof"
 	"strconv"
 	"time"
+
+	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
 // AdminHandler serves the admin API:
@@ -17,7 +18,7 @@ import (
 //	GET  /api/dlq?sink=NAME       dead letters (limit=N, default 100)
 //	POST /api/dlq/{sink}/replay   requeue dead letters; body {"ids": [...]} or empty for all
 //	DELETE /api/dlq/{sink}        purge dead letters; ?id=... for some
-//	GET  /debug/pprof/...         Go profiles
+//	GET  /debug/pprof/...         Go profiles, when admin.pprof is true
 func (p *Pipeline) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -30,10 +31,9 @@ func (p *Pipeline) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ready"})
 	})
-	// Profiles, for measuring; the admin listener is loopback by default.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/heap", pprof.Handler("heap").ServeHTTP)
+	if p.cfg.Admin.Pprof && p.opts.Profiles != nil {
+		mux.Handle("GET /debug/pprof/", p.opts.Profiles)
+	}
 	if p.opts.Metrics != nil {
 		mux.Handle("GET /metrics", p.opts.Metrics)
 	}
@@ -47,7 +47,7 @@ func (p *Pipeline) AdminHandler() http.Handler {
 			}
 			out = append(out, map[string]any{
 				"name": s.cfg.Name, "type": s.cfg.Type, "events": s.cfg.Events,
-				"breaker": s.policy.State(), "queue_depth": q.Depth, "oldest_pending_seconds": age,
+				"breaker": s.policy.State().String(), "queue_depth": q.Depth, "oldest_pending_seconds": age,
 				"in_flight_here": len(s.slots), "dlq": p.dlqLen(r.Context(), s.cfg.Name),
 			})
 		}
@@ -67,7 +67,7 @@ func (p *Pipeline) AdminHandler() http.Handler {
 			}
 			sinks = []*builtSink{s}
 		}
-		out := []*DeadLetter{}
+		out := []*backend.DeadLetter{}
 		for _, s := range sinks {
 			es, err := p.dlq.List(r.Context(), s.cfg.Name, limit)
 			if err != nil {

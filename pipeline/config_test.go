@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/pipeline"
-	"github.com/labelpipe/labelpipe/pipeline/builtin"
 	"github.com/labelpipe/labelpipe/sinks"
 	"github.com/labelpipe/labelpipe/stages"
 )

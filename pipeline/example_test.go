@@ -12,9 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/configs"
 	"github.com/labelpipe/labelpipe/pipeline"
-	"github.com/labelpipe/labelpipe/pipeline/builtin"
 )
 
 // tagConfig configures the embedder's own "tag" stage type.
@@ -36,14 +36,14 @@ func (c *tagConfig) Validate() error {
 // tagStage sets one field on every export's payload.
 type tagStage struct{ cfg *tagConfig }
 
-func (s tagStage) Process(_ context.Context, e *pipeline.Export) ([]*pipeline.Export, error) {
+func (s tagStage) Process(_ context.Context, e *pipeline.Export) error {
 	in, _ := e.Payload.(map[string]any)
 	out := maps.Clone(in)
 	out[s.cfg.Field] = s.cfg.Value
 	// Replace the payload, never change it in place: an unchanged payload
 	// is published as the raw body it came in.
 	e.Payload = out
-	return []*pipeline.Export{e}, nil
+	return nil
 }
 
 // registerTag is all an embedder writes to add a stage type.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 
 	"github.com/itchyny/gojq"
 )
@@ -18,7 +20,33 @@ type JQ struct {
 
 // CompileJQ parses and compiles src. The error says where the program is
 // wrong, without repeating the whole program.
+//
+// A program is compiled once per process: a config's validation and its
+// build both ask for it, and a compiled program is safe for concurrent
+// use. The cache holds up to maxCompiled programs, far more than any
+// config has.
 func CompileJQ(src string) (*JQ, error) {
+	if j, ok := compiled.Load(src); ok {
+		return j.(*JQ), nil
+	}
+	j, err := compileJQ(src)
+	if err != nil {
+		return nil, err
+	}
+	if compiledN.Add(1) <= maxCompiled {
+		compiled.Store(src, j)
+	}
+	return j, nil
+}
+
+const maxCompiled = 1024
+
+var (
+	compiled  sync.Map // source → *JQ
+	compiledN atomic.Int64
+)
+
+func compileJQ(src string) (*JQ, error) {
 	q, err := gojq.Parse(src)
 	if err != nil {
 		return nil, fmt.Errorf("invalid jq: %w", err)

@@ -5,8 +5,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
 // instruments are the pipeline's own metrics. Names follow the OTel
@@ -71,7 +74,7 @@ func (in *instruments) opt(k attrKey) metric.MeasurementOption {
 // newInstruments makes the pipeline's instruments; the gauges observe the
 // built sinks.
 func newInstruments(mp metric.MeterProvider, sinks []*builtSink, dlqLen func(ctx context.Context, sink string) int64,
-	queue func(ctx context.Context, s *builtSink) QueueStat) (*instruments, error) {
+	queue func(ctx context.Context, s *builtSink) backend.QueueStat) (*instruments, error) {
 	m := mp.Meter("github.com/labelpipe/labelpipe/pipeline")
 	in := &instruments{opts: map[attrKey]metric.MeasurementOption{}}
 	var err error
@@ -136,12 +139,6 @@ func newInstruments(mp metric.MeterProvider, sinks []*builtSink, dlqLen func(ctx
 	return in, err
 }
 
-func breakerGauge(state string) int64 {
-	switch state {
-	case "half-open":
-		return 1
-	case "open":
-		return 2
-	}
-	return 0
-}
+// breakerGauge is the gauge's value for a breaker state: gobreaker numbers
+// them closed 0, half-open 1, open 2, as the gauge's description says.
+func breakerGauge(state gobreaker.State) int64 { return int64(state) }

@@ -14,7 +14,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
-	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/otel/metric"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
@@ -22,14 +22,15 @@ import (
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/sync/semaphore"
 
-	"github.com/labelpipe/labelpipe/sinks/resilience"
+	"github.com/labelpipe/labelpipe/pipeline/backend"
+	"github.com/labelpipe/labelpipe/pipeline/resilience"
 )
 
 // Options are what an embedder injects. Everything is optional but the
 // registry.
 type Options struct {
-	// Registry holds the stage and sink types; builtin.Registry() has the
-	// built-in ones. Required.
+	// Registry holds the stage, sink and backend types; builtin.Registry()
+	// has the built-in ones. Required.
 	Registry *Registry
 	// Logger receives every log line; nil discards them.
 	Logger *slog.Logger
@@ -38,15 +39,18 @@ type Options struct {
 	MeterProvider  metric.MeterProvider
 	// Metrics, when set, is served at /metrics on the admin listener.
 	Metrics http.Handler
-	// Redis overrides the client built from the config's redis.url.
-	Redis redis.UniversalClient
+	// Profiles, when set, is served at /debug/pprof/ on the admin listener
+	// if admin.pprof is true (the daemon passes telemetry.Profiles()). The
+	// core does not import net/http/pprof itself, so that a plugin does not
+	// pull it in.
+	Profiles http.Handler
 	// ReplicaID names this process among replicas; default host-pid.
 	ReplicaID string
 	// Version is reported by /healthz and on spans.
 	Version string
 }
 
-// Pipeline is one assembled labelpipe: stages, broker, router and sinks.
+// Pipeline is one assembled labelpipe: stages, backends, router and sinks.
 type Pipeline struct {
 	cfg     *Config
 	log     *slog.Logger
@@ -55,26 +59,25 @@ type Pipeline struct {
 	metrics *instruments
 	opts    Options
 
-	stages  []builtStage
-	sinks   []*builtSink
-	byName  map[string]*builtSink
-	events  map[string]bool
-	broker  Broker
-	dlq     DLQ
-	ledger  Ledger
-	redis   redis.UniversalClient
-	ownsRDB bool
-	router  *message.Router
+	stages   []builtStage
+	sinks    []*builtSink
+	byName   map[string]*builtSink
+	events   map[string]bool
+	backends openBackends
+	broker   backend.Broker
+	system   string // the broker's messaging.system, for spans
+	dlq      backend.DLQ
+	ledger   backend.Ledger
+	router   *message.Router
 	// offline: built for a preview; touches nothing outside the process.
 	offline bool
 	// fanoutSlots bounds the exports fanned out at once.
 	fanoutSlots chan struct{}
+	// bodies bounds the bytes of bodies read and checked at once
+	// (server.max_inflight_bytes).
+	bodies *semaphore.Weighted
 
 	draining  atomic.Bool
-	inflight  sync.WaitGroup      // webhook requests being answered
-	pending   atomic.Int64        // requests queued on the memory broker, not finished
-	admission *admission          // webhook requests into the memory broker's queue
-	bodies    *semaphore.Weighted // server.max_inflight_bytes
 	runCancel context.CancelFunc
 	ran       atomic.Bool // Run started the router
 	hardStop  context.Context
@@ -99,8 +102,7 @@ type builtSink struct {
 	filter  *JQ
 	policy  *resilience.Policy
 	log     *slog.Logger
-	breaker atomic.Int64 // state for the gauge: 0 closed, 1 half-open, 2 open
-	local   localQueue   // queued requests, for brokers without QueueStats
+	breaker atomic.Int64 // breakerGauge of the state, for the gauge
 	topic   string       // sink.<name>
 }
 
@@ -141,7 +143,6 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		events:  map[string]bool{},
 		offline: offline,
 	}
-	p.admission = &admission{max: cfg.Broker.MaxPending, pending: p.pending.Load}
 	budget := cfg.Server.MaxInflightBytes
 	if budget == 0 {
 		budget = 4 * cfg.Server.MaxBodyBytes
@@ -180,39 +181,10 @@ func (p *Pipeline) env(kind, name string) Env {
 		Logger:         p.log.With(kind, name),
 		TracerProvider: p.opts.TracerProvider,
 		MeterProvider:  p.opts.MeterProvider,
-		Redis:          p.redis,
+		DedupeStore:    p.dedupeStore,
 		ConfigDir:      p.cfg.dir,
 		Offline:        p.offline,
 	}
-}
-
-// ledgerTTL bounds how long a delivered-record is kept: longer than any
-// message can wait for redelivery.
-const ledgerTTL = 7 * 24 * time.Hour
-
-func (p *Pipeline) openBackends() error {
-	wlog := newWatermillLogger(p.log.With("component", "watermill"))
-	p.redis = p.opts.Redis
-	if p.redis == nil && p.cfg.Redis.URL != "" {
-		c, err := newRedisClientFor(p)
-		if err != nil {
-			return err
-		}
-		p.redis, p.ownsRDB = c, true
-	}
-	switch p.cfg.Broker.Type {
-	case "redis":
-		b, dlq, ledger, err := openRedisBackends(p, wlog)
-		if err != nil {
-			return err
-		}
-		p.broker, p.dlq, p.ledger = b, dlq, ledger
-	default:
-		p.broker = newMemoryBroker(wlog)
-		p.dlq = newMemoryDLQ()
-		p.ledger = newMemoryLedger(ledgerTTL)
-	}
-	return nil
 }
 
 func (p *Pipeline) buildStages() error {
@@ -229,6 +201,7 @@ func (p *Pipeline) buildStages() error {
 }
 
 func (p *Pipeline) buildSinks() error {
+	breakers := p.backends.breakerStore()
 	for _, sc := range p.cfg.Sinks {
 		t, _ := p.opts.Registry.Sink(sc.Type)
 		env := p.env("sink", sc.Name)
@@ -237,7 +210,7 @@ func (p *Pipeline) buildSinks() error {
 			return p.cfg.entryError(sc.path, sc.label(), err)
 		}
 		bs := &builtSink{cfg: sc, sink: s, log: env.Logger,
-			slots: make(chan struct{}, sc.MaxInFlight), topic: TopicSink(sc.Name)}
+			slots: make(chan struct{}, sc.MaxInFlight), topic: backend.TopicSink(sc.Name)}
 		p.sinks = append(p.sinks, bs) // appended first so Close closes it
 		if sc.Filter != "" {
 			if bs.filter, err = CompileJQ(sc.Filter); err != nil {
@@ -247,10 +220,10 @@ func (p *Pipeline) buildSinks() error {
 		bs.policy, err = resilience.New(sc.Config, resilience.Options{
 			Name:   sc.Name,
 			Logger: env.Logger,
-			Store:  p.breakerStore(),
-			OnStateChange: func(from, to string) {
+			Store:  breakers,
+			OnStateChange: func(from, to gobreaker.State) {
 				bs.breaker.Store(breakerGauge(to))
-				env.Logger.Warn("circuit breaker changed state", "from", from, "to", to)
+				env.Logger.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
 			},
 		})
 		if err != nil {
@@ -264,20 +237,6 @@ func (p *Pipeline) buildSinks() error {
 	return nil
 }
 
-// countFinished takes a message off the memory broker's count of queued
-// messages when its handler finishes it (acks); a nacked message stays
-// queued. Every handler is counted the same way, here rather than in each.
-func (p *Pipeline) countFinished(h message.HandlerFunc) message.HandlerFunc {
-	return func(msg *message.Message) ([]*message.Message, error) {
-		out, err := h(msg)
-		if err == nil {
-			p.pending.Add(-1)
-			p.admission.wake()
-		}
-		return out, err
-	}
-}
-
 func (p *Pipeline) buildRouter() error {
 	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: p.cfg.Server.ShutdownTimeout},
 		newWatermillLogger(p.log.With("component", "router")))
@@ -285,20 +244,17 @@ func (p *Pipeline) buildRouter() error {
 		return fmt.Errorf("router: %w", err)
 	}
 	r.AddMiddleware(middleware.Recoverer)
-	if !p.broker.Durable() {
-		r.AddMiddleware(p.countFinished)
-	}
 	p.router = r
-	subs, err := p.broker.Workers(TopicExports, "fanout", p.cfg.Broker.FanoutWorkers)
+	subs, err := p.broker.Workers(backend.TopicExports, backend.FanoutGroup, p.cfg.Broker.FanoutWorkers)
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
 	p.fanoutSlots = make(chan struct{}, p.cfg.Broker.FanoutWorkers)
 	for i, sub := range subs {
-		r.AddConsumerHandler(fmt.Sprintf("fanout-%d", i), TopicExports, sub, p.fanout)
+		r.AddConsumerHandler(fmt.Sprintf("fanout-%d", i), backend.TopicExports, sub, p.fanout)
 	}
 	for _, s := range p.sinks {
-		subs, err := p.broker.Workers(s.topic, sinkGroup(s.cfg.Name), s.cfg.MaxInFlight)
+		subs, err := p.broker.Workers(s.topic, backend.SinkGroup(s.cfg.Name), s.cfg.MaxInFlight)
 		if err != nil {
 			return fmt.Errorf("broker: %w", err)
 		}
@@ -370,8 +326,12 @@ func (p *Pipeline) serve(addr string, h http.Handler, what string, errs chan<- e
 }
 
 func (p *Pipeline) logStart() {
-	if !p.broker.Durable() {
-		p.log.Warn("broker is memory: exports accepted but not yet delivered are lost if the process dies; use broker.type redis in production")
+	info := p.broker.Info()
+	if info.Warning != "" {
+		p.log.Warn(info.Warning)
+	}
+	if p.cfg.Admin.Pprof && p.opts.Profiles == nil {
+		p.log.Warn("admin.pprof is true but no profile handler was given (Options.Profiles); /debug/pprof/ is not served")
 	}
 	for i, s := range p.stages {
 		p.log.Info("stage ready", "stage", s.cfg.Name, "type", s.cfg.Type, "order", i+1)
@@ -380,7 +340,7 @@ func (p *Pipeline) logStart() {
 		p.log.Info("sink ready", "sink", s.cfg.Name, "type", s.cfg.Type, "events", s.cfg.Events,
 			"max_in_flight", s.cfg.MaxInFlight, "max_attempts", s.cfg.Retry.MaxAttempts)
 	}
-	p.log.Info("labelpipe running", "broker", p.cfg.Broker.Type, "replica", p.opts.ReplicaID)
+	p.log.Info("labelpipe running", "broker", p.cfg.Broker.Type, "durable", info.Durable, "replica", p.opts.ReplicaID)
 }
 
 // drain stops intake, lets in-flight work finish within the shutdown
@@ -394,12 +354,9 @@ func (p *Pipeline) drain() {
 	for _, s := range p.servers {
 		_ = s.Shutdown(ctx)
 	}
-	p.inflight.Wait()
-	// The memory broker loses what is queued, so wait for it to empty; a
-	// durable broker keeps it for the next start.
-	if !p.broker.Durable() {
-		p.waitPending(ctx)
-	}
+	// A broker that keeps its queue in process waits for it to empty; a
+	// durable one keeps it for the next start.
+	drainErr := p.broker.Drain(ctx)
 	// Deliveries still running at the deadline are cancelled; they are
 	// nacked, not dead-lettered, so a durable broker redelivers them.
 	stop := time.AfterFunc(time.Until(deadline), p.hardStopF)
@@ -407,23 +364,11 @@ func (p *Pipeline) drain() {
 	if err := p.router.Close(); err != nil {
 		p.log.Warn("router did not stop cleanly", "err", err)
 	}
-	if left := p.pending.Load(); left > 0 && !p.broker.Durable() {
-		p.log.Error("drain deadline passed with requests undelivered (memory broker: they are lost)", "requests", left)
+	if drainErr != nil {
+		p.log.Error("drain deadline passed with requests undelivered", "err", drainErr)
 	}
 	p.runCancel()
 	p.log.Info("drained")
-}
-
-func (p *Pipeline) waitPending(ctx context.Context) {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for p.pending.Load() > 0 {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // Close releases everything New built. It is safe twice and without Run.
@@ -448,12 +393,7 @@ func (p *Pipeline) Close() error {
 				errs = append(errs, c.Close())
 			}
 		}
-		if p.broker != nil {
-			errs = append(errs, p.broker.Close())
-		}
-		if p.ownsRDB && p.redis != nil {
-			errs = append(errs, p.redis.Close())
-		}
+		errs = append(errs, p.backends.close())
 		p.closeErr = errors.Join(errs...)
 	})
 	return p.closeErr
@@ -471,15 +411,4 @@ func (p *Pipeline) Ready(ctx context.Context) error {
 		return fmt.Errorf("broker: %w", err)
 	}
 	return nil
-}
-
-func (p *Pipeline) dlqLen(ctx context.Context, sink string) int64 {
-	if p.dlq == nil {
-		return 0
-	}
-	n, err := p.dlq.Len(ctx, sink)
-	if err != nil {
-		return 0
-	}
-	return n
 }

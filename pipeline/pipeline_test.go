@@ -24,11 +24,12 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/configs"
 	"github.com/labelpipe/labelpipe/internal/testutil"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
-	"github.com/labelpipe/labelpipe/pipeline/builtin"
+	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
 // This file drives a whole pipeline in process: the webhook handler and the
@@ -254,9 +255,9 @@ func (h *harness) adminDo(method, path string, body io.Reader, out any) int {
 }
 
 // deadLetters lists a sink's DLQ through the admin API.
-func (h *harness) deadLetters(sink string) []pipeline.DeadLetter {
+func (h *harness) deadLetters(sink string) []backend.DeadLetter {
 	h.t.Helper()
-	var out []pipeline.DeadLetter
+	var out []backend.DeadLetter
 	if code := h.adminDo(http.MethodGet, "/api/dlq?sink="+url.QueryEscape(sink), nil, &out); code != http.StatusOK {
 		h.t.Fatalf("GET /api/dlq: %d", code)
 	}
@@ -264,9 +265,9 @@ func (h *harness) deadLetters(sink string) []pipeline.DeadLetter {
 }
 
 // waitDeadLetters polls the DLQ until it holds n entries.
-func (h *harness) waitDeadLetters(sink string, n int) []pipeline.DeadLetter {
+func (h *harness) waitDeadLetters(sink string, n int) []backend.DeadLetter {
 	h.t.Helper()
-	var got []pipeline.DeadLetter
+	var got []backend.DeadLetter
 	h.eventually(10*time.Second, fmt.Sprintf("%d dead letters for %s", n, sink), func() bool {
 		got = h.deadLetters(sink)
 		return len(got) >= n

@@ -24,10 +24,10 @@ type PreviewReport struct {
 
 // StageVerdict is one stage's outcome in a preview.
 type StageVerdict struct {
-	Name    string `json:"name"`
-	Type    string `json:"type"`
-	Verdict string `json:"verdict"`
-	Detail  string `json:"detail,omitempty"`
+	Name    string  `json:"name"`
+	Type    string  `json:"type"`
+	Verdict Verdict `json:"verdict"`
+	Detail  string  `json:"detail,omitempty"`
 }
 
 // SinkPreview is what one sink would send.
@@ -45,11 +45,7 @@ type SinkPreview struct {
 // the process: no Redis (a dedupe stage previews against an empty store,
 // the verdict a first delivery gets) and no vendor.
 func Preview(ctx context.Context, cfg *Config, opts Options, body []byte, header http.Header) (*PreviewReport, error) {
-	c := *cfg
-	c.Broker.Type = "memory"
-	c.Redis.URL = ""
-	opts.Redis = nil
-	p, err := newPipeline(&c, opts, true)
+	p, err := newPipeline(cfg, opts, true)
 	if err != nil {
 		return nil, err
 	}
@@ -68,23 +64,19 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 		return rep
 	}
 	tr := &trial{noHeaders: header == nil}
-	out, err := p.ingress(ctx, e, tr)
+	err := p.ingress(ctx, e, tr)
 	rep.Stages = tr.verdicts
 	if err != nil {
 		code, a, _ := stageAnswer(err)
 		return stop(code, a)
 	}
-	if len(out) == 0 {
-		return stop(http.StatusOK, answer{Status: "filtered", Reason: e.Attrs[AttrDropReason]})
-	}
-	e = out[0]
 	if ev := e.Event(); !p.events[ev] {
 		return stop(http.StatusOK, answer{Status: "ignored", Reason: fmt.Sprintf("no sink subscribes to event %q", ev)})
 	}
 	rep.Answer.Status, rep.Answer.Body = http.StatusAccepted, answer{Status: "accepted", ID: e.ID}
-	export := e.Info()
+	md := e.metadata()
 	for _, s := range p.sinks {
-		bodies, skip, err := s.bodies(ctx, e.Event(), e.Payload, export)
+		bodies, skip, err := s.bodies(ctx, md, e.Payload)
 		sp := SinkPreview{Name: s.cfg.Name, Type: s.cfg.Type, Skipped: skip}
 		if err != nil {
 			sp.Error = err.Error()

@@ -12,10 +12,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/configs"
 	"github.com/labelpipe/labelpipe/internal/redistest"
 	"github.com/labelpipe/labelpipe/pipeline"
-	"github.com/labelpipe/labelpipe/pipeline/builtin"
 	"github.com/labelpipe/labelpipe/sinks"
 )
 
@@ -47,7 +47,7 @@ func aquariumHeader(secret string) http.Header {
 func verdicts(rep *pipeline.PreviewReport) []string {
 	var out []string
 	for _, v := range rep.Stages {
-		out = append(out, v.Name+":"+v.Verdict)
+		out = append(out, v.Name+":"+v.Verdict.String())
 	}
 	return out
 }

@@ -1,15 +1,19 @@
 package pipeline
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"maps"
 	"regexp"
 	"slices"
+	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/ThreeDotsLabs/watermill"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
 // Env is what a stage or sink gets when it is built: its name, its own
@@ -23,13 +27,16 @@ type Env struct {
 	// TracerProvider and MeterProvider are the injected telemetry.
 	TracerProvider trace.TracerProvider
 	MeterProvider  metric.MeterProvider
-	// Redis is the shared client when Redis is configured, else nil.
-	Redis redis.UniversalClient
+	// DedupeStore opens a dedupe store on the backend of the given kind
+	// (memory, redis, or a registered one), keeping keys under prefix for
+	// ttl. In a preview it is a private, empty in-process store whatever
+	// the kind. It is nil for stages built outside a pipeline (tests set
+	// it themselves).
+	DedupeStore func(kind, prefix string, ttl time.Duration) (backend.DedupeStore, error)
 	// ConfigDir is the directory of the config file, for relative paths.
 	ConfigDir string
 	// Offline is set when the pipeline is built for a preview: nothing
-	// outside the process may be touched (Redis is nil then), so a stage
-	// that keeps shared state uses a private, empty one instead.
+	// outside the process may be touched.
 	Offline bool
 }
 
@@ -76,18 +83,73 @@ func NewSinkType[C any](doc string, defaults func() *C, build func(*C, Env) (Sin
 	}
 }
 
-// Registry holds the stage and sink types a pipeline can be built from. It
-// is a value: embedders and tests each get their own.
-type Registry struct {
-	stages map[string]StageType
-	sinks  map[string]SinkType
+// BackendType is a registered backend kind: the broker, DLQ, ledger, dedupe
+// store and breaker store of one storage technology.
+type BackendType struct {
+	// Doc is one line saying what the backend is.
+	Doc string
+	// InProcess says the backend keeps everything in this process. A
+	// preview, which touches nothing outside the process, uses an
+	// in-process backend in place of every other kind.
+	InProcess bool
+	// Configured reports whether a config gives the backend what it needs
+	// (the redis backend needs redis.url); nil means always. A pipeline
+	// opens every configured backend, and broker.type must name one.
+	Configured func(cfg *Config) bool
+	// Needs says what Configured looks for, for the error when something
+	// uses the backend without it (for example "redis.url").
+	Needs string
+	// Open opens the backend. It makes no network call that could fail
+	// the start: a backend that is down makes the pipeline not ready, not
+	// unable to start.
+	Open func(ctx context.Context, env BackendEnv) (backend.Backend, error)
 }
 
-// NewRegistry returns an empty registry. Built-in types are added by
-// builtin.Register (package pipeline/builtin).
-func NewRegistry() *Registry {
-	return &Registry{stages: map[string]StageType{}, sinks: map[string]SinkType{}}
+// BackendEnv is what a backend gets when it is opened.
+type BackendEnv struct {
+	// Config is the whole pipeline config; backends read broker and redis.
+	Config *Config
+	// Logger is tagged with the backend's kind.
+	Logger *slog.Logger
+	// Watermill is Logger bridged for watermill's publishers and
+	// subscribers.
+	Watermill watermill.LoggerAdapter
+	// TracerProvider and MeterProvider are the injected telemetry.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	// ReplicaID names this process among replicas sharing a backend.
+	ReplicaID string
 }
+
+// Registry holds the stage, sink and backend types a pipeline can be built
+// from. It is a value: embedders and tests each get their own.
+type Registry struct {
+	stages   map[string]StageType
+	sinks    map[string]SinkType
+	backends map[string]BackendType
+}
+
+// NewRegistry returns an empty registry. Package builtin returns one with
+// labelpipe's own types.
+func NewRegistry() *Registry {
+	return &Registry{stages: map[string]StageType{}, sinks: map[string]SinkType{}, backends: map[string]BackendType{}}
+}
+
+// RegisterBackend adds a backend kind, with the same rules as
+// RegisterStage.
+func (r *Registry) RegisterBackend(name string, t BackendType) {
+	checkTypeName(name, t.Open == nil)
+	if _, dup := r.backends[name]; dup {
+		panic(fmt.Sprintf("pipeline: backend %q registered twice", name))
+	}
+	r.backends[name] = t
+}
+
+// Backend looks up a backend kind.
+func (r *Registry) Backend(name string) (BackendType, bool) { t, ok := r.backends[name]; return t, ok }
+
+// BackendTypes lists the registered backend kinds, sorted.
+func (r *Registry) BackendTypes() []string { return slices.Sorted(maps.Keys(r.backends)) }
 
 var typeName = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 
@@ -115,7 +177,7 @@ func checkTypeName(name string, incomplete bool) {
 		panic(fmt.Sprintf("pipeline: type name %q is not snake_case", name))
 	}
 	if incomplete {
-		panic(fmt.Sprintf("pipeline: type %q needs Config and Build", name))
+		panic(fmt.Sprintf("pipeline: type %q is incomplete (a stage or sink needs Config and Build, a backend Open)", name))
 	}
 }
 

@@ -3,8 +3,9 @@ package pipeline
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
+
+	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
 // Request is one request a sink sends for an export: one chunk of what the
@@ -22,11 +23,14 @@ type Request struct {
 	Body []byte
 }
 
+// Key names the request's delivery record: (export id, sink, chunk).
+func (r *Request) Key() backend.DeliveryKey {
+	return backend.DeliveryKey{ExportID: r.ExportID, Sink: r.Sink, Chunk: r.Chunk}
+}
+
 // IdempotencyKey is derived from (export id, sink, chunk) only, so a
 // redelivery after a crash carries the same key.
-func (r *Request) IdempotencyKey() string {
-	return r.ExportID + "." + r.Sink + "." + strconv.Itoa(r.Chunk)
-}
+func (r *Request) IdempotencyKey() string { return r.Key().String() }
 
 // Sink delivers rendered requests to one vendor.
 type Sink interface {

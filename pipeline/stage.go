@@ -8,84 +8,39 @@ import (
 	"time"
 )
 
-// Export is one webhook delivery as it moves through the ingress stages.
-// The HTTP source decodes the body once; stages read and replace Payload.
-type Export struct {
-	// ID is assigned on arrival and names the export everywhere after.
-	ID string
-	// ReceivedAt is when the source read the request.
-	ReceivedAt time.Time
-	// Header holds the webhook request's headers; ingress stages only.
-	Header http.Header
-	// Body is the raw request body as received.
-	Body []byte
-	// Payload is the decoded JSON document. A stage that changes it
-	// assigns a new value and never edits the old one in place: the
-	// source publishes the raw Body when Payload is still the value it
-	// decoded.
-	Payload any
-	// Attrs carries values one stage leaves for a later one or for the
-	// source (for example the dedupe key to release on a failed publish).
-	Attrs map[string]string
-
-	orig any // Payload as decoded, to tell whether a stage replaced it
-}
-
-// Info is the `$export` value jq programs see.
-func (e *Export) Info() map[string]any {
-	event, project, issueID := e.facts()
-	return map[string]any{
-		"id":          e.ID,
-		"received_at": e.ReceivedAt.UTC().Format(time.RFC3339Nano),
-		"event":       event,
-		"project":     project,
-		"issue_id":    issueID,
-	}
-}
-
-// facts reads the event, project and issue id from the payload, "" for
-// any that is missing.
-func (e *Export) facts() (event, project, issueID string) {
-	m, _ := e.Payload.(map[string]any)
-	event, _ = m["event"].(string)
-	project, _ = m["project"].(string)
-	if is, ok := m["issue"].(map[string]any); ok {
-		issueID, _ = is["id"].(string)
-	}
-	return event, project, issueID
-}
-
-// Event is the payload's `event` field, or "" when it has none. It reads
-// the field directly: the source asks once per export on the hot path.
-func (e *Export) Event() string {
-	m, _ := e.Payload.(map[string]any)
-	s, _ := m["event"].(string)
-	return s
-}
-
-// SetAttr records a value for later stages or the source.
-func (e *Export) SetAttr(k, v string) {
-	if e.Attrs == nil {
-		e.Attrs = map[string]string{}
-	}
-	e.Attrs[k] = v
-}
-
-// Stage is one ingress step. It runs synchronously with the webhook request.
-//
-// It returns the exports to pass on: usually the one it got, possibly
-// rewritten; none to drop the export on purpose (a filter), in which case it
-// should say why through Dropped. An error carries its HTTP meaning: build
-// it with Reject, Duplicate or Unavailable. Any other error answers 500.
+// Stage is one ingress step. It runs synchronously with the webhook
+// request, on one export: it may read and replace e.Payload and set
+// attributes. It returns nil to pass the export on, or an error that says
+// what happens to it instead, built with Drop (200 filtered), Reject or
+// Invalid (a 4xx), Duplicate (200 duplicate) or Unavailable (503 with
+// Retry-After). Any other error answers 500.
 type Stage interface {
-	Process(ctx context.Context, e *Export) ([]*Export, error)
+	Process(ctx context.Context, e *Export) error
+}
+
+// RawStage is implemented by stages that read only the headers and the raw
+// body (secret and signature checks). Leading raw stages run before the
+// body is decoded, so a caller with a bad secret gets 401, not a parse
+// error, and costs no parse.
+type RawStage interface {
+	Stage
+	RawOnly()
 }
 
 // Releaser is implemented by stages that reserve something (a dedupe key)
-// which must be given back when the export could not be durably published,
-// so that the caller's retry is not swallowed.
+// in Process: Release gives it back when the export is not accepted after
+// all (a later stage stopped it, or the durable publish failed), so that
+// the caller's retry is not swallowed. Once the export is published, the
+// reservation stands.
 type Releaser interface {
 	Release(ctx context.Context, e *Export) error
+}
+
+// Previewer is implemented by stages whose Process has side effects (a
+// dedupe reservation). A preview calls Preview instead: same verdict, no
+// effect.
+type Previewer interface {
+	Preview(ctx context.Context, e *Export) error
 }
 
 // Closer is implemented by stages and sinks that hold resources.
@@ -93,17 +48,49 @@ type Closer interface {
 	Close() error
 }
 
-// Verdict kinds carried by a *StageError.
+// Verdict is what became of an export at a stage. It names the outcome in
+// metrics, spans, logs and the preview.
 type Verdict int
 
 const (
-	// VerdictReject answers the caller with a 4xx and drops the export.
-	VerdictReject Verdict = iota + 1
+	// VerdictPass passes the export to the next stage.
+	VerdictPass Verdict = iota
+	// VerdictDrop drops it on purpose: 200 {"status":"filtered"}.
+	VerdictDrop
 	// VerdictDuplicate answers 200 {"status":"duplicate"}.
 	VerdictDuplicate
+	// VerdictReject answers the caller with a 4xx.
+	VerdictReject
 	// VerdictUnavailable answers 503 with Retry-After: try again later.
 	VerdictUnavailable
+	// VerdictError is an unexpected failure: 500.
+	VerdictError
+	// VerdictSkipped is a stage a preview did not run (no headers).
+	VerdictSkipped
 )
+
+var verdictNames = [...]string{"passed", "dropped", "duplicate", "rejected", "unavailable", "error", "skipped"}
+
+func (v Verdict) String() string {
+	if int(v) < len(verdictNames) {
+		return verdictNames[v]
+	}
+	return fmt.Sprintf("verdict(%d)", int(v))
+}
+
+// MarshalText writes the verdict's name, as the preview's JSON shows it.
+func (v Verdict) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
+
+// VerdictOf is the verdict a stage's error gives.
+func VerdictOf(err error) Verdict {
+	if err == nil {
+		return VerdictPass
+	}
+	if se, ok := AsStageError(err); ok {
+		return se.Verdict
+	}
+	return VerdictError
+}
 
 // Violation is one schema violation, reported in a 422 answer.
 type Violation struct {
@@ -117,7 +104,8 @@ type StageError struct {
 	Verdict Verdict
 	// Status is the HTTP status for VerdictReject.
 	Status int
-	// Msg says plainly what was wrong; it is the body's "error".
+	// Msg says plainly what was wrong, or why the export was dropped; it
+	// is the answer's "error" (or "reason").
 	Msg string
 	// Violations lists schema violations (422).
 	Violations []Violation
@@ -138,6 +126,12 @@ func (e *StageError) Error() string {
 }
 
 func (e *StageError) Unwrap() error { return e.Err }
+
+// Drop stops the export on purpose; the caller is answered 200
+// {"status":"filtered","reason":...}, so it does not retry.
+func Drop(format string, args ...any) error {
+	return &StageError{Verdict: VerdictDrop, Status: http.StatusOK, Msg: fmt.Sprintf(format, args...)}
+}
 
 // Reject stops the export with an HTTP 4xx status and a plain message.
 func Reject(status int, format string, args ...any) error {
@@ -165,33 +159,4 @@ func AsStageError(err error) (*StageError, bool) {
 	var se *StageError
 	ok := errors.As(err, &se)
 	return se, ok
-}
-
-// Dropped records on the export why a stage dropped it; the source puts the
-// reason in its answer and on the span.
-func Dropped(e *Export, reason string) []*Export {
-	e.SetAttr(AttrDropReason, reason)
-	return nil
-}
-
-// Attribute keys the pipeline itself reads.
-const (
-	// AttrDropReason is set by Dropped.
-	AttrDropReason = "drop_reason"
-	// AttrDedupeKey is the dedupe key a stage reserved.
-	AttrDedupeKey = "dedupe_key"
-)
-
-// RawStage is implemented by stages that read only the headers and the raw
-// body (secret and signature checks). Leading raw stages run before the
-// body is decoded, so a caller with a bad secret gets 401, not a parse
-// error, and costs no parse.
-type RawStage interface {
-	RawOnly()
-}
-
-// Previewer is implemented by stages whose Process has side effects (a
-// dedupe reservation). Preview calls it instead: same verdict, no effect.
-type Previewer interface {
-	Preview(ctx context.Context, e *Export) ([]*Export, error)
 }

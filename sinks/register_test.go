@@ -5,12 +5,14 @@ import (
 	"testing"
 
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/backend/memory"
 	"github.com/labelpipe/labelpipe/sinks"
 )
 
 func registry() *pipeline.Registry {
 	r := pipeline.NewRegistry()
 	sinks.Register(r)
+	r.RegisterBackend(memory.Kind, memory.Type) // the config's default broker
 	return r
 }
 

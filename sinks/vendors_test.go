@@ -8,10 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sony/gobreaker/v2"
+
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/resilience"
 	"github.com/labelpipe/labelpipe/sinks"
-	"github.com/labelpipe/labelpipe/sinks/resilience"
 )
 
 // These tests run the sinks against the fake vendors through the
@@ -131,7 +133,7 @@ func TestScaleOutageOpensBreaker(t *testing.T) {
 		c.Retry.MaxAttempts = 50
 		c.Breaker.ConsecutiveFailures = 3
 		c.Breaker.OpenTimeout = 300 * time.Millisecond
-	}, resilience.Options{Name: "scale", OnStateChange: func(from, to string) { changes <- to }})
+	}, resilience.Options{Name: "scale", OnStateChange: func(from, to gobreaker.State) { changes <- to.String() }})
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := deliver(t.Context(), p, s, request(scaleTask("i3.e1")), seconds(5))

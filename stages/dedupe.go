@@ -10,13 +10,10 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
-	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
-	"github.com/redis/go-redis/v9"
-
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
 // The dedupe stage answers 200 {"status":"duplicate"} for an export it has
@@ -49,6 +46,10 @@ const (
 	OnStoreErrorReject = "reject"
 	OnStoreErrorAllow  = "allow"
 )
+
+// AttrDedupeKey is the attribute holding the key the last dedupe stage
+// reserved; jq programs of later stages see it as $export.attrs.dedupe_key.
+const AttrDedupeKey = "dedupe_key"
 
 // dedupeRetryAfter is the Retry-After sent when the store is unavailable.
 const dedupeRetryAfter = 5 * time.Second
@@ -108,7 +109,7 @@ func (c *DedupeConfig) Validate() error {
 func buildDedupe(c *DedupeConfig, env pipeline.Env) (pipeline.Stage, error) {
 	d := &Dedupe{
 		name:   env.Name,
-		attr:   pipeline.AttrDedupeKey + ":" + env.Name,
+		attr:   AttrDedupeKey + ":" + env.Name,
 		allow:  c.OnStoreError == OnStoreErrorAllow,
 		logger: env.Logger,
 	}
@@ -122,19 +123,16 @@ func buildDedupe(c *DedupeConfig, env pipeline.Env) (pipeline.Stage, error) {
 		}
 		d.key = prog
 	}
-	switch {
-	case c.Store == StoreRedis && env.Offline:
-		// A preview gives the verdict a first delivery gets, touching
-		// nothing shared.
-		d.store = NewMemoryStore(c.TTL)
-	case c.Store == StoreRedis:
-		if env.Redis == nil {
-			return nil, errors.New("dedupe store redis needs redis.url in the config")
-		}
-		d.store = NewRedisStore(env.Redis, c.KeyPrefix, c.TTL)
-	default:
-		d.store = NewMemoryStore(c.TTL)
+	if env.DedupeStore == nil {
+		return nil, errors.New("no dedupe store: the stage is built outside a pipeline (set Env.DedupeStore)")
 	}
+	// In a preview the pipeline hands out a private, empty store: the
+	// verdict a first delivery gets, touching nothing shared.
+	store, err := env.DedupeStore(c.Store, c.KeyPrefix, c.TTL)
+	if err != nil {
+		return nil, fmt.Errorf("dedupe store %s: %w", c.Store, err)
+	}
+	d.store = store
 	return d, nil
 }
 
@@ -144,7 +142,7 @@ type Dedupe struct {
 	// attr is this stage's own attribute for its key; AttrDedupeKey holds
 	// the last dedupe stage's only, and a pipeline may have more than one.
 	attr   string
-	store  DedupeStore
+	store  backend.DedupeStore
 	key    *pipeline.JQ // nil: the default key
 	allow  bool
 	logger *slog.Logger
@@ -152,13 +150,13 @@ type Dedupe struct {
 
 // Process reserves the export's key, or answers duplicate when another
 // export holds it.
-func (d *Dedupe) Process(ctx context.Context, e *pipeline.Export) ([]*pipeline.Export, error) {
+func (d *Dedupe) Process(ctx context.Context, e *pipeline.Export) error {
 	key, err := d.keyOf(ctx, e)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if key == "" {
-		return []*pipeline.Export{e}, nil
+		return nil
 	}
 	holder, reserved, err := d.store.Reserve(ctx, key, e.ID)
 	if err != nil {
@@ -167,43 +165,43 @@ func (d *Dedupe) Process(ctx context.Context, e *pipeline.Export) ([]*pipeline.E
 	// holder == e.ID: the same export came through again (a redelivery);
 	// it keeps its own reservation.
 	if !reserved && holder != e.ID {
-		return nil, pipeline.Duplicate(holder)
+		return pipeline.Duplicate(holder)
 	}
-	e.SetAttr(pipeline.AttrDedupeKey, key)
+	e.SetAttr(AttrDedupeKey, key)
 	e.SetAttr(d.attr, key)
-	return []*pipeline.Export{e}, nil
+	return nil
 }
 
 // Preview gives Process's verdict without reserving anything.
-func (d *Dedupe) Preview(ctx context.Context, e *pipeline.Export) ([]*pipeline.Export, error) {
+func (d *Dedupe) Preview(ctx context.Context, e *pipeline.Export) error {
 	key, err := d.keyOf(ctx, e)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if key == "" {
-		return []*pipeline.Export{e}, nil
+		return nil
 	}
 	holder, held, err := d.store.Holder(ctx, key)
 	if err != nil {
 		return d.storeFailed(ctx, e, err)
 	}
 	if held && holder != e.ID {
-		return nil, pipeline.Duplicate(holder)
+		return pipeline.Duplicate(holder)
 	}
-	return []*pipeline.Export{e}, nil
+	return nil
 }
 
 // storeFailed applies on_store_error.
-func (d *Dedupe) storeFailed(ctx context.Context, e *pipeline.Export, err error) ([]*pipeline.Export, error) {
+func (d *Dedupe) storeFailed(ctx context.Context, e *pipeline.Export, err error) error {
 	if ctx.Err() != nil {
-		return nil, fmt.Errorf("dedupe %s: %w", d.name, ctx.Err())
+		return fmt.Errorf("dedupe %s: %w", d.name, ctx.Err())
 	}
 	if d.allow {
 		d.logger.WarnContext(ctx, "dedupe store unavailable; passing the export without a duplicate check",
 			"export", e.ID, "error", err)
-		return []*pipeline.Export{e}, nil
+		return nil
 	}
-	return nil, pipeline.Unavailable(dedupeRetryAfter, err,
+	return pipeline.Unavailable(dedupeRetryAfter, err,
 		"Redis is unavailable, so duplicates cannot be checked; try again later")
 }
 
@@ -224,7 +222,7 @@ func (d *Dedupe) keyOf(ctx context.Context, e *pipeline.Export) (string, error) 
 	if d.key == nil {
 		return DefaultDedupeKey(e.Payload), nil
 	}
-	vs, err := d.key.Run(ctx, e.Payload, jqExport(e))
+	vs, err := d.key.Run(ctx, e.Payload, e.Info())
 	if err != nil {
 		if ctx.Err() != nil {
 			return "", fmt.Errorf("dedupe %s: %w", d.name, ctx.Err())
@@ -284,180 +282,8 @@ func DefaultDedupeKey(payload any) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// DedupeStore remembers dedupe keys for a fixed time. It is also a
-// watermill middleware.ExpiringKeyRepository, so it can back watermill's
-// Deduplicator. All methods are safe for concurrent use.
-type DedupeStore interface {
-	// Reserve records key as held by id unless the key is already held.
-	// It returns the holder's id and whether this call reserved the key.
-	Reserve(ctx context.Context, key, id string) (holder string, reserved bool, err error)
-	// Holder returns the id holding key, if any, and changes nothing.
-	Holder(ctx context.Context, key string) (id string, held bool, err error)
-	// Release forgets key if id still holds it.
-	Release(ctx context.Context, key, id string) error
-	// IsDuplicate reserves key and reports whether it was already held.
-	IsDuplicate(ctx context.Context, key string) (bool, error)
-}
-
-// isDuplicateHolder is the holder IsDuplicate records; watermill has no id.
-const isDuplicateHolder = "watermill"
-
-// MemoryStore is a DedupeStore in this process's memory. Expired keys are
-// never seen again and are swept out as new keys arrive, with no goroutine
-// to stop. (Watermill's map repository expires only on a timer, cannot
-// return the holder, cannot release a key, and leaks its timer goroutine.)
-type MemoryStore struct {
-	ttl time.Duration
-	now func() time.Time
-
-	mu        sync.Mutex
-	keys      map[string]memoryEntry
-	nextSweep time.Time
-}
-
-type memoryEntry struct {
-	id      string
-	expires time.Time
-}
-
-// NewMemoryStore returns an empty store remembering keys for ttl.
-func NewMemoryStore(ttl time.Duration) *MemoryStore {
-	return &MemoryStore{ttl: ttl, now: time.Now, keys: map[string]memoryEntry{}}
-}
-
-// Reserve implements DedupeStore.
-func (s *MemoryStore) Reserve(_ context.Context, key, id string) (string, bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := s.now()
-	if now.After(s.nextSweep) {
-		for k, e := range s.keys {
-			if !now.Before(e.expires) {
-				delete(s.keys, k)
-			}
-		}
-		// Sweeping every half ttl bounds memory to about 1.5 ttl of keys.
-		s.nextSweep = now.Add(max(s.ttl/2, time.Second))
-	}
-	if e, ok := s.keys[key]; ok && now.Before(e.expires) {
-		return e.id, false, nil
-	}
-	s.keys[key] = memoryEntry{id: id, expires: now.Add(s.ttl)}
-	return id, true, nil
-}
-
-// Holder implements DedupeStore.
-func (s *MemoryStore) Holder(_ context.Context, key string) (string, bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e, ok := s.keys[key]; ok && s.now().Before(e.expires) {
-		return e.id, true, nil
-	}
-	return "", false, nil
-}
-
-// Release implements DedupeStore.
-func (s *MemoryStore) Release(_ context.Context, key, id string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e, ok := s.keys[key]; ok && e.id == id {
-		delete(s.keys, key)
-	}
-	return nil
-}
-
-// IsDuplicate implements middleware.ExpiringKeyRepository.
-func (s *MemoryStore) IsDuplicate(ctx context.Context, key string) (bool, error) {
-	_, reserved, err := s.Reserve(ctx, key, isDuplicateHolder)
-	return !reserved, err
-}
-
-// Len is the number of keys held, expired ones not yet swept included.
-func (s *MemoryStore) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.keys)
-}
-
-// RedisStore is a DedupeStore in Redis, shared by every replica. Keys
-// expire through Redis's own TTL.
-type RedisStore struct {
-	client redis.UniversalClient
-	prefix string
-	ttl    time.Duration
-}
-
-// NewRedisStore returns a store keeping keys as prefix+key for ttl. It does
-// not own client.
-func NewRedisStore(client redis.UniversalClient, prefix string, ttl time.Duration) *RedisStore {
-	return &RedisStore{client: client, prefix: prefix, ttl: ttl}
-}
-
-// reserveScript sets the key unless it exists and returns {reserved,
-// holder} in one atomic round trip.
-var reserveScript = redis.NewScript(`
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, ARGV[1]}
-end
-return {0, redis.call('GET', KEYS[1])}
-`)
-
-// releaseScript deletes the key only if it still holds the given id, so a
-// release never frees a key a later export has taken since.
-var releaseScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-`)
-
-// Reserve implements DedupeStore.
-func (s *RedisStore) Reserve(ctx context.Context, key, id string) (string, bool, error) {
-	ms := max(s.ttl.Milliseconds(), 1)
-	res, err := reserveScript.Run(ctx, s.client, []string{s.prefix + key}, id, ms).Slice()
-	if err != nil {
-		return "", false, fmt.Errorf("redis: reserve dedupe key: %w", err)
-	}
-	if len(res) != 2 {
-		return "", false, fmt.Errorf("redis: reserve dedupe key: unexpected reply %v", res)
-	}
-	reserved, _ := res[0].(int64)
-	holder, _ := res[1].(string)
-	return holder, reserved == 1, nil
-}
-
-// Holder implements DedupeStore.
-func (s *RedisStore) Holder(ctx context.Context, key string) (string, bool, error) {
-	id, err := s.client.Get(ctx, s.prefix+key).Result()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return "", false, nil
-	case err != nil:
-		return "", false, fmt.Errorf("redis: read dedupe key: %w", err)
-	}
-	return id, true, nil
-}
-
-// Release implements DedupeStore.
-func (s *RedisStore) Release(ctx context.Context, key, id string) error {
-	if err := releaseScript.Run(ctx, s.client, []string{s.prefix + key}, id).Err(); err != nil {
-		return fmt.Errorf("redis: release dedupe key: %w", err)
-	}
-	return nil
-}
-
-// IsDuplicate implements middleware.ExpiringKeyRepository.
-func (s *RedisStore) IsDuplicate(ctx context.Context, key string) (bool, error) {
-	_, reserved, err := s.Reserve(ctx, key, isDuplicateHolder)
-	return !reserved, err
-}
-
 var (
-	_ pipeline.Stage                   = (*Dedupe)(nil)
-	_ pipeline.Releaser                = (*Dedupe)(nil)
-	_ pipeline.Previewer               = (*Dedupe)(nil)
-	_ DedupeStore                      = (*MemoryStore)(nil)
-	_ DedupeStore                      = (*RedisStore)(nil)
-	_ middleware.ExpiringKeyRepository = (*MemoryStore)(nil)
-	_ middleware.ExpiringKeyRepository = (*RedisStore)(nil)
+	_ pipeline.Stage     = (*Dedupe)(nil)
+	_ pipeline.Releaser  = (*Dedupe)(nil)
+	_ pipeline.Previewer = (*Dedupe)(nil)
 )

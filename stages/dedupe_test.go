@@ -8,10 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
-
 	"github.com/labelpipe/labelpipe/internal/redistest"
 	"github.com/labelpipe/labelpipe/internal/testutil"
 	"github.com/labelpipe/labelpipe/pipeline"
@@ -29,7 +25,7 @@ func dedupeStores(t *testing.T, f func(t *testing.T, newStage stageFactory)) {
 	t.Run("redis", func(t *testing.T) {
 		rdb := redistest.Start(t).Client(t)
 		f(t, func(t *testing.T, opts string) pipeline.Stage {
-			return mustBuild(t, "dedupe", "store: redis\n"+opts, pipeline.Env{Redis: rdb})
+			return mustBuild(t, "dedupe", "store: redis\n"+opts, redisEnv(rdb))
 		})
 	})
 }
@@ -38,11 +34,8 @@ func dedupeStores(t *testing.T, f func(t *testing.T, newStage stageFactory)) {
 type stageFactory func(t *testing.T, opts string) pipeline.Stage
 
 // checkDuplicate fails unless err is a duplicate of id.
-func checkDuplicate(t *testing.T, out []*pipeline.Export, err error, of string) {
+func checkDuplicate(t *testing.T, err error, of string) {
 	t.Helper()
-	if out != nil {
-		t.Fatalf("Process passed %d exports, want a duplicate", len(out))
-	}
 	se := stageErr(t, err)
 	if se.Verdict != pipeline.VerdictDuplicate || se.DuplicateOf != of {
 		t.Fatalf("verdict %v duplicate of %q, want duplicate of %q", se.Verdict, se.DuplicateOf, of)
@@ -68,21 +61,21 @@ func TestDedupeDuplicates(t *testing.T) {
 			t.Run(tt.name, func(t *testing.T) {
 				s := newStage(t, "key_prefix: '"+t.Name()+":'")
 				first := newExport(t, frames, nil)
-				out, err := s.Process(t.Context(), first)
-				passed(t, first, out, err)
-				if first.Attrs[pipeline.AttrDedupeKey] != stages.DefaultDedupeKey(first.Payload) {
-					t.Fatalf("attr %s = %q, want the default key", pipeline.AttrDedupeKey, first.Attrs[pipeline.AttrDedupeKey])
+				err := s.Process(t.Context(), first)
+				passed(t, first, err)
+				if first.Attrs[stages.AttrDedupeKey] != stages.DefaultDedupeKey(first.Payload) {
+					t.Fatalf("attr %s = %q, want the default key", stages.AttrDedupeKey, first.Attrs[stages.AttrDedupeKey])
 				}
 
 				second := newExport(t, tt.second, nil)
-				out, err = s.Process(t.Context(), second)
+				err = s.Process(t.Context(), second)
 				if tt.dup {
-					checkDuplicate(t, out, err, first.ID)
-					if _, ok := second.Attrs[pipeline.AttrDedupeKey]; ok {
+					checkDuplicate(t, err, first.ID)
+					if _, ok := second.Attrs[stages.AttrDedupeKey]; ok {
 						t.Fatal("a duplicate recorded a dedupe key")
 					}
 				} else {
-					passed(t, second, out, err)
+					passed(t, second, err)
 				}
 			})
 		}
@@ -100,11 +93,11 @@ func TestDedupeRedisKeys(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := mustBuild(t, "dedupe", "store: redis\nttl: 1h\n"+tt.opts, pipeline.Env{Redis: rdb})
+			s := mustBuild(t, "dedupe", "store: redis\nttl: 1h\n"+tt.opts, redisEnv(rdb))
 			e := newExport(t, mutate(t, samplePayload(t, "issue-crops.json"), `.issue.id = "`+tt.name+`"`), nil)
-			out, err := s.Process(t.Context(), e)
-			passed(t, e, out, err)
-			key := tt.prefix + e.Attrs[pipeline.AttrDedupeKey]
+			err := s.Process(t.Context(), e)
+			passed(t, e, err)
+			key := tt.prefix + e.Attrs[stages.AttrDedupeKey]
 			if got, err := rdb.Get(t.Context(), key).Result(); err != nil || got != e.ID {
 				t.Fatalf("GET %s = %q, %v; want the export id %q", key, got, err, e.ID)
 			}
@@ -123,8 +116,8 @@ func TestDedupeTTLExpiry(t *testing.T) {
 		body := samplePayload(t, "issue-frames.json")
 		start := time.Now()
 		first := newExport(t, body, nil)
-		out, err := s.Process(t.Context(), first)
-		passed(t, first, out, err)
+		err := s.Process(t.Context(), first)
+		passed(t, first, err)
 
 		// Poll until a repeat is accepted: it must be, and not before ttl.
 		deadline := time.Now().Add(5 * time.Second)
@@ -132,16 +125,16 @@ func TestDedupeTTLExpiry(t *testing.T) {
 		defer tick.Stop()
 		for {
 			e := newExport(t, body, nil)
-			out, err := s.Process(t.Context(), e)
+			err := s.Process(t.Context(), e)
 			if err == nil {
-				passed(t, e, out, err)
+				passed(t, e, err)
 				// Redis expires on its own clock; allow it a little slack.
 				if elapsed := time.Since(start); elapsed < ttl-10*time.Millisecond {
 					t.Fatalf("repeat accepted after %v, before the ttl of %v", elapsed, ttl)
 				}
 				return
 			}
-			checkDuplicate(t, out, err, first.ID)
+			checkDuplicate(t, err, first.ID)
 			if time.Now().After(deadline) {
 				t.Fatalf("repeat still a duplicate %v after a ttl of %v", time.Since(start), ttl)
 			}
@@ -156,46 +149,46 @@ func TestDedupeRelease(t *testing.T) {
 		t.Run("release lets the retry through", func(t *testing.T) {
 			s := newStage(t, "key_prefix: 'release1:'")
 			first := newExport(t, body, nil)
-			out, err := s.Process(t.Context(), first)
-			passed(t, first, out, err)
+			err := s.Process(t.Context(), first)
+			passed(t, first, err)
 			if err := s.(pipeline.Releaser).Release(t.Context(), first); err != nil {
 				t.Fatalf("Release: %v", err)
 			}
 			retry := newExport(t, body, nil)
-			out, err = s.Process(t.Context(), retry)
-			passed(t, retry, out, err)
+			err = s.Process(t.Context(), retry)
+			passed(t, retry, err)
 			// The retry now holds the key.
-			out, err = s.Process(t.Context(), newExport(t, body, nil))
-			checkDuplicate(t, out, err, retry.ID)
+			err = s.Process(t.Context(), newExport(t, body, nil))
+			checkDuplicate(t, err, retry.ID)
 		})
 		t.Run("release by a non-holder keeps the key", func(t *testing.T) {
 			s := newStage(t, "key_prefix: 'release2:'")
 			first := newExport(t, body, nil)
-			out, err := s.Process(t.Context(), first)
-			passed(t, first, out, err)
+			err := s.Process(t.Context(), first)
+			passed(t, first, err)
 			dup := newExport(t, body, nil)
-			_, err = s.Process(t.Context(), dup)
-			checkDuplicate(t, nil, err, first.ID)
+			err = s.Process(t.Context(), dup)
+			checkDuplicate(t, err, first.ID)
 
 			// The duplicate reserved nothing; an export claiming the key
 			// under another id must not free it either.
 			impostor := newExport(t, body, nil)
-			impostor.SetAttr(pipeline.AttrDedupeKey, first.Attrs[pipeline.AttrDedupeKey])
+			impostor.SetAttr(stages.AttrDedupeKey, first.Attrs[stages.AttrDedupeKey])
 			for _, e := range []*pipeline.Export{dup, impostor} {
 				if err := s.(pipeline.Releaser).Release(t.Context(), e); err != nil {
 					t.Fatalf("Release: %v", err)
 				}
 			}
-			out, err = s.Process(t.Context(), newExport(t, body, nil))
-			checkDuplicate(t, out, err, first.ID)
+			err = s.Process(t.Context(), newExport(t, body, nil))
+			checkDuplicate(t, err, first.ID)
 		})
 		t.Run("same export twice keeps its reservation", func(t *testing.T) {
 			s := newStage(t, "key_prefix: 'release3:'")
 			e := newExport(t, body, nil)
-			out, err := s.Process(t.Context(), e)
-			passed(t, e, out, err)
-			out, err = s.Process(t.Context(), e)
-			passed(t, e, out, err)
+			err := s.Process(t.Context(), e)
+			passed(t, e, err)
+			err = s.Process(t.Context(), e)
+			passed(t, e, err)
 		})
 	})
 }
@@ -212,7 +205,7 @@ func TestDedupeConcurrentFirstSightings(t *testing.T) {
 		errs := make([]error, n)
 		var wg sync.WaitGroup
 		for i := range exports {
-			wg.Go(func() { _, errs[i] = s.Process(t.Context(), exports[i]) })
+			wg.Go(func() { errs[i] = s.Process(t.Context(), exports[i]) })
 		}
 		wg.Wait()
 		var winner string
@@ -229,7 +222,7 @@ func TestDedupeConcurrentFirstSightings(t *testing.T) {
 		}
 		for _, err := range errs {
 			if err != nil {
-				checkDuplicate(t, nil, err, winner)
+				checkDuplicate(t, err, winner)
 			}
 		}
 	})
@@ -247,24 +240,24 @@ func TestDedupeCustomKey(t *testing.T) {
 	dedupeStores(t, func(t *testing.T, newStage stageFactory) {
 		s := newStage(t, `key: '$export.attrs.webhook_id'`+"\nkey_prefix: 'custom:'")
 		first := withWebhookID("msg_1")
-		out, err := s.Process(t.Context(), first)
-		passed(t, first, out, err)
-		if first.Attrs[pipeline.AttrDedupeKey] != "msg_1" {
-			t.Fatalf("key = %q, want msg_1", first.Attrs[pipeline.AttrDedupeKey])
+		err := s.Process(t.Context(), first)
+		passed(t, first, err)
+		if first.Attrs[stages.AttrDedupeKey] != "msg_1" {
+			t.Fatalf("key = %q, want msg_1", first.Attrs[stages.AttrDedupeKey])
 		}
-		out, err = s.Process(t.Context(), withWebhookID("msg_1"))
-		checkDuplicate(t, out, err, first.ID)
+		err = s.Process(t.Context(), withWebhookID("msg_1"))
+		checkDuplicate(t, err, first.ID)
 
 		other := withWebhookID("msg_2")
-		out, err = s.Process(t.Context(), other)
-		passed(t, other, out, err)
+		err = s.Process(t.Context(), other)
+		passed(t, other, err)
 
 		// No key (null): passed on unchecked, every time.
 		for range 2 {
 			e := withWebhookID("")
-			out, err := s.Process(t.Context(), e)
-			passed(t, e, out, err)
-			if _, ok := e.Attrs[pipeline.AttrDedupeKey]; ok {
+			err := s.Process(t.Context(), e)
+			passed(t, e, err)
+			if _, ok := e.Attrs[stages.AttrDedupeKey]; ok {
 				t.Fatal("an unchecked export recorded a dedupe key")
 			}
 		}
@@ -279,7 +272,7 @@ func TestDedupeCustomKey(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := mustBuild(t, "dedupe", "key: '"+tt.key+"'", pipeline.Env{})
-			_, err := s.Process(t.Context(), newExport(t, body, nil))
+			err := s.Process(t.Context(), newExport(t, body, nil))
 			se := stageErr(t, err)
 			if se.Status != http.StatusUnprocessableEntity || !strings.HasPrefix(se.Msg, tt.want) {
 				t.Fatalf("error = %d %q, want 422 %q", se.Status, se.Msg, tt.want)
@@ -303,18 +296,19 @@ func TestDedupeRedisDown(t *testing.T) {
 			srv := redistest.Start(t)
 			var logs testutil.LockedBuffer
 			logger := slog.New(slog.NewTextHandler(&logs, nil))
-			s := mustBuild(t, "dedupe", "store: redis\non_store_error: "+tt.policy,
-				pipeline.Env{Redis: srv.Client(t), Logger: logger})
+			env := redisEnv(srv.Client(t))
+			env.Logger = logger
+			s := mustBuild(t, "dedupe", "store: redis\non_store_error: "+tt.policy, env)
 
 			first := newExport(t, body, nil)
-			out, err := s.Process(t.Context(), first)
-			passed(t, first, out, err)
+			err := s.Process(t.Context(), first)
+			passed(t, first, err)
 
 			srv.Stop()
 			e := newExport(t, mutate(t, body, `.issue.id = "while-down"`), nil)
-			out, err = s.Process(t.Context(), e)
+			err = s.Process(t.Context(), e)
 			if tt.pass {
-				passed(t, e, out, err)
+				passed(t, e, err)
 				got := logs.String()
 				if !strings.Contains(got, "level=WARN") || !strings.Contains(got, "dedupe store unavailable") {
 					t.Fatalf("log = %q, want a warning about the store", got)
@@ -326,7 +320,7 @@ func TestDedupeRedisDown(t *testing.T) {
 					t.Fatalf("error = verdict %v retry-after %v %q; want unavailable, 5s, Redis is unavailable",
 						se.Verdict, se.RetryAfter, se.Msg)
 				}
-				if _, ok := e.Attrs[pipeline.AttrDedupeKey]; ok {
+				if _, ok := e.Attrs[stages.AttrDedupeKey]; ok {
 					t.Fatal("a rejected export recorded a dedupe key")
 				}
 			}
@@ -334,15 +328,15 @@ func TestDedupeRedisDown(t *testing.T) {
 			// Back up (without persistence, so the first key is gone).
 			srv.Restart()
 			again := newExport(t, body, nil)
-			out, err = s.Process(t.Context(), again)
-			passed(t, again, out, err)
+			err = s.Process(t.Context(), again)
+			passed(t, again, err)
 		})
 	}
 }
 
 func TestDedupeBuild(t *testing.T) {
-	_, err := build(t, "dedupe", "store: redis", pipeline.Env{})
-	if err == nil || err.Error() != "dedupe store redis needs redis.url in the config" {
+	_, err := build(t, "dedupe", "store: redis", redisEnv(nil))
+	if err == nil || err.Error() != "dedupe store redis: backend redis needs redis.url in the config" {
 		t.Fatalf("build without Redis = %v", err)
 	}
 }
@@ -407,36 +401,6 @@ func TestDefaultDedupeKey(t *testing.T) {
 	}
 }
 
-// TestStoresPlugIntoWatermill backs watermill's Deduplicator with each
-// store.
-func TestStoresPlugIntoWatermill(t *testing.T) {
-	stores := map[string]func(t *testing.T) middleware.ExpiringKeyRepository{
-		"memory": func(*testing.T) middleware.ExpiringKeyRepository { return stages.NewMemoryStore(time.Minute) },
-		"redis": func(t *testing.T) middleware.ExpiringKeyRepository {
-			return stages.NewRedisStore(redistest.Start(t).Client(t), "wm:", time.Minute)
-		},
-	}
-	for name, newStore := range stores {
-		t.Run(name, func(t *testing.T) {
-			d := &middleware.Deduplicator{
-				KeyFactory: middleware.NewMessageHasherSHA256(middleware.MessageHasherReadLimitMinimum),
-				Repository: newStore(t),
-				Timeout:    time.Second,
-			}
-			msg := func(p string) *message.Message { return message.NewMessage(watermill.NewUUID(), []byte(p)) }
-			for i, tc := range []struct {
-				payload string
-				dup     bool
-			}{{"a", false}, {"a", true}, {"b", false}} {
-				got, err := d.IsDuplicate(msg(tc.payload))
-				if err != nil || got != tc.dup {
-					t.Fatalf("step %d: IsDuplicate(%q) = %v, %v; want %v", i, tc.payload, got, err, tc.dup)
-				}
-			}
-		})
-	}
-}
-
 func TestDedupePreviewReservesNothing(t *testing.T) {
 	body := samplePayload(t, "issue-crops.json")
 	dedupeStores(t, func(t *testing.T, newStage stageFactory) {
@@ -447,22 +411,22 @@ func TestDedupePreviewReservesNothing(t *testing.T) {
 		}
 		for range 2 {
 			e := newExport(t, body, nil)
-			out, err := pv.Preview(t.Context(), e)
-			passed(t, e, out, err)
+			err := pv.Preview(t.Context(), e)
+			passed(t, e, err)
 		}
 		first := newExport(t, body, nil)
-		out, err := s.Process(t.Context(), first)
-		passed(t, first, out, err)
+		err := s.Process(t.Context(), first)
+		passed(t, first, err)
 
-		out, err = pv.Preview(t.Context(), newExport(t, body, nil))
-		checkDuplicate(t, out, err, first.ID)
+		err = pv.Preview(t.Context(), newExport(t, body, nil))
+		checkDuplicate(t, err, first.ID)
 	})
 
 	t.Run("redis down", func(t *testing.T) {
 		srv := redistest.Start(t)
-		s := mustBuild(t, "dedupe", "store: redis", pipeline.Env{Redis: srv.Client(t)})
+		s := mustBuild(t, "dedupe", "store: redis", redisEnv(srv.Client(t)))
 		srv.Stop()
-		_, err := s.(pipeline.Previewer).Preview(t.Context(), newExport(t, body, nil))
+		err := s.(pipeline.Previewer).Preview(t.Context(), newExport(t, body, nil))
 		if se := stageErr(t, err); se.Verdict != pipeline.VerdictUnavailable {
 			t.Fatalf("verdict = %v, want unavailable", se.Verdict)
 		}

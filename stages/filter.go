@@ -48,18 +48,18 @@ type Filter struct {
 }
 
 // Process passes the export if the predicate holds and drops it otherwise.
-func (f *Filter) Process(ctx context.Context, e *pipeline.Export) ([]*pipeline.Export, error) {
-	ok, err := f.prog.Bool(ctx, e.Payload, jqExport(e))
+func (f *Filter) Process(ctx context.Context, e *pipeline.Export) error {
+	ok, err := f.prog.Bool(ctx, e.Payload, e.Info())
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("filter %s: %w", f.name, ctx.Err())
+			return fmt.Errorf("filter %s: %w", f.name, ctx.Err())
 		}
-		return nil, pipeline.Reject(http.StatusUnprocessableEntity, "filter %s failed: %v", f.name, err)
+		return pipeline.Reject(http.StatusUnprocessableEntity, "filter %s failed: %v", f.name, err)
 	}
 	if !ok {
-		return pipeline.Dropped(e, fmt.Sprintf("filter %s: expression is false", f.name)), nil
+		return pipeline.Drop("filter %s: expression is false", f.name)
 	}
-	return []*pipeline.Export{e}, nil
+	return nil
 }
 
 // validateExpr checks a required jq program field named expr.
@@ -71,20 +71,6 @@ func validateExpr(expr, example string) error {
 		return pipeline.FieldErr("expr", "%v", err)
 	}
 	return nil
-}
-
-// jqExport is the `$export` value the stages' jq programs see: the
-// export's facts plus the attributes earlier stages left (for example
-// attrs.webhook_id from the secret stage). gojq takes only JSON-shaped
-// values, hence the map[string]any copy.
-func jqExport(e *pipeline.Export) map[string]any {
-	info := e.Info()
-	attrs := make(map[string]any, len(e.Attrs))
-	for k, v := range e.Attrs {
-		attrs[k] = v
-	}
-	info["attrs"] = attrs
-	return info
 }
 
 var _ pipeline.Stage = (*Filter)(nil)

@@ -37,7 +37,7 @@ func TestFilter(t *testing.T) {
 			s := mustBuild(t, "filter", "expr: '"+tt.expr+"'", pipeline.Env{Name: "only_frames"})
 			e := newExport(t, tt.body, nil)
 			e.SetAttr("webhook_id", "msg_1")
-			out, err := s.Process(t.Context(), e)
+			err := s.Process(t.Context(), e)
 			switch {
 			case tt.wantErr != "":
 				se := stageErr(t, err)
@@ -45,16 +45,14 @@ func TestFilter(t *testing.T) {
 					t.Fatalf("error = %v %d %q, want 422 %q…", se.Verdict, se.Status, se.Msg, tt.wantErr)
 				}
 			case tt.pass:
-				passed(t, e, out, err)
-				if _, ok := e.Attrs[pipeline.AttrDropReason]; ok {
-					t.Fatal("a passed export has a drop reason")
-				}
+				passed(t, e, err)
 			default:
-				if err != nil || len(out) != 0 {
-					t.Fatalf("Process = %d exports, %v; want dropped", len(out), err)
+				se := stageErr(t, err)
+				if se.Verdict != pipeline.VerdictDrop || pipeline.VerdictOf(err) != pipeline.VerdictDrop {
+					t.Fatalf("verdict %v (%v), want dropped", se.Verdict, err)
 				}
-				if got := e.Attrs[pipeline.AttrDropReason]; got != "filter only_frames: expression is false" {
-					t.Fatalf("drop reason = %q", got)
+				if se.Msg != "filter only_frames: expression is false" {
+					t.Fatalf("drop reason = %q", se.Msg)
 				}
 			}
 		})
@@ -65,7 +63,7 @@ func TestFilterCancelledContext(t *testing.T) {
 	s := mustBuild(t, "filter", `expr: '[range(1e9)] | length > 0'`, pipeline.Env{})
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	_, err := s.Process(ctx, newExport(t, samplePayload(t, "test-payload.json"), nil))
+	err := s.Process(ctx, newExport(t, samplePayload(t, "test-payload.json"), nil))
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("error = %v, want context.Canceled", err)
 	}

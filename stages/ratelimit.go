@@ -94,12 +94,12 @@ type RateLimit struct {
 
 // Process lets the export through if its bucket has a token, and answers
 // 429 with the wait until the next one otherwise.
-func (r *RateLimit) Process(ctx context.Context, e *pipeline.Export) ([]*pipeline.Export, error) {
+func (r *RateLimit) Process(ctx context.Context, e *pipeline.Export) error {
 	key := ""
 	if r.key != nil {
-		v, err := r.key.Run(ctx, e.Payload, jqExport(e))
+		v, err := r.key.Run(ctx, e.Payload, e.Info())
 		if err != nil {
-			return nil, pipeline.Reject(http.StatusUnprocessableEntity, "rate_limit %s: key failed: %v", r.name, err)
+			return pipeline.Reject(http.StatusUnprocessableEntity, "rate_limit %s: key failed: %v", r.name, err)
 		}
 		key = fmt.Sprint(v)
 	}
@@ -107,10 +107,10 @@ func (r *RateLimit) Process(ctx context.Context, e *pipeline.Export) ([]*pipelin
 	if wait := res.Delay(); wait > 0 {
 		// Not taken: the token stays for the caller that waits its turn.
 		res.Cancel()
-		return nil, &pipeline.StageError{Verdict: pipeline.VerdictReject, Status: http.StatusTooManyRequests, RetryAfter: wait,
+		return &pipeline.StageError{Verdict: pipeline.VerdictReject, Status: http.StatusTooManyRequests, RetryAfter: wait,
 			Msg: fmt.Sprintf("rate limited: more than %g webhooks a second (stage %s); retry after %s", float64(r.limit), r.name, wait.Round(time.Millisecond))}
 	}
-	return []*pipeline.Export{e}, nil
+	return nil
 }
 
 func (r *RateLimit) bucket(key string) *rate.Limiter {

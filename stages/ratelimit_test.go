@@ -28,9 +28,9 @@ func TestRateLimit(t *testing.T) {
 			st := mustBuild(t, "rate_limit", tc.opts, pipeline.Env{})
 			for i, project := range tc.projects {
 				e := &pipeline.Export{ID: "x", Payload: map[string]any{"event": "issue-exported", "project": project}}
-				out, err := st.Process(t.Context(), e)
+				err := st.Process(t.Context(), e)
 				if tc.want[i] == 0 {
-					if err != nil || len(out) != 1 {
+					if err != nil {
 						t.Fatalf("webhook %d (%s): %v, want it through", i, project, err)
 					}
 					continue

@@ -143,19 +143,19 @@ type Schema struct {
 }
 
 // Process validates listed events and answers 422 listing every violation.
-func (s *Schema) Process(_ context.Context, e *pipeline.Export) ([]*pipeline.Export, error) {
+func (s *Schema) Process(_ context.Context, e *pipeline.Export) error {
 	if !slices.Contains(s.events, e.Event()) {
-		return []*pipeline.Export{e}, nil
+		return nil
 	}
 	err := s.schema.Validate(e.Payload)
 	if err == nil {
-		return []*pipeline.Export{e}, nil
+		return nil
 	}
 	var ve *jsonschema.ValidationError
 	if !errors.As(err, &ve) {
-		return nil, pipeline.Reject(422, "payload cannot be checked against the %s schema: %v", s.label, err)
+		return pipeline.Reject(422, "payload cannot be checked against the %s schema: %v", s.label, err)
 	}
-	return nil, pipeline.Invalid(fmt.Sprintf("payload does not match the %s schema", s.label), violations(ve))
+	return pipeline.Invalid(fmt.Sprintf("payload does not match the %s schema", s.label), violations(ve))
 }
 
 var printer = message.NewPrinter(language.English)

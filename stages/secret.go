@@ -141,7 +141,7 @@ type Secret struct {
 
 // Process passes the export on if its secret or signature is valid, and
 // answers 401 otherwise.
-func (s *Secret) Process(_ context.Context, e *pipeline.Export) ([]*pipeline.Export, error) {
+func (s *Secret) Process(_ context.Context, e *pipeline.Export) error {
 	var err error
 	switch s.scheme {
 	case SchemeStandardWebhooks:
@@ -152,9 +152,9 @@ func (s *Secret) Process(_ context.Context, e *pipeline.Export) ([]*pipeline.Exp
 		err = s.checkHeader(e)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return []*pipeline.Export{e}, nil
+	return nil
 }
 
 // RawOnly marks the stage as reading only headers and the raw body, so it

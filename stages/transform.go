@@ -48,20 +48,20 @@ type Transform struct {
 }
 
 // Process replaces e.Payload with the program's one value.
-func (t *Transform) Process(ctx context.Context, e *pipeline.Export) ([]*pipeline.Export, error) {
-	vs, err := t.prog.Run(ctx, e.Payload, jqExport(e))
+func (t *Transform) Process(ctx context.Context, e *pipeline.Export) error {
+	vs, err := t.prog.Run(ctx, e.Payload, e.Info())
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("transform %s: %w", t.name, ctx.Err())
+			return fmt.Errorf("transform %s: %w", t.name, ctx.Err())
 		}
-		return nil, pipeline.Reject(http.StatusUnprocessableEntity, "transform %s failed: %v", t.name, err)
+		return pipeline.Reject(http.StatusUnprocessableEntity, "transform %s failed: %v", t.name, err)
 	}
 	if len(vs) != 1 {
-		return nil, pipeline.Reject(http.StatusUnprocessableEntity,
+		return pipeline.Reject(http.StatusUnprocessableEntity,
 			"transform %s failed: the expression yielded %d values, want exactly one", t.name, len(vs))
 	}
 	e.Payload = vs[0]
-	return []*pipeline.Export{e}, nil
+	return nil
 }
 
 var _ pipeline.Stage = (*Transform)(nil)

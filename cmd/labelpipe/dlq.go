@@ -20,6 +20,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/backend"
+	redisbackend "github.com/labelpipe/labelpipe/pipeline/backend/redis"
 )
 
 const dlqUsage = `usage:
@@ -90,7 +92,7 @@ func dlqCommand(args []string, stdout, stderr io.Writer) int {
 		printConfigError(stderr, err)
 		return 1
 	}
-	if cfg.Broker.Type != "redis" || cfg.Redis.URL == "" {
+	if cfg.Broker.Type != redisbackend.Kind || cfg.Redis.URL == "" {
 		fmt.Fprintf(stderr, "labelpipe dlq: %s uses broker %q; dead letters of the memory broker live inside the daemon, use its admin API (GET /api/dlq)\n",
 			*cfgPath, cfg.Broker.Type)
 		return 1
@@ -111,14 +113,14 @@ func dlqCommand(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	client, err := pipeline.NewRedisClient(ctx, cfg.Redis, nil, nil, nil)
+	client, err := redisbackend.NewClient(ctx, cfg.Redis, nil, nil, nil)
 	if err != nil {
 		fmt.Fprintln(stderr, "labelpipe dlq:", err)
 		return 1
 	}
 	defer func() { _ = client.Close() }()
-	// The same key prefix the daemon's DLQ uses (pipeline/wiring.go).
-	dlq := pipeline.NewRedisDLQ(client, cfg.Redis.KeyPrefix)
+	// The same key prefix the daemon's DLQ uses (redisbackend.Type).
+	dlq := redisbackend.NewDLQ(client, cfg.Redis.KeyPrefix)
 
 	switch sub {
 	case "list":
@@ -126,7 +128,7 @@ func dlqCommand(args []string, stdout, stderr io.Writer) int {
 	case "show":
 		err = dlqShow(ctx, dlq, *sink, ids[0], stdout)
 	case "purge":
-		var taken []*pipeline.DeadLetter
+		var taken []*backend.DeadLetter
 		taken, err = dlq.Take(ctx, *sink, ids)
 		if err == nil {
 			fmt.Fprintf(stdout, "purged %d entries from %s\n", len(taken), *sink)
@@ -142,7 +144,7 @@ func dlqCommand(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func dlqList(ctx context.Context, dlq pipeline.DLQ, sink string, names []string, limit int, asJSON bool, stdout io.Writer) error {
+func dlqList(ctx context.Context, dlq backend.DLQ, sink string, names []string, limit int, asJSON bool, stdout io.Writer) error {
 	if sink == "" {
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SINK\tENTRIES")
@@ -187,18 +189,18 @@ func dlqList(ctx context.Context, dlq pipeline.DLQ, sink string, names []string,
 }
 
 // dlqShow prints one entry with the request it holds.
-func dlqShow(ctx context.Context, dlq pipeline.DLQ, sink, id string, stdout io.Writer) error {
+func dlqShow(ctx context.Context, dlq backend.DLQ, sink, id string, stdout io.Writer) error {
 	entries, err := dlq.List(ctx, sink, 0)
 	if err != nil {
 		return err
 	}
-	i := slices.IndexFunc(entries, func(d *pipeline.DeadLetter) bool { return d.ID == id })
+	i := slices.IndexFunc(entries, func(d *backend.DeadLetter) bool { return d.ID == id })
 	if i < 0 {
 		return fmt.Errorf("%s has no dead letter %s", sink, id)
 	}
 	d := entries[i]
 	out := struct {
-		*pipeline.DeadLetter
+		*backend.DeadLetter
 		Message any `json:"message,omitempty"`
 	}{DeadLetter: d}
 	if m := d.Message; m != nil {
@@ -221,7 +223,7 @@ func dlqShow(ctx context.Context, dlq pipeline.DLQ, sink, id string, stdout io.W
 
 // dlqReplay moves entries back to their sink's queue through the redis
 // broker, as the daemon's own replay does.
-func dlqReplay(ctx context.Context, cfg *pipeline.Config, client redis.UniversalClient, dlq pipeline.DLQ, sink string, ids []string, stdout, stderr io.Writer) error {
+func dlqReplay(ctx context.Context, cfg *pipeline.Config, client redis.UniversalClient, dlq backend.DLQ, sink string, ids []string, stdout, stderr io.Writer) error {
 	total := int64(len(ids))
 	if total == 0 {
 		n, err := dlq.Len(ctx, sink)
@@ -231,7 +233,7 @@ func dlqReplay(ctx context.Context, cfg *pipeline.Config, client redis.Universal
 		total = n
 	}
 	host, _ := os.Hostname()
-	broker, err := pipeline.NewRedisBroker(client, cfg.Broker, fmt.Sprintf("dlq-cli-%s-%d", host, os.Getpid()), nil)
+	broker, err := redisbackend.NewBroker(client, cfg.Broker, fmt.Sprintf("dlq-cli-%s-%d", host, os.Getpid()), nil)
 	if err != nil {
 		return err
 	}
@@ -249,7 +251,7 @@ func dlqReplay(ctx context.Context, cfg *pipeline.Config, client redis.Universal
 	if bar != nil {
 		bar.finish()
 	}
-	fmt.Fprintf(stdout, "replayed %d entries to %s\n", n, pipeline.TopicSink(sink))
+	fmt.Fprintf(stdout, "replayed %d entries to %s\n", n, backend.TopicSink(sink))
 	if err != nil {
 		return err
 	}
@@ -260,10 +262,10 @@ func dlqReplay(ctx context.Context, cfg *pipeline.Config, client redis.Universal
 }
 
 // missing reports ids the DLQ did not have.
-func missing(ids []string, taken []*pipeline.DeadLetter) error {
+func missing(ids []string, taken []*backend.DeadLetter) error {
 	var gone []string
 	for _, id := range ids {
-		if !slices.ContainsFunc(taken, func(d *pipeline.DeadLetter) bool { return d.ID == id }) {
+		if !slices.ContainsFunc(taken, func(d *backend.DeadLetter) bool { return d.ID == id }) {
 			gone = append(gone, id)
 		}
 	}

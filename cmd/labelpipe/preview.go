@@ -9,8 +9,8 @@ import (
 	"net/http"
 	"os"
 
+	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/pipeline"
-	"github.com/labelpipe/labelpipe/pipeline/builtin"
 )
 
 // previewCommand shows what the pipeline would do with a payload: each

@@ -15,8 +15,9 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/pipeline"
-	"github.com/labelpipe/labelpipe/pipeline/builtin"
+	"github.com/labelpipe/labelpipe/pipeline/telemetry"
 )
 
 const defaultConfig = "configs/labelpipe.yaml"
@@ -41,7 +42,7 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 
 	replica := replicaID()
-	tel, err := pipeline.NewTelemetry(ctx, cfg.Tracing, pipeline.TelemetryInfo{Version: version, ReplicaID: replica})
+	tel, err := telemetry.New(ctx, cfg.Tracing, telemetry.Info{Version: version, ReplicaID: replica})
 	if err != nil {
 		logger.Error("telemetry", "err", err)
 		return 1
@@ -59,6 +60,7 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 		TracerProvider: tel.TracerProvider,
 		MeterProvider:  tel.MeterProvider,
 		Metrics:        tel.Metrics,
+		Profiles:       telemetry.Profiles(),
 		ReplicaID:      replica,
 		Version:        version,
 	})

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/pipeline"
-	"github.com/labelpipe/labelpipe/pipeline/builtin"
 )
 
 // validateCommand decodes and validates a config without running it. It

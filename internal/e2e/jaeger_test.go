@@ -21,12 +21,14 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/configs"
 	"github.com/labelpipe/labelpipe/internal/jaegertest"
 	"github.com/labelpipe/labelpipe/internal/redistest"
 	"github.com/labelpipe/labelpipe/internal/testutil"
 	"github.com/labelpipe/labelpipe/pipeline"
-	"github.com/labelpipe/labelpipe/pipeline/builtin"
+	"github.com/labelpipe/labelpipe/pipeline/backend"
+	"github.com/labelpipe/labelpipe/pipeline/telemetry"
 )
 
 // payload has two elements: Scale gets two requests, Labelbox one.
@@ -108,7 +110,7 @@ sinks:
 	}
 
 	// The daemon's wiring, as cmd/labelpipe does it.
-	tel, err := pipeline.NewTelemetry(ctx, cfg.Tracing, pipeline.TelemetryInfo{Version: "e2e", ReplicaID: "replica-e2e"})
+	tel, err := telemetry.New(ctx, cfg.Tracing, telemetry.Info{Version: "e2e", ReplicaID: "replica-e2e"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +320,7 @@ func checkTrace(t *testing.T, tr jaegertest.Trace, exportID string, onRedis bool
 	pubExports := one("labelpipe", "publish exports")
 	parentIs(pubExports, hook)
 	kindIs(pubExports, "producer")
-	tag(pubExports, "messaging.destination.name", pipeline.TopicExports)
+	tag(pubExports, "messaging.destination.name", backend.TopicExports)
 	system := "gochannel"
 	if onRedis {
 		system = "redis"
@@ -336,7 +338,7 @@ func checkTrace(t *testing.T, tr jaegertest.Trace, exportID string, onRedis bool
 		pub := one("labelpipe", "publish sink."+sink)
 		parentIs(pub, fanout)
 		kindIs(pub, "producer")
-		tag(pub, "messaging.destination.name", pipeline.TopicSink(sink))
+		tag(pub, "messaging.destination.name", backend.TopicSink(sink))
 		for _, consume := range tr.Find("labelpipe", "process sink."+sink) {
 			parentIs(consume, pub)
 			kindIs(consume, "consumer")

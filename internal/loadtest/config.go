@@ -1,0 +1,42 @@
+package loadtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// secret is the webhook secret the senders present and both the daemon and
+// the forwarder check.
+const secret = "bench-secret"
+
+// The three sinks' bodies, the same in the daemon's config (as jq) and in
+// the forwarder (as Go), so both do the same work.
+var sinkBodies = []string{
+	`{query: "mutation Batch($p: ID!, $name: String!, $keys: [String!]) { project(where:{id:$p}) { createBatchV2(input:{name:$name, globalKeys:$keys}) { batch { id } } } }", variables: {p: .project, name: ("aq-" + .issue.id), keys: [.issue.elements[].frame_id]}}`,
+	`{issue: .issue.id, tasks: [.issue.elements[] | {unique_id: (.element_id), attachment: .frame_data.sensor_data[0].data_urls.image_url, project: .dataset}]}`,
+	`{issue: .issue.id, tasks: [.issue.elements[] | {data: {image: .frame_data.sensor_data[0].data_urls.image_url}, meta: {frame_id: .frame_id, element_id: .element_id}}]}`,
+}
+
+// daemonConfig is the daemon's YAML config for one run: the webhook on addr,
+// the admin server (pprof) on admin, the secret, schema and dedupe stages,
+// and one http sink per vendor URL.
+func daemonConfig(addr, admin string, o Options, vendorURLs []string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "server: {addr: %q, path: /webhook, max_body_bytes: %d}\nadmin: {addr: %q}\nlog: {level: warn}\n", addr, 256<<20, admin)
+	if o.Broker == "redis" {
+		// A prefix of its own, so streams and keys left by an earlier run
+		// on the same Redis are not redelivered into this one.
+		prefix := fmt.Sprintf("bench%d:", time.Now().UnixNano())
+		fmt.Fprintf(&b, "broker: {type: redis, prefix: %q}\nredis: {url: %q, key_prefix: %q}\n", prefix, o.RedisURL, prefix)
+	} else {
+		b.WriteString("broker: {type: memory}\n")
+	}
+	b.WriteString("stages:\n  - {type: secret, secrets: [" + secret + "]}\n  - {type: schema, schema: issue-exported}\n  - {type: dedupe, store: memory, ttl: 1h}\nsinks:\n")
+	for i, u := range vendorURLs {
+		body, _ := json.Marshal(sinkBodies[i])
+		fmt.Fprintf(&b, "  - {name: vendor%d, type: http, url: %q, max_in_flight: %d, body: %s}\n", i, u, o.MaxInFlight, body)
+	}
+	return b.String()
+}

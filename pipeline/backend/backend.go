@@ -1,0 +1,237 @@
+// Package backend holds the contracts between labelpipe's engine and the
+// storage it runs on: the message broker, the dead-letter queue, the
+// delivery ledger, the dedupe store and the shared circuit-breaker store.
+// Each backend kind (memory, redis, or one an embedder registers) provides
+// all of them behind Backend, so the engine never asks which kind it has.
+// The implementations live in subpackages (memory, redis), and
+// backendtest is the conformance suite every implementation passes.
+//
+// # How an export moves through a broker
+//
+// The webhook publishes each accepted export to TopicExports. The fan-out
+// consumes it and publishes one message per request of every sink that
+// wants it on TopicSink(name); the sink's handlers consume those, in
+// consumer group SinkGroup(name). Trace context and the export's facts ride
+// in message metadata (the Meta* keys). A request the sink gives up on is
+// kept in the DLQ until an operator replays or purges it.
+//
+// # Contracts the next steps build on
+//
+// These shapes are decided here so that later work fills them in rather
+// than adding parallel state. Only what exists today is implemented.
+//
+//   - Publish once under a key. The dedupe reservation and the durable
+//     publish are to become one atomic step on a backend that can do it
+//     (a Lua script on Redis), so that a crash between them can never
+//     leave a key that answers "duplicate" for an export that is not on
+//     the broker. That is why a backend owns its dedupe store: the Redis
+//     store's keys will share the exports stream's hash tag, so one script
+//     may touch both on a Redis Cluster. The id of an export accepted again
+//     after such a crash is then the one first reserved, so vendor
+//     idempotency keys (derived from it) stay the same.
+//   - One delivery record per (export, sink, chunk), named by DeliveryKey
+//     and owned by the backend's Ledger. Today a record only says
+//     "delivered". The attempt count that must survive restarts, the step
+//     checkpoints of multi-step vendors (create a task, then attach
+//     files) and the state an export history shows are to be fields of the
+//     same record, not stores of their own.
+//   - Admission and queue statistics belong to the broker. A broker that
+//     buffers in process bounds what it holds and makes the webhook wait
+//     (Admit); one that keeps its queue elsewhere admits at once. Per-sink
+//     budgets, so that one slow vendor never holds up intake for the
+//     others, are to be a broker concern behind Admit as well.
+package backend
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/sony/gobreaker/v2"
+)
+
+// TopicExports is the topic every accepted export is published to.
+const TopicExports = "exports"
+
+// TopicSink is the queue of one sink's requests.
+func TopicSink(sink string) string { return "sink." + sink }
+
+// TopicDLQ names one sink's dead-letter queue.
+func TopicDLQ(sink string) string { return "dlq." + sink }
+
+// SinkGroup is the consumer group that delivers one sink's requests.
+func SinkGroup(sink string) string { return "sink-" + sink }
+
+// FanoutGroup is the consumer group that fans exports out to the sinks.
+const FanoutGroup = "fanout"
+
+// Message metadata keys on the exports and sink topics.
+const (
+	MetaExportID   = "export_id"
+	MetaReceivedAt = "received_at"
+	MetaEvent      = "event"
+	MetaProject    = "project"
+	MetaIssueID    = "issue_id"
+	MetaSink       = "sink"
+	MetaChunk      = "chunk"
+	MetaChunks     = "chunks"
+	// MetaOnlySink, on an exports message, limits the fan-out to one sink;
+	// a replayed render failure carries it.
+	MetaOnlySink = "only_sink"
+	// MetaReplayTopic, on a dead letter's message, names the topic a
+	// replay publishes it to when that is not the sink's queue (a render
+	// failure goes back to TopicExports).
+	MetaReplayTopic = "replay_topic"
+)
+
+// Backend is one kind of storage: it provides the broker and the stores
+// the engine and the stages need. All methods are safe for concurrent use.
+type Backend interface {
+	// Broker returns the message broker, opening it on the first call.
+	// The engine calls it only on the backend that broker.type names.
+	Broker() (Broker, error)
+	// DLQ keeps the dead letters of the broker's sinks.
+	DLQ() DLQ
+	// Ledger keeps the delivery records.
+	Ledger() Ledger
+	// DedupeStore returns a store keeping dedupe keys under prefix for
+	// ttl. Stores of one backend with the same prefix share their keys.
+	DedupeStore(prefix string, ttl time.Duration) (DedupeStore, error)
+	// BreakerStore shares circuit-breaker state between replicas; nil
+	// when the backend cannot (each process then keeps its own).
+	BreakerStore() gobreaker.SharedDataStore
+	// Close releases what the backend opened, the broker included. It is
+	// safe to call twice.
+	Close() error
+}
+
+// Broker carries messages between the ingress and the handlers. It owns
+// its buffering: how much it holds, when the webhook must wait, and how far
+// behind each queue is.
+type Broker interface {
+	message.Publisher
+	// Workers returns up to n subscribers that share topic's messages
+	// within group: each message goes to one of them. A broker whose
+	// subscriber delivers concurrently may return fewer; the engine
+	// bounds concurrency itself.
+	Workers(topic, group string, n int) ([]message.Subscriber, error)
+	// Admit waits up to wait for room to publish one export and what it
+	// fans out to, and reports whether it got it. done, called once the
+	// export is published (or given up), hands the room back. A broker
+	// whose queue lives outside the process admits at once.
+	Admit(ctx context.Context, wait time.Duration) (done func(), ok bool)
+	// QueueStats reports how far behind group is on topic, across every
+	// replica when the broker can see them.
+	QueueStats(ctx context.Context, topic, group string) (QueueStat, error)
+	// Drain waits until no message this process published is left
+	// unfinished, or ctx ends. A durable broker keeps them for the next
+	// start and returns at once. The error says what was left.
+	Drain(ctx context.Context) error
+	// Info describes the broker for logs and spans.
+	Info() Info
+	// Ready reports whether the broker can take messages now.
+	Ready(ctx context.Context) error
+	// Close releases the broker; safe to call twice.
+	Close() error
+}
+
+// Info describes a broker.
+type Info struct {
+	// System is the messaging.system span attribute, e.g. "redis".
+	System string
+	// Durable says a published message survives a crash of the process.
+	Durable bool
+	// Warning, when set, is logged once at start (a broker that loses
+	// messages on a crash says so).
+	Warning string
+}
+
+// QueueStat is how far behind one consumer group of a topic is.
+type QueueStat struct {
+	// Depth is the messages published and not yet acknowledged: pending
+	// (delivered to a consumer, not acked) plus not yet delivered.
+	Depth int64
+	// Oldest is when the oldest of them was published; zero when Depth is 0.
+	Oldest time.Time
+}
+
+// DeadLetter is one request a sink gave up on.
+type DeadLetter struct {
+	// ID identifies the entry within its sink's DLQ; Add sets it.
+	ID string `json:"id"`
+	// Sink, ExportID and Chunk name the request; Chunk is -1 when the
+	// sink could not render the export at all.
+	Sink     string `json:"sink"`
+	ExportID string `json:"export_id"`
+	Chunk    int    `json:"chunk"`
+	// Error says what went wrong.
+	Error string `json:"error"`
+	// Status is the vendor's last HTTP status, 0 when none was received.
+	Status int `json:"status,omitempty"`
+	// Answer is the start of the vendor's last answer body.
+	Answer string `json:"answer,omitempty"`
+	// Attempts is how many attempts were made.
+	Attempts int `json:"attempts"`
+	// TraceID is the trace of the delivery that gave up.
+	TraceID string `json:"trace_id,omitempty"`
+	// FailedAt is RFC 3339 with nanoseconds, UTC.
+	FailedAt string `json:"failed_at"`
+	// Message is the request as it was queued, for replay.
+	Message *message.Message `json:"-"`
+}
+
+// DLQ stores dead letters so that an operator can list and replay them.
+type DLQ interface {
+	// Add stores d and sets d.ID.
+	Add(ctx context.Context, d *DeadLetter) error
+	// List returns up to limit entries of sink, oldest first (all when
+	// limit ≤ 0).
+	List(ctx context.Context, sink string, limit int) ([]*DeadLetter, error)
+	// Take removes and returns the entries with the given ids (all when
+	// ids is empty). Unknown ids are ignored.
+	Take(ctx context.Context, sink string, ids []string) ([]*DeadLetter, error)
+	// Len is the number of entries of sink.
+	Len(ctx context.Context, sink string) (int64, error)
+}
+
+// DeliveryKey names one request: the Chunk-th of an export's requests to
+// a sink. It is the key of the request's delivery record and of the
+// vendor's idempotency key, so it never changes on redelivery.
+type DeliveryKey struct {
+	ExportID string
+	Sink     string
+	Chunk    int
+}
+
+// String is "<export>.<sink>.<chunk>".
+func (k DeliveryKey) String() string {
+	return k.ExportID + "." + k.Sink + "." + strconv.Itoa(k.Chunk)
+}
+
+// Ledger keeps one delivery record per (export, sink, chunk), so that a
+// redelivery after a crash skips a request that already succeeded.
+// Records expire after a retention the backend chooses, longer than any
+// message can wait for redelivery.
+type Ledger interface {
+	// Delivered reports whether key's request succeeded.
+	Delivered(ctx context.Context, key DeliveryKey) (bool, error)
+	// Record marks key's request as delivered.
+	Record(ctx context.Context, key DeliveryKey) error
+}
+
+// LedgerTTL is how long a delivery record is kept: longer than any message
+// can wait for redelivery.
+const LedgerTTL = 7 * 24 * time.Hour
+
+// DedupeStore remembers dedupe keys for a fixed time. Each key is held by
+// the id of the export that reserved it.
+type DedupeStore interface {
+	// Reserve records key as held by id unless the key is already held.
+	// It returns the holder's id and whether this call reserved the key.
+	Reserve(ctx context.Context, key, id string) (holder string, reserved bool, err error)
+	// Holder returns the id holding key, if any, and changes nothing.
+	Holder(ctx context.Context, key string) (id string, held bool, err error)
+	// Release forgets key if id still holds it.
+	Release(ctx context.Context, key, id string) error
+}

@@ -1,0 +1,85 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"github.com/redis/go-redis/extra/redisotel/v9"
+	goredis "github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/labelpipe/labelpipe/pipeline"
+)
+
+// startPingTimeout bounds the one PING NewClient makes to say in the
+// log whether Redis is there at start.
+const startPingTimeout = time.Second
+
+// NewClient builds the Redis client every Redis-backed part shares
+// (broker, dedupe, ledger, breaker store, DLQ) from cfg.URL:
+// redis://[user:password@]host:port/db, rediss:// for TLS, or
+// unix://[user:password@]/path?db=N. go-redis URL query options such as
+// dial_timeout or pool_size are honoured.
+//
+// Commands are traced and measured with the given providers (nil means the
+// global ones). The client connects lazily and reconnects by itself, so a
+// Redis that is down at start is not an error: the daemon starts, reports
+// not ready, and recovers when Redis comes back. The one PING made here is
+// only logged; logger may be nil.
+func NewClient(ctx context.Context, cfg pipeline.RedisConfig, tp trace.TracerProvider, mp metric.MeterProvider, logger *slog.Logger) (goredis.UniversalClient, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.URL == "" {
+		return nil, errors.New("redis.url: is empty")
+	}
+	opt, err := goredis.ParseURL(cfg.URL)
+	if err != nil {
+		// url.Parse errors quote the whole URL, password included.
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		return nil, fmt.Errorf("redis.url %s: %w", redactURL(cfg.URL), err)
+	}
+	client := goredis.NewClient(opt)
+	var topts []redisotel.TracingOption
+	if tp != nil {
+		topts = append(topts, redisotel.WithTracerProvider(tp))
+	}
+	if err := redisotel.InstrumentTracing(client, topts...); err != nil {
+		_ = client.Close()
+		return nil, fmt.Errorf("redis tracing: %w", err)
+	}
+	var mopts []redisotel.MetricsOption
+	if mp != nil {
+		mopts = append(mopts, redisotel.WithMeterProvider(mp))
+	}
+	if err := redisotel.InstrumentMetrics(client, mopts...); err != nil {
+		_ = client.Close()
+		return nil, fmt.Errorf("redis metrics: %w", err)
+	}
+
+	pctx, cancel := context.WithTimeout(ctx, startPingTimeout)
+	defer cancel()
+	if err := client.Ping(pctx).Err(); err != nil {
+		logger.Warn("redis is not reachable yet; not ready until it is", "redis", redactURL(cfg.URL), "err", err)
+	} else {
+		logger.Info("redis connected", "redis", redactURL(cfg.URL))
+	}
+	return client, nil
+}
+
+// redactURL hides the password of a Redis URL for logs and errors.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable url)"
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,80 @@
+package redis_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/labelpipe/labelpipe/internal/redistest"
+	"github.com/labelpipe/labelpipe/pipeline/backend"
+	redisb "github.com/labelpipe/labelpipe/pipeline/backend/redis"
+)
+
+func TestRedisLedger(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	for _, tc := range []struct {
+		name    string
+		ttl     time.Duration
+		expires bool
+	}{
+		{"expires after ttl", 300 * time.Millisecond, true},
+		{"zero ttl keeps", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			l := redisb.NewLedger(rdb, testPrefix+tc.name+":", tc.ttl)
+			key := backend.DeliveryKey{ExportID: "exp-1", Sink: "scale", Chunk: 0}
+			if ok, err := l.Delivered(ctx, key); err != nil || ok {
+				t.Fatalf("delivered before record: %v %v", ok, err)
+			}
+			if err := l.Record(ctx, key); err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := l.Delivered(ctx, key); err != nil || !ok {
+				t.Fatalf("not delivered after record: %v %v", ok, err)
+			}
+			if ok, _ := l.Delivered(ctx, backend.DeliveryKey{ExportID: "exp-1", Sink: "scale", Chunk: 1}); ok {
+				t.Fatal("another chunk counts as delivered")
+			}
+			pttl := rdb.PTTL(ctx, testPrefix+tc.name+":delivered:exp-1.scale.0").Val()
+			if !tc.expires {
+				if pttl != -1 {
+					t.Fatalf("pttl %s, want none", pttl)
+				}
+				return
+			}
+			if pttl <= 0 || pttl > tc.ttl {
+				t.Fatalf("pttl %s, want in (0, %s]", pttl, tc.ttl)
+			}
+			deadline := time.After(5 * time.Second)
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				ok, err := l.Delivered(ctx, key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !ok {
+					return
+				}
+				select {
+				case <-deadline:
+					t.Fatal("record did not expire")
+				case <-tick.C:
+				}
+			}
+		})
+	}
+}
+
+func TestRedisLedgerErrorsWhenRedisIsDown(t *testing.T) {
+	srv := redistest.Start(t)
+	l := redisb.NewLedger(srv.Client(t), testPrefix, time.Minute)
+	srv.Stop()
+	if _, err := l.Delivered(t.Context(), backend.DeliveryKey{ExportID: "k"}); err == nil {
+		t.Fatal("Delivered without redis gave no error")
+	}
+	if err := l.Record(t.Context(), backend.DeliveryKey{ExportID: "k"}); err == nil {
+		t.Fatal("Record without redis gave no error")
+	}
+}

@@ -1,0 +1,598 @@
+package pipeline
+
+// Loading a config: strict YAML decoding with positions, ${VAR}
+// interpolation, and every error of a file reported at once.
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+)
+
+// LoadOption changes how a config is loaded.
+type LoadOption func(*loadOptions)
+
+type loadOptions struct {
+	allowUnsetEnv bool
+	registry      *Registry
+}
+
+// AllowUnsetEnv leaves an unset ${VAR} without a default as written
+// instead of reporting an error; preview uses it so that no vendor keys
+// are needed.
+func AllowUnsetEnv() LoadOption { return func(o *loadOptions) { o.allowUnsetEnv = true } }
+
+// ResolveWith makes loading also Resolve the stage and sink options against
+// reg, so that their errors are reported together with every other error
+// in the file rather than after those are fixed.
+func ResolveWith(reg *Registry) LoadOption { return func(o *loadOptions) { o.registry = reg } }
+
+// LoadConfig reads and decodes a config file. Stage and sink options are
+// decoded against a registry later, by Resolve (New calls it).
+func LoadConfig(path string, opts ...LoadOption) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(path, data, opts...)
+}
+
+// ParseConfig decodes config text; name is used in error positions and
+// relative paths.
+func ParseConfig(name string, data []byte, opts ...LoadOption) (*Config, error) {
+	var lo loadOptions
+	for _, o := range opts {
+		o(&lo)
+	}
+	cfg := defaultConfig()
+	cfg.file = name
+	cfg.dir = filepath.Dir(name)
+	l := &loader{file: name}
+
+	f, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		l.yamlErr("", err)
+		return nil, l.errs
+	}
+	cfg.root = f
+	l.root = f // sinks() positions errors by document path
+	if len(f.Docs) == 0 || f.Docs[0].Body == nil {
+		l.add(nil, "", "config is empty")
+		return nil, l.errs
+	}
+	ast.Walk(&envExpander{l: l, allowUnset: lo.allowUnsetEnv}, f.Docs[0].Body)
+	root, ok := f.Docs[0].Body.(*ast.MappingNode)
+	if !ok {
+		l.add(f.Docs[0].Body, "", "config must be a mapping")
+		return nil, l.errs
+	}
+	sections := map[string]any{
+		"server": &cfg.Server, "admin": &cfg.Admin, "broker": &cfg.Broker,
+		"redis": &cfg.Redis, "tracing": &cfg.Tracing, "log": &cfg.Log,
+	}
+	for _, mv := range root.Values {
+		key := mv.Key.String()
+		switch key {
+		case "stages":
+			cfg.Stages = l.stages(mv.Value)
+		case "sinks":
+			cfg.Sinks = l.sinks(mv.Value)
+		default:
+			dst, ok := sections[key]
+			if !ok {
+				l.add(mv.Key, "", fmt.Sprintf("unknown key %q (want server, admin, broker, redis, tracing, log, stages or sinks)", key))
+				continue
+			}
+			if m, ok := mv.Value.(*ast.MappingNode); ok {
+				l.decode(m, dst, key)
+			} else if _, null := mv.Value.(*ast.NullNode); !null {
+				l.add(mv.Value, key, "must be a mapping")
+			}
+		}
+	}
+	l.check(&cfg)
+	if lo.registry != nil {
+		cfg.resolve(l, lo.registry)
+	}
+	if len(l.errs) > 0 {
+		l.sort()
+		return nil, l.errs
+	}
+	cfg.resolved = lo.registry != nil
+	return &cfg, nil
+}
+
+// File is the config file's name.
+func (c *Config) File() string { return c.file }
+
+// Dir is the directory relative paths in the config start from.
+func (c *Config) Dir() string { return c.dir }
+
+// Resolve decodes every stage's and sink's own options against reg and
+// validates them. It reports all errors at once, each with its position.
+func (c *Config) Resolve(reg *Registry) error {
+	if c.resolved {
+		return nil
+	}
+	l := &loader{file: c.file, root: c.root}
+	c.resolve(l, reg)
+	if len(l.errs) > 0 {
+		l.sort()
+		return l.errs
+	}
+	c.resolved = true
+	return nil
+}
+
+// resolve checks the broker kind, and decodes and validates the stage and
+// sink options, into l's errors.
+func (c *Config) resolve(l *loader, reg *Registry) {
+	switch t, ok := reg.Backend(c.Broker.Type); {
+	case !ok:
+		want := "no backend is registered"
+		if kinds := reg.BackendTypes(); len(kinds) > 0 {
+			want = "want " + strings.Join(kinds, " or ")
+		}
+		l.at("broker.type", "broker", "type", fmt.Sprintf("unknown broker %q (%s)", c.Broker.Type, want))
+	case t.Configured != nil && !t.Configured(c):
+		l.at("broker.type", "broker", "type", fmt.Sprintf("broker %s needs %s in the config", c.Broker.Type, t.Needs))
+	}
+	for i := range c.Stages {
+		s := &c.Stages[i]
+		t, ok := reg.Stage(s.Type)
+		if !ok {
+			l.at(s.path+".type", s.label(), "", fmt.Sprintf("unknown stage type %q (known: %s)", s.Type, strings.Join(reg.StageTypes(), ", ")))
+			continue
+		}
+		s.Options = t.Config()
+		l.decodeOptions(s.node, map[string]bool{"type": true, "name": true}, s.Options, s.path, s.label())
+	}
+	for i := range c.Sinks {
+		s := &c.Sinks[i]
+		if s.Type == "" {
+			continue // "type is required" is reported already
+		}
+		t, ok := reg.Sink(s.Type)
+		if !ok {
+			l.at(s.path+".type", s.label(), "", fmt.Sprintf("unknown sink type %q (known: %s)", s.Type, strings.Join(reg.SinkTypes(), ", ")))
+			continue
+		}
+		s.Options = t.Config()
+		l.decodeOptions(s.node, sinkCommonKeys, s.Options, s.path, s.label())
+	}
+}
+
+// entryError positions an error found while building a stage or sink at
+// its entry in the file, so that it reads like every other config error.
+func (c *Config) entryError(path, label string, err error) error {
+	l := &loader{file: c.file, root: c.root}
+	l.at(path, label, "", err.Error())
+	l.errs[0].Err = err
+	return l.errs
+}
+
+func (s *StageConfig) label() string { return fmt.Sprintf("%s %q", s.path, s.Name) }
+func (s *SinkConfig) label() string  { return fmt.Sprintf("%s %q", s.path, s.Name) }
+
+// loader collects every error of one file.
+type loader struct {
+	file string
+	root *ast.File
+	errs ConfigErrors
+}
+
+func (l *loader) add(n ast.Node, path, msg string) {
+	e := &ConfigError{File: l.file, Path: path, Msg: msg}
+	if n != nil && n.GetToken() != nil {
+		e.Line, e.Col = n.GetToken().Position.Line, n.GetToken().Position.Column
+	}
+	// An unset variable already explains what is wrong with its value; a
+	// second error there ("is empty") would only repeat it.
+	for _, prev := range l.errs {
+		if e.Line > 0 && prev.Line == e.Line && prev.Col == e.Col && strings.HasPrefix(prev.Msg, "environment variable ") {
+			return
+		}
+	}
+	l.errs = append(l.errs, e)
+}
+
+// at reports an error at a document path like "sinks[1].retry.max_attempts",
+// falling back to the nearest enclosing node that is present.
+func (l *loader) at(docPath, label, field, msg string) {
+	p := docPath
+	for {
+		if yp, err := yaml.PathString("$." + p); err == nil && l.root != nil {
+			if n, err := yp.FilterFile(l.root); err == nil && n != nil {
+				if mv, ok := n.(*ast.MappingValueNode); ok {
+					n = mv.Value
+				}
+				display := label
+				if field != "" {
+					display += ": " + field
+				}
+				l.add(n, display, msg)
+				return
+			}
+		}
+		cut := strings.LastIndexAny(p, ".[")
+		if cut <= 0 {
+			break
+		}
+		p = p[:cut]
+	}
+	l.errs = append(l.errs, &ConfigError{File: l.file, Path: label + ": " + field, Msg: msg})
+}
+
+func (l *loader) yamlErr(path string, err error) {
+	var ye yaml.Error
+	if errors.As(err, &ye) {
+		e := &ConfigError{File: l.file, Path: path, Msg: ye.GetMessage()}
+		if tk := ye.GetToken(); tk != nil {
+			e.Line, e.Col = tk.Position.Line, tk.Position.Column
+		}
+		l.errs = append(l.errs, e)
+		return
+	}
+	l.errs = append(l.errs, &ConfigError{File: l.file, Path: path, Msg: err.Error()})
+}
+
+// validation turns a Validate error (possibly joined FieldErrors) into
+// positioned errors below base.
+func (l *loader) validation(base, label string, err error) {
+	for _, e := range flatten(err) {
+		var fe *FieldError
+		if errors.As(e, &fe) {
+			l.at(base+"."+fe.Field, label, fe.Field, fe.Msg)
+		} else {
+			l.at(base, label, "", e.Error())
+		}
+	}
+}
+
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flatten(e)...)
+		}
+		return out
+	}
+	return []error{err}
+}
+
+func (l *loader) sort() {
+	sort.SliceStable(l.errs, func(i, j int) bool {
+		a, b := l.errs[i], l.errs[j]
+		if a.Line != b.Line {
+			return a.Line < b.Line
+		}
+		return a.Col < b.Col
+	})
+}
+
+func (l *loader) stages(n ast.Node) []StageConfig {
+	seq, ok := n.(*ast.SequenceNode)
+	if !ok {
+		if _, null := n.(*ast.NullNode); !null {
+			l.add(n, "stages", "must be a list of {type, name, ...options}")
+		}
+		return nil
+	}
+	var out []StageConfig
+	names := map[string]bool{}
+	for i, item := range seq.Values {
+		path := fmt.Sprintf("stages[%d]", i)
+		m, ok := item.(*ast.MappingNode)
+		if !ok {
+			l.add(item, path, "must be a mapping with a type")
+			continue
+		}
+		s := StageConfig{node: m, path: path}
+		s.Type, s.Name = scalar(m, "type"), scalar(m, "name")
+		if s.Type == "" {
+			l.add(m, path, "type is required")
+			continue
+		}
+		if s.Name == "" {
+			s.Name = s.Type
+			for k := 2; names[s.Name]; k++ {
+				s.Name = fmt.Sprintf("%s_%d", s.Type, k)
+			}
+		}
+		if names[s.Name] {
+			l.add(m, fmt.Sprintf("%s %q", path, s.Name), "name is used by an earlier stage")
+		}
+		names[s.Name] = true
+		out = append(out, s)
+	}
+	return out
+}
+
+var sinkName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_-]*$`)
+
+func (l *loader) sinks(n ast.Node) []SinkConfig {
+	seq, ok := n.(*ast.SequenceNode)
+	if !ok {
+		if _, null := n.(*ast.NullNode); !null {
+			l.add(n, "sinks", "must be a list of {name, type, ...options}")
+		}
+		return nil
+	}
+	var out []SinkConfig
+	names := map[string]bool{}
+	for i, item := range seq.Values {
+		path := fmt.Sprintf("sinks[%d]", i)
+		m, ok := item.(*ast.MappingNode)
+		if !ok {
+			l.add(item, path, "must be a mapping with a name and a type")
+			continue
+		}
+		s := defaultSink()
+		s.node, s.path = m, path
+		s.Name = scalar(m, "name")
+		label := s.label()
+		l.decode(subset(m, sinkCommonKeys, true), &s, label)
+		switch {
+		case s.Name == "":
+			l.add(m, path, "name is required")
+		case !sinkName.MatchString(s.Name):
+			l.add(m, label, "name may hold only letters, digits, _ and -")
+		case names[s.Name]:
+			l.add(m, label, "name is used by an earlier sink")
+		}
+		names[s.Name] = true
+		if s.Type == "" {
+			l.add(m, label, "type is required")
+		}
+		if len(s.Events) == 0 {
+			l.at(path+".events", label, "events", "must list at least one event")
+		}
+		if s.Filter != "" {
+			if _, err := CompileJQ(s.Filter); err != nil {
+				l.at(path+".filter", label, "filter", err.Error())
+			}
+		}
+		if s.Timeout <= 0 {
+			l.at(path+".timeout", label, "timeout", "must be > 0")
+		}
+		if s.MaxInFlight < 1 {
+			l.at(path+".max_in_flight", label, "max_in_flight", "must be ≥ 1")
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// check validates the top-level sections and the sinks' common keys.
+func (l *loader) check(c *Config) {
+	l.root = c.root
+	if c.Broker.FanoutWorkers < 1 {
+		l.at("broker.fanout_workers", "broker", "fanout_workers", "must be ≥ 1")
+	}
+	if c.Broker.MaxPending < 1 {
+		l.at("broker.max_pending", "broker", "max_pending", "must be ≥ 1")
+	}
+	if c.Broker.QueueWait < 0 {
+		l.at("broker.queue_wait", "broker", "queue_wait", "must be ≥ 0")
+	}
+	if !strings.HasPrefix(c.Server.Path, "/") {
+		l.at("server.path", "server", "path", "must start with /")
+	}
+	if c.Server.MaxBodyBytes <= 0 {
+		l.at("server.max_body_bytes", "server", "max_body_bytes", "must be > 0")
+	}
+	if n := c.Server.MaxInflightBytes; n != 0 && n < c.Server.MaxBodyBytes {
+		l.at("server.max_inflight_bytes", "server", "max_inflight_bytes", "must be ≥ max_body_bytes, or one body could never be read")
+	}
+	switch c.Tracing.Exporter {
+	case "", "none", "otlp", "stdout":
+	default:
+		l.at("tracing.exporter", "tracing", "exporter", fmt.Sprintf("unknown exporter %q (want none, otlp or stdout)", c.Tracing.Exporter))
+	}
+	switch c.Tracing.Protocol {
+	case "", "grpc", "http", "http/protobuf":
+	default:
+		l.at("tracing.protocol", "tracing", "protocol", fmt.Sprintf("unknown protocol %q (want grpc or http)", c.Tracing.Protocol))
+	}
+	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
+		l.at("tracing.sample_ratio", "tracing", "sample_ratio", "must be between 0 and 1")
+	}
+	for i := range c.Sinks {
+		s := &c.Sinks[i]
+		l.validation(s.path, s.label(), s.Config.Validate())
+	}
+	if len(c.Sinks) == 0 {
+		l.add(nil, "sinks", "at least one sink is required")
+	}
+}
+
+// decodeOptions strictly decodes the keys of m not in skip into dst, then
+// validates dst. It validates even when some keys did not decode, so that
+// one bad key does not hide the entry's other problems, but it says
+// nothing more about a key that did not decode.
+func (l *loader) decodeOptions(m *ast.MappingNode, skip map[string]bool, dst any, path, label string) {
+	failed := l.decode(subset(m, skip, false), dst, label)
+	v, ok := dst.(Validator)
+	if !ok {
+		return
+	}
+	var keep []error
+	for _, e := range flatten(v.Validate()) {
+		var fe *FieldError
+		if errors.As(e, &fe) && failed[fieldKey(fe.Field)] {
+			continue
+		}
+		keep = append(keep, e)
+	}
+	l.validation(path, label, errors.Join(keep...))
+}
+
+// fieldKey is the key a field path starts with: "retry" for
+// "retry.max_attempts", "secrets" for "secrets[0]".
+func fieldKey(field string) string {
+	if i := strings.IndexAny(field, ".["); i >= 0 {
+		return field[:i]
+	}
+	return field
+}
+
+// decode strictly decodes m into dst one key at a time, so that every bad
+// key is reported, each at its own position. It returns the keys that did
+// not decode.
+func (l *loader) decode(m *ast.MappingNode, dst any, label string) (failed map[string]bool) {
+	failed = map[string]bool{}
+	for _, mv := range m.Values {
+		one := *m
+		one.Values = []*ast.MappingValueNode{mv}
+		err := yaml.NodeToValue(&one, dst, yaml.Strict())
+		if err == nil {
+			continue
+		}
+		failed[mv.Key.String()] = true
+		var ye yaml.Error
+		if errors.As(err, &ye) && ye.GetToken() != nil && !strings.Contains(err.Error(), "time: ") {
+			path := label
+			if ye.GetToken() != mv.Key.GetToken() {
+				path += ": " + mv.Key.String() // the problem is inside this key's value
+			}
+			l.yamlErr(path, err)
+			continue
+		}
+		msg := err.Error()
+		at, path := ast.Node(mv.Value), mv.Key.String()
+		if i := strings.LastIndex(msg, "time: "); i >= 0 {
+			cause := msg[i+len("time: "):]
+			msg = "bad duration: " + cause + ` (use e.g. "500ms", "30s", "24h")`
+			// The time package names the value, not the key: find the key
+			// below this one that holds it, so the error points there.
+			if q := strings.LastIndex(cause, `"`); q > 0 {
+				if p := strings.LastIndex(cause[:q], `"`); p >= 0 {
+					if n, sub := findScalar(mv.Value, cause[p+1:q]); n != nil {
+						at, path = n, path+sub
+					}
+				}
+			}
+		}
+		l.add(at, label+": "+path, msg)
+	}
+	return failed
+}
+
+// findScalar finds, below n, the mapping value whose scalar text is v and
+// returns it with its dotted path relative to n (e.g. ".initial_interval").
+func findScalar(n ast.Node, v string) (ast.Node, string) {
+	m, ok := n.(*ast.MappingNode)
+	if !ok {
+		return nil, ""
+	}
+	for _, mv := range m.Values {
+		if s, ok := mv.Value.(*ast.StringNode); ok && s.Value == v {
+			return mv.Value, "." + mv.Key.String()
+		}
+		if found, sub := findScalar(mv.Value, v); found != nil {
+			return found, "." + mv.Key.String() + sub
+		}
+	}
+	return nil, ""
+}
+
+// subset returns a mapping with the keys of m that are (keep) or are not
+// (!keep) in keys.
+func subset(m *ast.MappingNode, keys map[string]bool, keep bool) *ast.MappingNode {
+	out := *m
+	out.Values = nil
+	for _, mv := range m.Values {
+		if keys[mv.Key.String()] == keep {
+			out.Values = append(out.Values, mv)
+		}
+	}
+	return &out
+}
+
+func scalar(m *ast.MappingNode, key string) string {
+	for _, mv := range m.Values {
+		if mv.Key.String() == key {
+			if s, ok := mv.Value.(*ast.StringNode); ok {
+				return s.Value
+			}
+			return mv.Value.String()
+		}
+	}
+	return ""
+}
+
+// envExpander interpolates ${VAR} and ${VAR:-default} inside string values.
+// It works on the parsed document, so a secret holding YAML syntax cannot
+// change the document's shape.
+type envExpander struct {
+	l          *loader
+	allowUnset bool
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
+
+func (v *envExpander) Visit(n ast.Node) ast.Visitor {
+	switch n := n.(type) {
+	case *ast.LiteralNode:
+		// A block scalar (| or >): its string token sits at the block's
+		// end, so an unset variable is placed by the block's raw lines.
+		if n.Value != nil && n.Start != nil {
+			v.expand(n.Value, func(at int) (int, int) {
+				origin := n.Value.GetToken().Origin
+				refs := envRef.FindAllStringIndex(origin, -1)
+				if at >= len(refs) {
+					return 0, 0
+				}
+				before := origin[:refs[at][0]]
+				return n.Start.Position.Line + 1 + strings.Count(before, "\n"), len(before) - strings.LastIndexByte(before, '\n')
+			})
+		}
+		return nil
+	case *ast.StringNode:
+		v.expand(n, nil)
+	}
+	return v
+}
+
+// expand interpolates one string. pos, when set, places the at-th
+// reference in the file; otherwise an error points at the string.
+func (v *envExpander) expand(s *ast.StringNode, pos func(at int) (line, col int)) {
+	if !strings.Contains(s.Value, "${") {
+		return
+	}
+	at := -1
+	s.Value = envRef.ReplaceAllStringFunc(s.Value, func(ref string) string {
+		at++
+		m := envRef.FindStringSubmatch(ref)
+		if val, ok := os.LookupEnv(m[1]); ok && val != "" {
+			return val
+		}
+		if m[2] != "" {
+			return m[3]
+		}
+		if v.allowUnset {
+			// Left as written, so a preview shows what is missing.
+			return ref
+		}
+		msg := fmt.Sprintf("environment variable %s is not set (use ${%s:-default} for a default)", m[1], m[1])
+		if pos != nil {
+			if line, col := pos(at); line > 0 {
+				v.l.errs = append(v.l.errs, &ConfigError{File: v.l.file, Line: line, Col: col, Msg: msg})
+				return ""
+			}
+		}
+		v.l.add(s, "", msg)
+		return ""
+	})
+}

@@ -1,0 +1,479 @@
+package resilience
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"golang.org/x/time/rate"
+)
+
+// Errors Do's error wraps, next to the last attempt's error, so that the
+// caller can tell a dead letter's reason apart with errors.Is.
+var (
+	// ErrPermanent means the last attempt failed in a way another attempt
+	// cannot fix (for example a 400).
+	ErrPermanent = errors.New("permanent failure")
+	// ErrExhausted means every attempt failed and retry.max_attempts or
+	// retry.max_elapsed is spent.
+	ErrExhausted = errors.New("retries exhausted")
+)
+
+// Options are the policy's collaborators.
+type Options struct {
+	// Name is the sink name, for logs and the breaker's name.
+	Name string
+	// Logger receives breaker state changes (unless OnStateChange is set)
+	// and shared-store trouble; nil discards them.
+	Logger *slog.Logger
+	// Store, when set, keeps the breaker state in a shared store
+	// (gobreaker's DistributedCircuitBreaker) so that replicas open and
+	// close it together. Each replica reads it at most every
+	// breaker.sync_interval while all is well and writes only what
+	// changes the state (failures, the success ending a failure streak,
+	// probes, transitions). The lock is only held for that bookkeeping,
+	// never during a request. A failed Store.Lock is retried for up to 5s
+	// while the store still answers GetData (the lock is busy), not when
+	// the store is down. New makes no store call: the shared state is read
+	// (and created when missing) on first use, and while the store is down
+	// attempts go ahead on this replica's last view of it.
+	Store gobreaker.SharedDataStore
+	// OnStateChange, when set, is called on every breaker transition this
+	// process makes instead of logging it.
+	// It runs while the breaker is locked: it must be quick and must not
+	// call State.
+	OnStateChange func(from, to gobreaker.State)
+}
+
+// Attempt describes one attempt to the function Do runs.
+type Attempt struct {
+	// N is the 1-based attempt number.
+	N int
+	// BreakerState is the breaker's state when the attempt was let
+	// through: "closed" or "half-open" (a probe).
+	BreakerState gobreaker.State
+	// Backoff is what Do waited before this attempt (backoff or the
+	// vendor's Retry-After).
+	Backoff time.Duration
+	// RetryAfter says the wait honoured the vendor's Retry-After.
+	RetryAfter bool
+	// BreakerWait is how long Do waited for an open breaker (or another
+	// caller's half-open probe) before this attempt.
+	BreakerWait time.Duration
+}
+
+// Policy runs one sink's attempts through its rate limit, circuit breaker
+// and retry policy. It is safe for concurrent use; one Policy serves every
+// in-flight request of a sink.
+type Policy struct {
+	name     string
+	cfg      Config
+	log      *slog.Logger
+	onChange func(from, to gobreaker.State)
+	limiter  *rate.Limiter // nil: unlimited
+	br       breaker
+
+	mu sync.Mutex
+	// changed is closed (and replaced) whenever the breaker changes state
+	// or a half-open probe finishes, to wake callers waiting for it.
+	changed chan struct{}
+	// openUntil is when the local breaker's open period ends.
+	openUntil time.Time
+}
+
+// New builds a policy from a validated config.
+func New(cfg Config, opts Options) (*Policy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("resilience: %w", err)
+	}
+	p := &Policy{
+		name:     opts.Name,
+		cfg:      cfg,
+		log:      opts.Logger,
+		onChange: opts.OnStateChange,
+		changed:  make(chan struct{}),
+	}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.RateLimit.PerSecond > 0 {
+		burst := cfg.RateLimit.Burst
+		if burst == 0 {
+			burst = 1
+		}
+		p.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit.PerSecond), burst)
+	}
+	settings := p.settings()
+	if opts.Store == nil {
+		p.br = &localBreaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](settings), p: p}
+		return p, nil
+	}
+	sb := &sharedBreaker{
+		store:        opts.Store,
+		held:         &heldStore{SharedDataStore: opts.Store},
+		settings:     settings,
+		key:          "gobreaker:state:" + opts.Name,
+		lockKey:      "gobreaker:mutex:" + opts.Name,
+		syncEvery:    cfg.Breaker.syncInterval(),
+		everyOutcome: cfg.Breaker.FailureRatio > 0,
+		p:            p,
+		probe:        make(chan struct{}, 1),
+	}
+	// No store call here: the shared state is read, or created, on first
+	// use, so that a store that is down at startup does not stop the
+	// daemon (it delivers without the shared state until the store answers).
+	p.br = sb
+	return p, nil
+}
+
+// settings maps the config onto gobreaker's.
+func (p *Policy) settings() gobreaker.Settings {
+	b := p.cfg.Breaker
+	return gobreaker.Settings{
+		Name:        p.name,
+		MaxRequests: 1,
+		Interval:    b.Interval,
+		Timeout:     b.OpenTimeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool {
+			if b.ConsecutiveFailures > 0 && c.ConsecutiveFailures >= b.ConsecutiveFailures {
+				return true
+			}
+			valid := c.Requests - min(c.Requests, c.TotalExclusions)
+			return b.FailureRatio > 0 && valid >= b.MinRequests && valid > 0 &&
+				float64(c.TotalFailures)/float64(valid) >= b.FailureRatio
+		},
+		// A permanent failure (a 400) proves the vendor is up.
+		IsSuccessful: func(err error) bool { return err == nil || !retryable(err) },
+		// Our own cancellation and stale results say nothing about the vendor.
+		IsExcluded:    func(err error) bool { return errors.Is(err, errExcluded) },
+		OnStateChange: func(_ string, from, to gobreaker.State) { p.stateChanged(from, to) },
+	}
+}
+
+// stateChanged runs under the breaker's lock: no calls back into it.
+func (p *Policy) stateChanged(from, to gobreaker.State) {
+	p.mu.Lock()
+	if to == gobreaker.StateOpen {
+		p.openUntil = time.Now().Add(p.cfg.Breaker.OpenTimeout)
+	}
+	p.mu.Unlock()
+	p.broadcast()
+	if p.onChange != nil {
+		p.onChange(from, to)
+		return // the caller observes transitions, and logs them if it wants
+	}
+	switch to {
+	case gobreaker.StateOpen:
+		p.log.Warn("circuit breaker opened: pausing deliveries", "breaker", p.name, "from", from.String(), "open_timeout", p.cfg.Breaker.OpenTimeout)
+	case gobreaker.StateHalfOpen:
+		p.log.Info("circuit breaker half-open: probing", "breaker", p.name)
+	case gobreaker.StateClosed:
+		p.log.Info("circuit breaker closed: deliveries resume", "breaker", p.name, "from", from.String())
+	}
+}
+
+// broadcast wakes every caller waiting on the breaker.
+func (p *Policy) broadcast() {
+	p.mu.Lock()
+	close(p.changed)
+	p.changed = make(chan struct{})
+	p.mu.Unlock()
+}
+
+func (p *Policy) changedCh() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.changed
+}
+
+// State is the breaker's state: closed, half-open or open.
+func (p *Policy) State() gobreaker.State { return p.br.state() }
+
+// Do runs attempt until it succeeds, fails permanently, or
+// retry.max_attempts / retry.max_elapsed are spent.
+//
+// Before each attempt it waits for the rate limiter. While the breaker is
+// open it waits, making no attempt and spending no budget, until the open
+// period has passed and a half-open probe has decided. A probe that fails
+// retryably spends no budget either: it counts towards neither
+// retry.max_attempts nor retry.max_elapsed, and the request waits for the
+// re-opened breaker again, so a long outage cannot dead-letter a request
+// through probes alone. Backoff is exponential with full jitter; a larger
+// Retry-After (capped at retry.max_interval) replaces it. Cancelling ctx
+// stops any wait and returns an error wrapping ctx.Err(); it wraps neither
+// ErrPermanent nor ErrExhausted, so the caller can hand the request back
+// rather than dead-letter it.
+//
+// attempts, like Attempt.N and Error.Attempts, counts every attempt made,
+// probes included.
+func (p *Policy) Do(ctx context.Context, attempt func(ctx context.Context, a Attempt) error) (attempts int, err error) {
+	start := time.Now()
+	var (
+		free     time.Duration // excluded from max_elapsed: breaker waits, failed probes
+		spent    int           // attempts that count towards max_attempts
+		lastErr  error
+		backoff  time.Duration
+		honoured bool
+	)
+	for n := 1; ; n++ {
+		adm, breakerWait, err := p.admit(ctx)
+		if err != nil {
+			return n - 1, canceled(err, n-1, lastErr)
+		}
+		free += breakerWait
+		began := time.Now()
+		err = attempt(ctx, Attempt{N: n, BreakerState: adm.state, Backoff: backoff, RetryAfter: honoured, BreakerWait: breakerWait})
+		outcome := err
+		if err != nil && ctx.Err() != nil {
+			outcome = fmt.Errorf("%w: %w", errExcluded, err)
+		}
+		adm.done(outcome)
+		if err == nil {
+			return n, nil
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			return n, canceled(ctx.Err(), n, lastErr)
+		}
+		if !retryable(err) {
+			return n, &Error{Kind: ErrPermanent, Attempts: n, Elapsed: time.Since(start), Last: err}
+		}
+		if adm.state == gobreaker.StateHalfOpen {
+			// The failed probe re-opened the breaker: like the open
+			// period, it spends nothing. The backoff (not grown by it)
+			// still applies, so that a probe whose outcome the store
+			// failed to record cannot be repeated at once.
+			backoff, honoured = p.backoff(max(spent, 1), err)
+			free += time.Since(began) + backoff
+		} else {
+			spent++
+			if spent >= p.cfg.Retry.MaxAttempts {
+				return n, &Error{Kind: ErrExhausted, Attempts: n, Elapsed: time.Since(start), Last: err}
+			}
+			backoff, honoured = p.backoff(spent, err)
+			if limit := p.cfg.Retry.MaxElapsed; limit > 0 && time.Since(start)-free+backoff > limit {
+				return n, &Error{Kind: ErrExhausted, Attempts: n, Elapsed: time.Since(start), Last: err, MaxElapsed: limit}
+			}
+		}
+		if err := sleep(ctx, backoff); err != nil {
+			return n, canceled(err, n, lastErr)
+		}
+	}
+}
+
+// admit waits for the rate limiter and the breaker and returns the
+// breaker's admission, with how long it waited for the breaker.
+func (p *Policy) admit(ctx context.Context) (admission, time.Duration, error) {
+	var waited time.Duration
+	for {
+		if err := p.waitRate(ctx); err != nil {
+			return admission{}, waited, err
+		}
+		// Take the channel before asking, so that a probe finishing in
+		// between still wakes us.
+		ch := p.changedCh()
+		adm, until, err := p.br.allow()
+		if err == nil {
+			return adm, waited, nil
+		}
+		t0 := time.Now()
+		werr := p.waitBreaker(ctx, ch, until)
+		waited += time.Since(t0)
+		if werr != nil {
+			return admission{}, waited, werr
+		}
+	}
+}
+
+// waitBreaker waits until the open period ends (until), or, for a probe in
+// flight elsewhere, until the breaker changes, polling in case the change
+// happens in another replica.
+func (p *Policy) waitBreaker(ctx context.Context, ch <-chan struct{}, until time.Time) error {
+	d := time.Until(until) + time.Millisecond // the breaker flips strictly after its expiry
+	if until.IsZero() || d <= time.Millisecond {
+		d = min(max(p.cfg.Breaker.OpenTimeout/10, 5*time.Millisecond), time.Second)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-ch:
+		return nil
+	case <-t.C:
+		return nil
+	}
+}
+
+func (p *Policy) waitRate(ctx context.Context) error {
+	if p.limiter == nil {
+		return nil
+	}
+	r := p.limiter.Reserve()
+	d := r.Delay()
+	if d == 0 {
+		return nil
+	}
+	if err := sleep(ctx, d); err != nil {
+		r.Cancel()
+		return err
+	}
+	return nil
+}
+
+// backoff is the wait after the n-th failed attempt that spent budget: full jitter over
+// min(max_interval, initial·2^(n-1)), replaced by a larger Retry-After.
+func (p *Policy) backoff(n int, err error) (time.Duration, bool) {
+	r := p.cfg.Retry
+	ceil := r.InitialInterval
+	for i := 1; i < n && ceil < r.MaxInterval; i++ {
+		ceil *= 2
+	}
+	ceil = min(ceil, r.MaxInterval)
+	d := time.Duration(rand.Int64N(int64(ceil) + 1))
+	if ra := retryAfter(err); ra > 0 {
+		ra = min(ra, r.MaxInterval)
+		if ra > d {
+			return ra, true
+		}
+	}
+	return d, false
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Error is Do's failure: it wraps Kind (ErrPermanent or ErrExhausted) and
+// the last attempt's error.
+type Error struct {
+	Kind     error
+	Attempts int
+	Elapsed  time.Duration
+	// MaxElapsed is set when retry.max_elapsed ended the retries.
+	MaxElapsed time.Duration
+	Last       error
+}
+
+func (e *Error) Error() string {
+	s := "s"
+	if e.Attempts == 1 {
+		s = ""
+	}
+	if e.MaxElapsed > 0 {
+		return fmt.Sprintf("%v after %d attempt%s (retry.max_elapsed %v reached): %v", e.Kind, e.Attempts, s, e.MaxElapsed, e.Last)
+	}
+	return fmt.Sprintf("%v after %d attempt%s in %v: %v", e.Kind, e.Attempts, s, e.Elapsed.Round(time.Millisecond), e.Last)
+}
+
+func (e *Error) Unwrap() []error { return []error{e.Kind, e.Last} }
+
+// canceledError wraps ctx.Err() and, when there was one, the last
+// attempt's error.
+type canceledError struct {
+	ctxErr   error
+	attempts int
+	last     error
+}
+
+func canceled(ctxErr error, attempts int, last error) error {
+	return &canceledError{ctxErr: ctxErr, attempts: attempts, last: last}
+}
+
+func (e *canceledError) Error() string {
+	if e.last != nil {
+		return fmt.Sprintf("delivery stopped after %d attempts: %v (last error: %v)", e.attempts, e.ctxErr, e.last)
+	}
+	return fmt.Sprintf("delivery stopped after %d attempts: %v", e.attempts, e.ctxErr)
+}
+
+func (e *canceledError) Unwrap() []error {
+	if e.last != nil {
+		return []error{e.ctxErr, e.last}
+	}
+	return []error{e.ctxErr}
+}
+
+// retryable reports whether err says another attempt may succeed; errors
+// that do not say are retryable.
+func retryable(err error) bool {
+	var r interface{ Retryable() bool }
+	if errors.As(err, &r) {
+		return r.Retryable()
+	}
+	return true
+}
+
+func retryAfter(err error) time.Duration {
+	var r interface{ RetryAfter() time.Duration }
+	if errors.As(err, &r) {
+		return r.RetryAfter()
+	}
+	return 0
+}
+
+// errExcluded marks outcomes the breaker must not count: the caller's own
+// cancellation, or a result from an earlier breaker generation.
+var errExcluded = errors.New("excluded from breaker counts")
+
+// admission is the breaker's permission for one attempt.
+type admission struct {
+	state gobreaker.State
+	done  func(outcome error)
+}
+
+// breaker is the local or shared circuit breaker behind a Policy.
+type breaker interface {
+	// allow admits one attempt, or refuses it with gobreaker.ErrOpenState
+	// (until is when the open period ends) or ErrTooManyRequests.
+	allow() (adm admission, until time.Time, err error)
+	state() gobreaker.State
+}
+
+// localBreaker keeps the state in this process.
+type localBreaker struct {
+	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+	p  *Policy
+}
+
+func (b *localBreaker) allow() (admission, time.Time, error) {
+	st := b.cb.State()
+	done, err := b.cb.Allow()
+	if err != nil {
+		var until time.Time
+		if errors.Is(err, gobreaker.ErrOpenState) {
+			b.p.mu.Lock()
+			until = b.p.openUntil
+			b.p.mu.Unlock()
+		}
+		return admission{}, until, err
+	}
+	if st == gobreaker.StateOpen { // it flipped to half-open inside Allow
+		st = gobreaker.StateHalfOpen
+	}
+	adm := admission{state: st, done: done}
+	if st == gobreaker.StateHalfOpen {
+		adm.done = func(outcome error) {
+			done(outcome)
+			b.p.broadcast() // the probe slot is free again
+		}
+	}
+	return adm, time.Time{}, nil
+}
+
+func (b *localBreaker) state() gobreaker.State { return b.cb.State() }
