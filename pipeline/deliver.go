@@ -74,7 +74,7 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 
 // attempts runs the resilience policy around Send, one span per attempt.
 // Span attributes are built only for recorded spans: with sampling off
-// they were a good part of a delivery's allocations.
+// they would be a good part of a delivery's allocations.
 func (p *Pipeline) attempts(ctx context.Context, s *builtSink, req *Request) (int, error) {
 	ctx, span := p.tracer.Start(ctx, "deliver "+s.cfg.Name)
 	defer span.End()

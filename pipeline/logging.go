@@ -30,7 +30,7 @@ func (h traceLogHandler) WithGroup(name string) slog.Handler {
 
 // watermillLogger bridges watermill's logs to slog. It checks the level
 // before watermill turns its fields into attributes: the router logs at
-// trace level for every message, and that conversion alone was a
+// trace level for every message, and that conversion alone would be a
 // measurable share of the daemon's allocations.
 type watermillLogger struct {
 	log *slog.Logger
