@@ -96,7 +96,9 @@ type Backend interface {
 	// Ledger keeps the delivery records.
 	Ledger() Ledger
 	// DedupeStore returns a store keeping dedupe keys under prefix for
-	// ttl. Stores of one backend with the same prefix share their keys.
+	// ttl. Whether stores share keys is the backend's: Redis stores with
+	// the same prefix share them across replicas, memory stores are each
+	// private to their stage.
 	DedupeStore(prefix string, ttl time.Duration) (DedupeStore, error)
 	// BreakerStore shares circuit-breaker state between replicas; nil
 	// when the backend cannot (each process then keeps its own).

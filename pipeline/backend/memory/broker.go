@@ -21,6 +21,11 @@ import (
 // returns a single subscriber: a second one would receive a copy of every
 // message.
 //
+// A topic has one consumer group (the engine never makes two), and a
+// message published to a topic nobody subscribes to is dropped by
+// gochannel but stays counted: the engine subscribes to every topic it
+// publishes to before it accepts an export.
+//
 // The broker counts the messages published and not yet acknowledged. The
 // webhook waits in Admit while that count is at max_pending, so an overload
 // slows callers down instead of growing memory without end; the same

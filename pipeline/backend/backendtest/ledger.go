@@ -1,0 +1,87 @@
+package backendtest
+
+import (
+	"testing"
+
+	"github.com/labelpipe/labelpipe/pipeline/backend"
+)
+
+// TestLedger checks the Ledger contract on a fresh backend per subtest.
+//
+//   - Record: a key is not delivered before Record and is after it (and
+//     after a second Record); another chunk, sink or export is not, a
+//     render failure's chunk -1 included.
+//   - SharedAcrossInstances: a record made through one backend is seen
+//     through another on the same storage, both ways.
+func TestLedger(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
+	checkSetup(t, f, newBackend, reopen)
+	t.Run("Record", func(t *testing.T) { testLedgerRecord(t, newBackend) })
+	if f.SharedAcrossInstances {
+		t.Run("SharedAcrossInstances", func(t *testing.T) { testLedgerShared(t, f, newBackend, reopen) })
+	}
+}
+
+func openLedger(t *testing.T, b backend.Backend) backend.Ledger {
+	t.Helper()
+	l := b.Ledger()
+	if l == nil {
+		t.Fatal("Ledger() is nil")
+	}
+	return l
+}
+
+func wantDelivered(t *testing.T, l backend.Ledger, key backend.DeliveryKey, want bool) {
+	t.Helper()
+	got, err := l.Delivered(t.Context(), key)
+	if err != nil {
+		t.Fatalf("Delivered(%s): %v", key, err)
+	}
+	if got != want {
+		t.Fatalf("Delivered(%s) = %v, want %v", key, got, want)
+	}
+}
+
+func record(t *testing.T, l backend.Ledger, key backend.DeliveryKey) {
+	t.Helper()
+	if err := l.Record(t.Context(), key); err != nil {
+		t.Fatalf("Record(%s): %v", key, err)
+	}
+}
+
+func testLedgerRecord(t *testing.T, newBackend Constructor) {
+	l := openLedger(t, newBackend(t))
+	key := backend.DeliveryKey{ExportID: "exp-1", Sink: "scale", Chunk: 0}
+	others := []backend.DeliveryKey{
+		{ExportID: "exp-1", Sink: "scale", Chunk: 1},
+		{ExportID: "exp-1", Sink: "scale", Chunk: -1},
+		{ExportID: "exp-1", Sink: "labelbox", Chunk: 0},
+		{ExportID: "exp-2", Sink: "scale", Chunk: 0},
+	}
+	wantDelivered(t, l, key, false)
+	record(t, l, key)
+	wantDelivered(t, l, key, true)
+	for _, k := range others {
+		wantDelivered(t, l, k, false)
+	}
+	record(t, l, key) // a redelivery records again
+	wantDelivered(t, l, key, true)
+
+	unrendered := others[1]
+	record(t, l, unrendered)
+	wantDelivered(t, l, unrendered, true)
+	wantDelivered(t, l, others[0], false)
+}
+
+func testLedgerShared(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
+	b1 := newBackend(t)
+	b2 := reopen(t, b1)
+	l1, l2 := openLedger(t, b1), openLedger(t, b2)
+	k1 := backend.DeliveryKey{ExportID: "exp-1", Sink: "scale", Chunk: 0}
+	k2 := backend.DeliveryKey{ExportID: "exp-1", Sink: "scale", Chunk: 1}
+	wantDelivered(t, l2, k1, false)
+	record(t, l1, k1)
+	wantDelivered(t, l2, k1, true)
+	wantDelivered(t, l2, k2, false)
+	record(t, l2, k2)
+	wantDelivered(t, l1, k2, true)
+}
