@@ -171,9 +171,17 @@ func TestDedupeRelease(t *testing.T) {
 			checkDuplicate(t, err, first.ID)
 
 			// The duplicate reserved nothing; an export claiming the key
-			// under another id must not free it either.
+			// under another id must not free it either. The impostor
+			// carries every attribute the holder got (the shared
+			// dedupe_key and the stage's own), so Release does reach the
+			// store, with an id that does not hold the key.
 			impostor := newExport(t, body, nil)
-			impostor.SetAttr(stages.AttrDedupeKey, first.Attrs[stages.AttrDedupeKey])
+			if len(first.Attrs) < 2 {
+				t.Fatalf("holder attrs = %v, want dedupe_key and the stage's own key", first.Attrs)
+			}
+			for k, v := range first.Attrs {
+				impostor.SetAttr(k, v)
+			}
 			for _, e := range []*pipeline.Export{dup, impostor} {
 				if err := s.(pipeline.Releaser).Release(t.Context(), e); err != nil {
 					t.Fatalf("Release: %v", err)
@@ -335,10 +343,25 @@ func TestDedupeRedisDown(t *testing.T) {
 }
 
 func TestDedupeBuild(t *testing.T) {
-	_, err := build(t, "dedupe", "store: redis", redisEnv(nil))
-	if err == nil || err.Error() != "dedupe store redis: backend redis needs redis.url in the config" {
-		t.Fatalf("build without Redis = %v", err)
-	}
+	t.Run("redis without redis.url", func(t *testing.T) {
+		_, err := build(t, "dedupe", "store: redis", redisEnv(nil))
+		if err == nil || err.Error() != "dedupe store redis: backend redis needs redis.url in the config" {
+			t.Fatalf("build without Redis = %v", err)
+		}
+	})
+	t.Run("no Env.DedupeStore", func(t *testing.T) {
+		// build supplies a DedupeStore when the Env has none; a stage
+		// built outside a pipeline gets none, and must say so.
+		cfg, err := decode(t, "dedupe", "")
+		if err != nil {
+			t.Fatalf("dedupe defaults are invalid: %v", err)
+		}
+		st, _ := registry().Stage("dedupe")
+		s, err := st.Build(cfg, pipeline.Env{Name: "dedupe"})
+		if err == nil || !strings.Contains(err.Error(), "Env.DedupeStore") {
+			t.Fatalf("build without Env.DedupeStore = %v, %v; want an error naming Env.DedupeStore", s, err)
+		}
+	})
 }
 
 func TestDedupeValidate(t *testing.T) {

@@ -61,7 +61,8 @@ func decode(t *testing.T, typ, opts string) (any, error) {
 	return cfg, v.Validate()
 }
 
-// build builds a stage from YAML options; the config must be valid.
+// build builds a stage from YAML options; the config must be valid. An Env
+// without a DedupeStore gets redisEnv(nil)'s: memory stores, and no redis.
 func build(t *testing.T, typ, opts string, env pipeline.Env) (pipeline.Stage, error) {
 	t.Helper()
 	cfg, err := decode(t, typ, opts)
