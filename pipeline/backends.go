@@ -86,7 +86,7 @@ func notConfigured(reg *Registry, kind string) error {
 
 // dedupeStore is Env.DedupeStore: a store on an open backend, or on the
 // in-process one in a preview.
-func (p *Pipeline) dedupeStore(kind, prefix string, ttl time.Duration) (backend.DedupeStore, error) {
+func (p *Pipeline) dedupeStore(kind, prefix string, ttl, hold time.Duration) (backend.DedupeStore, error) {
 	if p.offline {
 		kind = p.backends.kinds[0]
 	}
@@ -94,7 +94,7 @@ func (p *Pipeline) dedupeStore(kind, prefix string, ttl time.Duration) (backend.
 	if !ok {
 		return nil, notConfigured(p.opts.Registry, kind)
 	}
-	return b.DedupeStore(prefix, ttl)
+	return b.DedupeStore(prefix, ttl, hold)
 }
 
 // breakerStore is the first shared breaker store an open backend offers,

@@ -135,6 +135,17 @@ func decodePayload(e *Export) error {
 	return nil
 }
 
+// confirm makes final what stages reserved for an export now stored.
+func (p *Pipeline) confirm(ctx context.Context, e *Export) {
+	for _, s := range p.stages {
+		if c, ok := s.stage.(Confirmer); ok {
+			if err := c.Confirm(context.WithoutCancel(ctx), e); err != nil {
+				s.log.WarnContext(ctx, "could not confirm reservation; a repeat may be accepted again once it lapses", "export", e.ID, "err", err)
+			}
+		}
+	}
+}
+
 // release gives back what stages reserved for an export that was not
 // accepted, so that the caller's retry is not taken for a duplicate.
 func (p *Pipeline) release(ctx context.Context, e *Export) {

@@ -28,11 +28,12 @@ type Env struct {
 	TracerProvider trace.TracerProvider
 	MeterProvider  metric.MeterProvider
 	// DedupeStore opens a dedupe store on the backend of the given kind
-	// (memory, redis, or a registered one), keeping keys under prefix for
-	// ttl. In a preview it is a private, empty in-process store whatever
+	// (memory, redis, or a registered one), keeping keys under prefix,
+	// provisionally for hold and for ttl once confirmed (see
+	// backend.DedupeStore). In a preview it is a private, empty in-process store whatever
 	// the kind. It is nil for stages built outside a pipeline (tests set
 	// it themselves).
-	DedupeStore func(kind, prefix string, ttl time.Duration) (backend.DedupeStore, error)
+	DedupeStore func(kind, prefix string, ttl, hold time.Duration) (backend.DedupeStore, error)
 	// ConfigDir is the directory of the config file, for relative paths.
 	ConfigDir string
 	// Offline is set when the pipeline is built for a preview: nothing

@@ -30,10 +30,19 @@ type RawStage interface {
 // Releaser is implemented by stages that reserve something (a dedupe key)
 // in Process: Release gives it back when the export is not accepted after
 // all (a later stage stopped it, or the durable publish failed), so that
-// the caller's retry is not swallowed. Once the export is published, the
-// reservation stands.
+// the caller's retry is not swallowed.
 type Releaser interface {
 	Release(ctx context.Context, e *Export) error
+}
+
+// Confirmer is implemented by stages whose reservation is provisional
+// until the export is stored: Confirm is called once the export is on the
+// broker, before the 202. A reservation that is never confirmed (the
+// process died before the publish) lapses by itself, so it never promises
+// an export that does not exist. A Confirm error is logged; the export is
+// accepted all the same.
+type Confirmer interface {
+	Confirm(ctx context.Context, e *Export) error
 }
 
 // Previewer is implemented by stages whose Process has side effects (a

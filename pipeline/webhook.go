@@ -145,6 +145,7 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 		p.unavailable(ctx, w, retryAfterUnavailable, "could not store the export (broker unavailable); it was not accepted, retry shortly")
 		return
 	}
+	p.confirm(ctx, e)
 	p.log.InfoContext(ctx, "export accepted", "export", e.ID, "event", e.Event())
 	p.reply(ctx, w, http.StatusAccepted, answer{Status: "accepted", ID: e.ID})
 }

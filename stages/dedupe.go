@@ -19,10 +19,15 @@ import (
 // The dedupe stage answers 200 {"status":"duplicate"} for an export it has
 // already accepted within `ttl`, naming the first export's id.
 //
-// The first sighting of a key reserves it with the export's id. If the
-// export then cannot be published durably, the pipeline calls Release and
-// the key is given back, so that the caller's retry is accepted rather than
-// swallowed as a duplicate.
+// The first sighting of a key reserves it with the export's id,
+// provisionally, for `hold`. Once the export is stored on the broker the
+// pipeline confirms the reservation, and from then on, for `ttl`, a repeat
+// is answered "duplicate". A repeat that arrives while the reservation is
+// still provisional is answered 503 with Retry-After: the first export may
+// yet fail to be stored. If it cannot be published, the pipeline calls
+// Release and the key is given back at once; if its process dies first,
+// the reservation lapses after `hold`. Either way the caller's retry is
+// accepted, never swallowed as a duplicate of an export that was lost.
 //
 // The default key is a SHA-256 of (event, project, issue id, sorted element
 // ids), so re-exporting the same elements of an issue is a duplicate and
@@ -59,8 +64,15 @@ type DedupeConfig struct {
 	// Store keeps the keys: memory (default; this process only) or redis
 	// (shared by replicas; needs redis.url).
 	Store string `yaml:"store"`
-	// TTL is how long a key is remembered; default 24h.
+	// TTL is how long a key is remembered once its export is stored;
+	// default 24h.
 	TTL time.Duration `yaml:"ttl"`
+	// Hold is how long a key waits for its export to be stored before it
+	// lapses; default 1m. A repeat within it is answered 503 with
+	// Retry-After, not "duplicate", because the first export may yet fail
+	// to be stored (or its replica may die). It must cover the rest of the
+	// stages and broker.queue_wait.
+	Hold time.Duration `yaml:"hold"`
 	// Key is a jq program yielding the dedupe key; default a hash of
 	// (event, project, issue id, sorted element ids).
 	Key string `yaml:"key"`
@@ -77,6 +89,7 @@ func DedupeDefaults() *DedupeConfig {
 	return &DedupeConfig{
 		Store:        StoreMemory,
 		TTL:          24 * time.Hour,
+		Hold:         time.Minute,
 		KeyPrefix:    "labelpipe:dedupe:",
 		OnStoreError: OnStoreErrorReject,
 	}
@@ -92,6 +105,9 @@ func (c *DedupeConfig) Validate() error {
 	}
 	if c.TTL < time.Millisecond {
 		errs = append(errs, pipeline.FieldErr("ttl", "must be ≥ 1ms"))
+	}
+	if c.Hold < time.Millisecond {
+		errs = append(errs, pipeline.FieldErr("hold", "must be ≥ 1ms"))
 	}
 	if c.Key != "" {
 		if _, err := pipeline.CompileJQ(c.Key); err != nil {
@@ -128,7 +144,7 @@ func buildDedupe(c *DedupeConfig, env pipeline.Env) (pipeline.Stage, error) {
 	}
 	// In a preview the pipeline hands out a private, empty store: the
 	// verdict a first delivery gets, touching nothing shared.
-	store, err := env.DedupeStore(c.Store, c.KeyPrefix, c.TTL)
+	store, err := env.DedupeStore(c.Store, c.KeyPrefix, c.TTL, c.Hold)
 	if err != nil {
 		return nil, fmt.Errorf("dedupe store %s: %w", c.Store, err)
 	}
@@ -158,14 +174,14 @@ func (d *Dedupe) Process(ctx context.Context, e *pipeline.Export) error {
 	if key == "" {
 		return nil
 	}
-	holder, reserved, err := d.store.Reserve(ctx, key, e.ID)
+	h, reserved, err := d.store.Reserve(ctx, key, e.ID)
 	if err != nil {
 		return d.storeFailed(ctx, e, err)
 	}
-	// holder == e.ID: the same export came through again (a redelivery);
+	// h.ID == e.ID: the same export came through again (a redelivery);
 	// it keeps its own reservation.
-	if !reserved && holder != e.ID {
-		return pipeline.Duplicate(holder)
+	if !reserved && h.ID != e.ID {
+		return d.held(h)
 	}
 	e.SetAttr(AttrDedupeKey, key)
 	e.SetAttr(d.attr, key)
@@ -181,14 +197,24 @@ func (d *Dedupe) Preview(ctx context.Context, e *pipeline.Export) error {
 	if key == "" {
 		return nil
 	}
-	holder, held, err := d.store.Holder(ctx, key)
+	h, held, err := d.store.Holder(ctx, key)
 	if err != nil {
 		return d.storeFailed(ctx, e, err)
 	}
-	if held && holder != e.ID {
-		return pipeline.Duplicate(holder)
+	if held && h.ID != e.ID {
+		return d.held(h)
 	}
 	return nil
+}
+
+// held answers a repeat of an export that holds the key: a duplicate once
+// that export is stored, "try again shortly" while it is being stored.
+func (d *Dedupe) held(h backend.Hold) error {
+	if h.Confirmed {
+		return pipeline.Duplicate(h.ID)
+	}
+	return pipeline.Unavailable(dedupeRetryAfter, nil,
+		"an identical export (%s) is being stored right now; retry shortly", h.ID)
 }
 
 // storeFailed applies on_store_error.
@@ -203,6 +229,18 @@ func (d *Dedupe) storeFailed(ctx context.Context, e *pipeline.Export, err error)
 	}
 	return pipeline.Unavailable(dedupeRetryAfter, err,
 		"Redis is unavailable, so duplicates cannot be checked; try again later")
+}
+
+// Confirm makes e's reservation final now that e is stored.
+func (d *Dedupe) Confirm(ctx context.Context, e *pipeline.Export) error {
+	key := e.Attrs[d.attr]
+	if key == "" {
+		return nil
+	}
+	if err := d.store.Confirm(ctx, key, e.ID); err != nil {
+		return fmt.Errorf("dedupe %s: confirm key: %w", d.name, err)
+	}
+	return nil
 }
 
 // Release gives back the key e reserved, if e still holds it, so that a
@@ -285,5 +323,6 @@ func DefaultDedupeKey(payload any) string {
 var (
 	_ pipeline.Stage     = (*Dedupe)(nil)
 	_ pipeline.Releaser  = (*Dedupe)(nil)
+	_ pipeline.Confirmer = (*Dedupe)(nil)
 	_ pipeline.Previewer = (*Dedupe)(nil)
 )

@@ -33,6 +33,25 @@ func dedupeStores(t *testing.T, f func(t *testing.T, newStage stageFactory)) {
 // stageFactory builds a dedupe stage with extra YAML options.
 type stageFactory func(t *testing.T, opts string) pipeline.Stage
 
+// stored confirms e's reservation, as the pipeline does once e is on the
+// broker.
+func stored(t *testing.T, s pipeline.Stage, e *pipeline.Export) {
+	t.Helper()
+	if err := s.(pipeline.Confirmer).Confirm(t.Context(), e); err != nil {
+		t.Fatalf("Confirm %s: %v", e.ID, err)
+	}
+}
+
+// checkBeingStored fails unless err says an identical export, id, is being
+// stored: 503 with Retry-After, not a duplicate.
+func checkBeingStored(t *testing.T, err error, id string) {
+	t.Helper()
+	se := stageErr(t, err)
+	if se.Verdict != pipeline.VerdictUnavailable || se.RetryAfter <= 0 || !strings.Contains(se.Msg, id) {
+		t.Fatalf("verdict %v retry after %v %q, want unavailable naming %s", se.Verdict, se.RetryAfter, se.Msg, id)
+	}
+}
+
 // checkDuplicate fails unless err is a duplicate of id.
 func checkDuplicate(t *testing.T, err error, of string) {
 	t.Helper()
@@ -63,6 +82,7 @@ func TestDedupeDuplicates(t *testing.T) {
 				first := newExport(t, frames, nil)
 				err := s.Process(t.Context(), first)
 				passed(t, first, err)
+				stored(t, s, first)
 				if first.Attrs[stages.AttrDedupeKey] != stages.DefaultDedupeKey(first.Payload) {
 					t.Fatalf("attr %s = %q, want the default key", stages.AttrDedupeKey, first.Attrs[stages.AttrDedupeKey])
 				}
@@ -98,6 +118,14 @@ func TestDedupeRedisKeys(t *testing.T) {
 			err := s.Process(t.Context(), e)
 			passed(t, e, err)
 			key := tt.prefix + e.Attrs[stages.AttrDedupeKey]
+			// Provisional until stored: "?<id>", for the hold (1m).
+			if got, err := rdb.Get(t.Context(), key).Result(); err != nil || got != "?"+e.ID {
+				t.Fatalf("GET %s = %q, %v; want a provisional hold by %q", key, got, err, e.ID)
+			}
+			if hold, err := rdb.PTTL(t.Context(), key).Result(); err != nil || hold <= 59*time.Second || hold > time.Minute {
+				t.Fatalf("PTTL %s = %v, %v; want about the 1m hold", key, hold, err)
+			}
+			stored(t, s, e)
 			if got, err := rdb.Get(t.Context(), key).Result(); err != nil || got != e.ID {
 				t.Fatalf("GET %s = %q, %v; want the export id %q", key, got, err, e.ID)
 			}
@@ -118,6 +146,7 @@ func TestDedupeTTLExpiry(t *testing.T) {
 		first := newExport(t, body, nil)
 		err := s.Process(t.Context(), first)
 		passed(t, first, err)
+		stored(t, s, first)
 
 		// Poll until a repeat is accepted: it must be, and not before ttl.
 		deadline := time.Now().Add(5 * time.Second)
@@ -151,12 +180,14 @@ func TestDedupeRelease(t *testing.T) {
 			first := newExport(t, body, nil)
 			err := s.Process(t.Context(), first)
 			passed(t, first, err)
+			stored(t, s, first)
 			if err := s.(pipeline.Releaser).Release(t.Context(), first); err != nil {
 				t.Fatalf("Release: %v", err)
 			}
 			retry := newExport(t, body, nil)
 			err = s.Process(t.Context(), retry)
 			passed(t, retry, err)
+			stored(t, s, retry)
 			// The retry now holds the key.
 			err = s.Process(t.Context(), newExport(t, body, nil))
 			checkDuplicate(t, err, retry.ID)
@@ -166,6 +197,7 @@ func TestDedupeRelease(t *testing.T) {
 			first := newExport(t, body, nil)
 			err := s.Process(t.Context(), first)
 			passed(t, first, err)
+			stored(t, s, first)
 			dup := newExport(t, body, nil)
 			err = s.Process(t.Context(), dup)
 			checkDuplicate(t, err, first.ID)
@@ -228,11 +260,60 @@ func TestDedupeConcurrentFirstSightings(t *testing.T) {
 		if winner == "" {
 			t.Fatal("no export was accepted")
 		}
+		// Until the winner is stored, the others are told to retry.
 		for _, err := range errs {
 			if err != nil {
-				checkDuplicate(t, err, winner)
+				checkBeingStored(t, err, winner)
 			}
 		}
+		for _, e := range exports {
+			if e.ID == winner {
+				stored(t, s, e)
+			}
+		}
+		checkDuplicate(t, s.Process(t.Context(), newExport(t, body, nil)), winner)
+	})
+}
+
+// An export whose reservation was never confirmed (its process died
+// between the dedupe stage and the publish) must never make a retry a
+// "duplicate": the retry is told to come back while the reservation is
+// provisional, and is accepted once it lapses.
+func TestDedupeUnstoredExportIsNeverADuplicate(t *testing.T) {
+	body := samplePayload(t, "issue-frames.json")
+	dedupeStores(t, func(t *testing.T, newStage stageFactory) {
+		const hold = 300 * time.Millisecond
+		opts := "key_prefix: 'unstored:'\nhold: " + hold.String()
+		alive := newStage(t, opts)
+		lost := newExport(t, body, nil)
+		passed(t, lost, alive.Process(t.Context(), lost))
+		reserved := time.Now()
+		// ... and the process dies: no publish, no Confirm, no Release.
+
+		retry := newExport(t, body, nil)
+		err := alive.Process(t.Context(), retry)
+		if time.Since(reserved) < hold {
+			checkBeingStored(t, err, lost.ID)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for err != nil {
+			if se := stageErr(t, err); se.Verdict == pipeline.VerdictDuplicate {
+				t.Fatalf("retry of an export that was never stored answered duplicate of %s", se.DuplicateOf)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("retry still refused 10s after a hold of %s: %v", hold, err)
+			}
+			<-tick.C
+			retry = newExport(t, body, nil)
+			err = alive.Process(t.Context(), retry)
+		}
+		if since := time.Since(reserved); since < hold {
+			t.Fatalf("retry accepted %s after the reservation, before its hold of %s lapsed", since, hold)
+		}
+		stored(t, alive, retry)
+		checkDuplicate(t, alive.Process(t.Context(), newExport(t, body, nil)), retry.ID)
 	})
 }
 
@@ -250,6 +331,7 @@ func TestDedupeCustomKey(t *testing.T) {
 		first := withWebhookID("msg_1")
 		err := s.Process(t.Context(), first)
 		passed(t, first, err)
+		stored(t, s, first)
 		if first.Attrs[stages.AttrDedupeKey] != "msg_1" {
 			t.Fatalf("key = %q, want msg_1", first.Attrs[stages.AttrDedupeKey])
 		}
@@ -440,6 +522,7 @@ func TestDedupePreviewReservesNothing(t *testing.T) {
 		first := newExport(t, body, nil)
 		err := s.Process(t.Context(), first)
 		passed(t, first, err)
+		stored(t, s, first)
 
 		err = pv.Preview(t.Context(), newExport(t, body, nil))
 		checkDuplicate(t, err, first.ID)

@@ -193,12 +193,12 @@ func passed(t *testing.T, e *pipeline.Export, err error) {
 // and in memory for store: memory, as a pipeline's backends give them. A
 // nil rdb is a pipeline without redis.url.
 func redisEnv(rdb goredis.UniversalClient) pipeline.Env {
-	return pipeline.Env{DedupeStore: func(kind, prefix string, ttl time.Duration) (backend.DedupeStore, error) {
+	return pipeline.Env{DedupeStore: func(kind, prefix string, ttl, hold time.Duration) (backend.DedupeStore, error) {
 		switch {
 		case kind == "memory":
-			return memory.NewDedupeStore(ttl), nil
+			return memory.NewDedupeStore(ttl, hold), nil
 		case kind == "redis" && rdb != nil:
-			return redisb.NewDedupeStore(rdb, prefix, ttl), nil
+			return redisb.NewDedupeStore(rdb, prefix, ttl, hold), nil
 		case kind == "redis":
 			return nil, errors.New("backend redis needs redis.url in the config")
 		}

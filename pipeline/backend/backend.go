@@ -20,15 +20,17 @@
 // These shapes are decided here so that later work fills them in rather
 // than adding parallel state. Only what exists today is implemented.
 //
-//   - Publish once under a key. The dedupe reservation and the durable
-//     publish are to become one atomic step on a backend that can do it
-//     (a Lua script on Redis), so that a crash between them can never
-//     leave a key that answers "duplicate" for an export that is not on
-//     the broker. That is why a backend owns its dedupe store: the Redis
-//     store's keys will share the exports stream's hash tag, so one script
-//     may touch both on a Redis Cluster. The id of an export accepted again
-//     after such a crash is then the one first reserved, so vendor
-//     idempotency keys (derived from it) stay the same.
+//   - Publish once under a key. A dedupe reservation is provisional until
+//     the export is on the broker (DedupeStore.Reserve, then Confirm), so a
+//     crash between them leaves a hold that lapses, never a key that
+//     answers "duplicate" for an export that is not on the broker. A
+//     backend that can make the reservation and the publish one atomic
+//     step (a Lua script on Redis) may do so later; that is why a backend
+//     owns its dedupe store, and why the Redis store's keys are to share
+//     the exports stream's hash tag, so that one script may touch both on
+//     a Redis Cluster. Vendor idempotency keys are to derive from the
+//     dedupe key rather than the arrival id, so that an export accepted
+//     again after such a crash maps to the same vendor task.
 //   - One delivery record per (export, sink, chunk), named by DeliveryKey
 //     and owned by the backend's Ledger. Today a record only says
 //     "delivered". The attempt count that must survive restarts, the step
@@ -44,6 +46,7 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"time"
 
@@ -95,11 +98,12 @@ type Backend interface {
 	DLQ() DLQ
 	// Ledger keeps the delivery records.
 	Ledger() Ledger
-	// DedupeStore returns a store keeping dedupe keys under prefix for
+	// DedupeStore returns a store keeping dedupe keys under prefix: a
+	// reservation is held provisionally for hold, and once confirmed for
 	// ttl. Whether stores share keys is the backend's: Redis stores with
 	// the same prefix share them across replicas, memory stores are each
 	// private to their stage.
-	DedupeStore(prefix string, ttl time.Duration) (DedupeStore, error)
+	DedupeStore(prefix string, ttl, hold time.Duration) (DedupeStore, error)
 	// BreakerStore shares circuit-breaker state between replicas; nil
 	// when the backend cannot (each process then keeps its own).
 	BreakerStore() gobreaker.SharedDataStore
@@ -226,14 +230,33 @@ type Ledger interface {
 // can wait for redelivery.
 const LedgerTTL = 7 * 24 * time.Hour
 
-// DedupeStore remembers dedupe keys for a fixed time. Each key is held by
-// the id of the export that reserved it.
+// DedupeStore remembers dedupe keys. Each key is held by the id of the
+// export that reserved it, in two steps, so that a key never promises an
+// export that is not on the broker: Reserve holds it provisionally, for the
+// store's hold (long enough to publish the export; a crash before the
+// publish lets it lapse), and Confirm, called once the export is on the
+// broker, keeps it for the store's ttl. A provisional hold answers a
+// repeat with "try again shortly", a confirmed one with "duplicate".
 type DedupeStore interface {
-	// Reserve records key as held by id unless the key is already held.
-	// It returns the holder's id and whether this call reserved the key.
-	Reserve(ctx context.Context, key, id string) (holder string, reserved bool, err error)
-	// Holder returns the id holding key, if any, and changes nothing.
-	Holder(ctx context.Context, key string) (id string, held bool, err error)
-	// Release forgets key if id still holds it.
+	// Reserve holds key for id, provisionally, unless the key is already
+	// held. It returns the hold in force and whether this call made it.
+	Reserve(ctx context.Context, key, id string) (h Hold, reserved bool, err error)
+	// Confirm makes id's hold on key final, for the store's ttl. It fails
+	// with ErrHoldLost when id no longer holds the key (the provisional
+	// hold lapsed and another export took it).
+	Confirm(ctx context.Context, key, id string) error
+	// Holder returns the hold on key, if any, and changes nothing.
+	Holder(ctx context.Context, key string) (h Hold, held bool, err error)
+	// Release forgets key if id still holds it, confirmed or not.
 	Release(ctx context.Context, key, id string) error
 }
+
+// Hold is who holds a dedupe key, and whether the hold is confirmed (the
+// export is on the broker) or provisional (it is being stored).
+type Hold struct {
+	ID        string
+	Confirmed bool
+}
+
+// ErrHoldLost is Confirm's error when the export no longer holds the key.
+var ErrHoldLost = errors.New("dedupe key is no longer held by this export")

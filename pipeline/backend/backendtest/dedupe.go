@@ -1,6 +1,7 @@
 package backendtest
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -31,6 +32,7 @@ func TestDedupeStore(t *testing.T, f Features, newBackend Constructor, reopen Re
 	t.Run("Prefixes", func(t *testing.T) { testDedupePrefixes(t, newBackend) })
 	t.Run("Expiry", func(t *testing.T) { testDedupeExpiry(t, newBackend) })
 	t.Run("Concurrent", func(t *testing.T) { testDedupeConcurrent(t, newBackend) })
+	t.Run("ProvisionalThenConfirmed", func(t *testing.T) { testDedupeConfirm(t, newBackend) })
 	if f.SharedAcrossInstances {
 		t.Run("SharedAcrossInstances", func(t *testing.T) { testDedupeShared(t, f, newBackend, reopen) })
 	}
@@ -41,7 +43,7 @@ const dedupePrefix = "dedupe:webhook:"
 
 func openDedupe(t *testing.T, b backend.Backend, prefix string, ttl time.Duration) backend.DedupeStore {
 	t.Helper()
-	s, err := b.DedupeStore(prefix, ttl)
+	s, err := b.DedupeStore(prefix, ttl, ttl)
 	if err != nil {
 		t.Fatalf("DedupeStore(%q, %s): %v", prefix, ttl, err)
 	}
@@ -57,8 +59,8 @@ func reserve(t *testing.T, s backend.DedupeStore, key, id, wantHolder string, wa
 	if err != nil {
 		t.Fatalf("Reserve(%s, %s): %v", key, id, err)
 	}
-	if holder != wantHolder || reserved != wantReserved {
-		t.Fatalf("Reserve(%s, %s) = %q, %v; want %q, %v", key, id, holder, reserved, wantHolder, wantReserved)
+	if holder.ID != wantHolder || reserved != wantReserved {
+		t.Fatalf("Reserve(%s, %s) = %q, %v; want %q, %v", key, id, holder.ID, reserved, wantHolder, wantReserved)
 	}
 }
 
@@ -68,8 +70,8 @@ func wantHolder(t *testing.T, s backend.DedupeStore, key, want string) {
 	if err != nil {
 		t.Fatalf("Holder(%s): %v", key, err)
 	}
-	if held != (want != "") || id != want {
-		t.Fatalf("Holder(%s) = %q, %v; want %q, %v", key, id, held, want, want != "")
+	if held != (want != "") || id.ID != want {
+		t.Fatalf("Holder(%s) = %q, %v; want %q, %v", key, id.ID, held, want, want != "")
 	}
 }
 
@@ -127,15 +129,15 @@ func testDedupeExpiry(t *testing.T, newBackend Constructor) {
 	if since := time.Since(start); !held && since < ttl/2 {
 		t.Fatalf("key gone %s after Reserve with a ttl of %s", since, ttl)
 	}
-	if held && id != "export-a" {
-		t.Fatalf("Holder = %q, want export-a", id)
+	if held && id.ID != "export-a" {
+		t.Fatalf("Holder = %q, want export-a", id.ID)
 	}
 	eventually(t, "key expires after its ttl", func() (bool, string) {
 		id, held, err := s.Holder(t.Context(), "k")
 		if err != nil {
 			t.Fatalf("Holder: %v", err)
 		}
-		return !held, fmt.Sprintf("held by %q %s after Reserve", id, time.Since(start))
+		return !held, fmt.Sprintf("held by %q %s after Reserve", id.ID, time.Since(start))
 	})
 	if since := time.Since(start); since < ttl {
 		t.Fatalf("key expired %s after Reserve, before its ttl of %s", since, ttl)
@@ -158,7 +160,7 @@ func testDedupeConcurrent(t *testing.T, newBackend Constructor) {
 		wg.Go(func() {
 			<-start
 			h, r, err := s.Reserve(t.Context(), "contended", fmt.Sprintf("export-%02d", i))
-			res[i] = result{h, r, err}
+			res[i] = result{h.ID, r, err}
 		})
 	}
 	close(start)
@@ -200,4 +202,60 @@ func testDedupeShared(t *testing.T, f Features, newBackend Constructor, reopen R
 	wantHolder(t, s1, "k", "")
 	reserve(t, again, "k", "export-c", "export-c", true)
 	wantHolder(t, s2, "k", "export-c")
+}
+
+// testDedupeConfirm: a reservation is provisional until confirmed; a
+// provisional hold lapses after hold, a confirmed one lasts ttl; only the
+// holder confirms, and not once its hold has lapsed.
+func testDedupeConfirm(t *testing.T, newBackend Constructor) {
+	const hold = 200 * time.Millisecond
+	b := newBackend(t)
+	s, err := b.DedupeStore(dedupePrefix, time.Hour, hold)
+	if err != nil {
+		t.Fatalf("DedupeStore: %v", err)
+	}
+	wantHold := func(key string, want backend.Hold) {
+		t.Helper()
+		h, held, err := s.Holder(t.Context(), key)
+		if err != nil || !held || h != want {
+			t.Fatalf("Holder(%s) = %+v, %v, %v; want %+v", key, h, held, err, want)
+		}
+	}
+	h, reserved, err := s.Reserve(t.Context(), "kept", "export-a")
+	if err != nil || !reserved || h != (backend.Hold{ID: "export-a"}) {
+		t.Fatalf("Reserve = %+v, %v, %v; want a provisional hold by export-a", h, reserved, err)
+	}
+	wantHold("kept", backend.Hold{ID: "export-a"})
+	if err := s.Confirm(t.Context(), "kept", "export-b"); !errors.Is(err, backend.ErrHoldLost) {
+		t.Fatalf("Confirm by a non-holder = %v, want ErrHoldLost", err)
+	}
+	if err := s.Confirm(t.Context(), "kept", "export-a"); err != nil {
+		t.Fatalf("Confirm by the holder: %v", err)
+	}
+	wantHold("kept", backend.Hold{ID: "export-a", Confirmed: true})
+	h, reserved, err = s.Reserve(t.Context(), "kept", "export-b")
+	if err != nil || reserved || h != (backend.Hold{ID: "export-a", Confirmed: true}) {
+		t.Fatalf("Reserve of a confirmed key = %+v, %v, %v; want the confirmed hold of export-a", h, reserved, err)
+	}
+
+	// A provisional hold that is never confirmed (its export was never
+	// stored) lapses, and cannot be confirmed after that.
+	reserve(t, s, "lapsed", "export-c", "export-c", true)
+	start := time.Now()
+	eventually(t, "a provisional hold lapses", func() (bool, string) {
+		h, held, err := s.Holder(t.Context(), "lapsed")
+		if err != nil {
+			t.Fatalf("Holder: %v", err)
+		}
+		return !held, fmt.Sprintf("held %+v %s after Reserve", h, time.Since(start))
+	})
+	if err := s.Confirm(t.Context(), "lapsed", "export-c"); !errors.Is(err, backend.ErrHoldLost) {
+		t.Fatalf("Confirm after the hold lapsed = %v, want ErrHoldLost", err)
+	}
+	reserve(t, s, "lapsed", "export-d", "export-d", true)
+
+	// The confirmed key outlived the provisional hold.
+	wantHold("kept", backend.Hold{ID: "export-a", Confirmed: true})
+	release(t, s, "kept", "export-a")
+	wantHolder(t, s, "kept", "")
 }

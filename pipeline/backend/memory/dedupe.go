@@ -13,8 +13,8 @@ import (
 // to stop. (Watermill's map repository expires only on a timer, cannot
 // return the holder, cannot release a key, and leaks its timer goroutine.)
 type DedupeStore struct {
-	ttl time.Duration
-	now func() time.Time
+	ttl, hold time.Duration
+	now       func() time.Time
 
 	mu        sync.Mutex
 	keys      map[string]memoryEntry
@@ -22,17 +22,18 @@ type DedupeStore struct {
 }
 
 type memoryEntry struct {
-	id      string
+	backend.Hold
 	expires time.Time
 }
 
-// NewDedupeStore returns an empty store remembering keys for ttl.
-func NewDedupeStore(ttl time.Duration) *DedupeStore {
-	return &DedupeStore{ttl: ttl, now: time.Now, keys: map[string]memoryEntry{}}
+// NewDedupeStore returns an empty store holding keys provisionally for
+// hold, and for ttl once confirmed.
+func NewDedupeStore(ttl, hold time.Duration) *DedupeStore {
+	return &DedupeStore{ttl: ttl, hold: hold, now: time.Now, keys: map[string]memoryEntry{}}
 }
 
 // Reserve implements backend.DedupeStore.
-func (s *DedupeStore) Reserve(_ context.Context, key, id string) (string, bool, error) {
+func (s *DedupeStore) Reserve(_ context.Context, key, id string) (backend.Hold, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
@@ -46,27 +47,41 @@ func (s *DedupeStore) Reserve(_ context.Context, key, id string) (string, bool, 
 		s.nextSweep = now.Add(max(s.ttl/2, time.Second))
 	}
 	if e, ok := s.keys[key]; ok && now.Before(e.expires) {
-		return e.id, false, nil
+		return e.Hold, false, nil
 	}
-	s.keys[key] = memoryEntry{id: id, expires: now.Add(s.ttl)}
-	return id, true, nil
+	h := backend.Hold{ID: id}
+	s.keys[key] = memoryEntry{Hold: h, expires: now.Add(s.hold)}
+	return h, true, nil
+}
+
+// Confirm implements backend.DedupeStore.
+func (s *DedupeStore) Confirm(_ context.Context, key, id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	e, ok := s.keys[key]
+	if !ok || e.ID != id || !now.Before(e.expires) {
+		return backend.ErrHoldLost
+	}
+	s.keys[key] = memoryEntry{Hold: backend.Hold{ID: id, Confirmed: true}, expires: now.Add(s.ttl)}
+	return nil
 }
 
 // Holder implements backend.DedupeStore.
-func (s *DedupeStore) Holder(_ context.Context, key string) (string, bool, error) {
+func (s *DedupeStore) Holder(_ context.Context, key string) (backend.Hold, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e, ok := s.keys[key]; ok && s.now().Before(e.expires) {
-		return e.id, true, nil
+		return e.Hold, true, nil
 	}
-	return "", false, nil
+	return backend.Hold{}, false, nil
 }
 
 // Release implements backend.DedupeStore.
 func (s *DedupeStore) Release(_ context.Context, key, id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e, ok := s.keys[key]; ok && e.id == id {
+	if e, ok := s.keys[key]; ok && e.ID == id {
 		delete(s.keys, key)
 	}
 	return nil

@@ -80,8 +80,8 @@ func (b *Backend) Ledger() backend.Ledger { return b.ledger }
 
 // DedupeStore returns a new, empty store: memory stores are per process,
 // and each stage keeps its own.
-func (b *Backend) DedupeStore(_ string, ttl time.Duration) (backend.DedupeStore, error) {
-	return NewDedupeStore(ttl), nil
+func (b *Backend) DedupeStore(_ string, ttl, hold time.Duration) (backend.DedupeStore, error) {
+	return NewDedupeStore(ttl, hold), nil
 }
 
 // BreakerStore is nil: each process keeps its own breaker state.

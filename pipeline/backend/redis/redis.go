@@ -101,8 +101,8 @@ func (b *Backend) Ledger() backend.Ledger {
 }
 
 // DedupeStore keeps keys as prefix+key, shared by every replica.
-func (b *Backend) DedupeStore(prefix string, ttl time.Duration) (backend.DedupeStore, error) {
-	return NewDedupeStore(b.client, prefix, ttl), nil
+func (b *Backend) DedupeStore(prefix string, ttl, hold time.Duration) (backend.DedupeStore, error) {
+	return NewDedupeStore(b.client, prefix, ttl, hold), nil
 }
 
 // BreakerStore shares each sink's breaker state between replicas.
