@@ -12,7 +12,7 @@ import (
 // AdminHandler serves the admin API:
 //
 //	GET  /healthz                 the process is up
-//	GET  /readyz                  exports can be accepted now (broker/Redis reachable)
+//	GET  /readyz                  exports can be accepted now (broker/Redis reachable); "warnings" lists how accepted work could still be lost
 //	GET  /metrics                 Prometheus metrics, when a handler was injected
 //	GET  /api/sinks               each sink's breaker state, queue depth and DLQ size
 //	GET  /api/dlq?sink=NAME       dead letters (limit=N, default 100)
@@ -29,7 +29,13 @@ func (p *Pipeline) AdminHandler() http.Handler {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "error": err.Error()})
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"status": "ready"})
+		// Risks are reported, not failed on: failing would take every
+		// replica out of the load balancer at once.
+		ans := map[string]any{"status": "ready"}
+		if risks := p.broker.Risks(r.Context()); len(risks) > 0 {
+			ans["warnings"] = risks
+		}
+		writeJSON(w, http.StatusOK, ans)
 	})
 	if p.cfg.Admin.Pprof && p.opts.Profiles != nil {
 		mux.Handle("GET /debug/pprof/", p.opts.Profiles)

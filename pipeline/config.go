@@ -93,6 +93,11 @@ type BrokerConfig struct {
 	// longer queue costs CPU and only adds latency. The redis broker keeps
 	// its queue in Redis instead and ignores this.
 	MaxPending int64 `yaml:"max_pending"`
+	// RequirePersistence makes the redis broker refuse to start unless
+	// Redis persists (appendonly or snapshots) and never evicts
+	// (maxmemory-policy noeviction), or when that cannot be read; default
+	// false, which only warns.
+	RequirePersistence bool `yaml:"require_persistence"`
 	// QueueWait is how long a webhook request waits for room; default 10s.
 	QueueWait time.Duration `yaml:"queue_wait"`
 }

@@ -718,8 +718,17 @@ func TestWebhookUnavailableUntilRunning(t *testing.T) {
 	}
 	h.run()
 	h.accept(body)
-	if code := h.adminDo(http.MethodGet, "/readyz", nil, nil); code != http.StatusOK {
-		t.Errorf("/readyz while running = %d, want 200", code)
+	var ready struct {
+		Status   string   `json:"status"`
+		Warnings []string `json:"warnings"`
+	}
+	if code := h.adminDo(http.MethodGet, "/readyz", nil, &ready); code != http.StatusOK || ready.Status != "ready" {
+		t.Errorf("/readyz while running = %d %+v, want 200 ready", code, ready)
+	}
+	// Ready, and plain about the risk: the memory broker loses what it
+	// holds if the process dies.
+	if len(ready.Warnings) != 1 || !strings.Contains(ready.Warnings[0], "lost if the process dies") {
+		t.Errorf("/readyz warnings = %q, want the memory broker's", ready.Warnings)
 	}
 }
 

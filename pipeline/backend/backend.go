@@ -138,6 +138,11 @@ type Broker interface {
 	Info() Info
 	// Ready reports whether the broker can take messages now.
 	Ready(ctx context.Context) error
+	// Risks says how messages the broker took could still be lost (a
+	// broker in process memory, a Redis that persists nothing or evicts).
+	// They do not make the broker unready: failing readiness on them would
+	// take every replica out of service at once.
+	Risks(ctx context.Context) []string
 	// Close releases the broker; safe to call twice.
 	Close() error
 }

@@ -83,6 +83,10 @@ func testBrokerInfo(t *testing.T, f Features, newBackend Constructor) {
 	if err := br.Ready(ctx); err != nil {
 		t.Fatalf("Ready: %v", err)
 	}
+	// A broker that is not durable says so in its risks too.
+	if risks := br.Risks(ctx); !info.Durable && len(risks) == 0 {
+		t.Fatal("Risks() is empty for a broker that is not durable")
+	}
 }
 
 func testPublishSubscribe(t *testing.T, f Features, newBackend Constructor) {

@@ -142,6 +142,9 @@ func (b *Broker) Info() backend.Info {
 		Warning: "broker is memory: exports accepted but not yet delivered are lost if the process dies; use broker.type redis in production"}
 }
 
+// Risks is the broker's warning: messages live in this process only.
+func (b *Broker) Risks(context.Context) []string { return []string{b.Info().Warning} }
+
 // Ready is always nil: there is nothing outside the process to reach.
 func (b *Broker) Ready(context.Context) error { return nil }
 

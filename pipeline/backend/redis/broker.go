@@ -314,6 +314,15 @@ func (b *Broker) Ready(ctx context.Context) error {
 	return nil
 }
 
+// Risks reads the server's persistence and eviction settings.
+func (b *Broker) Risks(ctx context.Context) []string {
+	d, err := CheckDurability(ctx, b.client)
+	if err != nil {
+		return []string{"cannot tell whether redis persists queued exports: " + err.Error()}
+	}
+	return d.Risks()
+}
+
 // Close stops the subscribers and the heartbeat and releases what the
 // broker created; the shared client stays open. Messages still pending
 // under this replica become claimable by the others after claim_idle.

@@ -11,6 +11,8 @@ package redis
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,6 +58,13 @@ type Config struct {
 	Logger watermill.LoggerAdapter
 }
 
+func (c Config) withDefaults() Config {
+	if c.Logger == nil {
+		c.Logger = watermill.NopLogger{}
+	}
+	return c
+}
+
 // Backend is the redis backend on one client.
 type Backend struct {
 	client goredis.UniversalClient
@@ -69,7 +78,7 @@ type Backend struct {
 
 // New returns a backend on client; owns says Close closes the client too.
 func New(client goredis.UniversalClient, owns bool, cfg Config) *Backend {
-	return &Backend{client: client, owns: owns, cfg: cfg}
+	return &Backend{client: client, owns: owns, cfg: cfg.withDefaults()}
 }
 
 // Client is the backend's shared client.
@@ -83,6 +92,9 @@ func (b *Backend) Broker() (backend.Broker, error) {
 		return nil, errors.New("redis backend: closed")
 	}
 	if b.broker == nil {
+		if err := b.checkDurability(); err != nil {
+			return nil, err
+		}
 		br, err := NewBroker(b.client, b.cfg.Broker, b.cfg.ReplicaID, b.cfg.Logger)
 		if err != nil {
 			return nil, err
@@ -90,6 +102,32 @@ func (b *Backend) Broker() (backend.Broker, error) {
 		b.broker = br
 	}
 	return b.broker, nil
+}
+
+// checkDurability says at start whether Redis could lose accepted work,
+// and with broker.require_persistence refuses to start when it could, or
+// when that cannot be told. A Redis that is down only makes the daemon not
+// ready, unless persistence is required.
+func (b *Backend) checkDurability() error {
+	ctx, cancel := context.WithTimeout(context.Background(), startPingTimeout)
+	defer cancel()
+	require := b.cfg.Broker.RequirePersistence
+	d, err := CheckDurability(ctx, b.client)
+	if err != nil {
+		if require {
+			return fmt.Errorf("broker.require_persistence: cannot read redis persistence settings: %w", err)
+		}
+		b.cfg.Logger.Info("cannot check redis persistence yet; /readyz reports it once redis answers", watermill.LogFields{"err": err.Error()})
+		return nil
+	}
+	risks := d.Risks()
+	if len(risks) > 0 && require {
+		return fmt.Errorf("broker.require_persistence: %s", strings.Join(risks, "; "))
+	}
+	for _, r := range risks {
+		b.cfg.Logger.Error("accepted exports could be lost", errors.New(r), nil)
+	}
+	return nil
 }
 
 // DLQ keeps dead letters in one stream per sink.
