@@ -25,6 +25,9 @@ type Config struct {
 	Tracing TracingConfig `yaml:"tracing"`
 	// Log configures the daemon's logger.
 	Log LogConfig `yaml:"log"`
+	// JQ bounds every jq program's run: stages, dedupe keys, filters,
+	// transforms, sink bodies and previews.
+	JQ JQLimits `yaml:"jq"`
 	// Stages run in order, synchronously with the webhook request.
 	Stages []StageConfig `yaml:"-"`
 	// Sinks each receive every export they subscribe to.
@@ -188,6 +191,7 @@ func defaultConfig() Config {
 			MaxPending: 128, QueueWait: 10 * time.Second},
 		Redis: RedisConfig{KeyPrefix: "labelpipe:"},
 		Log:   LogConfig{Level: "info", Format: "text"},
+		JQ:    DefaultJQLimits(),
 	}
 }
 

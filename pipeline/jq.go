@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/itchyny/gojq"
 )
@@ -61,10 +62,19 @@ func compileJQ(src string) (*JQ, error) {
 // String returns the program's source.
 func (j *JQ) String() string { return j.src }
 
-// Run returns every value the program yields for input. A jq error stops it.
+// Run returns every value the program yields for input. A jq error stops
+// it, and so does a limit of the JQLimits in ctx (WithJQLimits), or of the
+// defaults: the error is a *JQLimitError naming the limit.
 func (j *JQ) Run(ctx context.Context, input any, export map[string]any) ([]any, error) {
+	lim := jqLimitsFrom(ctx)
+	run := ctx
+	if lim.Timeout > 0 {
+		var cancel context.CancelFunc
+		run, cancel = context.WithTimeout(ctx, lim.Timeout)
+		defer cancel()
+	}
 	var out []any
-	iter := j.code.RunWithContext(ctx, input, export)
+	iter := j.code.RunWithContext(run, input, export)
 	for {
 		v, ok := iter.Next()
 		if !ok {
@@ -75,10 +85,61 @@ func (j *JQ) Run(ctx context.Context, input any, export map[string]any) ([]any, 
 			if errors.As(err, &halt) && halt.Value() == nil {
 				return out, nil
 			}
+			if ctx.Err() == nil && run.Err() != nil {
+				return out, &JQLimitError{Limit: "jq.timeout", Msg: fmt.Sprintf("ran longer than %s", lim.Timeout)}
+			}
 			return out, fmt.Errorf("jq: %w", err)
+		}
+		if lim.MaxOutputs > 0 && len(out) == lim.MaxOutputs {
+			return out, &JQLimitError{Limit: "jq.max_outputs", Msg: fmt.Sprintf("yielded more than %d values", lim.MaxOutputs)}
 		}
 		out = append(out, v)
 	}
+}
+
+// JQLimits bound one run of a jq program, so that a program whose cost
+// grows with the payload cannot take the daemon down with it.
+type JQLimits struct {
+	// Timeout bounds one run; default 5s. It cannot bound one huge
+	// allocation, such as "x" * 1e9, which happens in one step.
+	Timeout time.Duration `yaml:"timeout"`
+	// MaxOutputs bounds the values one run yields (a sink's requests for
+	// one export, for example); default 100000.
+	MaxOutputs int `yaml:"max_outputs"`
+	// MaxOutputBytes bounds the encoded size of a sink's bodies for one
+	// export, checked as each is encoded; default 256 MiB.
+	MaxOutputBytes int64 `yaml:"max_output_bytes"`
+}
+
+// DefaultJQLimits are the limits a run gets when its context has none.
+func DefaultJQLimits() JQLimits {
+	return JQLimits{Timeout: 5 * time.Second, MaxOutputs: 100_000, MaxOutputBytes: 256 << 20}
+}
+
+type jqLimitsKey struct{}
+
+// WithJQLimits makes every jq run under ctx use l.
+func WithJQLimits(ctx context.Context, l JQLimits) context.Context {
+	return context.WithValue(ctx, jqLimitsKey{}, l)
+}
+
+func jqLimitsFrom(ctx context.Context) JQLimits {
+	if l, ok := ctx.Value(jqLimitsKey{}).(JQLimits); ok {
+		return l
+	}
+	return DefaultJQLimits()
+}
+
+// JQLimitError is a jq run stopped by one of its limits.
+type JQLimitError struct {
+	// Limit is the config key of the limit, e.g. "jq.timeout".
+	Limit string
+	// Msg says what the program did.
+	Msg string
+}
+
+func (e *JQLimitError) Error() string {
+	return "jq: the program " + e.Msg + " (limit " + e.Limit + ")"
 }
 
 // One runs the program and requires exactly one value.
@@ -114,9 +175,14 @@ func (j *JQ) JSON(ctx context.Context, input any, export map[string]any) ([][]by
 	if err != nil {
 		return nil, err
 	}
+	lim := jqLimitsFrom(ctx)
+	var size int64
 	out := make([][]byte, len(vs))
 	for i, v := range vs {
 		out[i], _ = gojq.Marshal(v) // never fails: jq only yields JSON values
+		if size += int64(len(out[i])); lim.MaxOutputBytes > 0 && size > lim.MaxOutputBytes {
+			return out[:i], &JQLimitError{Limit: "jq.max_output_bytes", Msg: fmt.Sprintf("yielded more than %d bytes of JSON", lim.MaxOutputBytes)}
+		}
 	}
 	return out, nil
 }

@@ -76,7 +76,7 @@ func ParseConfig(name string, data []byte, opts ...LoadOption) (*Config, error) 
 	}
 	sections := map[string]any{
 		"server": &cfg.Server, "admin": &cfg.Admin, "broker": &cfg.Broker,
-		"redis": &cfg.Redis, "tracing": &cfg.Tracing, "log": &cfg.Log,
+		"redis": &cfg.Redis, "tracing": &cfg.Tracing, "log": &cfg.Log, "jq": &cfg.JQ,
 	}
 	for _, mv := range root.Values {
 		key := mv.Key.String()
@@ -88,7 +88,7 @@ func ParseConfig(name string, data []byte, opts ...LoadOption) (*Config, error) 
 		default:
 			dst, ok := sections[key]
 			if !ok {
-				l.add(mv.Key, "", fmt.Sprintf("unknown key %q (want server, admin, broker, redis, tracing, log, stages or sinks)", key))
+				l.add(mv.Key, "", fmt.Sprintf("unknown key %q (want server, admin, broker, redis, tracing, log, jq, stages or sinks)", key))
 				continue
 			}
 			if m, ok := mv.Value.(*ast.MappingNode); ok {
@@ -382,6 +382,15 @@ func (l *loader) check(c *Config) {
 	}
 	if c.Broker.MaxPending < 1 {
 		l.at("broker.max_pending", "broker", "max_pending", "must be ≥ 1")
+	}
+	if c.JQ.Timeout <= 0 {
+		l.at("jq.timeout", "jq", "timeout", "must be > 0")
+	}
+	if c.JQ.MaxOutputs < 1 {
+		l.at("jq.max_outputs", "jq", "max_outputs", "must be ≥ 1")
+	}
+	if c.JQ.MaxOutputBytes < 1 {
+		l.at("jq.max_output_bytes", "jq", "max_output_bytes", "must be ≥ 1")
 	}
 	if c.Broker.QueueWait < 0 {
 		l.at("broker.queue_wait", "broker", "queue_wait", "must be ≥ 0")

@@ -82,6 +82,7 @@ type Pipeline struct {
 	ran       atomic.Bool // Run started the router
 	hardStop  context.Context
 	hardStopF context.CancelFunc
+	jqCtx     context.Context // hardStop with the config's jq limits: the root of every handler
 	closeOnce sync.Once
 	closeErr  error
 	servers   []*http.Server
@@ -149,6 +150,7 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 	}
 	p.bodies = semaphore.NewWeighted(budget)
 	p.hardStop, p.hardStopF = context.WithCancel(context.Background())
+	p.jqCtx = WithJQLimits(p.hardStop, cfg.JQ)
 	// built, not p: `return nil, err` has already set p to nil when this runs.
 	built := p
 	defer func() {

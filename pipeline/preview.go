@@ -54,6 +54,7 @@ func Preview(ctx context.Context, cfg *Config, opts Options, body []byte, header
 }
 
 func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header) *PreviewReport {
+	ctx = WithJQLimits(ctx, p.cfg.JQ)
 	rep := &PreviewReport{}
 	e := &Export{ID: "preview-" + watermill.NewShortUUID(), ReceivedAt: time.Now(), Header: header, Body: body}
 	if header == nil {

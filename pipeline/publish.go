@@ -58,7 +58,7 @@ func (p *Pipeline) publishMsgs(ctx context.Context, topic string, msgs ...*messa
 // consumerSpan continues the trace carried in a consumed message's
 // metadata, for the fan-out and the deliveries.
 func (p *Pipeline) consumerSpan(msg *message.Message, topic string) (context.Context, trace.Span) {
-	ctx := p.prop.Extract(p.hardStop, metadataCarrier(msg.Metadata))
+	ctx := p.prop.Extract(p.jqCtx, metadataCarrier(msg.Metadata))
 	ctx, span := p.tracer.Start(ctx, "process "+topic, trace.WithSpanKind(trace.SpanKindConsumer))
 	if span.IsRecording() {
 		span.SetAttributes(semconv.MessagingSystemKey.String(p.system),

@@ -73,7 +73,7 @@ func setRetryAfter(w http.ResponseWriter, d time.Duration) {
 }
 
 func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
+	ctx := WithJQLimits(r.Context(), p.cfg.JQ)
 	if p.draining.Load() {
 		p.unavailable(ctx, w, retryAfterUnavailable, "labelpipe is shutting down; retry shortly")
 		return
