@@ -33,6 +33,9 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 				attribute.Int("labelpipe.chunks", req.Chunks))
 		}
 		finish := func(outcome string) {
+			if outcome == "delivered" && p.draining.Load() {
+				p.shutdown.delivered.Add(1)
+			}
 			p.metrics.deliveries.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "outcome", outcome))
 		}
 
@@ -62,6 +65,9 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			// Shutting down: leave the request on the broker (nack) rather
 			// than dead-letter a request that did nothing wrong.
 			span.SetStatus(codes.Error, "interrupted by shutdown")
+			p.shutdown.mu.Lock()
+			p.shutdown.handedBack = append(p.shutdown.handedBack, req.IdempotencyKey())
+			p.shutdown.mu.Unlock()
 			return fmt.Errorf("delivery to %s interrupted: %w", s.cfg.Name, err)
 		}
 		if err := p.deadLetter(ctx, s, msg, req.Chunk, attempts, err); err != nil {

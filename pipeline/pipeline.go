@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,7 +86,13 @@ type Pipeline struct {
 	jqCtx     context.Context // hardStop with the config's jq limits: the root of every handler
 	closeOnce sync.Once
 	closeErr  error
-	servers   []*http.Server
+	// shutdown counts what happened to requests while draining.
+	shutdown struct {
+		delivered  atomic.Int64
+		mu         sync.Mutex
+		handedBack []string // idempotency keys of deliveries interrupted and nacked
+	}
+	servers []*http.Server
 }
 
 type builtStage struct {
@@ -357,8 +364,17 @@ func (p *Pipeline) drain() {
 		_ = s.Shutdown(ctx)
 	}
 	// A broker that keeps its queue in process waits for it to empty; a
-	// durable one keeps it for the next start.
-	drainErr := p.broker.Drain(ctx)
+	// durable one keeps it for the next start. Waiting is cut short when
+	// every request left waits behind an open circuit breaker: nothing
+	// more can be delivered before the deadline.
+	waitCtx, cutShort := context.WithCancel(ctx)
+	go p.cutShortWhenStuck(waitCtx, cutShort)
+	_ = p.broker.Drain(waitCtx)
+	if waitCtx.Err() != nil && ctx.Err() == nil {
+		p.log.Warn("every undelivered request waits behind an open circuit breaker; not waiting for the drain deadline")
+		p.hardStopF()
+	}
+	cutShort()
 	// Deliveries still running at the deadline are cancelled; they are
 	// nacked, not dead-lettered, so a durable broker redelivers them.
 	stop := time.AfterFunc(time.Until(deadline), p.hardStopF)
@@ -366,11 +382,56 @@ func (p *Pipeline) drain() {
 	if err := p.router.Close(); err != nil {
 		p.log.Warn("router did not stop cleanly", "err", err)
 	}
-	if drainErr != nil {
-		p.log.Error("drain deadline passed with requests undelivered", "err", drainErr)
-	}
+	done, cancelDone := context.WithCancel(context.Background())
+	cancelDone()
+	lost := p.broker.Drain(done) // what the broker holds now and will not keep
 	p.runCancel()
-	p.log.Info("drained")
+	p.shutdown.mu.Lock()
+	// A nacked request may be handed to a handler again while the router
+	// stops, and be interrupted again: count each once.
+	handedBack := slices.Compact(slices.Sorted(slices.Values(p.shutdown.handedBack)))
+	p.shutdown.mu.Unlock()
+	if lost != nil {
+		p.log.Error("requests undelivered at shutdown", "err", lost)
+	}
+	p.log.Info("drained", "delivered_while_draining", p.shutdown.delivered.Load(),
+		"handed_back", len(handedBack), "handed_back_ids", handedBack, "lost", lost != nil)
+}
+
+// cutShortWhenStuck cancels the drain's wait once nothing left can be
+// delivered: no export waits for the fan-out, and every sink with
+// requests left has an open breaker.
+func (p *Pipeline) cutShortWhenStuck(ctx context.Context, cancel context.CancelFunc) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if p.stuck(ctx) {
+			cancel()
+			return
+		}
+	}
+}
+
+func (p *Pipeline) stuck(ctx context.Context) bool {
+	if st, err := p.broker.QueueStats(ctx, backend.TopicExports, backend.FanoutGroup); err != nil || st.Depth > 0 {
+		return false
+	}
+	waiting := false
+	for _, s := range p.sinks {
+		if p.sinkQueue(ctx, s).Depth == 0 {
+			continue
+		}
+		if s.policy.State() != gobreaker.StateOpen {
+			return false
+		}
+		waiting = true
+	}
+	return waiting
 }
 
 // Close releases everything New built. It is safe twice and without Run.

@@ -3,6 +3,8 @@ package memory
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -118,6 +120,30 @@ func (b *Broker) QueueStats(_ context.Context, topic, _ string) (backend.QueueSt
 	return st, nil
 }
 
+// unfinishedIDs lists up to max unfinished messages as topic/id (for a
+// sink request the id is its idempotency key, export.sink.chunk).
+func (b *Broker) unfinishedIDs(max int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var ids []string
+	total := 0
+	for topic, q := range b.queued {
+		for id := range q {
+			total++
+			ids = append(ids, topic+"/"+id)
+		}
+	}
+	slices.Sort(ids)
+	if len(ids) > max {
+		ids = ids[:max]
+	}
+	s := strings.Join(ids, ", ")
+	if total > len(ids) {
+		s += fmt.Sprintf(" and %d more", total-len(ids))
+	}
+	return s
+}
+
 // Drain waits until every published message is acknowledged: what is left
 // when the process ends is lost.
 func (b *Broker) Drain(ctx context.Context) error {
@@ -130,7 +156,7 @@ func (b *Broker) Drain(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d messages undelivered (memory broker: they are lost)", n)
+			return fmt.Errorf("%d messages undelivered (memory broker: they are lost): %s", n, b.unfinishedIDs(20))
 		case <-t.C:
 		}
 	}
