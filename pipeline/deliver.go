@@ -10,6 +10,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/labelpipe/labelpipe/pipeline/backend"
 	"github.com/labelpipe/labelpipe/pipeline/resilience"
@@ -39,15 +40,16 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			p.metrics.deliveries.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "outcome", outcome))
 		}
 
-		if done, err := p.ledger.Delivered(ctx, key); err != nil {
-			s.log.WarnContext(ctx, "delivered ledger unavailable; delivering anyway (at-least-once)", "export", req.ExportID, "chunk", req.Chunk, "err", err)
-		} else if done {
+		rec, err := p.ledger.Lookup(ctx, key)
+		if err != nil {
+			s.log.WarnContext(ctx, "delivery ledger unavailable; delivering anyway (at-least-once)", "export", req.ExportID, "chunk", req.Chunk, "err", err)
+		} else if rec.Delivered {
 			span.AddEvent("already delivered; skipped")
 			finish("skipped")
 			return nil
 		}
 
-		attempts, err := p.attempts(ctx, s, req)
+		attempts, err := p.attempts(ctx, s, req, rec)
 		if span.IsRecording() {
 			span.SetAttributes(attribute.Int("labelpipe.attempts", attempts))
 		}
@@ -81,14 +83,26 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 // attempts runs the resilience policy around Send, one span per attempt.
 // Span attributes are built only for recorded spans: with sampling off
 // they would be a good part of a delivery's allocations.
-func (p *Pipeline) attempts(ctx context.Context, s *builtSink, req *Request) (int, error) {
+// rec carries the retries earlier processes made, and each failed attempt
+// is saved to the ledger, so that the retry budget holds across restarts.
+func (p *Pipeline) attempts(ctx context.Context, s *builtSink, req *Request, rec backend.DeliveryRecord) (int, error) {
 	ctx, span := p.tracer.Start(ctx, "deliver "+s.cfg.Name)
 	defer span.End()
 	if span.IsRecording() {
 		span.SetAttributes(attribute.String("labelpipe.sink", s.cfg.Name), attribute.String("labelpipe.sink.type", s.cfg.Type),
 			attribute.String("labelpipe.export.id", req.ExportID), attribute.Int("labelpipe.chunk", req.Chunk))
 	}
-	n, err := s.policy.Do(ctx, func(ctx context.Context, a resilience.Attempt) error {
+	prior := resilience.Progress{Attempts: rec.Attempts, Spent: rec.Spent, Elapsed: rec.Elapsed}
+	if prior.Attempts > 0 {
+		span.AddEvent("resumed", trace.WithAttributes(attribute.Int("labelpipe.prior_attempts", prior.Attempts)))
+	}
+	save := func(pr resilience.Progress) {
+		r := backend.DeliveryRecord{Attempts: pr.Attempts, Spent: pr.Spent, Elapsed: pr.Elapsed}
+		if err := p.ledger.SaveAttempts(context.WithoutCancel(ctx), req.Key(), r); err != nil {
+			s.log.WarnContext(ctx, "could not save the retry progress; a restart would count this request's attempts from zero", "export", req.ExportID, "err", err)
+		}
+	}
+	n, err := s.policy.Resume(ctx, prior, save, func(ctx context.Context, a resilience.Attempt) error {
 		ctx, as := p.tracer.Start(ctx, "attempt "+s.cfg.Name)
 		defer as.End()
 		if as.IsRecording() {

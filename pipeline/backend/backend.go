@@ -220,15 +220,31 @@ func (k DeliveryKey) String() string {
 	return k.ExportID + "." + k.Sink + "." + strconv.Itoa(k.Chunk)
 }
 
-// Ledger keeps one delivery record per (export, sink, chunk), so that a
-// redelivery after a crash skips a request that already succeeded.
-// Records expire after a retention the backend chooses, longer than any
-// message can wait for redelivery.
+// Ledger keeps one delivery record per (export, sink, chunk): whether the
+// request succeeded, so that a redelivery after a crash skips it, and how
+// far its retries got, so that retry.max_attempts and retry.max_elapsed
+// mean what they say across restarts. Records expire after LedgerTTL.
 type Ledger interface {
-	// Delivered reports whether key's request succeeded.
-	Delivered(ctx context.Context, key DeliveryKey) (bool, error)
+	// Lookup returns key's record; the zero record when there is none.
+	Lookup(ctx context.Context, key DeliveryKey) (DeliveryRecord, error)
 	// Record marks key's request as delivered.
 	Record(ctx context.Context, key DeliveryKey) error
+	// SaveAttempts records how far key's retries got (its Attempts,
+	// Spent and Elapsed; Delivered is ignored).
+	SaveAttempts(ctx context.Context, key DeliveryKey, r DeliveryRecord) error
+}
+
+// DeliveryRecord is one request's delivery record.
+type DeliveryRecord struct {
+	// Delivered says the request succeeded.
+	Delivered bool
+	// Attempts is every attempt made so far, circuit-breaker probes
+	// included; Spent is those that count towards retry.max_attempts.
+	Attempts, Spent int
+	// Elapsed is the time that counts towards retry.max_elapsed: time
+	// spent trying, not time no process was trying (a restart, an outage
+	// of the daemon) nor time behind an open breaker.
+	Elapsed time.Duration
 }
 
 // LedgerTTL is how long a delivery record is kept: longer than any message

@@ -212,15 +212,35 @@ func (p *Policy) State() gobreaker.State { return p.br.state() }
 // attempts, like Attempt.N and Error.Attempts, counts every attempt made,
 // probes included.
 func (p *Policy) Do(ctx context.Context, attempt func(ctx context.Context, a Attempt) error) (attempts int, err error) {
+	return p.Resume(ctx, Progress{}, nil, attempt)
+}
+
+// Progress is how far one request's retries got: every attempt made
+// (probes included), those that count towards retry.max_attempts, and the
+// time that counts towards retry.max_elapsed. It is what carries a
+// request's retry budget across processes.
+type Progress struct {
+	Attempts, Spent int
+	Elapsed         time.Duration
+}
+
+// Resume is Do for a request that earlier processes already tried: it
+// goes on from prior, so that max_attempts and max_elapsed count every
+// process's attempts. Only time spent trying counts: not the time between
+// processes, nor time behind an open breaker. save, when set, is called
+// with the progress after each failed attempt that will be retried, for
+// the caller to keep it.
+func (p *Policy) Resume(ctx context.Context, prior Progress, save func(Progress), attempt func(ctx context.Context, a Attempt) error) (attempts int, err error) {
 	start := time.Now()
 	var (
 		free     time.Duration // excluded from max_elapsed: breaker waits, failed probes
-		spent    int           // attempts that count towards max_attempts
+		spent    = prior.Spent // attempts that count towards max_attempts
 		lastErr  error
 		backoff  time.Duration
 		honoured bool
 	)
-	for n := 1; ; n++ {
+	elapsed := func() time.Duration { return prior.Elapsed + time.Since(start) - free }
+	for n := prior.Attempts + 1; ; n++ {
 		adm, breakerWait, err := p.admit(ctx)
 		if err != nil {
 			return n - 1, canceled(err, n-1, lastErr)
@@ -256,9 +276,12 @@ func (p *Policy) Do(ctx context.Context, attempt func(ctx context.Context, a Att
 				return n, &Error{Kind: ErrExhausted, Attempts: n, Elapsed: time.Since(start), Last: err}
 			}
 			backoff, honoured = p.backoff(spent, err)
-			if limit := p.cfg.Retry.MaxElapsed; limit > 0 && time.Since(start)-free+backoff > limit {
+			if limit := p.cfg.Retry.MaxElapsed; limit > 0 && elapsed()+backoff > limit {
 				return n, &Error{Kind: ErrExhausted, Attempts: n, Elapsed: time.Since(start), Last: err, MaxElapsed: limit}
 			}
+		}
+		if save != nil {
+			save(Progress{Attempts: n, Spent: spent, Elapsed: elapsed()})
 		}
 		if err := sleep(ctx, backoff); err != nil {
 			return n, canceled(err, n, lastErr)

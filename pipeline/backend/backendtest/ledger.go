@@ -2,6 +2,7 @@ package backendtest
 
 import (
 	"testing"
+	"time"
 
 	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
@@ -16,6 +17,7 @@ import (
 func TestLedger(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
 	checkSetup(t, f, newBackend, reopen)
 	t.Run("Record", func(t *testing.T) { testLedgerRecord(t, newBackend) })
+	t.Run("Attempts", func(t *testing.T) { testLedgerAttempts(t, f, newBackend, reopen) })
 	if f.SharedAcrossInstances {
 		t.Run("SharedAcrossInstances", func(t *testing.T) { testLedgerShared(t, f, newBackend, reopen) })
 	}
@@ -32,10 +34,11 @@ func openLedger(t *testing.T, b backend.Backend) backend.Ledger {
 
 func wantDelivered(t *testing.T, l backend.Ledger, key backend.DeliveryKey, want bool) {
 	t.Helper()
-	got, err := l.Delivered(t.Context(), key)
+	r, err := l.Lookup(t.Context(), key)
 	if err != nil {
-		t.Fatalf("Delivered(%s): %v", key, err)
+		t.Fatalf("Lookup(%s): %v", key, err)
 	}
+	got := r.Delivered
 	if got != want {
 		t.Fatalf("Delivered(%s) = %v, want %v", key, got, want)
 	}
@@ -84,4 +87,39 @@ func testLedgerShared(t *testing.T, f Features, newBackend Constructor, reopen R
 	wantDelivered(t, l2, k2, false)
 	record(t, l2, k2)
 	wantDelivered(t, l1, k2, true)
+}
+
+// testLedgerAttempts: a request's retry progress is kept until it is
+// delivered, per request, and (SharedAcrossInstances) seen by another
+// instance, as a replica that claims the request after a crash would.
+func testLedgerAttempts(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
+	ctx := t.Context()
+	b := newBackend(t)
+	l := b.Ledger()
+	key := backend.DeliveryKey{ExportID: "export-a", Sink: "scale", Chunk: 2}
+	other := backend.DeliveryKey{ExportID: "export-a", Sink: "scale", Chunk: 3}
+	lookup := func(l backend.Ledger, k backend.DeliveryKey, want backend.DeliveryRecord) {
+		t.Helper()
+		got, err := l.Lookup(ctx, k)
+		if err != nil || got != want {
+			t.Fatalf("Lookup(%s) = %+v, %v; want %+v", k, got, err, want)
+		}
+	}
+	lookup(l, key, backend.DeliveryRecord{})
+	saved := backend.DeliveryRecord{Attempts: 5, Spent: 3, Elapsed: 1500 * time.Millisecond}
+	if err := l.SaveAttempts(ctx, key, backend.DeliveryRecord{Attempts: 1, Spent: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.SaveAttempts(ctx, key, saved); err != nil {
+		t.Fatal(err)
+	}
+	lookup(l, key, saved)
+	lookup(l, other, backend.DeliveryRecord{})
+	if f.SharedAcrossInstances {
+		lookup(reopen(t, b).Ledger(), key, saved)
+	}
+	if err := l.Record(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	lookup(l, key, backend.DeliveryRecord{Delivered: true})
 }

@@ -13,6 +13,9 @@ type Ledger struct {
 	mu   sync.Mutex
 	ttl  time.Duration
 	seen map[backend.DeliveryKey]time.Time
+	// tries holds the retry progress of requests not yet delivered; it is
+	// dropped when they are, and expires with the same ttl.
+	tries map[backend.DeliveryKey]progress
 	// earliest is no later than the first expiry in seen: before it a
 	// sweep would delete nothing, so none is made.
 	earliest time.Time
@@ -20,19 +23,43 @@ type Ledger struct {
 
 // NewLedger returns an empty ledger keeping records for ttl.
 func NewLedger(ttl time.Duration) *Ledger {
-	return &Ledger{ttl: ttl, seen: map[backend.DeliveryKey]time.Time{}}
+	return &Ledger{ttl: ttl, seen: map[backend.DeliveryKey]time.Time{}, tries: map[backend.DeliveryKey]progress{}}
 }
 
-// Delivered reports whether key was recorded and has not expired.
-func (l *Ledger) Delivered(_ context.Context, key backend.DeliveryKey) (bool, error) {
+type progress struct {
+	backend.DeliveryRecord
+	expires time.Time
+}
+
+// Lookup returns key's record.
+func (l *Ledger) Lookup(_ context.Context, key backend.DeliveryKey) (backend.DeliveryRecord, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	exp, ok := l.seen[key]
-	if ok && time.Now().After(exp) {
-		delete(l.seen, key)
-		return false, nil
+	now := time.Now()
+	if exp, ok := l.seen[key]; ok {
+		if now.After(exp) {
+			delete(l.seen, key)
+		} else {
+			return backend.DeliveryRecord{Delivered: true}, nil
+		}
 	}
-	return ok, nil
+	if p, ok := l.tries[key]; ok {
+		if now.After(p.expires) {
+			delete(l.tries, key)
+		} else {
+			return p.DeliveryRecord, nil
+		}
+	}
+	return backend.DeliveryRecord{}, nil
+}
+
+// SaveAttempts records key's retry progress.
+func (l *Ledger) SaveAttempts(_ context.Context, key backend.DeliveryKey, r backend.DeliveryRecord) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r.Delivered = false
+	l.tries[key] = progress{DeliveryRecord: r, expires: time.Now().Add(l.ttl)}
+	return nil
 }
 
 // Record marks key delivered.
@@ -56,6 +83,7 @@ func (l *Ledger) Record(_ context.Context, key backend.DeliveryKey) error {
 		l.earliest = exp
 	}
 	l.seen[key] = exp
+	delete(l.tries, key)
 	return nil
 }
 

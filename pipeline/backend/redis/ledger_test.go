@@ -24,16 +24,16 @@ func TestRedisLedger(t *testing.T) {
 			ctx := t.Context()
 			l := redisb.NewLedger(rdb, testPrefix+tc.name+":", tc.ttl)
 			key := backend.DeliveryKey{ExportID: "exp-1", Sink: "scale", Chunk: 0}
-			if ok, err := l.Delivered(ctx, key); err != nil || ok {
-				t.Fatalf("delivered before record: %v %v", ok, err)
+			if r, err := l.Lookup(ctx, key); err != nil || r.Delivered {
+				t.Fatalf("delivered before record: %+v %v", r, err)
 			}
 			if err := l.Record(ctx, key); err != nil {
 				t.Fatal(err)
 			}
-			if ok, err := l.Delivered(ctx, key); err != nil || !ok {
-				t.Fatalf("not delivered after record: %v %v", ok, err)
+			if r, err := l.Lookup(ctx, key); err != nil || !r.Delivered {
+				t.Fatalf("not delivered after record: %+v %v", r, err)
 			}
-			if ok, _ := l.Delivered(ctx, backend.DeliveryKey{ExportID: "exp-1", Sink: "scale", Chunk: 1}); ok {
+			if r, _ := l.Lookup(ctx, backend.DeliveryKey{ExportID: "exp-1", Sink: "scale", Chunk: 1}); r.Delivered {
 				t.Fatal("another chunk counts as delivered")
 			}
 			pttl := rdb.PTTL(ctx, testPrefix+tc.name+":delivered:exp-1.scale.0").Val()
@@ -50,7 +50,8 @@ func TestRedisLedger(t *testing.T) {
 			tick := time.NewTicker(20 * time.Millisecond)
 			defer tick.Stop()
 			for {
-				ok, err := l.Delivered(ctx, key)
+				r, err := l.Lookup(ctx, key)
+				ok := r.Delivered
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -71,8 +72,8 @@ func TestRedisLedgerErrorsWhenRedisIsDown(t *testing.T) {
 	srv := redistest.Start(t)
 	l := redisb.NewLedger(srv.Client(t), testPrefix, time.Minute)
 	srv.Stop()
-	if _, err := l.Delivered(t.Context(), backend.DeliveryKey{ExportID: "k"}); err == nil {
-		t.Fatal("Delivered without redis gave no error")
+	if _, err := l.Lookup(t.Context(), backend.DeliveryKey{ExportID: "k"}); err == nil {
+		t.Fatal("Lookup without redis gave no error")
 	}
 	if err := l.Record(t.Context(), backend.DeliveryKey{ExportID: "k"}); err == nil {
 		t.Fatal("Record without redis gave no error")
