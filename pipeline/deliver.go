@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/labelpipe/labelpipe/pipeline/backend"
+	"github.com/labelpipe/labelpipe/pipeline/internal/failpoint"
 	"github.com/labelpipe/labelpipe/pipeline/resilience"
 )
 
@@ -54,6 +55,7 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			span.SetAttributes(attribute.Int("labelpipe.attempts", attempts))
 		}
 		if err == nil {
+			failpoint.Hit("after-delivery") // the vendor has it; the ledger does not know yet
 			if err := p.ledger.Record(ctx, key); err != nil {
 				s.log.WarnContext(ctx, "could not record delivery; a redelivery may repeat it", "export", req.ExportID, "err", err)
 			}

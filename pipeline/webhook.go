@@ -16,6 +16,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/labelpipe/labelpipe/pipeline/internal/failpoint"
 )
 
 // retryAfterUnavailable is the Retry-After sent with a 503.
@@ -132,6 +134,7 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 		p.reply(ctx, w, http.StatusOK, answer{Status: "ignored", Reason: fmt.Sprintf("no sink subscribes to event %q", ev)})
 		return
 	}
+	failpoint.Hit("before-publish") // reserved by dedupe, not yet stored
 	done, ok := p.broker.Admit(ctx, p.cfg.Broker.QueueWait)
 	if !ok {
 		p.release(ctx, e)
@@ -145,6 +148,7 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 		p.unavailable(ctx, w, retryAfterUnavailable, "could not store the export (broker unavailable); it was not accepted, retry shortly")
 		return
 	}
+	failpoint.Hit("after-publish") // stored, not confirmed nor answered
 	p.confirm(ctx, e)
 	p.log.InfoContext(ctx, "export accepted", "export", e.ID, "event", e.Event())
 	p.reply(ctx, w, http.StatusAccepted, answer{Status: "accepted", ID: e.ID})

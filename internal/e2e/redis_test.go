@@ -371,6 +371,8 @@ func testDLQReplay(t *testing.T, bin string) {
 
 type rigOptions struct {
 	aof bool
+	// dedupeHold is the dedupe stage's hold ("" for its default).
+	dedupeHold string
 	// redisUser connects as ACL user "labelpipe" instead of the default.
 	redisUser bool
 	claimIdle time.Duration
@@ -464,7 +466,7 @@ log: {format: json, level: info}
 stages:
   - {type: secret, header: X-Aquarium-Secret, secrets: [%q]}
   - {type: schema, schema: issue-exported}
-  - {type: dedupe, store: redis, ttl: 1h, on_store_error: reject}
+  - {type: dedupe, store: redis, ttl: 1h, on_store_error: reject%s}
 sinks:
   - name: labelbox
     type: graphql
@@ -517,10 +519,17 @@ sinks:
         }]
     retry: {max_attempts: 20, initial_interval: 20ms, max_interval: 200ms}
     breaker: {consecutive_failures: 50, open_timeout: 1s}
-`, webhook, admin, r.opts.claimIdle, r.redisURL, e2eSecret,
+`, webhook, admin, r.opts.claimIdle, r.redisURL, e2eSecret, r.dedupeHold(),
 		r.labelbox.Endpoint(), labelboxKey, lbProject,
 		r.scale.TaskURL(), scaleKey, r.opts.scaleInFlight, r.opts.scaleRetry, breaker,
 		r.ls.ImportURL(lsProject), lsToken, lsInFlight)
+}
+
+func (r *rig) dedupeHold() string {
+	if r.opts.dedupeHold == "" {
+		return ""
+	}
+	return ", hold: " + r.opts.dedupeHold
 }
 
 // exportBody is issue-crops.json as a distinct issue, so that dedupe keeps
@@ -749,19 +758,23 @@ type replica struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
+	// env is added to the next run's environment only (a failpoint).
+	env []string
 }
 
-// start runs a replica on fresh loopback ports and waits until it is ready.
-func (r *rig) start(name string) *replica {
-	rp := r.launch(name)
+// start runs a replica on fresh loopback ports and waits until it is
+// ready; env is added to its first run's environment.
+func (r *rig) start(name string, env ...string) *replica {
+	rp := r.launch(name, env...)
 	rp.waitReady(r.t, 30*time.Second)
 	return rp
 }
 
-// launch runs a replica on fresh loopback ports without waiting for it.
-func (r *rig) launch(name string) *replica {
+// launch runs a replica on fresh loopback ports without waiting for it;
+// env is added to its first run's environment.
+func (r *rig) launch(name string, env ...string) *replica {
 	t := r.t
-	rp := &replica{r: r, name: name, webhook: freeAddr(t), admin: freeAddr(t)}
+	rp := &replica{r: r, name: name, webhook: freeAddr(t), admin: freeAddr(t), env: env}
 	rp.config = filepath.Join(r.dir, name+".yaml")
 	if err := os.WriteFile(rp.config, []byte(r.config(name, rp.webhook, rp.admin)), 0o600); err != nil {
 		t.Fatal(err)
@@ -787,6 +800,9 @@ func (rp *replica) run() {
 	// The same id across restarts: the restarted replica takes over what
 	// its previous life left pending.
 	cmd.Env = append(os.Environ(), "LABELPIPE_REPLICA_ID="+rp.name)
+	rp.mu.Lock()
+	cmd.Env, rp.env = append(cmd.Env, rp.env...), nil
+	rp.mu.Unlock()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -1024,10 +1040,14 @@ func (l *load) stop() []string {
 
 // ---- helpers ----
 
-func buildLabelpipe(t *testing.T) string {
+func buildLabelpipe(t *testing.T, tags ...string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "labelpipe")
-	cmd := exec.CommandContext(t.Context(), "go", "build", "-o", bin, "github.com/labelpipe/labelpipe/cmd/labelpipe")
+	args := []string{"build", "-o", bin}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	cmd := exec.CommandContext(t.Context(), "go", append(args, "github.com/labelpipe/labelpipe/cmd/labelpipe")...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
