@@ -40,6 +40,7 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up waiting for deliveries after this long")
 	fs.DurationVar(&o.VendorLatency, "vendor-latency", 0, "latency each fake vendor adds to every request")
 	fs.IntVar(&o.MaxInFlight, "max-in-flight", 8, "the daemon's max_in_flight for each sink")
+	fault := fs.String("fault", "", "the first vendor misbehaves once the load starts: down=DURATION (503s), hang, or slow=DURATION (per request)")
 	fs.IntVar(&rounds, "rounds", 1, "run this many rounds (with --baseline, each pairs labelpipe and the forwarder) and report the median ratios")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write the daemon's CPU profile during the run to this file")
 	fs.StringVar(&o.MemProfile, "memprofile", "", "write the daemon's heap profile (with allocations) after the run to this file")
@@ -48,6 +49,11 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	if o.Broker == "redis" && o.RedisURL == "" {
 		fmt.Fprintln(stderr, "labelpipe bench: --broker redis needs --redis-url")
+		return 2
+	}
+	var err error
+	if o.Fault, err = loadtest.ParseFault(*fault); err != nil {
+		fmt.Fprintln(stderr, "labelpipe bench: --fault:", err)
 		return 2
 	}
 	exe, err := os.Executable()
@@ -112,6 +118,12 @@ func printRatios(w io.Writer, label string, r [4]float64) {
 
 // printResult prints one run's measurements on one line headed by name.
 func printResult(w io.Writer, name string, r loadtest.Result) {
+	defer func() {
+		if r.HealthyP99 > 0 {
+			fmt.Fprintf(w, "%-10s healthy vendors (all but the faulty one): delivery latency p50 %v p99 %v\n",
+				name, r.HealthyP50.Round(time.Microsecond), r.HealthyP99.Round(time.Microsecond))
+		}
+	}()
 	fmt.Fprintf(w, "%-10s accepted %d/%d (failed %d), %.0f accepted/s, %.0f exports/s end to end; accept latency p50 %v p99 %v; delivery latency p50 %v p99 %v; lost %d, duplicated %d; peak RSS %.1f MiB (body %.1f MiB); CPU %v (%v per export); %d vendor connections\n",
 		name, r.Accepted, r.Sent, r.Failed, r.AcceptRate, r.EndToEndRate, r.AcceptP50.Round(time.Microsecond), r.AcceptP99.Round(time.Microsecond),
 		r.DeliveryP50.Round(time.Microsecond), r.DeliveryP99.Round(time.Microsecond), r.Lost, r.Duplicates, float64(r.PeakRSSKiB)/1024, float64(r.ExportBytes)/(1<<20),

@@ -42,6 +42,8 @@ type Options struct {
 	// VendorLatency is the time each fake vendor spends on every request
 	// before it answers.
 	VendorLatency time.Duration
+	// Fault is how the first vendor misbehaves once the load starts.
+	Fault Fault
 	// CPUProfile, if set, is the file to write a 5-second CPU profile of the
 	// daemon to, taken from the start of sending. The forwarder is not
 	// profiled.
@@ -87,6 +89,9 @@ type Result struct {
 	// DeliveryP50 and DeliveryP99 are percentiles of the time from posting
 	// an export until the last vendor received it.
 	DeliveryP50, DeliveryP99 time.Duration
+	// HealthyP50 and HealthyP99 are the same to every vendor but the
+	// faulty one, with Options.Fault set.
+	HealthyP50, HealthyP99 time.Duration
 	// PeakRSSKiB is the child process's high-water resident set size in KiB
 	// (VmHWM), or 0 if it could not be read.
 	PeakRSSKiB int64
@@ -113,7 +118,7 @@ type Result struct {
 // run that lost exports is a Result, not an error.
 func Run(exe string, o Options, baseline bool, stderr io.Writer) (Result, error) {
 	var res Result
-	vendors := newFakeVendors(3, o.VendorLatency)
+	vendors := newFakeVendors(3, o.VendorLatency, o.Fault)
 	defer vendors.close()
 	dir, err := os.MkdirTemp("", "labelpipe-bench-")
 	if err != nil {
@@ -192,6 +197,7 @@ func Run(exe string, o Options, baseline bool, stderr io.Writer) (Result, error)
 	)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.Concurrency}, Timeout: 2 * time.Minute}
 	start := time.Now()
+	vendors.startFault()
 	profDone := make(chan struct{})
 	if o.CPUProfile != "" && !baseline {
 		go func() {
@@ -253,6 +259,9 @@ func Run(exe string, o Options, baseline bool, stderr io.Writer) (Result, error)
 	e2e := vendors.latencies()
 	slices.Sort(e2e)
 	res.DeliveryP50, res.DeliveryP99 = percentile(e2e, 50), percentile(e2e, 99)
+	healthy := vendors.healthyLatencies()
+	slices.Sort(healthy)
+	res.HealthyP50, res.HealthyP99 = percentile(healthy, 50), percentile(healthy, 99)
 	res.Lost, res.Duplicates = vendors.lostAndDuplicated(o.N)
 	if res.Lost > 0 || res.Duplicates > 0 {
 		// Say why: the daemon's warnings and errors.
