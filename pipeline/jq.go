@@ -66,7 +66,11 @@ func (j *JQ) String() string { return j.src }
 // it, and so does a limit of the JQLimits in ctx (WithJQLimits), or of the
 // defaults: the error is a *JQLimitError naming the limit.
 func (j *JQ) Run(ctx context.Context, input any, export map[string]any) ([]any, error) {
-	lim := jqLimitsFrom(ctx)
+	return j.run(ctx, jqLimitsFrom(ctx), input, export)
+}
+
+// run is Run under lim, read once by its callers.
+func (j *JQ) run(ctx context.Context, lim JQLimits, input any, export map[string]any) ([]any, error) {
 	run := ctx
 	if lim.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -171,11 +175,11 @@ func (j *JQ) Bool(ctx context.Context, input any, export map[string]any) (bool, 
 // encoder writes jq values without reflection and, like jq, leaves &, <
 // and > unescaped, so URLs in a vendor body arrive as written.
 func (j *JQ) JSON(ctx context.Context, input any, export map[string]any) ([][]byte, error) {
-	vs, err := j.Run(ctx, input, export)
+	lim := jqLimitsFrom(ctx)
+	vs, err := j.run(ctx, lim, input, export)
 	if err != nil {
 		return nil, err
 	}
-	lim := jqLimitsFrom(ctx)
 	var size int64
 	out := make([][]byte, len(vs))
 	for i, v := range vs {
