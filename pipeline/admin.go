@@ -12,7 +12,7 @@ import (
 // AdminHandler serves the admin API:
 //
 //	GET  /healthz                 the process is up
-//	GET  /readyz                  exports can be accepted now (broker/Redis reachable); "warnings" lists how accepted work could still be lost
+//	GET  /readyz                  exports can be accepted now (broker/Redis reachable); "warnings" lists how accepted work could still be lost, "degraded" the sinks whose queue is full
 //	GET  /metrics                 Prometheus metrics, when a handler was injected
 //	GET  /api/sinks               each sink's breaker state, queue depth and DLQ size
 //	GET  /api/dlq?sink=NAME       dead letters (limit=N, default 100)
@@ -34,6 +34,12 @@ func (p *Pipeline) AdminHandler() http.Handler {
 		ans := map[string]any{"status": "ready"}
 		if risks := p.broker.Risks(r.Context()); len(risks) > 0 {
 			ans["warnings"] = risks
+		}
+		// A full sink queue is degraded, not unready: intake and the
+		// other sinks carry on.
+		if full := p.queueDegraded(r.Context()); len(full) > 0 {
+			ans["status"] = "degraded"
+			ans["degraded"] = full
 		}
 		writeJSON(w, http.StatusOK, ans)
 	})

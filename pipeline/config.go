@@ -87,14 +87,13 @@ type BrokerConfig struct {
 	MaxLen int64 `yaml:"max_len"`
 	// FanoutWorkers is how many exports are fanned out at once; default 4.
 	FanoutWorkers int `yaml:"fanout_workers"`
-	// MaxPending bounds, on the memory broker, the messages queued and not
-	// yet finished (exports and sink requests). When it is reached the
-	// webhook waits for room, up to QueueWait, then answers 503, so an
-	// overload slows callers down instead of growing memory without end.
-	// Default 128 (about 40 exports to 3 sinks). Every queued message is
-	// held by goroutines the garbage collector scans on every cycle, so a
-	// longer queue costs CPU and only adds latency. The redis broker keeps
-	// its queue in Redis instead and ignores this.
+	// MaxPending bounds, on the memory broker, the exports accepted and
+	// not yet fanned out to the sinks' queues; an export counts once
+	// however large. When it is reached the webhook waits for room, up to
+	// QueueWait, then answers 503. The fan-out is quick, so this is
+	// reached only under an overload, or when a sink with queue.on_full
+	// backpressure is full. Default 128. The redis broker keeps its queue
+	// in Redis instead and ignores this.
 	MaxPending int64 `yaml:"max_pending"`
 	// RequirePersistence makes the redis broker refuse to start unless
 	// Redis persists (appendonly or snapshots) and never evicts
@@ -168,6 +167,8 @@ type SinkConfig struct {
 	// MaxInFlight is how many requests the sink has under way at once;
 	// default 4.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// Queue bounds the sink's own backlog of requests.
+	Queue QueueConfig `yaml:"queue"`
 	// Resilience is the rate limit, retry and breaker policy.
 	resilience.Config `yaml:",inline"`
 	// Options is the type's decoded config (a pointer), set by Resolve.
@@ -177,9 +178,39 @@ type SinkConfig struct {
 	path string
 }
 
+// QueueConfig bounds one sink's backlog: its requests queued and not yet
+// delivered or dead-lettered. Each sink has its own, so a vendor that is
+// down, slow or hanging fills only its own queue, and intake and the other
+// sinks carry on.
+type QueueConfig struct {
+	// MaxRequests is how many requests the queue holds; default 10000
+	// (minutes of a vendor outage at a steady few exports a second). On
+	// the redis broker it counts the sink's stream across every replica.
+	MaxRequests int64 `yaml:"max_requests"`
+	// MaxBytes is how many bytes of request bodies the queue holds, where
+	// the broker can count them cheaply (memory; the redis broker keeps
+	// the queue in Redis and is bounded by max_requests only); default
+	// 64 MiB.
+	MaxBytes int64 `yaml:"max_bytes"`
+	// OnFull is what happens to a new request while the queue is full:
+	// dead_letter (default) stores it in the sink's DLQ, with an error
+	// saying so, for an operator to replay; backpressure makes the fan-out
+	// wait for room, so the exports queue up and new webhooks wait
+	// broker.queue_wait, then get 503. Either way the other sinks carry
+	// on with the exports already accepted, and it is logged, counted
+	// (labelpipe.sink.queue.full) and shown as degraded in /readyz.
+	OnFull string `yaml:"on_full"`
+}
+
+// On-full actions.
+const (
+	OnFullDeadLetter   = "dead_letter"
+	OnFullBackpressure = "backpressure"
+)
+
 var sinkCommonKeys = map[string]bool{
 	"name": true, "type": true, "events": true, "filter": true, "timeout": true,
-	"max_in_flight": true, "rate_limit": true, "retry": true, "breaker": true,
+	"max_in_flight": true, "queue": true, "rate_limit": true, "retry": true, "breaker": true,
 }
 
 func defaultConfig() Config {
@@ -196,7 +227,9 @@ func defaultConfig() Config {
 }
 
 func defaultSink() SinkConfig {
-	return SinkConfig{Events: []string{"issue-exported"}, Timeout: 30 * time.Second, MaxInFlight: 4, Config: resilience.Defaults()}
+	return SinkConfig{Events: []string{"issue-exported"}, Timeout: 30 * time.Second, MaxInFlight: 4,
+		Queue:  QueueConfig{MaxRequests: 10000, MaxBytes: 64 << 20, OnFull: OnFullDeadLetter},
+		Config: resilience.Defaults()}
 }
 
 // ConfigError is one problem in a config file, with its position.

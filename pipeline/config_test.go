@@ -87,6 +87,12 @@ func TestConfigErrors(t *testing.T) {
 			`:15:15: sinks[1] "archive": envelope: cannot unmarshal`,
 			`:16:20: sinks[1] "archive": max_in_flight: cannot unmarshal`,
 		},
+		"pairings": {
+			`:7:12: stages[0] "dedupe": store: store redis keeps keys after a crash, but broker memory loses the exports they name`,
+			`stages[1] "quick": hold: must be longer than broker.queue_wait (10s)`,
+			`sinks[0] "archive": queue.max_requests: must be ≥ 1`,
+			`sinks[0] "archive": queue.on_full: unknown action "drop" (want dead_letter or backpressure)`,
+		},
 		"server-limits": {
 			`:5:23: server: max_inflight_bytes: must be ≥ max_body_bytes`,
 		},

@@ -26,7 +26,8 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 		defer func() { <-s.slots }()
 		ctx, span := p.consumerSpan(msg, s.topic)
 		defer span.End()
-		req := &Request{Sink: s.cfg.Name, ExportID: msg.Metadata.Get(backend.MetaExportID), Body: msg.Payload}
+		req := &Request{Sink: s.cfg.Name, ExportID: msg.Metadata.Get(backend.MetaExportID),
+			ExportKey: msg.Metadata.Get(backend.MetaExportKey), Body: msg.Payload}
 		req.Chunk, _ = strconv.Atoi(msg.Metadata.Get(backend.MetaChunk))
 		req.Chunks, _ = strconv.Atoi(msg.Metadata.Get(backend.MetaChunks))
 		key := req.Key()
@@ -70,7 +71,7 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			// than dead-letter a request that did nothing wrong.
 			span.SetStatus(codes.Error, "interrupted by shutdown")
 			p.shutdown.mu.Lock()
-			p.shutdown.handedBack = append(p.shutdown.handedBack, req.IdempotencyKey())
+			p.shutdown.handedBack = append(p.shutdown.handedBack, req.Key().String())
 			p.shutdown.mu.Unlock()
 			return fmt.Errorf("delivery to %s interrupted: %w", s.cfg.Name, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -14,13 +15,22 @@ import (
 	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
-type dlqOption func(*backend.DeadLetter)
+type dlqOption func(*dlqEntry)
+
+type dlqEntry struct {
+	d     *backend.DeadLetter
+	quiet bool
+}
 
 // withTopic marks a dead letter whose message belongs on another topic
 // (a render failure keeps the export, to be fanned out again on replay).
 func withTopic(topic string) dlqOption {
-	return func(d *backend.DeadLetter) { d.Message.Metadata.Set(backend.MetaReplayTopic, topic) }
+	return func(e *dlqEntry) { e.d.Message.Metadata.Set(backend.MetaReplayTopic, topic) }
 }
+
+// quietly logs the dead letter at debug level: its cause is logged once
+// for many (a full queue).
+func quietly() dlqOption { return func(e *dlqEntry) { e.quiet = true } }
 
 // deadLetter stores a request the sink gave up on, with what went wrong.
 func (p *Pipeline) deadLetter(ctx context.Context, s *builtSink, msg *message.Message, chunk, attempts int, cause error, opts ...dlqOption) error {
@@ -41,8 +51,9 @@ func (p *Pipeline) deadLetter(ctx context.Context, s *builtSink, msg *message.Me
 	if errors.As(cause, &de) {
 		d.Status, d.Answer = de.Status, de.Answer
 	}
+	e := dlqEntry{d: d}
 	for _, o := range opts {
-		o(d)
+		o(&e)
 	}
 	if s := d.Message.Metadata.Get(backend.MetaSink); s == "" {
 		d.Message.Metadata.Set(backend.MetaOnlySink, d.Sink)
@@ -56,7 +67,11 @@ func (p *Pipeline) deadLetter(ctx context.Context, s *builtSink, msg *message.Me
 		// Not stored anywhere yet: nack so the broker keeps it.
 		return fmt.Errorf("dead-letter for sink %s: %w", s.cfg.Name, err)
 	}
-	s.log.ErrorContext(ctx, "request dead-lettered", "export", d.ExportID, "chunk", chunk, "attempts", attempts,
+	level := slog.LevelError
+	if e.quiet {
+		level = slog.LevelDebug
+	}
+	s.log.Log(ctx, level, "request dead-lettered", "export", d.ExportID, "chunk", chunk, "attempts", attempts,
 		"status", d.Status, "err", cause)
 	return nil
 }

@@ -34,6 +34,14 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 		}
 	}
 	only := msg.Metadata.Get(backend.MetaOnlySink)
+	// Sinks whose queue is full are handled last, so that waiting for
+	// room (backpressure) never delays the others.
+	type refused struct {
+		s    *builtSink
+		msgs []*message.Message
+		use  queueUse
+	}
+	var full []refused
 	for _, s := range p.sinks {
 		if only != "" && s.cfg.Name != only {
 			continue
@@ -48,11 +56,21 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 		if len(msgs) == 0 {
 			continue
 		}
+		if use, ok := p.take(ctx, s, msgs, false); !ok {
+			full = append(full, refused{s, msgs, use})
+			continue
+		}
 		if err := p.publishMsgs(ctx, s.topic, msgs...); err != nil {
 			span.RecordError(err)
 			// Nacked: the export is fanned out again. Requests already
 			// queued for earlier sinks are caught by the delivery ledger.
 			return fmt.Errorf("queue requests for sink %s: %w", s.cfg.Name, err)
+		}
+	}
+	for _, r := range full {
+		if err := p.queueFull(ctx, r.s, r.msgs, r.use); err != nil {
+			span.RecordError(err)
+			return err
 		}
 	}
 	return nil
@@ -71,9 +89,11 @@ func (p *Pipeline) render(ctx context.Context, s *builtSink, md message.Metadata
 	}
 	out := make([]*message.Message, len(bodies))
 	for i, b := range bodies {
+		// The message id names this acceptance (export id), so two
+		// acceptances of the same export never share one on the broker.
 		req := Request{Sink: s.cfg.Name, ExportID: md.Get(backend.MetaExportID), Chunk: i, Chunks: len(bodies)}
-		m := message.NewMessage(req.IdempotencyKey(), b)
-		for _, k := range []string{backend.MetaExportID, backend.MetaReceivedAt, backend.MetaEvent, backend.MetaProject, backend.MetaIssueID} {
+		m := message.NewMessage(req.Key().String(), b)
+		for _, k := range []string{backend.MetaExportID, backend.MetaExportKey, backend.MetaReceivedAt, backend.MetaEvent, backend.MetaProject, backend.MetaIssueID} {
 			m.Metadata.Set(k, md.Get(k))
 		}
 		m.Metadata.Set(backend.MetaSink, s.cfg.Name)

@@ -43,7 +43,7 @@ func TestJQLimits(t *testing.T) {
 		}{
 			{"body that never ends", `last(range(1e12))`, "jq.timeout"},
 			{"too many requests", `range(1000) | {i: .}`, "the program yielded more than 50 values (limit jq.max_outputs)"},
-			{"bodies too large", `[range(100000)]`, "the program yielded more than 100000 bytes of JSON (limit jq.max_output_bytes)"},
+			{"bodies too large", `"x" * 200000`, "the program yielded more than 100000 bytes of JSON (limit jq.max_output_bytes)"},
 		} {
 			t.Run(tt.name, func(t *testing.T) {
 				h := startHarness(t, limits+head("")+archive+`  - {name: runaway, type: file, path: out/runaway.jsonl, body: '`+tt.body+`'}

@@ -154,6 +154,7 @@ func (c *Config) resolve(l *loader, reg *Registry) {
 		}
 		s.Options = t.Config()
 		l.decodeOptions(s.node, map[string]bool{"type": true, "name": true}, s.Options, s.path, s.label())
+		c.checkKeyStore(l, reg, s)
 	}
 	for i := range c.Sinks {
 		s := &c.Sinks[i]
@@ -168,6 +169,29 @@ func (c *Config) resolve(l *loader, reg *Registry) {
 		s.Options = t.Config()
 		l.decodeOptions(s.node, sinkCommonKeys, s.Options, s.path, s.label())
 	}
+}
+
+// checkKeyStore refuses a stage that keeps its keys in a store that
+// outlives the process while the broker keeps exports in the process.
+func (c *Config) checkKeyStore(l *loader, reg *Registry, s *StageConfig) {
+	kk, ok := s.Options.(KeyKeeper)
+	if !ok {
+		return
+	}
+	broker, bok := reg.Backend(c.Broker.Type)
+	if !bok || !broker.InProcess {
+		return // a broker outside the process admits at once and keeps what it took
+	}
+	if h := kk.KeyHold(); h > 0 && h <= c.Broker.QueueWait {
+		l.at(s.path+".hold", s.label(), "hold", fmt.Sprintf(
+			"must be longer than broker.queue_wait (%s): a request waiting for room would lose its hold, and its retry would be stored twice", c.Broker.QueueWait))
+	}
+	if store, ok := reg.Backend(kk.KeyStore()); !ok || store.InProcess {
+		return
+	}
+	l.at(s.path+".store", s.label(), "store", fmt.Sprintf(
+		"store %s keeps keys after a crash, but broker %s loses the exports they name: a retry would be answered \"duplicate\" for an export that is gone; use broker.type %s, or store %s",
+		kk.KeyStore(), c.Broker.Type, kk.KeyStore(), c.Broker.Type))
 }
 
 // entryError positions an error found while building a stage or sink at
@@ -368,6 +392,17 @@ func (l *loader) sinks(n ast.Node) []SinkConfig {
 		}
 		if s.MaxInFlight < 1 {
 			l.at(path+".max_in_flight", label, "max_in_flight", "must be ≥ 1")
+		}
+		if s.Queue.MaxRequests < 1 {
+			l.at(path+".queue.max_requests", label, "queue.max_requests", "must be ≥ 1")
+		}
+		if s.Queue.MaxBytes < 1 {
+			l.at(path+".queue.max_bytes", label, "queue.max_bytes", "must be ≥ 1")
+		}
+		switch s.Queue.OnFull {
+		case OnFullDeadLetter, OnFullBackpressure:
+		default:
+			l.at(path+".queue.on_full", label, "queue.on_full", fmt.Sprintf("unknown action %q (want dead_letter or backpressure)", s.Queue.OnFull))
 		}
 		out = append(out, s)
 	}

@@ -22,6 +22,7 @@ type instruments struct {
 	attempts   metric.Int64Counter
 	retries    metric.Int64Counter
 	e2e        metric.Float64Histogram
+	queueFull  metric.Int64Counter
 
 	// opts caches one measurement option per attribute set: building a set
 	// sorts and copies its attributes, which every export did several
@@ -95,6 +96,9 @@ func newInstruments(mp metric.MeterProvider, sinks []*builtSink, dlqLen func(ctx
 	in.retries, e = m.Int64Counter("labelpipe.sink.retries", metric.WithDescription("Attempts after the first, by sink."))
 	must(e)
 	in.e2e, e = m.Float64Histogram("labelpipe.sink.delivery_latency", metric.WithUnit("s"), metric.WithDescription("Time from webhook accepted to request delivered."))
+	must(e)
+	in.queueFull, e = m.Int64Counter("labelpipe.sink.queue.full",
+		metric.WithDescription("Requests that found their sink's queue full, by sink and action (dead_letter, backpressure)."))
 	must(e)
 	depth, e := m.Int64ObservableGauge("labelpipe.sink.queue_depth",
 		metric.WithDescription("Requests queued for the sink and not finished (across replicas on Redis)."))

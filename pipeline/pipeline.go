@@ -112,6 +112,7 @@ type builtSink struct {
 	log     *slog.Logger
 	breaker atomic.Int64 // breakerGauge of the state, for the gauge
 	topic   string       // sink.<name>
+	backlog backlog      // keeps the sink's queue within queue:
 }
 
 // New builds a pipeline from a loaded config. On failure it closes

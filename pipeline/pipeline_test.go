@@ -152,6 +152,7 @@ type webhookAnswer struct {
 	Raw        string
 	Status     string               `json:"status"`
 	ID         string               `json:"id"`
+	Key        string               `json:"key"`
 	TraceID    string               `json:"trace_id"`
 	Reason     string               `json:"reason"`
 	Error      string               `json:"error"`
@@ -387,12 +388,12 @@ const (
 	lbVariables = `[.issue.elements[].frame_id] | unique
 | range(0; length; 100000) as $i
 | {projectId: "` + lbProject + `",
-   name: "aquarium-\($export.issue_id)-\($export.id)-\($i / 100000)",
+   name: "aquarium-\($export.issue_id)-\($export.key)-\($i / 100000)",
    globalKeys: .[$i:$i + 100000]}`
 	scaleBody = `.issue.elements[] as $el
 | {project: "relabel", batch: "aquarium-\($export.issue_id)",
    attachment: $el.frame_data.sensor_data[0].data_urls.image_url,
-   unique_id: "\($export.id)-\($el.element_id)",
+   unique_id: "\($export.key)-\($el.element_id)",
    geometries: {box: {objects_to_annotate: ([$el.frame_data.label_data[]?.label] | unique)}},
    metadata: {issue_id: $export.issue_id, export_id: $export.id, element_id: $el.element_id}}`
 	lsBody = `[.issue.elements[] | {
@@ -828,26 +829,32 @@ func TestRejectAfterDedupeReleasesTheKey(t *testing.T) {
 	}
 }
 
-// A full memory queue makes the webhook wait for room, then answer 503,
-// and accept again once the vendor catches up.
+// A sink with queue.on_full: backpressure whose queue is full holds the
+// fan-out; the exports then fill broker.max_pending, and the webhook waits
+// for room, then answers 503, and accepts again once the vendor catches up.
 func TestWebhookBackpressureWhenQueueIsFull(t *testing.T) {
 	ls := vendortest.NewLabelStudio(t, lsToken)
 	ls.SetLatency(time.Hour) // held until the test lowers it
 	cfg := strings.Replace(head(""), "broker: {type: memory}", "broker: {type: memory, max_pending: 1, queue_wait: 100ms}", 1)
-	h := startHarness(t, cfg+labelStudioSink(ls, fastPolicy))
+	h := startHarness(t, cfg+labelStudioSink(ls, fastPolicy+"\n    queue: {max_requests: 1, on_full: backpressure}"))
 	body, _ := samplePayload(t, "issue-frames.json")
 	h.accept(body)
 	waitFake(t, "the delivery to reach the vendor", func(ctx context.Context) error { return ls.WaitArrived(ctx, 1) })
+	second, _ := samplePayload(t, "issue-frames.json")
+	h.accept(second) // waits in the fan-out for room in the sink's queue
 
 	other, _ := samplePayload(t, "issue-crops.json")
 	h.sendWaitsThenUnavailable(other, 100*time.Millisecond, "queue is full")
 
 	ls.SetLatency(0) // the vendor catches up
-	h.eventually(5*time.Second, "the queued request to finish", func() bool { return ls.Accepted() == 1 })
+	h.eventually(5*time.Second, "the queued requests to finish", func() bool { return ls.Accepted() == 2 })
 	if a := h.send(hookReq{secret: hookSecret, body: other}); a.Code != http.StatusAccepted {
 		t.Fatalf("after room was made: %d %s, want 202", a.Code, a.Raw)
 	}
-	waitFake(t, "both exports delivered", func(ctx context.Context) error { return ls.WaitAccepted(ctx, 2) })
+	waitFake(t, "every export delivered", func(ctx context.Context) error { return ls.WaitAccepted(ctx, 3) })
+	if ds := h.deadLetters("label_studio"); len(ds) != 0 {
+		t.Errorf("%d dead letters with on_full: backpressure, want none", len(ds))
+	}
 }
 
 // Bodies share server.max_inflight_bytes: while one large body is being
@@ -923,7 +930,7 @@ func TestDeliveryReachesEveryVendor(t *testing.T) {
 	batches := v.lb.Batches(lbProject)
 	if len(batches) != 1 || !slices.Equal(batches[0].GlobalKeys, []string{"frame_000481", "frame_000482", "frame_000517"}) {
 		t.Errorf("labelbox batches = %+v, want one with the three frames", batches)
-	} else if want := "aquarium-" + issueID + "-" + a.ID + "-0"; batches[0].Name != want {
+	} else if want := "aquarium-" + issueID + "-" + a.Key + "-0"; batches[0].Name != want {
 		t.Errorf("labelbox batch name = %q, want %q", batches[0].Name, want)
 	}
 	tasks := v.sc.Tasks()
@@ -931,8 +938,8 @@ func TestDeliveryReachesEveryVendor(t *testing.T) {
 		t.Fatalf("scale tasks = %d, want 3 (one per element)", len(tasks))
 	}
 	for _, tk := range tasks {
-		if !strings.HasPrefix(tk.UniqueID, a.ID+"-") || tk.Metadata["issue_id"] != issueID {
-			t.Errorf("scale task %+v does not name export %s / issue %s", tk, a.ID, issueID)
+		if !strings.HasPrefix(tk.UniqueID, a.Key+"-") || tk.Metadata["issue_id"] != issueID || tk.Metadata["export_id"] != a.ID {
+			t.Errorf("scale task %+v does not carry export key %s, issue %s and export %s", tk, a.Key, issueID, a.ID)
 		}
 	}
 	if got := v.ls.Tasks(lsProject); len(got) != 3 || got[0].Meta["export_id"] != a.ID {
@@ -949,13 +956,16 @@ func TestDeliveryReachesEveryVendor(t *testing.T) {
 			}
 		}
 	}
-	// Scale got each task's idempotency key: export, sink, chunk.
+	// Scale got each task's idempotency key: export key, sink, chunk.
+	if len(a.Key) != 32 || a.Key == a.ID {
+		t.Errorf("202 answer key %q, want 32 hex digits naming the content, not the export id %s", a.Key, a.ID)
+	}
 	keys := map[string]bool{}
 	for _, r := range v.sc.Requests() {
 		keys[r.Header.Get("Idempotency-Key")] = true
 	}
 	for i := range 3 {
-		if k := fmt.Sprintf("%s.scale.%d", a.ID, i); !keys[k] {
+		if k := fmt.Sprintf("%s.scale.%d", a.Key, i); !keys[k] {
 			t.Errorf("no scale request with Idempotency-Key %s (got %v)", k, keys)
 		}
 	}
@@ -1167,7 +1177,7 @@ func TestChunksAreRetriedOnTheirOwn(t *testing.T) {
 		t.Errorf("got %d distinct chunks, want 10: %v", len(attempts), attempts)
 	}
 	for i := range 10 {
-		key := fmt.Sprintf("%s.scale.%d", a.ID, i)
+		key := fmt.Sprintf("%s.scale.%d", a.Key, i)
 		want := 1
 		if i == 2 {
 			want = 2

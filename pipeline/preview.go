@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+
+	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
 // PreviewReport says what the pipeline would do with one payload: each
@@ -74,8 +76,8 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 	if ev := e.Event(); !p.events[ev] {
 		return stop(http.StatusOK, answer{Status: "ignored", Reason: fmt.Sprintf("no sink subscribes to event %q", ev)})
 	}
-	rep.Answer.Status, rep.Answer.Body = http.StatusAccepted, answer{Status: "accepted", ID: e.ID}
-	md := e.metadata()
+	md := e.withKey()
+	rep.Answer.Status, rep.Answer.Body = http.StatusAccepted, answer{Status: "accepted", ID: e.ID, Key: e.key}
 	for _, s := range p.sinks {
 		bodies, skip, err := s.bodies(ctx, md, e.Payload)
 		sp := SinkPreview{Name: s.cfg.Name, Type: s.cfg.Type, Skipped: skip}
@@ -83,7 +85,7 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 			sp.Error = err.Error()
 		}
 		for i, b := range bodies {
-			req := &Request{Sink: s.cfg.Name, ExportID: e.ID, Chunk: i, Chunks: len(bodies), Body: b}
+			req := &Request{Sink: s.cfg.Name, ExportID: e.ID, ExportKey: md.Get(backend.MetaExportKey), Chunk: i, Chunks: len(bodies), Body: b}
 			var desc map[string]any
 			if d, ok := s.sink.(Describer); ok {
 				desc = d.Describe(req)

@@ -167,9 +167,9 @@ func TestPreviewRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := rep.Answer.Body.ID
-	if id == "" {
-		t.Fatal("preview answer has no export id")
+	id := rep.Answer.Body.Key
+	if len(id) != 32 {
+		t.Fatalf("preview answer has no export key: %+v", rep.Answer.Body)
 	}
 	for _, s := range rep.Sinks {
 		if s.Name != "scale" {
@@ -196,7 +196,7 @@ func TestPreviewRequests(t *testing.T) {
 				t.Errorf("request %d: chunk %d key %q, want %d and %s.scale.%d", i, req.Chunk, req.Key, i, id, i)
 			}
 			if !strings.HasPrefix(req.Body.UniqueID, id+"-") || len(req.Body.Geom.Box.Objects) == 0 {
-				t.Errorf("request %d body = %+v, want a unique_id from the export and labels to annotate", i, req.Body)
+				t.Errorf("request %d body = %+v, want a unique_id from the export key and labels to annotate", i, req.Body)
 			}
 		}
 	}

@@ -28,7 +28,7 @@ func (p *Pipeline) publish(ctx context.Context, e *Export) error {
 		body = b
 	}
 	msg := message.NewMessage(e.ID, body)
-	msg.Metadata = e.metadata()
+	msg.Metadata = e.withKey()
 	msg.SetContext(context.WithValue(context.Background(), decodedPayload{}, e.Payload))
 	return p.publishMsgs(ctx, backend.TopicExports, msg)
 }

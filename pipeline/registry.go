@@ -41,6 +41,20 @@ type Env struct {
 	Offline bool
 }
 
+// KeyKeeper is implemented by the config of a stage that keeps keys
+// promising that an export was stored (dedupe). KeyStore names the backend
+// kind that keeps them, KeyHold how long a key is held before its export
+// is on the broker. When the config is loaded, a kind that outlives the
+// process (not InProcess) paired with an in-process broker is refused
+// (after a crash it would answer "duplicate" for exports the broker lost),
+// and so is, with an in-process broker, a hold no longer than
+// broker.queue_wait (a request waiting for room would lose its hold to
+// its own retry).
+type KeyKeeper interface {
+	KeyStore() string
+	KeyHold() time.Duration
+}
+
 // Validator is implemented by config structs. Validate is pure (no I/O) and
 // reports every problem it finds, each as a FieldError where it can name
 // the field, joined with errors.Join.

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -16,6 +17,9 @@ type Request struct {
 	Sink string
 	// ExportID is the export this request belongs to.
 	ExportID string
+	// ExportKey names the export by its content (Export.Key); empty for
+	// a request queued before keys existed.
+	ExportKey string
 	// Chunk is the 0-based index of this request among the export's
 	// requests to this sink; Chunks is how many there are.
 	Chunk, Chunks int
@@ -28,9 +32,13 @@ func (r *Request) Key() backend.DeliveryKey {
 	return backend.DeliveryKey{ExportID: r.ExportID, Sink: r.Sink, Chunk: r.Chunk}
 }
 
-// IdempotencyKey is derived from (export id, sink, chunk) only, so a
-// redelivery after a crash carries the same key.
-func (r *Request) IdempotencyKey() string { return r.Key().String() }
+// IdempotencyKey is "<export key>.<sink>.<chunk>": derived from what the
+// export is, not when it arrived, so a redelivery, and the same export
+// accepted again, carry the same key, and a vendor that honours it does
+// the work once.
+func (r *Request) IdempotencyKey() string {
+	return backend.DeliveryKey{ExportID: cmp.Or(r.ExportKey, r.ExportID), Sink: r.Sink, Chunk: r.Chunk}.String()
+}
 
 // Sink delivers rendered requests to one vendor.
 type Sink interface {

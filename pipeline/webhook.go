@@ -36,6 +36,7 @@ func (p *Pipeline) webhookHandler() http.Handler {
 type answer struct {
 	Status     string      `json:"status,omitempty"`
 	ID         string      `json:"id,omitempty"`
+	Key        string      `json:"key,omitempty"`
 	TraceID    string      `json:"trace_id,omitempty"`
 	Reason     string      `json:"reason,omitempty"`
 	Error      string      `json:"error,omitempty"`
@@ -151,7 +152,7 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	failpoint.Hit("after-publish") // stored, not confirmed nor answered
 	p.confirm(ctx, e)
 	p.log.InfoContext(ctx, "export accepted", "export", e.ID, "event", e.Event())
-	p.reply(ctx, w, http.StatusAccepted, answer{Status: "accepted", ID: e.ID})
+	p.reply(ctx, w, http.StatusAccepted, answer{Status: "accepted", ID: e.ID, Key: e.key})
 }
 
 // reserveBody takes a body's share of server.max_inflight_bytes before it

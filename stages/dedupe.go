@@ -2,14 +2,11 @@ package stages
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
 	"time"
 
 	"github.com/labelpipe/labelpipe/pipeline"
@@ -54,7 +51,7 @@ const (
 
 // AttrDedupeKey is the attribute holding the key the last dedupe stage
 // reserved; jq programs of later stages see it as $export.attrs.dedupe_key.
-const AttrDedupeKey = "dedupe_key"
+const AttrDedupeKey = pipeline.AttrDedupeKey
 
 // dedupeRetryAfter is the Retry-After sent when the store is unavailable.
 const dedupeRetryAfter = 5 * time.Second
@@ -94,6 +91,13 @@ func DedupeDefaults() *DedupeConfig {
 		OnStoreError: OnStoreErrorReject,
 	}
 }
+
+// KeyStore names the backend that keeps the keys, so that the engine can
+// refuse a store that outlives an in-process broker.
+func (c *DedupeConfig) KeyStore() string { return c.Store }
+
+// KeyHold is how long a key is held before its export is stored.
+func (c *DedupeConfig) KeyHold() time.Duration { return c.Hold }
 
 // Validate checks the config without I/O.
 func (c *DedupeConfig) Validate() error {
@@ -284,45 +288,15 @@ func (d *Dedupe) keyOf(ctx context.Context, e *pipeline.Export) (string, error) 
 }
 
 // DefaultDedupeKey is the hex SHA-256 of (event, project, issue id, sorted
-// element ids) of an issue payload, and of the whole payload otherwise.
-func DefaultDedupeKey(payload any) string {
-	h := sha256.New()
-	m, _ := payload.(map[string]any)
-	issue, _ := m["issue"].(map[string]any)
-	issueID, _ := issue["id"].(string)
-	if issueID == "" {
-		// encoding/json sorts map keys, so equal payloads hash equally.
-		b, _ := json.Marshal(payload)
-		h.Write([]byte("payload\x00"))
-		h.Write(b)
-		return hex.EncodeToString(h.Sum(nil))
-	}
-	var ids []string
-	elements, _ := issue["elements"].([]any)
-	for _, el := range elements {
-		elm, _ := el.(map[string]any)
-		switch id := elm["element_id"].(type) {
-		case string:
-			ids = append(ids, id)
-		case nil:
-		default:
-			b, _ := json.Marshal(id)
-			ids = append(ids, string(b))
-		}
-	}
-	slices.Sort(ids)
-	event, _ := m["event"].(string)
-	project, _ := m["project"].(string)
-	// A JSON array keeps the parts apart: no separator can be forged.
-	b, _ := json.Marshal([]any{event, project, issueID, ids})
-	h.Write([]byte("issue\x00"))
-	h.Write(b)
-	return hex.EncodeToString(h.Sum(nil))
-}
+// element ids) of an issue payload, and of the whole payload otherwise;
+// it is pipeline.ContentKey, which the vendors' idempotency keys also
+// default to.
+func DefaultDedupeKey(payload any) string { return pipeline.ContentKey(payload) }
 
 var (
 	_ pipeline.Stage     = (*Dedupe)(nil)
 	_ pipeline.Releaser  = (*Dedupe)(nil)
 	_ pipeline.Confirmer = (*Dedupe)(nil)
 	_ pipeline.Previewer = (*Dedupe)(nil)
+	_ pipeline.KeyKeeper = (*DedupeConfig)(nil)
 )

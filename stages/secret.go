@@ -243,7 +243,7 @@ func (s *Secret) checkStandardWebhooks(e *pipeline.Export) error {
 	if !match {
 		return unauthorized("webhook-signature does not match any configured secret")
 	}
-	e.SetAttr("webhook_id", id)
+	e.SetAttr(pipeline.AttrWebhookID, id)
 	return nil
 }
 

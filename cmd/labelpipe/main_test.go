@@ -315,8 +315,10 @@ func TestRunAndSend(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(out, "202 Accepted\n") || !strings.Contains(out, `"status":"accepted"`) {
 		t.Fatalf("send: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
 	}
-	var answer struct{ ID string }
-	_ = json.Unmarshal([]byte(strings.TrimPrefix(out, "202 Accepted\n")), &answer)
+	var answer struct{ ID, Key string }
+	if err := json.Unmarshal([]byte(strings.TrimPrefix(out, "202 Accepted\n")), &answer); err != nil || answer.ID == "" || answer.Key == "" {
+		t.Fatalf("202 answer without an id and a key: %q (%v)", out, err)
+	}
 
 	code, out, _ = labelpipe(t, "send", "--url", url, "--secret", "guess", payloads+"issue-frames.json")
 	if code != 1 || !strings.HasPrefix(out, "401 Unauthorized\n") {
@@ -327,17 +329,18 @@ func TestRunAndSend(t *testing.T) {
 		t.Errorf("send again: exit %d, stdout %q; want 0 and duplicate", code, out)
 	}
 
-	// Every quickstart sink got the export.
-	for _, sink := range []string{"labelbox", "scale", "label_studio"} {
+	// Every quickstart sink got the export, named by its id (Label
+	// Studio's meta) or its key (Labelbox's batch, Scale's unique_id).
+	for sink, name := range map[string]string{"labelbox": answer.Key, "scale": answer.Key, "label_studio": answer.ID} {
 		path := filepath.Join(dir, "out", sink+".jsonl")
 		deadline := time.Now().Add(10 * time.Second)
 		for {
 			b, _ := os.ReadFile(path)
-			if bytes.Contains(b, []byte(answer.ID)) {
+			if bytes.Contains(b, []byte(name)) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s has no line for export %q:\n%s", path, answer.ID, b)
+				t.Fatalf("%s has no line for export %q:\n%s", path, name, b)
 			}
 			time.Sleep(5 * time.Millisecond)
 		}

@@ -184,7 +184,7 @@ func testStartWithRedisDown(t *testing.T, bin string) {
 	if status != http.StatusAccepted {
 		t.Fatalf("webhook once redis is up: %d %s, want 202", status, body)
 	}
-	ids := []string{exportID(t, body)}
+	ids := []string{issueOf(t, r.exportBody("after-redis"))}
 	r.waitDelivered(t, ids, 30*time.Second)
 	r.checkExactlyOnce(t, ids)
 }
@@ -222,7 +222,7 @@ func testDedupe(t *testing.T, bin string) {
 	if status != http.StatusAccepted {
 		t.Fatalf("retry after the failed publish: %d %s, want 202", status, third)
 	}
-	ids := []string{exportID(t, first), exportID(t, third)}
+	ids := []string{issueOf(t, body), issueOf(t, retried)}
 	r.waitDelivered(t, ids, 30*time.Second)
 	r.checkExactlyOnce(t, ids)
 }
@@ -251,11 +251,12 @@ func testSharedBreaker(t *testing.T, bin string) {
 	var ids []string
 	for i := range 6 {
 		rp := []*replica{a, b}[i%2]
-		status, _, body := r.post(t, rp, r.exportBody(fmt.Sprintf("outage-%d", i)))
+		req := r.exportBody(fmt.Sprintf("outage-%d", i))
+		status, _, body := r.post(t, rp, req)
 		if status != http.StatusAccepted {
 			t.Fatalf("export %d: %d %s", i, status, body)
 		}
-		ids = append(ids, exportID(t, body))
+		ids = append(ids, issueOf(t, req))
 	}
 	a.waitBreaker(t, "scale", "open")
 	b.waitBreaker(t, "scale", "open")
@@ -300,7 +301,7 @@ func testDLQReplay(t *testing.T, bin string) {
 	if status != http.StatusAccepted {
 		t.Fatalf("%d %s", status, body)
 	}
-	id := exportID(t, body)
+	id, exp := issueOf(t, r.exportBody("dlq")), exportID(t, body)
 	pollFor(t, "one dead letter", func() bool { return r.rdb.XLen(t.Context(), dlqKey).Val() == 1 })
 	r.waitSink(t, "labelbox", []string{id}, 15*time.Second)
 	if got := len(r.scaleTasks()[id]); got != elementsPerExport-1 {
@@ -320,7 +321,7 @@ func testDLQReplay(t *testing.T, bin string) {
 		t.Fatalf("dlq list: %d entries, want 1\n%s", len(letters), out)
 	}
 	d := letters[0]
-	if d["export_id"] != id || d["status"] != float64(400) || d["error"] == "" || d["sink"] != "scale" {
+	if d["export_id"] != exp || d["status"] != float64(400) || d["error"] == "" || d["sink"] != "scale" {
 		t.Fatalf("dead letter %v", d)
 	}
 	out = r.cli(t, 0, "dlq", "list", "-c", a.config)
@@ -483,7 +484,7 @@ sinks:
       }
     variables: |
       [.issue.elements[].frame_id] | unique
-      | {projectId: %q, name: "aquarium-\($export.issue_id)-\($export.id)-0", globalKeys: .}
+      | {projectId: %q, name: "aquarium-\($export.issue_id)-\($export.key)-0", globalKeys: .}
     already_done: "already exists"
     retry: {max_attempts: 20, initial_interval: 20ms, max_interval: 200ms}
     breaker: {consecutive_failures: 50, open_timeout: 1s}
@@ -501,9 +502,9 @@ sinks:
           batch: "aquarium-\($export.issue_id)",
           instruction: "Relabel the objects flagged in this issue.",
           attachment: $el.frame_data.sensor_data[0].data_urls.image_url,
-          unique_id: "\($export.id)-\($el.element_id)",
+          unique_id: "\($export.key)-\($el.element_id)",
           geometries: {box: {objects_to_annotate: ([$el.frame_data.label_data[]?.label] | unique)}},
-          metadata: {export_id: $export.id, element_id: $el.element_id}
+          metadata: {export_id: $export.id, issue_id: $export.issue_id, element_id: $el.element_id}
         }
     retry: %s
     breaker: %s
@@ -515,7 +516,7 @@ sinks:
     body: |
       [.issue.elements[] | {
           data: {image: .frame_data.sensor_data[0].data_urls.image_url},
-          meta: {export_id: $export.id, element_id: .element_id}
+          meta: {export_id: $export.id, issue_id: $export.issue_id, element_id: .element_id}
         }]
     retry: {max_attempts: 20, initial_interval: 20ms, max_interval: 200ms}
     breaker: {consecutive_failures: 50, open_timeout: 1s}
@@ -571,6 +572,30 @@ func (r *rig) postErr(rp *replica, body []byte) (int, http.Header, []byte, error
 	return resp.StatusCode, resp.Header, b, err
 }
 
+// issueOf is the Aquarium issue id of an export body: what the vendors'
+// records are counted by, (issue, element, sink), whatever export id or
+// idempotency key carried them.
+func issueOf(t *testing.T, body []byte) string {
+	t.Helper()
+	id := issueID(body)
+	if id == "" {
+		t.Fatalf("no issue id in %s", body)
+	}
+	return id
+}
+
+func (r *rig) issueID(body []byte) string { return issueID(body) }
+
+func issueID(body []byte) string {
+	var p struct {
+		Issue struct {
+			ID string `json:"id"`
+		} `json:"issue"`
+	}
+	_ = json.Unmarshal(body, &p)
+	return p.Issue.ID
+}
+
 func exportID(t *testing.T, body []byte) string {
 	t.Helper()
 	var a struct {
@@ -604,11 +629,11 @@ func (r *rig) cli(t *testing.T, wantCode int, args ...string) string {
 
 // ---- what the vendors got ----
 
-// scaleTasks groups Scale's tasks by export id.
+// scaleTasks groups Scale's tasks by issue id.
 func (r *rig) scaleTasks() map[string][]vendortest.ScaleTask {
 	out := map[string][]vendortest.ScaleTask{}
 	for _, tk := range r.scale.Tasks() {
-		id, _ := tk.Metadata["export_id"].(string)
+		id, _ := tk.Metadata["issue_id"].(string)
 		out[id] = append(out[id], tk)
 	}
 	return out
@@ -617,9 +642,9 @@ func (r *rig) scaleTasks() map[string][]vendortest.ScaleTask {
 func (r *rig) labelboxBatches() map[string][]vendortest.LabelboxBatch {
 	out := map[string][]vendortest.LabelboxBatch{}
 	for _, bt := range r.labelbox.Batches(lbProject) {
-		// aquarium-<issue>-<export id>-0
-		name := strings.TrimSuffix(bt.Name, "-0")
-		id := name[strings.LastIndex(name, "-")+1:]
+		// aquarium-<issue>-<export key>-0
+		name := strings.TrimSuffix(strings.TrimPrefix(bt.Name, "aquarium-"), "-0")
+		id := name[:max(strings.LastIndex(name, "-"), 0)]
 		out[id] = append(out[id], bt)
 	}
 	return out
@@ -628,7 +653,7 @@ func (r *rig) labelboxBatches() map[string][]vendortest.LabelboxBatch {
 func (r *rig) lsTasks() map[string][]vendortest.LabelStudioTask {
 	out := map[string][]vendortest.LabelStudioTask{}
 	for _, tk := range r.ls.Tasks(lsProject) {
-		id, _ := tk.Meta["export_id"].(string)
+		id, _ := tk.Meta["issue_id"].(string)
 		out[id] = append(out[id], tk)
 	}
 	return out
@@ -705,21 +730,21 @@ func (r *rig) checkExactlyOnce(t *testing.T, ids []string) {
 	}
 	for id, tasks := range r.scaleTasks() {
 		if !want[id] {
-			t.Errorf("scale has tasks of export %q nobody got a 202 for", id)
+			t.Errorf("scale has tasks of issue %q nobody got a 2xx for", id)
 		} else if len(tasks) != elementsPerExport {
-			t.Errorf("scale has %d tasks of export %s, want %d", len(tasks), id, elementsPerExport)
+			t.Errorf("scale has %d tasks of issue %s, want %d (one per element)", len(tasks), id, elementsPerExport)
 		}
 	}
 	for id, bs := range r.labelboxBatches() {
 		if !want[id] {
-			t.Errorf("labelbox has a batch of export %q nobody got a 202 for", id)
+			t.Errorf("labelbox has a batch of issue %q nobody got a 2xx for", id)
 		} else if len(bs) != 1 {
-			t.Errorf("labelbox has %d batches of export %s", len(bs), id)
+			t.Errorf("labelbox has %d batches of issue %s, want 1", len(bs), id)
 		}
 	}
 	for id := range r.lsTasks() {
 		if !want[id] {
-			t.Errorf("label studio has tasks of export %q nobody got a 202 for", id)
+			t.Errorf("label studio has tasks of issue %q nobody got a 2xx for", id)
 		}
 	}
 	if len(r.missing("scale", ids))+len(r.missing("labelbox", ids))+len(r.missing("label_studio", ids)) != 0 {
@@ -967,7 +992,8 @@ func (r *rig) startLoad(every time.Duration, targets ...*replica) *load {
 			n := loadSeq.n
 			loadSeq.Unlock()
 			rp := targets[i%len(targets)]
-			status, _, body, err := r.postErr(rp, r.exportBody(fmt.Sprintf("load-%d", n)))
+			req := r.exportBody(fmt.Sprintf("load-%d", n))
+			status, _, body, err := r.postErr(rp, req)
 			l.mu.Lock()
 			if err == nil {
 				l.codes[status]++
@@ -977,7 +1003,7 @@ func (r *rig) startLoad(every time.Duration, targets ...*replica) *load {
 					ID string `json:"id"`
 				}
 				if json.Unmarshal(body, &a) == nil && a.ID != "" {
-					l.accepted = append(l.accepted, a.ID)
+					l.accepted = append(l.accepted, r.issueID(req))
 					l.by[rp.name]++
 					close(l.changed)
 					l.changed = make(chan struct{})

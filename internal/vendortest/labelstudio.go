@@ -20,8 +20,9 @@ import (
 // {"validation_errors": ...}.
 //
 // Label Studio has no idempotency key: a repeated import creates the tasks
-// again. The fake does the same, and counts such an import (same data and
-// meta as tasks already in the project) as accepted and duplicate.
+// again. The fake does the same, and counts such an import (a task for an
+// issue element already in the project, or with the same data and meta)
+// as accepted and duplicate.
 type LabelStudio struct {
 	*Server
 	token string
@@ -39,6 +40,19 @@ type LabelStudioTask struct {
 	Project int
 	Data    map[string]any
 	Meta    map[string]any
+}
+
+// lsTaskKey names what a task labels, to count repeats: the Aquarium
+// issue and element in its meta when it carries them (a repeat sent from
+// another export id is still a repeat), else its data and meta.
+func lsTaskKey(data, meta map[string]any) string {
+	issue, _ := meta["issue_id"].(string)
+	el, _ := meta["element_id"].(string)
+	if issue != "" && el != "" {
+		return "element\x00" + issue + "\x00" + el
+	}
+	k, _ := json.Marshal(map[string]any{"data": data, "meta": meta}) // map keys sort: canonical
+	return string(k)
 }
 
 // LabelStudioMaxTasks is how many tasks one import may hold.
@@ -146,8 +160,7 @@ func (l *LabelStudio) importTasks(project int, body []byte) reply {
 			return lsInvalid(fmt.Sprintf("Task %d: data.image must be the image URL (the labeling config's $image).", i))
 		}
 		tasks[i] = LabelStudioTask{Project: project, Data: t.Data, Meta: t.Meta}
-		k, _ := json.Marshal(map[string]any{"data": t.Data, "meta": t.Meta}) // map keys sort: canonical
-		keys[i] = string(k)
+		keys[i] = lsTaskKey(t.Data, t.Meta)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -38,10 +38,11 @@
 //     files) and the state an export history shows are to be fields of the
 //     same record, not stores of their own.
 //   - Admission and queue statistics belong to the broker. A broker that
-//     buffers in process bounds what it holds and makes the webhook wait
-//     (Admit); one that keeps its queue elsewhere admits at once. Per-sink
-//     budgets, so that one slow vendor never holds up intake for the
-//     others, are to be a broker concern behind Admit as well.
+//     buffers in process bounds the exports waiting for the fan-out and
+//     makes the webhook wait (Admit); one that keeps its queue elsewhere
+//     admits at once. Each sink's queue is bounded by the engine from
+//     QueueStats (the sink's queue: settings), alike on every broker, so
+//     that one slow vendor holds up neither intake nor the other sinks.
 package backend
 
 import (
@@ -71,7 +72,10 @@ const FanoutGroup = "fanout"
 
 // Message metadata keys on the exports and sink topics.
 const (
-	MetaExportID   = "export_id"
+	MetaExportID = "export_id"
+	// MetaExportKey names the export by its content (pipeline.Export.Key);
+	// vendor idempotency keys derive from it.
+	MetaExportKey  = "export_key"
 	MetaReceivedAt = "received_at"
 	MetaEvent      = "event"
 	MetaProject    = "project"
@@ -119,13 +123,17 @@ type Broker interface {
 	message.Publisher
 	// Workers returns up to n subscribers that share topic's messages
 	// within group: each message goes to one of them. A broker whose
-	// subscriber delivers concurrently may return fewer; the engine
-	// bounds concurrency itself.
+	// subscriber delivers concurrently may return fewer, and should then
+	// hand the group at most n unacknowledged messages at once, so that
+	// what waits stays in its queue rather than in handler goroutines.
 	Workers(topic, group string, n int) ([]message.Subscriber, error)
-	// Admit waits up to wait for room to publish one export and what it
-	// fans out to, and reports whether it got it. done, called once the
-	// export is published (or given up), hands the room back. A broker
-	// whose queue lives outside the process admits at once.
+	// Admit waits up to wait for room to publish one export on
+	// TopicExports, and reports whether it got it. done, called once the
+	// export is published (or given up), hands the room back. An export
+	// is one unit however many requests it fans out to, and what waits on
+	// sink topics never holds it up: the engine bounds each sink's queue
+	// itself (QueueStats). A broker whose queue lives outside the process
+	// admits at once.
 	Admit(ctx context.Context, wait time.Duration) (done func(), ok bool)
 	// QueueStats reports how far behind group is on topic, across every
 	// replica when the broker can see them.
@@ -165,6 +173,9 @@ type QueueStat struct {
 	Depth int64
 	// Oldest is when the oldest of them was published; zero when Depth is 0.
 	Oldest time.Time
+	// Bytes is what they hold (payloads and metadata), when the broker
+	// can tell cheaply; 0 when it cannot (redis).
+	Bytes int64
 }
 
 // DeadLetter is one request a sink gave up on.

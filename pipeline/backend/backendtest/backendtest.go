@@ -42,9 +42,9 @@ type Features struct {
 	// messages. Needs a Reopener.
 	SharedAcrossInstances bool
 	// BoundedAdmission says Admit makes callers wait once MaxPending
-	// messages are unfinished (published and not acknowledged) or
-	// admitted and not yet done. Without it, Admit must let every caller
-	// in at once.
+	// exports are unfinished (published on TopicExports and not
+	// acknowledged) or admitted and not yet done; sink topics never count.
+	// Without it, Admit must let every caller in at once.
 	BoundedAdmission bool
 	// MaxPending is the bound the Constructor configures; required with
 	// BoundedAdmission.

@@ -2,6 +2,7 @@ package memory
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -16,52 +17,130 @@ import (
 	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
-// Broker is watermill's gochannel with a bound on what it holds. gochannel
-// hands a subscriber every message without waiting for the previous one's
-// ack, so one subscriber per topic already delivers concurrently; the
-// engine bounds the concurrency itself (max_in_flight). Workers therefore
-// returns a single subscriber: a second one would receive a copy of every
-// message.
+// Broker is watermill's gochannel with a queue in front of each topic.
 //
-// A topic has one consumer group (the engine never makes two), and a
-// message published to a topic nobody subscribes to is dropped by
-// gochannel but stays counted: the engine subscribes to every topic it
-// publishes to before it accepts an export.
+// gochannel hands a subscriber every message at once and holds each one in
+// a goroutine until it is acknowledged; the router adds a goroutine per
+// message too. A backlog of thousands (a vendor down for a minute) would
+// be thousands of goroutines the collector scans on every cycle. So the
+// broker keeps each topic's messages in a plain FIFO, and hands gochannel
+// at most the topic's window at once: the concurrency its consumer asked
+// for in Workers (a sink's max_in_flight, broker.fanout_workers). A
+// waiting message costs its bytes, nothing more, and one topic's backlog
+// never delays another's.
 //
-// The broker counts the messages published and not yet acknowledged. The
-// webhook waits in Admit while that count is at max_pending, so an overload
-// slows callers down instead of growing memory without end; the same
-// count is what Drain waits for and what QueueStats reports.
+// Workers returns a single subscriber: gochannel's subscriber already
+// delivers concurrently, and a second one would receive a copy of every
+// message. A topic has one consumer group (the engine never makes two);
+// nothing is handed out before the topic has a subscriber.
+//
+// Admit bounds the exports waiting for the fan-out (broker.max_pending):
+// an export is one unit, however many requests it fans out to. What the
+// sinks' queues hold is bounded by the engine, per sink, from QueueStats.
 type Broker struct {
 	gc        *gochannel.GoChannel
-	pending   atomic.Int64
 	admission *admission
 	closing   chan struct{}
 	closeOnce sync.Once
 
+	pending atomic.Int64 // messages published and not acknowledged, all topics
+	exports atomic.Int64 // of which on TopicExports: what Admit bounds
+
 	mu     sync.Mutex
-	queued map[string]map[string]time.Time // topic → message UUID → when published
+	topics map[string]*queue
 }
 
-// NewBroker returns a broker holding at most maxPending unfinished
-// messages before Admit makes callers wait.
+// queue is one topic's messages: those waiting, in publish order, and
+// those handed to the subscriber and not yet acknowledged.
+type queue struct {
+	window     int // most messages handed out at once
+	subscribed bool
+	waiting    []entry
+	out        map[string]entry // by message UUID
+	bytes      int64
+}
+
+type entry struct {
+	msg  *message.Message
+	at   time.Time
+	size int64
+}
+
+// defaultWindow is the hand-out of a topic subscribed without Workers.
+const defaultWindow = 16
+
+// NewBroker returns a broker that lets at most maxPending exports wait for
+// the fan-out before Admit makes callers wait.
 func NewBroker(maxPending int64, logger watermill.LoggerAdapter) *Broker {
 	b := &Broker{
 		// PreserveContext lets the decoded payload ride along in process,
 		// so the fan-out does not parse the export a second time.
-		gc:      gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64, PreserveContext: true}, logger),
+		gc:      gochannel.NewGoChannel(gochannel.Config{PreserveContext: true}, logger),
 		closing: make(chan struct{}),
-		queued:  map[string]map[string]time.Time{},
+		topics:  map[string]*queue{},
 	}
-	b.admission = &admission{max: maxPending, pending: b.pending.Load}
+	b.admission = &admission{max: maxPending, pending: b.exports.Load}
 	return b
 }
 
-// Publish hands msgs to the topic's subscriber and counts them as queued
-// until they are acknowledged.
+// Publish queues msgs on topic and hands out what the window allows.
 func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
+	select {
+	case <-b.closing:
+		return errors.New("memory broker: closed")
+	default:
+	}
+	now := time.Now()
+	b.mu.Lock()
+	q := b.queue(topic)
+	for _, m := range msgs {
+		e := entry{msg: m, at: now, size: messageSize(m)}
+		q.waiting = append(q.waiting, e)
+		q.bytes += e.size
+	}
 	b.pending.Add(int64(len(msgs)))
-	b.note(topic, msgs, time.Now())
+	if topic == backend.TopicExports {
+		b.exports.Add(int64(len(msgs)))
+	}
+	out := q.handOut()
+	b.mu.Unlock()
+	return b.send(topic, out)
+}
+
+// queue returns topic's queue, made on first use; b.mu is held.
+func (b *Broker) queue(topic string) *queue {
+	q := b.topics[topic]
+	if q == nil {
+		q = &queue{window: defaultWindow, out: map[string]entry{}}
+		b.topics[topic] = q
+	}
+	return q
+}
+
+// handOut moves waiting messages out while the window has room; the
+// broker's mu is held.
+func (q *queue) handOut() []*message.Message {
+	if !q.subscribed {
+		return nil
+	}
+	var msgs []*message.Message
+	for len(q.waiting) > 0 && len(q.out) < q.window {
+		e := q.waiting[0]
+		q.waiting[0] = entry{}
+		q.waiting = q.waiting[1:]
+		q.out[e.msg.UUID] = e
+		msgs = append(msgs, e.msg)
+	}
+	if len(q.waiting) == 0 {
+		q.waiting = nil // let the backlog's array go
+	}
+	return msgs
+}
+
+func (b *Broker) send(topic string, msgs []*message.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
 	if err := b.gc.Publish(topic, msgs...); err != nil {
 		for _, m := range msgs {
 			b.finish(topic, m.UUID)
@@ -71,50 +150,59 @@ func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	return nil
 }
 
-func (b *Broker) note(topic string, msgs []*message.Message, at time.Time) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	q := b.queued[topic]
-	if q == nil {
-		q = map[string]time.Time{}
-		b.queued[topic] = q
-	}
-	for _, m := range msgs {
-		q[m.UUID] = at
-	}
-}
-
-// finish takes an acknowledged message off the count and lets a waiting
-// webhook request in.
+// finish takes an acknowledged message off its queue, hands out the next
+// one, and lets a waiting webhook request in when an export left.
 func (b *Broker) finish(topic, uuid string) {
 	b.mu.Lock()
-	delete(b.queued[topic], uuid)
+	q := b.topics[topic]
+	e, ok := q.out[uuid]
+	if !ok { // a second group's ack of a message already finished
+		b.mu.Unlock()
+		return
+	}
+	delete(q.out, uuid)
+	q.bytes -= e.size
+	next := q.handOut()
 	b.mu.Unlock()
 	b.pending.Add(-1)
-	b.admission.wake()
+	if topic == backend.TopicExports {
+		b.exports.Add(-1)
+		b.admission.wake()
+	}
+	_ = b.send(topic, next) // fails only once closed: what is left is lost, and Drain says so
 }
 
-// Workers returns one subscriber; see Broker.
-func (b *Broker) Workers(_, _ string, _ int) ([]message.Subscriber, error) {
+// Workers sets topic's window to n and returns one subscriber; see Broker.
+func (b *Broker) Workers(topic, _ string, n int) ([]message.Subscriber, error) {
+	b.mu.Lock()
+	b.queue(topic).window = max(n, 1)
+	b.mu.Unlock()
 	return []message.Subscriber{subscriber{b}}, nil
 }
 
-// Admit waits in arrival order for the count of unfinished messages to
-// drop below max_pending.
+// Admit waits in arrival order for fewer than max_pending exports to be
+// waiting for the fan-out.
 func (b *Broker) Admit(ctx context.Context, wait time.Duration) (func(), bool) {
 	return b.admission.admit(ctx, wait)
 }
 
-// QueueStats reports the messages of topic published by this process and
-// not yet acknowledged; there is one consumer group per topic.
+// QueueStats reports topic's messages published by this process and not
+// yet acknowledged, with their bytes; there is one consumer group per
+// topic.
 func (b *Broker) QueueStats(_ context.Context, topic, _ string) (backend.QueueStat, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	q := b.queued[topic]
-	st := backend.QueueStat{Depth: int64(len(q))}
-	for _, t := range q {
-		if st.Oldest.IsZero() || t.Before(st.Oldest) {
-			st.Oldest = t
+	q := b.topics[topic]
+	if q == nil {
+		return backend.QueueStat{}, nil
+	}
+	st := backend.QueueStat{Depth: int64(len(q.waiting) + len(q.out)), Bytes: q.bytes}
+	if len(q.waiting) > 0 {
+		st.Oldest = q.waiting[0].at
+	}
+	for _, e := range q.out {
+		if st.Oldest.IsZero() || e.at.Before(st.Oldest) {
+			st.Oldest = e.at
 		}
 	}
 	return st, nil
@@ -127,10 +215,16 @@ func (b *Broker) unfinishedIDs(max int) string {
 	defer b.mu.Unlock()
 	var ids []string
 	total := 0
-	for topic, q := range b.queued {
-		for id := range q {
-			total++
+	for topic, q := range b.topics {
+		total += len(q.out) + len(q.waiting)
+		for id := range q.out {
 			ids = append(ids, topic+"/"+id)
+		}
+		for _, e := range q.waiting {
+			if len(ids) >= 10*max {
+				break
+			}
+			ids = append(ids, topic+"/"+e.msg.UUID)
 		}
 	}
 	slices.Sort(ids)
@@ -184,6 +278,15 @@ func (b *Broker) Close() error {
 	return err
 }
 
+// messageSize is what a queued message holds: payload and metadata.
+func messageSize(m *message.Message) int64 {
+	n := len(m.Payload) + len(m.UUID)
+	for k, v := range m.Metadata {
+		n += len(k) + len(v)
+	}
+	return int64(n)
+}
+
 // subscriber relays gochannel's messages and watches each one's ack, so
 // the broker counts finished messages without the handlers' help. Its
 // Close leaves the gochannel open: the publisher shares it, and the broker
@@ -207,7 +310,14 @@ func (s subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messag
 			}
 		}
 	}()
-	return out, nil
+	// Only now may the queue hand out: gochannel drops a message published
+	// to a topic nobody subscribes to.
+	s.b.mu.Lock()
+	q := s.b.queue(topic)
+	q.subscribed = true
+	first := q.handOut()
+	s.b.mu.Unlock()
+	return out, s.b.send(topic, first)
 }
 
 // watch finishes m when it is acknowledged. A nacked message is sent

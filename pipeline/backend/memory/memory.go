@@ -32,11 +32,9 @@ var Type = pipeline.BackendType{
 
 // Config tunes the memory backend.
 type Config struct {
-	// MaxPending bounds the messages the broker holds, queued and not yet
-	// finished (exports and sink requests); broker.max_pending, default
-	// 128. Every queued message is held by goroutines that the garbage
-	// collector scans on every cycle, so a long queue costs CPU and only
-	// adds latency.
+	// MaxPending bounds the exports waiting for the fan-out;
+	// broker.max_pending, default 128. Each sink's queue is bounded by the
+	// engine (the sink's queue: settings).
 	MaxPending int64
 }
 
