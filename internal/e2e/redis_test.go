@@ -60,6 +60,7 @@ func TestRedis(t *testing.T) {
 		{"dedupe", testDedupe},
 		{"vendor outage opens the shared breaker", testSharedBreaker},
 		{"dead letter and replay", testDLQReplay},
+		{"a hanging vendor fills only its own queue", testHangingVendor},
 		{"daemon started while redis is down", testStartWithRedisDown},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, bin) })
@@ -368,6 +369,53 @@ func testDLQReplay(t *testing.T, bin string) {
 	}
 }
 
+// testHangingVendor: on the Redis broker too, a vendor that never answers
+// fills only its own queue (the sink's stream, bounded by
+// queue.max_requests across replicas); intake and the other vendors carry
+// on, the overflow is dead-lettered with a clear error, /readyz says
+// degraded, and once the vendor answers again the queue drains and a
+// replay delivers the rest, each task once.
+func testHangingVendor(t *testing.T, bin string) {
+	r := newRig(t, bin, rigOptions{scaleInFlight: 1, scaleQueue: "{max_requests: 3}"})
+	a := r.start("a")
+	r.scale.SetLatency(time.Hour)
+	var ids []string
+	for i := range 6 {
+		req := r.exportBody(fmt.Sprintf("hang-%d", i))
+		if status, _, body := r.post(t, a, req); status != http.StatusAccepted {
+			t.Fatalf("export %d while scale hangs: %d %s", i, status, body)
+		}
+		ids = append(ids, issueOf(t, req))
+	}
+	r.waitSink(t, "labelbox", ids, 15*time.Second)
+	r.waitSink(t, "label_studio", ids, 15*time.Second)
+	const dlqKey = "labelpipe:dlq.scale"
+	pollFor(t, "scale's overflow in its DLQ", func() bool { return r.rdb.XLen(t.Context(), dlqKey).Val() > 0 })
+	for _, e := range r.rdb.XRange(t.Context(), dlqKey, "-", "+").Val() {
+		if s := fmt.Sprint(e.Values); !strings.Contains(s, "sink queue full") || !strings.Contains(s, "max_requests 3") {
+			t.Fatalf("dead letter %s: %s; want the full queue and its limit named", e.ID, s)
+		}
+	}
+	resp, err := r.http.Get("http://" + a.admin + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(ready), `"degraded"`) || !strings.Contains(string(ready), "sink scale: queue full") {
+		t.Fatalf("/readyz while scale's queue is full: %d %s; want 200 degraded naming scale", resp.StatusCode, ready)
+	}
+
+	r.scale.SetLatency(0)
+	pollFor(t, "scale's queue to drain", func() bool {
+		st := r.rdb.XInfoGroups(t.Context(), "labelpipe:sink.scale").Val()
+		return len(st) == 1 && st[0].Pending == 0 && st[0].Lag == 0
+	})
+	r.cli(t, 0, "dlq", "replay", "-c", a.config, "--sink", "scale", "--all")
+	r.waitDelivered(t, ids, 30*time.Second)
+	r.checkExactlyOnce(t, ids)
+}
+
 // ---- the rig: Redis, fake vendors and replica processes ----
 
 type rigOptions struct {
@@ -382,6 +430,8 @@ type rigOptions struct {
 	scaleInFlight int
 	scaleRetry    string
 	scaleBreaker  string
+	// scaleQueue is scale's queue: setting ("" for the default).
+	scaleQueue string
 	// scaleBreakerOf overrides scaleBreaker for a replica, by name.
 	scaleBreakerOf map[string]string
 }
@@ -507,7 +557,7 @@ sinks:
           metadata: {export_id: $export.id, issue_id: $export.issue_id, element_id: $el.element_id}
         }
     retry: %s
-    breaker: %s
+    breaker: %s%s
   - name: label_studio
     type: http
     url: %s
@@ -522,8 +572,15 @@ sinks:
     breaker: {consecutive_failures: 50, open_timeout: 1s}
 `, webhook, admin, r.opts.claimIdle, r.redisURL, e2eSecret, r.dedupeHold(),
 		r.labelbox.Endpoint(), labelboxKey, lbProject,
-		r.scale.TaskURL(), scaleKey, r.opts.scaleInFlight, r.opts.scaleRetry, breaker,
+		r.scale.TaskURL(), scaleKey, r.opts.scaleInFlight, r.opts.scaleRetry, breaker, r.scaleQueue(),
 		r.ls.ImportURL(lsProject), lsToken, lsInFlight)
+}
+
+func (r *rig) scaleQueue() string {
+	if r.opts.scaleQueue == "" {
+		return ""
+	}
+	return "\n    queue: " + r.opts.scaleQueue
 }
 
 func (r *rig) dedupeHold() string {
