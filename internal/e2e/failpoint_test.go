@@ -23,10 +23,11 @@ func TestKillsAtTheDangerousMoments(t *testing.T) {
 			a := r.start("a", "LABELPIPE_FAILPOINT="+point)
 			body := r.exportBody(point)
 			var answered []string
-			if status, _, b, err := r.postErr(a, body); err == nil && status == http.StatusAccepted {
+			// after-delivery usually kills after the 202 is written, but a
+			// delivery may win the race with the answer's write: the
+			// caller then retries like the others.
+			if status, _, _, err := r.postErr(a, body); err == nil && status == http.StatusAccepted {
 				answered = append(answered, issueOf(t, body))
-			} else if point == "after-delivery" {
-				t.Fatalf("the kill comes after the answer, want 202: %d %s %v", status, b, err)
 			}
 			select {
 			case <-a.done:
