@@ -72,9 +72,15 @@ func (j *JQ) Run(ctx context.Context, input any, export map[string]any) ([]any, 
 // run is Run under lim, read once by its callers.
 func (j *JQ) run(ctx context.Context, lim JQLimits, input any, export map[string]any) ([]any, error) {
 	run := ctx
+	if lim.MaxMemory > 0 {
+		var cancel context.CancelCauseFunc
+		run, cancel = context.WithCancelCause(run)
+		defer cancel(nil)
+		defer heapGuard.watch(uint64(lim.MaxMemory), cancel)()
+	}
 	if lim.Timeout > 0 {
 		var cancel context.CancelFunc
-		run, cancel = context.WithTimeout(ctx, lim.Timeout)
+		run, cancel = context.WithTimeout(run, lim.Timeout)
 		defer cancel()
 	}
 	var out []any
@@ -90,6 +96,9 @@ func (j *JQ) run(ctx context.Context, lim JQLimits, input any, export map[string
 				return out, nil
 			}
 			if ctx.Err() == nil && run.Err() != nil {
+				if errors.Is(context.Cause(run), errHeapGrowth) {
+					return out, &JQLimitError{Limit: "jq.max_memory", Msg: fmt.Sprintf("grew the heap by more than %d MiB", lim.MaxMemory>>20)}
+				}
 				return out, &JQLimitError{Limit: "jq.timeout", Msg: fmt.Sprintf("ran longer than %s", lim.Timeout)}
 			}
 			return out, fmt.Errorf("jq: %w", err)
@@ -113,11 +122,18 @@ type JQLimits struct {
 	// MaxOutputBytes bounds the encoded size of a sink's bodies for one
 	// export, checked as each is encoded; default 256 MiB.
 	MaxOutputBytes int64 `yaml:"max_output_bytes"`
+	// MaxMemory bounds how much the process's heap may grow while a run
+	// is under way, checked every few milliseconds; default 192 MiB, 0
+	// for no bound. Go cannot tell whose allocation grew the shared heap,
+	// so every run under way when it is exceeded is stopped. Raise it
+	// when programs legitimately build values several times the size of
+	// server.max_body_bytes.
+	MaxMemory int64 `yaml:"max_memory"`
 }
 
 // DefaultJQLimits are the limits a run gets when its context has none.
 func DefaultJQLimits() JQLimits {
-	return JQLimits{Timeout: 5 * time.Second, MaxOutputs: 100_000, MaxOutputBytes: 256 << 20}
+	return JQLimits{Timeout: 5 * time.Second, MaxOutputs: 100_000, MaxOutputBytes: 256 << 20, MaxMemory: 192 << 20}
 }
 
 type jqLimitsKey struct{}

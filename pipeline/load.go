@@ -427,6 +427,9 @@ func (l *loader) check(c *Config) {
 	if c.JQ.MaxOutputBytes < 1 {
 		l.at("jq.max_output_bytes", "jq", "max_output_bytes", "must be ≥ 1")
 	}
+	if c.JQ.MaxMemory < 0 {
+		l.at("jq.max_memory", "jq", "max_memory", "must be ≥ 0 (0: no bound)")
+	}
 	if c.Broker.QueueWait < 0 {
 		l.at("broker.queue_wait", "broker", "queue_wait", "must be ≥ 0")
 	}
