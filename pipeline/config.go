@@ -89,11 +89,12 @@ type BrokerConfig struct {
 	FanoutWorkers int `yaml:"fanout_workers"`
 	// MaxPending bounds, on the memory broker, the exports accepted and
 	// not yet fanned out to the sinks' queues; an export counts once
-	// however large. When it is reached the webhook waits for room, up to
-	// QueueWait, then answers 503. The fan-out is quick, so this is
-	// reached only under an overload, or when a sink with queue.on_full
-	// backpressure is full. Default 128. The redis broker keeps its queue
-	// in Redis instead and ignores this.
+	// however large. It is also reached when every sink has MaxPending
+	// requests waiting: the vendors together are slower than the exports
+	// arriving, and callers are slowed down rather than every queue
+	// growing (one slow sink never does this). The webhook then waits for
+	// room, up to QueueWait, and answers 503. Default 128. The redis
+	// broker keeps its queue in Redis instead and ignores this.
 	MaxPending int64 `yaml:"max_pending"`
 	// RequirePersistence makes the redis broker refuse to start unless
 	// Redis persists (appendonly or snapshots) and never evicts

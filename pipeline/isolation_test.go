@@ -258,3 +258,36 @@ func TestQueueConfigIsValidated(t *testing.T) {
 		}
 	}
 }
+
+// When every vendor is behind (an overload, not one slow vendor), intake
+// slows the callers down: once each sink has broker.max_pending requests
+// waiting, the webhook waits queue_wait, then answers 503, and accepts
+// again as soon as a vendor catches up.
+func TestEveryVendorBehindSlowsIntake(t *testing.T) {
+	v := newVendors(t)
+	h := startHarness(t, isolationHead(65536)+labelboxSink(v.lb, fastPolicy)+
+		scaleSink(v.sc.TaskURL(), fastPolicy)+labelStudioSink(v.ls, fastPolicy))
+	for _, s := range []*vendortest.Server{v.lb.Server, v.sc.Server, v.ls.Server} {
+		s.SetLatency(time.Hour)
+	}
+	// max_pending 2: two exports put 2 requests in labelbox's and label
+	// studio's queues (scale gets 3 per export).
+	for range 2 {
+		body, _ := samplePayload(t, "issue-frames.json")
+		h.accept(body)
+	}
+	h.eventually(10*time.Second, "every sink's queue to hold 2 requests", func() bool {
+		return h.sink("labelbox").QueueDepth == 2 && h.sink("label_studio").QueueDepth == 2
+	})
+	third, _ := samplePayload(t, "issue-frames.json")
+	h.sendWaitsThenUnavailable(third, 100*time.Millisecond, "queue is full")
+
+	v.lb.SetLatency(0) // one vendor catches up: no longer every sink behind
+	waitFake(t, "labelbox", func(ctx context.Context) error { return v.lb.WaitAccepted(ctx, 2) })
+	h.accept(third)
+	for _, s := range []*vendortest.Server{v.sc.Server, v.ls.Server} {
+		s.SetLatency(0)
+	}
+	waitFake(t, "scale", func(ctx context.Context) error { return v.sc.WaitAccepted(ctx, 9) })
+	waitFake(t, "label studio", func(ctx context.Context) error { return v.ls.WaitAccepted(ctx, 3) })
+}

@@ -836,7 +836,10 @@ func TestWebhookBackpressureWhenQueueIsFull(t *testing.T) {
 	ls := vendortest.NewLabelStudio(t, lsToken)
 	ls.SetLatency(time.Hour) // held until the test lowers it
 	cfg := strings.Replace(head(""), "broker: {type: memory}", "broker: {type: memory, max_pending: 1, queue_wait: 100ms}", 1)
-	h := startHarness(t, cfg+labelStudioSink(ls, fastPolicy+"\n    queue: {max_requests: 1, on_full: backpressure}"))
+	// The archive keeps up: it is label_studio's own full queue, not an
+	// overload of every sink, that holds intake here.
+	h := startHarness(t, cfg+labelStudioSink(ls, fastPolicy+"\n    queue: {max_requests: 1, on_full: backpressure}")+
+		"  - {name: archive, type: file, path: out/archive.jsonl}\n")
 	body, _ := samplePayload(t, "issue-frames.json")
 	h.accept(body)
 	waitFake(t, "the delivery to reach the vendor", func(ctx context.Context) error { return ls.WaitArrived(ctx, 1) })

@@ -36,7 +36,8 @@ import (
 //   - Admit: ok for the first caller; without BoundedAdmission every caller
 //     gets in at once; with it, callers wait while MaxPending exports are
 //     unfinished or admitted-not-done, and get in once one is acked or done,
-//     and messages queued on a sink topic never make them wait.
+//     and messages queued on one sink topic while another is empty never
+//     make them wait.
 //   - Durable (Durable): queued messages, and one delivered but unacked,
 //     are delivered by a backend reopened on the same storage.
 //   - Close: Close of the broker and of the backend are safe twice.
@@ -416,8 +417,10 @@ func testAdmit(t *testing.T, f Features, newBackend Constructor) {
 		done()
 	}
 
-	// Requests queued for a sink never hold the room: a sink's queue is
-	// bounded by the engine, and a slow vendor must not stop intake.
+	// Requests queued for one sink never hold the room while another
+	// sink keeps up: a sink's queue is bounded by the engine, and a slow
+	// vendor must not stop intake.
+	subscribe(t, br, backend.TopicSink("labelbox"), backend.SinkGroup("labelbox"), 1)
 	sinkMsgs := newMessages("sink-backlog", 3*n)
 	publish(t, br, backend.TopicSink("scale"), sinkMsgs...)
 	for i := range n {

@@ -37,6 +37,10 @@ import (
 // Admit bounds the exports waiting for the fan-out (broker.max_pending):
 // an export is one unit, however many requests it fans out to. What the
 // sinks' queues hold is bounded by the engine, per sink, from QueueStats.
+// One slow sink never makes Admit wait; but when every sink has
+// max_pending requests waiting, the vendors together are slower than the
+// exports arriving, and Admit waits too, so that an overload slows the
+// callers down instead of piling up latency in every queue.
 type Broker struct {
 	gc        *gochannel.GoChannel
 	admission *admission
@@ -79,7 +83,7 @@ func NewBroker(maxPending int64, logger watermill.LoggerAdapter) *Broker {
 		closing: make(chan struct{}),
 		topics:  map[string]*queue{},
 	}
-	b.admission = &admission{max: maxPending, pending: b.exports.Load}
+	b.admission = &admission{max: maxPending, pending: b.load}
 	return b
 }
 
@@ -106,6 +110,33 @@ func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
 	b.mu.Unlock()
 	return b.send(topic, out)
 }
+
+// load is what Admit weighs: the exports waiting for the fan-out, or
+// max_pending when every sink is that far behind.
+func (b *Broker) load() int64 {
+	n := b.exports.Load()
+	if n >= b.admission.max {
+		return n
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	sinks := 0
+	for topic, q := range b.topics {
+		if !strings.HasPrefix(topic, sinkTopicPrefix) {
+			continue
+		}
+		if int64(len(q.waiting)+len(q.out)) < b.admission.max {
+			return n
+		}
+		sinks++
+	}
+	if sinks == 0 {
+		return n
+	}
+	return b.admission.max
+}
+
+var sinkTopicPrefix = backend.TopicSink("")
 
 // queue returns topic's queue, made on first use; b.mu is held.
 func (b *Broker) queue(topic string) *queue {
@@ -167,8 +198,8 @@ func (b *Broker) finish(topic, uuid string) {
 	b.pending.Add(-1)
 	if topic == backend.TopicExports {
 		b.exports.Add(-1)
-		b.admission.wake()
 	}
+	b.admission.wake()
 	_ = b.send(topic, next) // fails only once closed: what is left is lost, and Drain says so
 }
 

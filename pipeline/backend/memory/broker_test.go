@@ -56,10 +56,57 @@ func TestBacklogWaitsInTheQueueNotInGoroutines(t *testing.T) {
 	if m := <-in; m.UUID != fmt.Sprintf("m%05d", window) {
 		t.Fatalf("after an ack got %s, want the next in publish order m%05d", m.UUID, window)
 	}
-	// Sink requests never hold up intake (max_pending 8 ≪ backlog).
+	// One sink's backlog never holds up intake while another keeps up
+	// (max_pending 8 ≪ backlog).
+	other := backend.TopicSink("labelbox")
+	if _, err := br.Workers(other, backend.SinkGroup("labelbox"), window); err != nil {
+		t.Fatal(err)
+	}
 	done, ok := br.Admit(t.Context(), 0)
 	if !ok {
-		t.Fatal("Admit refused while only a sink's queue holds messages")
+		t.Fatal("Admit refused while only one sink's queue holds messages")
 	}
 	done()
+}
+
+// When every sink is max_pending requests behind, the vendors together
+// are slower than the exports arriving: Admit waits, and lets a caller in
+// as soon as one sink catches up.
+func TestAdmitWaitsWhenEverySinkIsBehind(t *testing.T) {
+	const maxPending = 4
+	br := memory.NewBroker(maxPending, nil)
+	t.Cleanup(func() { _ = br.Close() })
+	var ins []<-chan *message.Message
+	for _, sink := range []string{"scale", "labelbox"} {
+		topic := backend.TopicSink(sink)
+		subs, err := br.Workers(topic, backend.SinkGroup(sink), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := subs[0].Subscribe(t.Context(), topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ins = append(ins, in)
+		for i := range maxPending {
+			if err := br.Publish(topic, message.NewMessage(fmt.Sprintf("%s-%d", sink, i), []byte("{}"))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, ok := br.Admit(t.Context(), 50*time.Millisecond); ok {
+		t.Fatal("Admit let a caller in with every sink max_pending behind")
+	}
+	waiter := make(chan bool, 1)
+	go func() {
+		done, ok := br.Admit(t.Context(), time.Minute)
+		if ok {
+			done()
+		}
+		waiter <- ok
+	}()
+	(<-ins[1]).Ack() // labelbox catches up by one
+	if !<-waiter {
+		t.Fatal("Admit gave up after a sink caught up")
+	}
 }

@@ -32,7 +32,8 @@ var Type = pipeline.BackendType{
 
 // Config tunes the memory backend.
 type Config struct {
-	// MaxPending bounds the exports waiting for the fan-out;
+	// MaxPending bounds the exports waiting for the fan-out, and makes
+	// Admit wait when every sink has that many requests waiting;
 	// broker.max_pending, default 128. Each sink's queue is bounded by the
 	// engine (the sink's queue: settings).
 	MaxPending int64
