@@ -59,6 +59,49 @@ type ServerConfig struct {
 	ReadTimeout time.Duration `yaml:"read_timeout"`
 	// ShutdownTimeout bounds the drain on SIGTERM; default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// MaxHeaderBytes caps a request's headers; default 32 KiB. Larger: 431.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxConnections caps open connections; default 1024. Past it new
+	// connections wait in the kernel's backlog.
+	MaxConnections int `yaml:"max_connections"`
+	// TrustedProxies are the peers (IPs or CIDRs) whose X-Forwarded-For
+	// names the client. From anyone else the header is ignored: a client
+	// could claim any address to get a fresh share of the body budget.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// Unverified bounds bodies read before their caller is proven: with a
+	// signature scheme (only the body can prove it) or no secret stage.
+	Unverified UnverifiedConfig `yaml:"unverified"`
+	// TLS serves the webhook over HTTPS when cert_file is set.
+	TLS TLSConfig `yaml:"tls"`
+}
+
+// UnverifiedConfig is the budget for bodies whose headers cannot prove
+// the caller. It is separate from server.max_inflight_bytes, so that
+// strangers' uploads never starve a caller proven by a header secret, and
+// each client address gets only a share of it.
+type UnverifiedConfig struct {
+	// MaxInflightBytes is the budget; default server.max_inflight_bytes.
+	MaxInflightBytes int64 `yaml:"max_inflight_bytes"`
+	// PerClientBytes is one client address's share; default
+	// max_body_bytes. Past it the client gets 503 and Retry-After.
+	PerClientBytes int64 `yaml:"per_client_bytes"`
+	// ReadTimeout bounds reading such a body; default 15s.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+}
+
+// TLSConfig serves a listener over TLS. The names follow Prometheus's
+// exporter toolkit. The files are read again on SIGHUP, so certificates
+// can rotate without a restart.
+type TLSConfig struct {
+	// CertFile and KeyFile are PEM files; both or neither.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile holds the CAs client certificates are checked against.
+	ClientCAFile string `yaml:"client_ca_file"`
+	// ClientAuthType is NoClientCert (default), RequestClientCert,
+	// RequireAnyClientCert, VerifyClientCertIfGiven or
+	// RequireAndVerifyClientCert.
+	ClientAuthType string `yaml:"client_auth_type"`
 }
 
 // AdminConfig is the admin listener (/healthz, /readyz, /metrics, /api).
@@ -70,6 +113,8 @@ type AdminConfig struct {
 	// default false. They reveal the process's memory and cost CPU, so
 	// they are for measuring, on a listener only operators reach.
 	Pprof bool `yaml:"pprof"`
+	// TLS serves the admin API over HTTPS when cert_file is set.
+	TLS TLSConfig `yaml:"tls"`
 }
 
 // BrokerConfig picks the message broker.
@@ -129,6 +174,11 @@ type TracingConfig struct {
 	ServiceName string `yaml:"service_name"`
 	// Insecure sends OTLP without TLS; default true for loopback use.
 	Insecure *bool `yaml:"insecure"`
+	// CallerContext is what a webhook's traceparent becomes: link
+	// (default), a link from labelpipe's own new trace, or parent, for a
+	// caller that is trusted to choose the trace. Baggage is never taken
+	// from a caller.
+	CallerContext string `yaml:"caller_context"`
 }
 
 // LogConfig configures the daemon's logger.
@@ -217,7 +267,8 @@ var sinkCommonKeys = map[string]bool{
 func defaultConfig() Config {
 	return Config{
 		Server: ServerConfig{Addr: "127.0.0.1:8080", Path: "/webhook", MaxBodyBytes: 32 << 20,
-			ReadTimeout: 60 * time.Second, ShutdownTimeout: 30 * time.Second},
+			ReadTimeout: 60 * time.Second, ShutdownTimeout: 30 * time.Second, MaxHeaderBytes: 32 << 10, MaxConnections: 1024,
+			Unverified: UnverifiedConfig{ReadTimeout: 15 * time.Second}},
 		Admin: AdminConfig{Addr: "127.0.0.1:9090"},
 		Broker: BrokerConfig{Type: "memory", Prefix: "labelpipe:", ClaimIdle: 60 * time.Second, MaxLen: 10000, FanoutWorkers: 4,
 			MaxPending: 128, QueueWait: 10 * time.Second},

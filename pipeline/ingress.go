@@ -73,20 +73,32 @@ func (tr *trial) record(s builtStage, err error) {
 // runStage runs one stage under its span, measures it, and returns its
 // error. In a preview a Previewer stage previews instead.
 func (p *Pipeline) runStage(ctx context.Context, s builtStage, e *Export, preview bool) error {
-	ctx, span := p.tracer.Start(ctx, "stage "+s.cfg.Name)
-	defer span.End()
-	if span.IsRecording() {
-		span.SetAttributes(attribute.String("labelpipe.stage.type", s.cfg.Type),
-			attribute.String("labelpipe.stage.name", s.cfg.Name),
-			attribute.String("labelpipe.export.id", e.ID))
-	}
 	start := time.Now()
+	ctx, span := p.stageSpan(ctx, s, e.ID, start)
 	var err error
 	if pv, ok := s.stage.(Previewer); ok && preview {
 		err = pv.Preview(ctx, e)
 	} else {
 		err = s.stage.Process(ctx, e)
 	}
+	p.endStage(ctx, span, s, e.ID, start, err)
+	return err
+}
+
+func (p *Pipeline) stageSpan(ctx context.Context, s builtStage, id string, start time.Time) (context.Context, trace.Span) {
+	ctx, span := p.tracer.Start(ctx, "stage "+s.cfg.Name, trace.WithTimestamp(start))
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("labelpipe.stage.type", s.cfg.Type),
+			attribute.String("labelpipe.stage.name", s.cfg.Name),
+			attribute.String("labelpipe.export.id", id))
+	}
+	return ctx, span
+}
+
+// endStage records a stage's outcome on its span, metrics and log, and
+// ends the span.
+func (p *Pipeline) endStage(ctx context.Context, span trace.Span, s builtStage, id string, start time.Time, err error) {
+	defer span.End()
 	verdict := VerdictOf(err)
 	se, _ := AsStageError(err)
 	switch verdict {
@@ -106,9 +118,8 @@ func (p *Pipeline) runStage(ctx context.Context, s builtStage, e *Export, previe
 	}
 	p.metrics.stageDur.Record(ctx, time.Since(start).Seconds(), p.metrics.with("stage", s.cfg.Name, "outcome", verdict.String()))
 	if verdict == VerdictReject || verdict == VerdictError || verdict == VerdictUnavailable {
-		s.log.InfoContext(ctx, "stage stopped the export", "export", e.ID, "outcome", verdict.String(), "err", err)
+		s.log.InfoContext(ctx, "stage stopped the export", "export", id, "outcome", verdict.String(), "err", err)
 	}
-	return err
 }
 
 func decodePayload(e *Export) error {

@@ -4,6 +4,7 @@ package pipeline
 // interpolation, and every error of a file reported at once.
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -442,6 +443,14 @@ func (l *loader) check(c *Config) {
 	if n := c.Server.MaxInflightBytes; n != 0 && n < c.Server.MaxBodyBytes {
 		l.at("server.max_inflight_bytes", "server", "max_inflight_bytes", "must be ≥ max_body_bytes, or one body could never be read")
 	}
+	l.checkServerLimits(&c.Server)
+	l.checkTLS("server", c.Server.TLS)
+	l.checkTLS("admin", c.Admin.TLS)
+	switch c.Tracing.CallerContext {
+	case "", CallerContextLink, CallerContextParent:
+	default:
+		l.at("tracing.caller_context", "tracing", "caller_context", fmt.Sprintf("unknown %q (want link or parent)", c.Tracing.CallerContext))
+	}
 	switch c.Tracing.Exporter {
 	case "", "none", "otlp", "stdout":
 	default:
@@ -642,4 +651,53 @@ func (v *envExpander) expand(s *ast.StringNode, pos func(at int) (line, col int)
 		v.l.add(s, "", msg)
 		return ""
 	})
+}
+
+func (l *loader) checkServerLimits(c *ServerConfig) {
+	if c.MaxHeaderBytes < 0 {
+		l.at("server.max_header_bytes", "server", "max_header_bytes", "must be ≥ 0 (0: 32 KiB)")
+	}
+	if c.MaxConnections < 0 {
+		l.at("server.max_connections", "server", "max_connections", "must be ≥ 0 (0: 1024)")
+	}
+	for i, s := range c.TrustedProxies {
+		if _, err := parsePrefix(s); err != nil {
+			l.at(fmt.Sprintf("server.trusted_proxies[%d]", i), "server", fmt.Sprintf("trusted_proxies[%d]", i), err.Error())
+		}
+	}
+	u := c.Unverified
+	if u.MaxInflightBytes < 0 || (u.MaxInflightBytes > 0 && u.MaxInflightBytes < c.MaxBodyBytes) {
+		l.at("server.unverified.max_inflight_bytes", "server", "unverified.max_inflight_bytes", "must be ≥ max_body_bytes, or one body could never be read")
+	}
+	if u.PerClientBytes < 0 || (u.PerClientBytes > 0 && u.PerClientBytes < c.MaxBodyBytes) {
+		l.at("server.unverified.per_client_bytes", "server", "unverified.per_client_bytes", "must be ≥ max_body_bytes, or one body could never be read")
+	}
+	if u.ReadTimeout < 0 {
+		l.at("server.unverified.read_timeout", "server", "unverified.read_timeout", "must be ≥ 0 (0: 15s)")
+	}
+}
+
+func (l *loader) checkTLS(listener string, t TLSConfig) {
+	field := func(f string) (string, string) { return listener + ".tls." + f, "tls." + f }
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		doc, f := field("cert_file")
+		if t.CertFile != "" {
+			doc, f = field("key_file")
+		}
+		l.at(doc, listener, f, "cert_file and key_file go together")
+	}
+	auth, err := clientAuthType(t.ClientAuthType)
+	if err != nil {
+		doc, f := field("client_auth_type")
+		l.at(doc, listener, f, err.Error())
+	}
+	needsCA := auth == tls.VerifyClientCertIfGiven || auth == tls.RequireAndVerifyClientCert
+	if t.CertFile == "" && (t.ClientCAFile != "" || t.ClientAuthType != "") {
+		doc, f := field("cert_file")
+		l.at(doc, listener, f, "is required for client certificates")
+	}
+	if needsCA && t.ClientCAFile == "" {
+		doc, f := field("client_ca_file")
+		l.at(doc, listener, f, "is required by client_auth_type "+t.ClientAuthType)
+	}
 }

@@ -21,7 +21,6 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/labelpipe/labelpipe/pipeline/backend"
 	"github.com/labelpipe/labelpipe/pipeline/resilience"
@@ -45,6 +44,10 @@ type Options struct {
 	// core does not import net/http/pprof itself, so that a plugin does not
 	// pull it in.
 	Profiles http.Handler
+	// Listeners, keyed "webhook" or "admin", are used instead of opening
+	// server.addr or admin.addr: for socket activation, or for tests that
+	// need the address before the daemon runs.
+	Listeners map[string]net.Listener
 	// ReplicaID names this process among replicas; default host-pid.
 	ReplicaID string
 	// Version is reported by /healthz and on spans.
@@ -74,9 +77,10 @@ type Pipeline struct {
 	offline bool
 	// fanoutSlots bounds the exports fanned out at once.
 	fanoutSlots chan struct{}
-	// bodies bounds the bytes of bodies read and checked at once
-	// (server.max_inflight_bytes).
-	bodies *semaphore.Weighted
+	// bodies bounds the bytes of bodies read and checked at once.
+	bodies  *bodyBudget
+	clients clients
+	tls     struct{ server, admin *tlsFiles }
 
 	draining  atomic.Bool
 	runCancel context.CancelFunc
@@ -152,11 +156,20 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		events:  map[string]bool{},
 		offline: offline,
 	}
-	budget := cfg.Server.MaxInflightBytes
-	if budget == 0 {
-		budget = 4 * cfg.Server.MaxBodyBytes
+	p.bodies = newBodyBudget(cfg.Server)
+	for _, t := range cfg.Server.TrustedProxies {
+		pf, err := parsePrefix(t)
+		if err != nil {
+			return nil, fmt.Errorf("server.trusted_proxies: %w", err)
+		}
+		p.clients.trusted = append(p.clients.trusted, pf)
 	}
-	p.bodies = semaphore.NewWeighted(budget)
+	if p.tls.server, err = newTLSFiles("server", cfg.Server.TLS, cfg.dir); err != nil {
+		return nil, err
+	}
+	if p.tls.admin, err = newTLSFiles("admin", cfg.Admin.TLS, cfg.dir); err != nil {
+		return nil, err
+	}
 	p.hardStop, p.hardStopF = context.WithCancel(context.Background())
 	p.jqCtx = WithJQLimits(p.hardStop, cfg.JQ)
 	// built, not p: `return nil, err` has already set p to nil when this runs.
@@ -295,15 +308,15 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		return fmt.Errorf("router: %w", err)
 	}
 	var listenErr = make(chan error, 2)
-	if addr := p.cfg.Server.Addr; addr != "" {
+	if addr := p.cfg.Server.Addr; addr != "" || p.opts.Listeners["webhook"] != nil {
 		mux := http.NewServeMux()
 		mux.Handle(p.cfg.Server.Path, p.Handler())
-		if err := p.serve(addr, mux, "webhook", listenErr); err != nil {
+		if err := p.serve(addr, mux, "webhook", p.tls.server, listenErr); err != nil {
 			return err
 		}
 	}
-	if addr := p.cfg.Admin.Addr; addr != "" {
-		if err := p.serve(addr, p.AdminHandler(), "admin", listenErr); err != nil {
+	if addr := p.cfg.Admin.Addr; addr != "" || p.opts.Listeners["admin"] != nil {
+		if err := p.serve(addr, p.AdminHandler(), "admin", p.tls.admin, listenErr); err != nil {
 			return err
 		}
 	}
@@ -319,14 +332,14 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	return runErr
 }
 
-func (p *Pipeline) serve(addr string, h http.Handler, what string, errs chan<- error) error {
-	ln, err := net.Listen("tcp", addr)
+func (p *Pipeline) serve(addr string, h http.Handler, what string, files *tlsFiles, errs chan<- error) error {
+	ln, err := p.listen(what, addr, files)
 	if err != nil {
-		return fmt.Errorf("%s listener: %w", what, err)
+		return err
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: p.cfg.Server.ReadTimeout}
+	srv := p.httpServer(h)
 	p.servers = append(p.servers, srv)
-	p.log.Info("listening", "listener", what, "addr", ln.Addr().String())
+	p.log.Info("listening", "listener", what, "addr", ln.Addr().String(), "tls", files != nil)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errs <- fmt.Errorf("%s listener: %w", what, err)

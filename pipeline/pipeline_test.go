@@ -65,6 +65,12 @@ type harness struct {
 // there.
 func newHarness(t *testing.T, cfgText string) *harness {
 	t.Helper()
+	return newHarnessWith(t, cfgText, nil)
+}
+
+// newHarnessWith is newHarness with the pipeline's options adjusted by opt.
+func newHarnessWith(t *testing.T, cfgText string, opt func(*pipeline.Options)) *harness {
+	t.Helper()
 	h := &harness{t: t, dir: t.TempDir(), logs: &testutil.LockedBuffer{}, spans: tracetest.NewSpanRecorder()}
 	cfg, err := pipeline.ParseConfig(filepath.Join(h.dir, "labelpipe.yaml"), []byte(cfgText))
 	if err != nil {
@@ -73,13 +79,17 @@ func newHarness(t *testing.T, cfgText string) *harness {
 	// A real SDK provider, so that answers and dead letters carry trace
 	// ids, recording every span for the span-tree tests.
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(h.spans))
-	h.p, err = pipeline.New(cfg, pipeline.Options{
+	opts := pipeline.Options{
 		Registry:       builtin.Registry(),
 		Logger:         slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		TracerProvider: tp,
 		ReplicaID:      "test",
 		Version:        "test",
-	})
+	}
+	if opt != nil {
+		opt(&opts)
+	}
+	h.p, err = pipeline.New(cfg, opts)
 	if err != nil {
 		t.Fatalf("pipeline.New: %v", err)
 	}
@@ -525,13 +535,17 @@ func TestWebhookAnswers(t *testing.T) {
 			wantCode: 202, wantStatus: "accepted",
 		},
 		{
-			name: "accepted continues the caller's trace",
+			name: "compressed body", req: hookReq{secret: hookSecret, body: valid(), header: map[string]string{"Content-Encoding": "gzip"}},
+			wantCode: 415, wantErr: "Content-Encoding",
+		},
+		{
+			name: "accepted starts its own trace, not the caller's",
 			req: hookReq{secret: hookSecret, body: valid(),
 				header: map[string]string{"Traceparent": "00-" + callerTrace + "-00f067aa0ba902b7-01"}},
 			wantCode: 202, wantStatus: "accepted",
 			check: func(t *testing.T, a webhookAnswer) {
-				if a.TraceID != callerTrace {
-					t.Errorf("trace_id = %q, want the caller's %q", a.TraceID, callerTrace)
+				if a.TraceID == "" || a.TraceID == callerTrace {
+					t.Errorf("trace_id = %q, want a new one (a caller must not choose labelpipe's trace ids)", a.TraceID)
 				}
 			},
 		},

@@ -27,6 +27,17 @@ type RawStage interface {
 	RawOnly()
 }
 
+// HeaderChecker is implemented by raw stages that can judge a request
+// from its headers alone. The webhook asks them before it reads the body
+// or sets memory aside for it, so a stranger without the secret costs
+// almost nothing. CheckHeaders returns a Reject error to refuse the
+// request now; otherwise proven says whether the headers proved the
+// caller (a shared secret) or only the body can (a signature whose
+// headers are well-formed and fresh). Process still runs the full check.
+type HeaderChecker interface {
+	CheckHeaders(h http.Header) (proven bool, err error)
+}
+
 // Releaser is implemented by stages that reserve something (a dedupe key)
 // in Process: Release gives it back when the export is not accepted after
 // all (a later stage stopped it, or the durable publish failed), so that

@@ -7,14 +7,17 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/labelpipe/labelpipe/pipeline/internal/failpoint"
@@ -25,11 +28,54 @@ const retryAfterUnavailable = 5 * time.Second
 
 func (p *Pipeline) webhookHandler() http.Handler {
 	path := p.cfg.Server.Path
-	return otelhttp.NewHandler(http.HandlerFunc(p.serveWebhook), "webhook",
+	// server.address on otelhttp's metrics comes from the Host header
+	// unless a server name is set: any client could mint a new series per
+	// request. The configured address is one value.
+	server := p.cfg.Server.Addr
+	if _, _, err := net.SplitHostPort(server); err != nil {
+		server = "labelpipe:0"
+	}
+	h := otelhttp.NewHandler(http.HandlerFunc(p.serveWebhook), "webhook",
 		otelhttp.WithTracerProvider(p.opts.TracerProvider),
 		otelhttp.WithMeterProvider(p.opts.MeterProvider),
-		otelhttp.WithPropagators(p.prop),
+		otelhttp.WithServerName(server),
+		// Only the trace context is taken from a caller, never baggage:
+		// it would ride along into every message and vendor request.
+		otelhttp.WithPropagators(propagation.TraceContext{}),
+		// By default the caller's trace is linked, not continued, so a
+		// caller cannot choose labelpipe's trace ids or sampling.
+		otelhttp.WithPublicEndpointFn(func(*http.Request) bool { return p.cfg.Tracing.CallerContext != CallerContextParent }),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + path }))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// otelhttp's writer hides the connection's deadlines; keep the
+		// server's own for readDeadline.
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), connWriterKey{}, w)))
+	})
+}
+
+type connWriterKey struct{}
+
+// replyUnread answers without reading the body.
+func (p *Pipeline) replyUnread(ctx context.Context, w http.ResponseWriter, code int, a answer) {
+	leaveBody(ctx, w)
+	p.reply(ctx, w, code, a)
+}
+
+// leaveBody makes an answer given before the body was read go out at
+// once. net/http would otherwise read up to 256 KiB of the body first,
+// waiting on a client that never sends it; instead the connection is
+// closed after the answer and its reads end now.
+func leaveBody(ctx context.Context, w http.ResponseWriter) {
+	w.Header().Set("Connection", "close")
+	setReadDeadline(ctx, w, 0)
+}
+
+// setReadDeadline shortens the time left to read r's body.
+func setReadDeadline(ctx context.Context, w http.ResponseWriter, d time.Duration) {
+	if cw, ok := ctx.Value(connWriterKey{}).(http.ResponseWriter); ok {
+		w = cw
+	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(d)) // unsupported: read_timeout still bounds it
 }
 
 // answer is a webhook response body.
@@ -78,36 +124,59 @@ func setRetryAfter(w http.ResponseWriter, d time.Duration) {
 func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	ctx := WithJQLimits(r.Context(), p.cfg.JQ)
 	if p.draining.Load() {
+		leaveBody(ctx, w)
 		p.unavailable(ctx, w, retryAfterUnavailable, "labelpipe is shutting down; retry shortly")
 		return
 	}
 	if !p.router.IsRunning() {
+		leaveBody(ctx, w)
 		p.unavailable(ctx, w, retryAfterUnavailable, "labelpipe is starting; retry shortly")
 		return
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		p.reply(ctx, w, http.StatusMethodNotAllowed, answer{Error: "use POST"})
+		p.replyUnread(ctx, w, http.StatusMethodNotAllowed, answer{Error: "use POST"})
 		return
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || (mt != "application/json" && mt != "text/json") {
-			p.reply(ctx, w, http.StatusUnsupportedMediaType, answer{Error: fmt.Sprintf("Content-Type is %q; want application/json", ct)})
+			p.replyUnread(ctx, w, http.StatusUnsupportedMediaType, answer{Error: fmt.Sprintf("Content-Type is %q; want application/json", ct)})
 			return
 		}
+	}
+	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		p.replyUnread(ctx, w, http.StatusUnsupportedMediaType, answer{Error: fmt.Sprintf("Content-Encoding %q is not supported; send the body uncompressed", ce)})
+		return
 	}
 	limit := p.cfg.Server.MaxBodyBytes
 	if r.ContentLength > limit {
 		// Said up front: refuse it without reading a byte.
-		p.reply(ctx, w, http.StatusRequestEntityTooLarge, answer{Error: tooLarge(limit)})
+		p.replyUnread(ctx, w, http.StatusRequestEntityTooLarge, answer{Error: tooLarge(limit)})
 		return
 	}
-	release, ok := p.reserveBody(ctx, r.ContentLength)
-	if !ok {
-		p.unavailable(ctx, w, retryAfterUnavailable, "labelpipe is busy reading other large exports (server.max_inflight_bytes); it was not accepted, retry shortly")
+	// Whatever the headers can refuse is refused before a byte of the
+	// body is read or any memory is set aside for it.
+	id := watermill.NewULID()
+	verified, err := p.checkHeaders(ctx, id, r.Header)
+	if err != nil {
+		code, a, _ := stageAnswer(err)
+		p.replyUnread(ctx, w, code, a)
+		return
+	}
+	n := r.ContentLength
+	if n < 0 {
+		n = limit // unknown length: the most it may be
+	}
+	release, err := p.bodies.reserve(ctx, n, p.cfg.Broker.QueueWait, verified, p.clients.addr(r))
+	if err != nil {
+		leaveBody(ctx, w)
+		p.unavailable(ctx, w, retryAfterUnavailable, err.Error())
 		return
 	}
 	defer release()
+	if !verified {
+		setReadDeadline(ctx, w, p.unverifiedReadTimeout())
+	}
 	body, err := readBody(w, r, limit)
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -118,7 +187,7 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 		p.reply(ctx, w, http.StatusBadRequest, answer{Error: "could not read body: " + err.Error()})
 		return
 	}
-	e := &Export{ID: watermill.NewULID(), ReceivedAt: time.Now(), Header: r.Header, Body: body}
+	e := &Export{ID: id, ReceivedAt: time.Now(), Header: r.Header, Body: body}
 	if span := trace.SpanFromContext(ctx); span.IsRecording() {
 		span.SetAttributes(attribute.String("labelpipe.export.id", e.ID), attribute.Int("http.request.body.size", len(body)))
 	}
@@ -155,23 +224,38 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	p.reply(ctx, w, http.StatusAccepted, answer{Status: "accepted", ID: e.ID, Key: e.key})
 }
 
-// reserveBody takes a body's share of server.max_inflight_bytes before it
-// is read: until it is checked, a body costs memory in proportion to its
-// size. A body of unknown length counts as max_body_bytes. It waits up to
-// broker.queue_wait for room.
-func (p *Pipeline) reserveBody(ctx context.Context, contentLength int64) (release func(), ok bool) {
-	n := contentLength
-	if n < 0 {
-		n = p.cfg.Server.MaxBodyBytes
-	}
-	if !p.bodies.TryAcquire(n) {
-		wait, cancel := context.WithTimeout(ctx, p.cfg.Broker.QueueWait)
-		defer cancel()
-		if err := p.bodies.Acquire(wait, n); err != nil {
-			return nil, false
+// checkHeaders runs the header checks of the leading raw stages. It
+// reports whether the headers alone proved the caller (a header secret);
+// when they cannot (a signature needs the body), the body is read from
+// the unverified budget.
+func (p *Pipeline) checkHeaders(ctx context.Context, id string, h http.Header) (verified bool, err error) {
+	for _, s := range p.stages {
+		if _, raw := s.stage.(RawStage); !raw {
+			break
 		}
+		hc, ok := s.stage.(HeaderChecker)
+		if !ok {
+			continue
+		}
+		start := time.Now()
+		proven, err := hc.CheckHeaders(h)
+		if err != nil {
+			// Only a refusal gets its span here; a pass is the stage's
+			// Process span, once the body is in.
+			sctx, span := p.stageSpan(ctx, s, id, start)
+			p.endStage(sctx, span, s, id, start, err)
+			return false, err
+		}
+		verified = verified || proven
 	}
-	return func() { p.bodies.Release(n) }, true
+	return verified, nil
+}
+
+func (p *Pipeline) unverifiedReadTimeout() time.Duration {
+	if d := p.cfg.Server.Unverified.ReadTimeout; d > 0 {
+		return d
+	}
+	return 15 * time.Second
 }
 
 func tooLarge(limit int64) string {

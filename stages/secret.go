@@ -142,19 +142,31 @@ type Secret struct {
 // Process passes the export on if its secret or signature is valid, and
 // answers 401 otherwise.
 func (s *Secret) Process(_ context.Context, e *pipeline.Export) error {
-	var err error
 	switch s.scheme {
 	case SchemeStandardWebhooks:
-		err = s.checkStandardWebhooks(e)
+		return s.checkStandardWebhooks(e)
 	case SchemeGitHub:
-		err = s.checkGitHub(e)
+		return s.checkGitHub(e)
 	default:
-		err = s.checkHeader(e)
+		return s.checkHeader(e.Header)
 	}
-	if err != nil {
-		return err
+}
+
+// CheckHeaders checks what the headers alone can tell, before the body is
+// read: the whole secret for scheme header; the presence, format and (for
+// Standard Webhooks) timestamp window of a signature, which only the body
+// can then prove.
+func (s *Secret) CheckHeaders(h http.Header) (proven bool, err error) {
+	switch s.scheme {
+	case SchemeStandardWebhooks:
+		_, err = s.standardWebhooksHeaders(h)
+		return false, err
+	case SchemeGitHub:
+		_, err = s.gitHubHeader(h)
+		return false, err
+	default:
+		return true, s.checkHeader(h)
 	}
-	return nil
 }
 
 // RawOnly marks the stage as reading only headers and the raw body, so it
@@ -165,8 +177,8 @@ func unauthorized(format string, args ...any) error {
 	return pipeline.Reject(http.StatusUnauthorized, format, args...)
 }
 
-func (s *Secret) checkHeader(e *pipeline.Export) error {
-	got := e.Header.Get(s.header)
+func (s *Secret) checkHeader(h http.Header) error {
+	got := h.Get(s.header)
 	if got == "" {
 		return unauthorized("missing %s header", s.header)
 	}
@@ -177,15 +189,24 @@ func (s *Secret) checkHeader(e *pipeline.Export) error {
 	return nil
 }
 
-func (s *Secret) checkGitHub(e *pipeline.Export) error {
-	got := e.Header.Get(s.header)
+// gitHubHeader returns the signature the header carries.
+func (s *Secret) gitHubHeader(h http.Header) ([]byte, error) {
+	got := h.Get(s.header)
 	if got == "" {
-		return unauthorized("missing %s header", s.header)
+		return nil, unauthorized("missing %s header", s.header)
 	}
 	hexSig, ok := strings.CutPrefix(got, "sha256=")
 	sig, err := hex.DecodeString(hexSig)
 	if !ok || err != nil || len(sig) != sha256.Size {
-		return unauthorized("%s must be sha256=<hex HMAC-SHA256 of the body>", s.header)
+		return nil, unauthorized("%s must be sha256=<hex HMAC-SHA256 of the body>", s.header)
+	}
+	return sig, nil
+}
+
+func (s *Secret) checkGitHub(e *pipeline.Export) error {
+	sig, err := s.gitHubHeader(e.Header)
+	if err != nil {
+		return err
 	}
 	match := anyEqual(s.keys, func(key []byte) []byte {
 		m := hmac.New(sha256.New, key)
@@ -198,8 +219,14 @@ func (s *Secret) checkGitHub(e *pipeline.Export) error {
 	return nil
 }
 
-func (s *Secret) checkStandardWebhooks(e *pipeline.Export) error {
-	id, ts, sigs := e.Header.Get("webhook-id"), e.Header.Get("webhook-timestamp"), e.Header.Get("webhook-signature")
+// signed is what Standard Webhooks headers carry.
+type signed struct {
+	id, ts     string
+	candidates [][]byte // the v1 signatures
+}
+
+func (s *Secret) standardWebhooksHeaders(h http.Header) (signed, error) {
+	id, ts, sigs := h.Get("webhook-id"), h.Get("webhook-timestamp"), h.Get("webhook-signature")
 	var missing []string
 	for _, h := range []struct{ name, v string }{{"webhook-id", id}, {"webhook-timestamp", ts}, {"webhook-signature", sigs}} {
 		if h.v == "" {
@@ -209,41 +236,49 @@ func (s *Secret) checkStandardWebhooks(e *pipeline.Export) error {
 	switch len(missing) {
 	case 0:
 	case 1:
-		return unauthorized("missing %s header", missing[0])
+		return signed{}, unauthorized("missing %s header", missing[0])
 	default:
-		return unauthorized("missing %s and %s headers", strings.Join(missing[:len(missing)-1], ", "), missing[len(missing)-1])
+		return signed{}, unauthorized("missing %s and %s headers", strings.Join(missing[:len(missing)-1], ", "), missing[len(missing)-1])
 	}
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
-		return unauthorized("webhook-timestamp %q is not a Unix time in seconds", ts)
+		return signed{}, unauthorized("webhook-timestamp %q is not a Unix time in seconds", ts)
 	}
 	if d := s.now().Sub(time.Unix(sec, 0)); d > s.tolerance || d < -s.tolerance {
-		return unauthorized("webhook-timestamp is more than %s away from now", s.tolerance)
+		return signed{}, unauthorized("webhook-timestamp is more than %s away from now", s.tolerance)
 	}
-	var candidates [][]byte
+	out := signed{id: id, ts: ts}
 	for _, entry := range strings.Fields(sigs) {
 		version, b64, ok := strings.Cut(entry, ",")
 		if !ok || version != "v1" {
 			continue // other versions (v1a: asymmetric) are not ours to check
 		}
 		if sig, err := base64.StdEncoding.DecodeString(b64); err == nil {
-			candidates = append(candidates, sig)
+			out.candidates = append(out.candidates, sig)
 		}
 	}
-	if len(candidates) == 0 {
-		return unauthorized("webhook-signature has no v1,<base64> entry")
+	if len(out.candidates) == 0 {
+		return signed{}, unauthorized("webhook-signature has no v1,<base64> entry")
 	}
-	prefix := []byte(id + "." + ts + ".")
+	return out, nil
+}
+
+func (s *Secret) checkStandardWebhooks(e *pipeline.Export) error {
+	sw, err := s.standardWebhooksHeaders(e.Header)
+	if err != nil {
+		return err
+	}
+	prefix := []byte(sw.id + "." + sw.ts + ".")
 	match := anyEqual(s.keys, func(key []byte) []byte {
 		m := hmac.New(sha256.New, key)
 		m.Write(prefix)
 		m.Write(e.Body) // not copied: a body may be 32 MiB
 		return m.Sum(nil)
-	}, candidates...)
+	}, sw.candidates...)
 	if !match {
 		return unauthorized("webhook-signature does not match any configured secret")
 	}
-	e.SetAttr(pipeline.AttrWebhookID, id)
+	e.SetAttr(pipeline.AttrWebhookID, sw.id)
 	return nil
 }
 
@@ -262,6 +297,7 @@ func anyEqual(keys [][]byte, want func(key []byte) []byte, candidates ...[]byte)
 }
 
 var (
-	_ pipeline.Stage    = (*Secret)(nil)
-	_ pipeline.RawStage = (*Secret)(nil)
+	_ pipeline.Stage         = (*Secret)(nil)
+	_ pipeline.RawStage      = (*Secret)(nil)
+	_ pipeline.HeaderChecker = (*Secret)(nil)
 )
