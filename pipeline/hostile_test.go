@@ -3,18 +3,12 @@ package pipeline_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -30,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/labelpipe/labelpipe/builtin"
+	"github.com/labelpipe/labelpipe/internal/testutil"
 	"github.com/labelpipe/labelpipe/pipeline"
 )
 
@@ -349,32 +344,6 @@ func TestConnectionsAreCapped(t *testing.T) {
 }
 
 // writeCert writes a fresh self-signed certificate for 127.0.0.1.
-func writeCert(t *testing.T, dir string, serial int64) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "labelpipe test"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, typ string, b []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("tls.crt", "CERTIFICATE", der)
-	write("tls.key", "EC PRIVATE KEY", kder)
-}
-
 // The webhook is served over TLS, and a new certificate is picked up on
 // Reload (SIGHUP) without a restart.
 func TestTLSAndReload(t *testing.T) {
@@ -383,7 +352,7 @@ func TestTLSAndReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	writeCert(t, dir, 1)
+	testutil.WriteCert(t, dir, 1)
 	cfg := strings.Replace(head(""), "max_body_bytes: 65536",
 		fmt.Sprintf("max_body_bytes: 65536, tls: {cert_file: %q, key_file: %q}", filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")), 1)
 	h := newHarnessWith(t, cfg+"  - {name: archive, type: file, path: out/archive.jsonl}\n", func(o *pipeline.Options) {
@@ -392,15 +361,7 @@ func TestTLSAndReload(t *testing.T) {
 	h.run()
 	body, _ := samplePayload(t, "issue-frames.json")
 
-	serial := func() int64 {
-		t.Helper()
-		conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true}) // the test checks the serial itself
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		return conn.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
-	}
+	serial := func() int64 { return testutil.CertSerial(t, ln.Addr().String()) }
 	if got := serial(); got != 1 {
 		t.Fatalf("serial %d, want 1", got)
 	}
@@ -420,7 +381,7 @@ func TestTLSAndReload(t *testing.T) {
 		t.Fatalf("over TLS: %d, want 202", resp.StatusCode)
 	}
 
-	writeCert(t, dir, 2)
+	testutil.WriteCert(t, dir, 2)
 	if err := h.p.Reload(); err != nil {
 		t.Fatal(err)
 	}

@@ -69,11 +69,31 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer p.Close()
+	// Registered before Run: a SIGHUP that came first would otherwise
+	// kill the process, SIGHUP's default.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go reloadOn(ctx, hup, p)
 	if err := p.Run(ctx); err != nil {
 		logger.Error("labelpipe stopped", "err", err)
 		return 1
 	}
 	return 0
+}
+
+// reloadOn re-reads the TLS certificates on SIGHUP, so a renewed
+// certificate is served without a restart. A failed reload is logged and
+// the previous certificate stays.
+func reloadOn(ctx context.Context, hup <-chan os.Signal, p *pipeline.Pipeline) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			_ = p.Reload() // Reload logs the outcome
+		}
+	}
 }
 
 // redisLogger adapts slog to go-redis's internal logger.

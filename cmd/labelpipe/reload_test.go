@@ -1,0 +1,86 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/labelpipe/labelpipe/internal/testutil"
+)
+
+// A renewed certificate is served after SIGHUP, without a restart; a
+// broken one is refused and the previous one stays.
+func TestHUPReloadsTheCertificate(t *testing.T) {
+	t.Setenv("AQ_WEBHOOK_SECRET", "")
+	cfg, dir := quickstart(t)
+	testutil.WriteCert(t, dir, 1)
+	data, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Replace(string(data), "  path: /webhook\n",
+		"  path: /webhook\n  tls: {cert_file: ../tls.crt, key_file: ../tls.key}\n", 1)
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	var stdout, stderr testutil.LockedBuffer
+	exited := make(chan int, 1)
+	go func() { exited <- run([]string{"run", "-c", cfg}, &stdout, &stderr) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+		<-exited
+	})
+	addr := waitLog(t, &stderr, exited, regexp.MustCompile(`listener=webhook addr=(127\.0\.0\.1:\d+)`), "labelpipe running")
+	if got := testutil.CertSerial(t, addr); got != 1 {
+		t.Fatalf("serial %d at start, want 1", got)
+	}
+
+	testutil.WriteCert(t, dir, 2)
+	hup(t)
+	waitLog(t, &stderr, exited, regexp.MustCompile(`(TLS certificate reloaded)`), "")
+	if got := testutil.CertSerial(t, addr); got != 2 {
+		t.Errorf("serial %d after SIGHUP, want 2", got)
+	}
+
+	if err := os.WriteFile(filepath.Join(dir, "tls.crt"), []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hup(t)
+	waitLog(t, &stderr, exited, regexp.MustCompile(`(TLS reload failed)`), "")
+	if got := testutil.CertSerial(t, addr); got != 2 {
+		t.Errorf("serial %d after a broken certificate, want 2 still", got)
+	}
+}
+
+func hup(t *testing.T) {
+	t.Helper()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitLog waits (bounded) until the log matches re and holds also, and
+// returns re's first group.
+func waitLog(t *testing.T, log *testutil.LockedBuffer, exited <-chan int, re *regexp.Regexp, also string) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s := log.String()
+		if m := re.FindStringSubmatch(s); m != nil && strings.Contains(s, also) {
+			return m[1]
+		}
+		select {
+		case code := <-exited:
+			t.Fatalf("run exited %d:\n%s", code, s)
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log never matched %s:\n%s", re, s)
+		}
+	}
+}
