@@ -71,6 +71,10 @@ type Providers struct {
 	err      error
 }
 
+// maxAttributeLength bounds a span attribute's value unless
+// OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT says otherwise.
+const maxAttributeLength = 4096
+
 // New builds the tracer and meter providers.
 //
 // Precedence for every setting is config, then the standard OTEL_*
@@ -98,6 +102,14 @@ func New(ctx context.Context, cfg pipeline.TracingConfig, info Info) (*Providers
 		return nil, err
 	}
 	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
+	// Span attributes carry what callers and vendors sent (error texts,
+	// user agents, vendor answers): unbounded, one hostile value would be
+	// held in every batch. OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT overrides.
+	limits := sdktrace.NewSpanLimits()
+	if limits.AttributeValueLengthLimit < 0 {
+		limits.AttributeValueLengthLimit = maxAttributeLength
+	}
+	tpOpts = append(tpOpts, sdktrace.WithRawSpanLimits(limits))
 	switch {
 	case exp == nil:
 		// Not sampled, so nothing is recorded; the SDK still mints IDs.

@@ -338,6 +338,7 @@ func TestTelemetryStdout(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, span := tel.TracerProvider.Tracer("test").Start(t.Context(), "stdout-span")
+		span.SetAttributes(attribute.String("long", strings.Repeat("x", 10000)))
 		span.End()
 		if err := tel.Shutdown(t.Context()); err != nil {
 			t.Fatal(err)
@@ -353,6 +354,10 @@ func TestTelemetryStdout(t *testing.T) {
 	}
 	if !strings.Contains(string(out), `"Name": "stdout-span"`) {
 		t.Errorf("stdout exporter wrote %q, want the span pretty-printed", out)
+	}
+	// A hostile-sized attribute is cut to 4 KiB.
+	if !strings.Contains(string(out), strings.Repeat("x", 4096)+`"`) || strings.Contains(string(out), strings.Repeat("x", 4097)) {
+		t.Errorf("a 10,000-character attribute was not cut to 4096")
 	}
 }
 
