@@ -10,18 +10,22 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/attribute"
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/redact"
 )
 
 // This file is the HTTP plumbing the http and graphql sinks share: the
@@ -57,7 +61,7 @@ func newClient(env pipeline.Env) *http.Client {
 	}
 	return &http.Client{
 		Transport: otelhttp.NewTransport(baseTransport,
-			otelhttp.WithTracerProvider(tp),
+			otelhttp.WithTracerProvider(redactingTracerProvider{tp}),
 			otelhttp.WithMeterProvider(mp),
 			otelhttp.WithPropagators(propagation.TraceContext{})),
 		// A redirect on a vendor API call means the URL is wrong (http for
@@ -65,6 +69,43 @@ func newClient(env pipeline.Env) *http.Client {
 		// and lose the body. Report it instead.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+}
+
+// urlFull is the span attribute holding the request URL.
+const urlFull = attribute.Key("url.full")
+
+// redactingTracerProvider gives otelhttp spans that redact url.full:
+// otelhttp (v0.72) strips only the userinfo, and a vendor URL may carry its
+// credential in the path or the query. Span start options cannot do it,
+// since otelhttp sets the attribute after the span starts.
+type redactingTracerProvider struct{ trace.TracerProvider }
+
+func (p redactingTracerProvider) Tracer(name string, opts ...trace.TracerOption) trace.Tracer {
+	return redactingTracer{p.TracerProvider.Tracer(name, opts...)}
+}
+
+type redactingTracer struct{ trace.Tracer }
+
+func (t redactingTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	ctx, span := t.Tracer.Start(ctx, name, opts...)
+	if !span.IsRecording() {
+		return ctx, span
+	}
+	rs := redactingSpan{span}
+	return trace.ContextWithSpan(ctx, rs), rs
+}
+
+type redactingSpan struct{ trace.Span }
+
+func (s redactingSpan) SetAttributes(kv ...attribute.KeyValue) {
+	for i, a := range kv {
+		if a.Key == urlFull {
+			kv = slices.Clone(kv) // the caller's slice is not ours to change
+			kv[i] = urlFull.String(redact.String(a.Value.Emit()))
+			break
+		}
+	}
+	s.Span.SetAttributes(kv...)
 }
 
 // BasicAuth is HTTP basic authentication.
@@ -104,22 +145,22 @@ func send(ctx context.Context, c *http.Client, req *http.Request, limit int64) (
 // transportError classifies a request that got no answer: timeouts,
 // refused and reset connections are all worth another attempt.
 func transportError(ctx context.Context, req *http.Request, err error) error {
-	target := req.Method + " " + redactURL(req.URL)
+	target := req.Method + " " + redact.URL(req.URL)
 	var msg string
 	var ne net.Error
 	switch {
 	case ctx.Err() != nil:
 		msg = fmt.Sprintf("%s: no answer before the attempt ended (%v)", target, context.Cause(ctx))
 	case errors.As(err, &ne) && ne.Timeout():
-		msg = fmt.Sprintf("%s: timed out: %v", target, unwrapURLError(err))
+		msg = fmt.Sprintf("%s: timed out: %v", target, redact.Error(unwrapURLError(err)))
 	default:
-		msg = fmt.Sprintf("%s: %v", target, unwrapURLError(err))
+		msg = fmt.Sprintf("%s: %v", target, redact.Error(unwrapURLError(err)))
 	}
 	return &pipeline.DeliveryError{Retry: true, Msg: msg}
 }
 
 // unwrapURLError drops *url.Error's "Post \"url\":" prefix, which would
-// repeat the URL with its query string.
+// repeat the URL, secrets and all.
 func unwrapURLError(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
@@ -139,10 +180,10 @@ func retryableStatus(code int) bool {
 
 // statusError is the DeliveryError for an unwanted status.
 func statusError(req *http.Request, resp *response, retry bool) *pipeline.DeliveryError {
-	msg := fmt.Sprintf("%s %s: vendor answered %d %s", req.Method, redactURL(req.URL), resp.status, http.StatusText(resp.status))
+	msg := fmt.Sprintf("%s %s: vendor answered %d %s", req.Method, redact.URL(req.URL), resp.status, http.StatusText(resp.status))
 	if loc := resp.header.Get("Location"); resp.status >= 300 && resp.status < 400 && loc != "" {
 		if u, err := req.URL.Parse(loc); err == nil {
-			loc = redactURL(u)
+			loc = redact.URL(u)
 		}
 		msg += " (redirect to " + loc + ": fix the sink's url)"
 	} else if detail := vendorMessage(resp.body); detail != "" {
@@ -237,59 +278,19 @@ func cutValid(s string) string {
 }
 
 // Redacted stands in for a secret in preview output and messages.
-const Redacted = "REDACTED"
-
-// sensitiveHeader says whether a header's value is a secret: the usual
-// credential headers, and any whose name mentions a token, secret, key or
-// auth.
-func sensitiveHeader(name string) bool {
-	n := strings.ToLower(name)
-	switch n {
-	case "authorization", "proxy-authorization", "x-api-key", "cookie":
-		return true
-	}
-	for _, w := range []string{"token", "secret", "key", "auth", "password", "signature"} {
-		if strings.Contains(n, w) {
-			return true
-		}
-	}
-	return false
-}
+const Redacted = redact.Redacted
 
 // redactHeaders copies h for display, with secrets replaced.
 func redactHeaders(h http.Header) map[string]string {
 	out := make(map[string]string, len(h))
 	for k, vs := range h {
 		v := strings.Join(vs, ", ")
-		if sensitiveHeader(k) {
+		if redact.Sensitive(k) {
 			v = Redacted
 		}
 		out[k] = v
 	}
 	return out
-}
-
-// redactURL hides a URL's password and the values of query parameters that
-// look like credentials.
-func redactURL(u *url.URL) string {
-	c := *u
-	if c.User != nil {
-		c.User = url.User(Redacted)
-	}
-	if c.RawQuery != "" {
-		q := c.Query()
-		changed := false
-		for k := range q {
-			if sensitiveHeader(k) {
-				q[k] = []string{Redacted}
-				changed = true
-			}
-		}
-		if changed {
-			c.RawQuery = q.Encode()
-		}
-	}
-	return c.String()
 }
 
 // describeBody is a request body for preview: the JSON itself when it is

@@ -15,6 +15,7 @@ import (
 	"github.com/itchyny/gojq"
 
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/redact"
 )
 
 // GraphQLConfig configures the graphql sink. It sends one GraphQL request
@@ -166,7 +167,7 @@ func jqType(v any) string {
 func (s *GraphQL) Send(ctx context.Context, r *pipeline.Request) error {
 	req, err := s.request(ctx, r)
 	if err != nil {
-		return &pipeline.DeliveryError{Msg: fmt.Sprintf("build request: %v", err)}
+		return &pipeline.DeliveryError{Msg: fmt.Sprintf("build request: %v", redact.Error(err))}
 	}
 	resp, err := send(ctx, s.client, req, graphqlAnswerLimit)
 	if err != nil {
@@ -189,7 +190,7 @@ func (s *GraphQL) Send(ctx context.Context, r *pipeline.Request) error {
 		return statusError(req, resp, retryableStatus(resp.status))
 	}
 	if !parsed {
-		return &pipeline.DeliveryError{Status: resp.status, Msg: fmt.Sprintf("POST %s: answer is not GraphQL JSON", redactURL(req.URL)), Answer: answer(resp.body)}
+		return &pipeline.DeliveryError{Status: resp.status, Msg: fmt.Sprintf("POST %s: answer is not GraphQL JSON", redact.URL(req.URL)), Answer: answer(resp.body)}
 	}
 	return nil
 }
@@ -249,7 +250,7 @@ func (s *GraphQL) graphqlError(req *http.Request, resp *response, errs []gqlErro
 	if code == "" {
 		code = "no code"
 	}
-	msg := fmt.Sprintf("POST %s: graphql error %s: %s", redactURL(req.URL), code, strconv.Quote(clip(first.Message, 300)))
+	msg := fmt.Sprintf("POST %s: graphql error %s: %s", redact.URL(req.URL), code, strconv.Quote(clip(first.Message, 300)))
 	if len(errs) > 1 {
 		msg += fmt.Sprintf(" (and %d more)", len(errs)-1)
 	}
@@ -273,7 +274,7 @@ func (s *GraphQL) Describe(r *pipeline.Request) map[string]any {
 	}
 	return map[string]any{
 		"method":  http.MethodPost,
-		"url":     redactURL(req.URL),
+		"url":     redact.URL(req.URL),
 		"headers": redactHeaders(req.Header),
 		"body":    describeBody(r.Body),
 	}

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/redact"
 )
 
 // HTTPConfig configures the http sink. It sends each value of its body
@@ -117,7 +118,7 @@ func (s *HTTP) Render(ctx context.Context, payload any, export map[string]any) (
 func (s *HTTP) Send(ctx context.Context, r *pipeline.Request) error {
 	req, err := s.request(ctx, r)
 	if err != nil {
-		return &pipeline.DeliveryError{Msg: fmt.Sprintf("build request: %v", err)}
+		return &pipeline.DeliveryError{Msg: fmt.Sprintf("build request: %v", redact.Error(err))}
 	}
 	resp, err := send(ctx, s.client, req, answerLimit)
 	if err != nil {
@@ -171,7 +172,7 @@ func (s *HTTP) Describe(r *pipeline.Request) map[string]any {
 	}
 	return map[string]any{
 		"method":  s.cfg.Method,
-		"url":     redactURL(req.URL),
+		"url":     redact.URL(req.URL),
 		"headers": headers,
 		"body":    describeBody(r.Body),
 	}

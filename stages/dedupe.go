@@ -2,6 +2,8 @@ package stages
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,7 +31,10 @@ import (
 // The default key is a SHA-256 of (event, project, issue id, sorted element
 // ids), so re-exporting the same elements of an issue is a duplicate and
 // exporting a different selection is not. Payloads without an issue id are
-// keyed by a SHA-256 of the whole payload. A `key` jq program replaces
+// keyed by a SHA-256 of the whole payload. When an earlier secret stage
+// verified a Standard Webhooks signature, the default is the webhook-id
+// instead: the signature covers it, and the sender gives a retry the same
+// id and a new message a new one. A `key` jq program replaces
 // that; it sees `.` (the payload) and `$export` (id, event, project,
 // issue_id and attrs, e.g. $export.attrs.webhook_id from the secret
 // stage), and may yield null or "" to let an export through unchecked.
@@ -70,8 +75,9 @@ type DedupeConfig struct {
 	// to be stored (or its replica may die). It must cover the rest of the
 	// stages and broker.queue_wait.
 	Hold time.Duration `yaml:"hold"`
-	// Key is a jq program yielding the dedupe key; default a hash of
-	// (event, project, issue id, sorted element ids).
+	// Key is a jq program yielding the dedupe key; default the verified
+	// webhook-id (scheme standard_webhooks), else a hash of (event,
+	// project, issue id, sorted element ids).
 	Key string `yaml:"key"`
 	// KeyPrefix starts every Redis key; default "labelpipe:dedupe:".
 	KeyPrefix string `yaml:"key_prefix"`
@@ -262,6 +268,10 @@ func (d *Dedupe) Release(ctx context.Context, e *pipeline.Export) error {
 
 func (d *Dedupe) keyOf(ctx context.Context, e *pipeline.Export) (string, error) {
 	if d.key == nil {
+		// Set by the secret stage only once the signature over it checked.
+		if id := e.Attrs[pipeline.AttrWebhookID]; id != "" {
+			return WebhookIDKey(id), nil
+		}
 		return DefaultDedupeKey(e.Payload), nil
 	}
 	vs, err := d.key.Run(ctx, e.Payload, e.Info())
@@ -292,6 +302,15 @@ func (d *Dedupe) keyOf(ctx context.Context, e *pipeline.Export) (string, error) 
 // it is pipeline.ContentKey, which the vendors' idempotency keys also
 // default to.
 func DefaultDedupeKey(payload any) string { return pipeline.ContentKey(payload) }
+
+// WebhookIDKey is the default dedupe key of an export whose Standard
+// Webhooks signature was verified: the hex SHA-256 of its webhook-id, so
+// that a sender's id can neither collide with a content key nor make a
+// Redis key of any length.
+func WebhookIDKey(id string) string {
+	sum := sha256.Sum256([]byte("webhook-id\x00" + id))
+	return hex.EncodeToString(sum[:])
+}
 
 var (
 	_ pipeline.Stage     = (*Dedupe)(nil)

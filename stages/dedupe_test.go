@@ -3,6 +3,7 @@ package stages_test
 import (
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -535,6 +536,68 @@ func TestDedupePreviewReservesNothing(t *testing.T) {
 		err := s.(pipeline.Previewer).Preview(t.Context(), newExport(t, body, nil))
 		if se := stageErr(t, err); se.Verdict != pipeline.VerdictUnavailable {
 			t.Fatalf("verdict = %v, want unavailable", se.Verdict)
+		}
+	})
+}
+
+func TestDedupeDefaultsToVerifiedWebhookID(t *testing.T) {
+	frames := samplePayload(t, "issue-frames.json")
+	crops := samplePayload(t, "issue-crops.json")
+	signedOpts := "scheme: standard_webhooks\nsecrets: [" + whsec("key-one") + "]"
+	headerOpts := "secrets: [plain-secret]"
+	// sent is one webhook: its webhook-id header and body.
+	type sent struct {
+		id   string
+		body []byte
+	}
+	tests := []struct {
+		name          string
+		secret        string // the secret stage's options
+		first, second sent
+		dup           bool
+	}{
+		{"signed retry: same id", signedOpts, sent{"msg_1", frames}, sent{"msg_1", frames}, true},
+		{"signed, new id, same content: a new message", signedOpts, sent{"msg_1", frames}, sent{"msg_2", frames}, false},
+		{"signed, same id, other content: a retry by id", signedOpts, sent{"msg_1", frames}, sent{"msg_1", crops}, true},
+		// Without a signature over it the header proves nothing: content decides.
+		{"unsigned, new id, same content", headerOpts, sent{"msg_1", frames}, sent{"msg_2", frames}, true},
+		{"unsigned, same id, other content", headerOpts, sent{"msg_1", frames}, sent{"msg_1", crops}, false},
+	}
+	dedupeStores(t, func(t *testing.T, newStage stageFactory) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				secret := mustBuild(t, "secret", tt.secret, pipeline.Env{})
+				dedupe := newStage(t, "key_prefix: '"+t.Name()+":'")
+				ts := time.Now().Unix()
+				arrive := func(s sent) (*pipeline.Export, error) {
+					h := http.Header{}
+					h.Set("X-Aquarium-Secret", "plain-secret")
+					h.Set("webhook-id", s.id)
+					h.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
+					h.Set("webhook-signature", swSign("key-one", s.id, ts, s.body))
+					e := newExport(t, s.body, h)
+					if err := secret.Process(t.Context(), e); err != nil {
+						t.Fatalf("secret stage: %v", err)
+					}
+					return e, dedupe.Process(t.Context(), e)
+				}
+				first, err := arrive(tt.first)
+				passed(t, first, err)
+				stored(t, dedupe, first)
+				second, err := arrive(tt.second)
+				if tt.dup {
+					checkDuplicate(t, err, first.ID)
+				} else {
+					passed(t, second, err)
+				}
+				want := stages.DefaultDedupeKey(first.Payload)
+				if tt.secret == signedOpts {
+					want = stages.WebhookIDKey(tt.first.id)
+				}
+				if got := first.Attrs[stages.AttrDedupeKey]; got != want {
+					t.Errorf("dedupe key = %q, want %q", got, want)
+				}
+			})
 		}
 	})
 }

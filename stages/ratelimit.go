@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"golang.org/x/time/rate"
 
 	"github.com/labelpipe/labelpipe/pipeline"
@@ -19,6 +20,13 @@ import (
 // limit it answers 429 with Retry-After, so a runaway caller is told to
 // slow down instead of filling the queues. With a jq key, each distinct
 // value (a project, say) gets its own bucket.
+//
+// At most max_keys buckets are kept, least recently used first out, but a
+// bucket is only dropped once it has refilled completely: dropping it then
+// forgets nothing. While every kept bucket is still refilling, new keys
+// share one overflow bucket (same rate and burst). So a caller cycling
+// through many key values can neither reset another key's bucket nor get
+// more than one extra bucket's worth through.
 //
 //	- type: rate_limit
 //	  per_second: 5
@@ -35,8 +43,9 @@ type RateLimitConfig struct {
 	// Key is an optional jq program; each distinct value it yields gets
 	// its own bucket. Empty: one bucket for every caller.
 	Key string `yaml:"key"`
-	// MaxKeys bounds how many buckets are kept; when full, the buckets
-	// start over. Default 10000.
+	// MaxKeys bounds how many buckets are kept; when full, a new key takes
+	// the place of a refilled bucket or else shares the overflow bucket.
+	// Default 10000.
 	MaxKeys int `yaml:"max_keys"`
 }
 
@@ -68,8 +77,12 @@ func buildRateLimit(c *RateLimitConfig, env pipeline.Env) (pipeline.Stage, error
 	if burst == 0 {
 		burst = int(math.Ceil(c.PerSecond))
 	}
+	buckets, err := simplelru.NewLRU[string, *rate.Limiter](c.MaxKeys, nil)
+	if err != nil {
+		return nil, fmt.Errorf("max_keys: %w", err)
+	}
 	r := &RateLimit{name: env.Name, limit: rate.Limit(c.PerSecond), burst: burst, maxKeys: c.MaxKeys,
-		buckets: map[string]*rate.Limiter{}}
+		buckets: buckets, overflow: rate.NewLimiter(rate.Limit(c.PerSecond), burst), now: time.Now}
 	if c.Key != "" {
 		prog, err := pipeline.CompileJQ(c.Key)
 		if err != nil {
@@ -88,8 +101,10 @@ type RateLimit struct {
 	key     *pipeline.JQ
 	maxKeys int
 
-	mu      sync.Mutex
-	buckets map[string]*rate.Limiter
+	mu       sync.Mutex
+	buckets  *simplelru.LRU[string, *rate.Limiter]
+	overflow *rate.Limiter // shared by new keys while every bucket is refilling
+	now      func() time.Time
 }
 
 // Process lets the export through if its bucket has a token, and answers
@@ -103,30 +118,44 @@ func (r *RateLimit) Process(ctx context.Context, e *pipeline.Export) error {
 		}
 		key = fmt.Sprint(v)
 	}
-	res := r.bucket(key).Reserve()
-	if wait := res.Delay(); wait > 0 {
+	now := r.now()
+	b, shared := r.bucket(key, now)
+	res := b.ReserveN(now, 1)
+	if wait := res.DelayFrom(now); wait > 0 {
 		// Not taken: the token stays for the caller that waits its turn.
-		res.Cancel()
+		res.CancelAt(now)
+		why := fmt.Sprintf("more than %g webhooks a second", float64(r.limit))
+		if shared {
+			why += fmt.Sprintf(" across new keys (all %d key buckets are in use)", r.maxKeys)
+		}
 		return &pipeline.StageError{Verdict: pipeline.VerdictReject, Status: http.StatusTooManyRequests, RetryAfter: wait,
-			Msg: fmt.Sprintf("rate limited: more than %g webhooks a second (stage %s); retry after %s", float64(r.limit), r.name, wait.Round(time.Millisecond))}
+			Msg: fmt.Sprintf("rate limited: %s (stage %s); retry after %s", why, r.name, wait.Round(time.Millisecond))}
 	}
 	return nil
 }
 
-func (r *RateLimit) bucket(key string) *rate.Limiter {
+// bucket returns key's bucket, or the overflow bucket (shared = true)
+// when key has none and no kept bucket can be dropped without losing
+// state.
+func (r *RateLimit) bucket(key string, now time.Time) (b *rate.Limiter, shared bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	b, ok := r.buckets[key]
-	if !ok {
-		if len(r.buckets) >= r.maxKeys {
-			// Bounded memory for callers that vary the key; a fresh
-			// bucket is full, so this only ever lets more through.
-			r.buckets = map[string]*rate.Limiter{}
-		}
-		b = rate.NewLimiter(r.limit, r.burst)
-		r.buckets[key] = b
+	if b, ok := r.buckets.Get(key); ok {
+		return b, false
 	}
-	return b
+	if r.buckets.Len() >= r.maxKeys {
+		// Only the least recently used bucket, the one idle longest, is
+		// looked at: O(1) per new key, and a bucket that still remembers
+		// spent tokens is never dropped.
+		_, oldest, _ := r.buckets.GetOldest()
+		if oldest.TokensAt(now) < float64(r.burst) {
+			return r.overflow, true
+		}
+		r.buckets.RemoveOldest()
+	}
+	b = rate.NewLimiter(r.limit, r.burst)
+	r.buckets.Add(key, b)
+	return b, false
 }
 
 var _ pipeline.Stage = (*RateLimit)(nil)

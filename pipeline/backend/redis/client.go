@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/redact"
 )
 
 // startPingTimeout bounds the one PING NewClient makes to say in the
@@ -45,7 +46,7 @@ func NewClient(ctx context.Context, cfg pipeline.RedisConfig, tp trace.TracerPro
 		if errors.As(err, &uerr) {
 			err = uerr.Err
 		}
-		return nil, fmt.Errorf("redis.url %s: %w", redactURL(cfg.URL), err)
+		return nil, fmt.Errorf("redis.url %s: %w", redact.String(cfg.URL), err)
 	}
 	client := goredis.NewClient(opt)
 	var topts []redisotel.TracingOption
@@ -68,18 +69,9 @@ func NewClient(ctx context.Context, cfg pipeline.RedisConfig, tp trace.TracerPro
 	pctx, cancel := context.WithTimeout(ctx, startPingTimeout)
 	defer cancel()
 	if err := client.Ping(pctx).Err(); err != nil {
-		logger.Warn("redis is not reachable yet; not ready until it is", "redis", redactURL(cfg.URL), "err", err)
+		logger.Warn("redis is not reachable yet; not ready until it is", "redis", redact.String(cfg.URL), "err", err)
 	} else {
-		logger.Info("redis connected", "redis", redactURL(cfg.URL))
+		logger.Info("redis connected", "redis", redact.String(cfg.URL))
 	}
 	return client, nil
-}
-
-// redactURL hides the password of a Redis URL for logs and errors.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparseable url)"
-	}
-	return u.Redacted()
 }
