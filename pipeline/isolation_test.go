@@ -16,11 +16,14 @@ import (
 	"github.com/labelpipe/labelpipe/pipeline"
 )
 
-// isolationHead is head with a tiny export queue and a short queue_wait:
-// a webhook that had to wait on one sink's backlog would get 503 at once.
+// isolationHead is head with a tiny export queue: a webhook that had to
+// wait on one sink's backlog would wait for as long as that sink is sick
+// (the whole test), and get 503 after queue_wait. queue_wait is not
+// shorter because the fan-out of two exports can itself take longer than
+// that under -race on a loaded 2-core machine (100ms refused some).
 func isolationHead(maxBody int) string {
 	cfg := strings.Replace(head(`  - {type: dedupe, store: memory, ttl: 1h}`), "broker: {type: memory}",
-		"broker: {type: memory, max_pending: 2, queue_wait: 100ms}", 1)
+		"broker: {type: memory, max_pending: 2, queue_wait: 2s}", 1)
 	return strings.Replace(cfg, "max_body_bytes: 65536", fmt.Sprintf("max_body_bytes: %d", maxBody), 1)
 }
 
