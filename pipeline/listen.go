@@ -218,6 +218,10 @@ type bodyBudget struct {
 
 	mu   sync.Mutex
 	held map[netip.Addr]int64 // unverified bytes per client; no zero entries
+
+	// inflight is what each pool has handed out, for the
+	// labelpipe.webhook.body.inflight gauge.
+	inflight struct{ verified, unverified atomic.Int64 }
 }
 
 func newBodyBudget(s ServerConfig) *bodyBudget {
@@ -248,9 +252,9 @@ var (
 // client over its share fails at once, since waiting would hold its
 // connection open for nothing.
 func (b *bodyBudget) reserve(ctx context.Context, n int64, wait time.Duration, verified bool, client netip.Addr) (release func(), err error) {
-	pool, busy := b.verified, errBudgetBusy
+	pool, busy, gauge := b.verified, errBudgetBusy, &b.inflight.verified
 	if !verified {
-		pool, busy = b.unverified, errUnverifiedBusy
+		pool, busy, gauge = b.unverified, errUnverifiedBusy, &b.inflight.unverified
 		b.mu.Lock()
 		if b.held[client]+n > b.perClient {
 			b.mu.Unlock()
@@ -277,5 +281,6 @@ func (b *bodyBudget) reserve(ctx context.Context, n int64, wait time.Duration, v
 			return nil, busy
 		}
 	}
-	return func() { pool.Release(n); giveBack() }, nil
+	gauge.Add(n)
+	return func() { gauge.Add(-n); pool.Release(n); giveBack() }, nil
 }

@@ -74,7 +74,7 @@ func (in *instruments) opt(k attrKey) metric.MeasurementOption {
 
 // newInstruments makes the pipeline's instruments; the gauges observe the
 // built sinks.
-func newInstruments(mp metric.MeterProvider, sinks []*builtSink, dlqLen func(ctx context.Context, sink string) int64,
+func newInstruments(mp metric.MeterProvider, sinks []*builtSink, bodies *bodyBudget, dlqLen func(ctx context.Context, sink string) int64,
 	queue func(ctx context.Context, s *builtSink) backend.QueueStat) (*instruments, error) {
 	m := mp.Meter("github.com/labelpipe/labelpipe/pipeline")
 	in := &instruments{opts: map[attrKey]metric.MeasurementOption{}}
@@ -122,6 +122,14 @@ func newInstruments(mp metric.MeterProvider, sinks []*builtSink, dlqLen func(ctx
 		}, depth, oldest)
 		must(e)
 	}
+	_, e = m.Int64ObservableGauge("labelpipe.webhook.body.inflight", metric.WithUnit("By"),
+		metric.WithDescription("Body bytes reserved by requests being read and checked, by pool: verified (server.max_inflight_bytes) or unverified (server.unverified)."),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(bodies.inflight.verified.Load(), metric.WithAttributes(attribute.String("pool", "verified")))
+			o.Observe(bodies.inflight.unverified.Load(), metric.WithAttributes(attribute.String("pool", "unverified")))
+			return nil
+		}))
+	must(e)
 	_, e = m.Int64ObservableGauge("labelpipe.sink.breaker_state",
 		metric.WithDescription("Circuit breaker state: 0 closed, 1 half-open, 2 open."),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {

@@ -189,7 +189,7 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 	if err = p.buildSinks(); err != nil {
 		return nil, err
 	}
-	if p.metrics, err = newInstruments(opts.MeterProvider, p.sinks, p.dlqLen, p.sinkQueue); err != nil {
+	if p.metrics, err = newInstruments(opts.MeterProvider, p.sinks, p.bodies, p.dlqLen, p.sinkQueue); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if err = p.buildRouter(); err != nil {

@@ -21,6 +21,10 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
@@ -883,8 +887,12 @@ func TestWebhookBodiesShareAMemoryBudget(t *testing.T) {
 	cfg := strings.Replace(head(""), "max_body_bytes: 65536",
 		fmt.Sprintf("max_body_bytes: %d, max_inflight_bytes: %d", limit, limit), 1)
 	cfg = strings.Replace(cfg, "broker: {type: memory}", "broker: {type: memory, queue_wait: 150ms}", 1)
-	h := startHarness(t, cfg+`  - {name: archive, type: file, path: out/archive.jsonl}
-`)
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	h := newHarnessWith(t, cfg+`  - {name: archive, type: file, path: out/archive.jsonl}
+`, func(o *pipeline.Options) { o.MeterProvider = mp })
+	h.run()
 
 	// A slow caller: its Content-Length takes the whole budget, and it has
 	// sent only part of the body.
@@ -906,9 +914,14 @@ func TestWebhookBodiesShareAMemoryBudget(t *testing.T) {
 		resp.Body.Close()
 		slowDone <- resp.StatusCode
 	}()
-	if _, err := pw.Write(body[:10]); err != nil { // returns once the server reads it
+	if _, err := pw.Write(body[:10]); err != nil {
 		t.Fatal(err)
 	}
+	// Write returns once the client's transport has the bytes, not once
+	// the server has reserved the body's share: the gauge says when.
+	h.eventually(10*time.Second, "the slow body to hold the budget", func() bool {
+		return gaugeValue(t, reader, "labelpipe.webhook.body.inflight", "pool", "verified") == int64(limit)
+	})
 
 	h.sendWaitsThenUnavailable(body, 150*time.Millisecond, "max_inflight_bytes")
 
@@ -1497,4 +1510,28 @@ sinks:
 	if err := p.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
 	}
+}
+
+// gaugeValue reads an int64 gauge's point whose attribute k is v; -1 when
+// there is none.
+func gaugeValue(t *testing.T, r *sdkmetric.ManualReader, name, k, v string) int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := r.Collect(t.Context(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			g, ok := m.Data.(metricdata.Gauge[int64])
+			if m.Name != name || !ok {
+				continue
+			}
+			for _, dp := range g.DataPoints {
+				if got, ok := dp.Attributes.Value(attribute.Key(k)); ok && got.AsString() == v {
+					return dp.Value
+				}
+			}
+		}
+	}
+	return -1
 }
