@@ -316,3 +316,45 @@ sinks:
 		}
 	}
 }
+
+// Which admin listeners need a token: any that other machines can reach.
+func TestAdminConfigNeedsToken(t *testing.T) {
+	t.Setenv("LP_TEST_ADMIN_TOKEN", "")
+	tests := []struct {
+		admin string
+		opts  []pipeline.LoadOption
+		want  string // in the error; "" for none
+	}{
+		{admin: `{addr: ""}`},
+		{admin: `{addr: "127.0.0.1:9090"}`},
+		{admin: `{addr: "127.3.4.5:9090"}`},
+		{admin: `{addr: "localhost:9090"}`},
+		{admin: `{addr: "[::1]:9090"}`},
+		{admin: `{addr: ":9090"}`, want: `":9090" is reachable from other machines`},
+		{admin: `{addr: "0.0.0.0:9090"}`, want: "set admin.token"},
+		{admin: `{addr: "[::]:9090"}`, want: "set admin.token"},
+		{admin: `{addr: "10.0.0.5:9090"}`, want: "set admin.token"},
+		{admin: `{addr: "admin.internal:9090"}`, want: "set admin.token"},
+		{admin: `{addr: "9090"}`, want: "is not host:port"},
+		{admin: `{addr: ":9090", token: "` + adminToken + `"}`},
+		{admin: `{addr: ":9090", token: "${LP_TEST_ADMIN_TOKEN:-}"}`, want: "set admin.token"},
+		{admin: `{addr: ":9090", token: "two words and more words"}`, want: "spaces"},
+		// preview and dlq read the config without the daemon's secrets.
+		{admin: `{addr: ":9090", token: "${LP_TEST_ADMIN_TOKEN}"}`, opts: []pipeline.LoadOption{pipeline.AllowUnsetEnv()}},
+		{admin: `{addr: ":9090", token_file: missing}`, opts: []pipeline.LoadOption{pipeline.AllowUnsetEnv()}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.admin, func(t *testing.T) {
+			text := "server: {addr: \"\"}\nadmin: " + tt.admin + "\nsinks:\n  - {name: a, type: file, path: a.jsonl}\n"
+			_, err := pipeline.ParseConfig(filepath.Join(t.TempDir(), "c.yaml"), []byte(text), tt.opts...)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("got %v, want no error", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("got %v, want an error saying %q", err, tt.want)
+			case err != nil && !strings.Contains(err.Error(), "c.yaml:2:"):
+				t.Errorf("error %q is not positioned at admin (line 2)", err)
+			}
+		})
+	}
+}
