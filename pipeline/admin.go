@@ -19,6 +19,15 @@ import (
 //	POST /api/dlq/{sink}/replay   requeue dead letters; body {"ids": [...]} or empty for all
 //	DELETE /api/dlq/{sink}        purge dead letters; ?id=... for some
 //	GET  /debug/pprof/...         Go profiles, when admin.pprof is true
+//
+// Dead letters hold vendors' answers and replays spend vendor quota, so
+// everything but the two probes is guarded (see adminGuard): the Host
+// must be loopback, an IP, admin.addr's host or in admin.allowed_hosts
+// (421 otherwise); cross-origin browser changes get 403; with
+// admin.token, changes always and non-loopback reads need
+// "Authorization: Bearer <token>" (401 otherwise); without it only
+// loopback peers are answered. An embedder mounting this handler gets the
+// same guard.
 func (p *Pipeline) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -74,7 +83,7 @@ func (p *Pipeline) AdminHandler() http.Handler {
 		if name := r.URL.Query().Get("sink"); name != "" {
 			s, ok := p.byName[name]
 			if !ok {
-				writeJSON(w, http.StatusNotFound, map[string]any{"error": "no sink named " + strconv.Quote(name)})
+				writeJSON(w, http.StatusNotFound, map[string]any{"error": p.noSink(name).Error()})
 				return
 			}
 			sinks = []*builtSink{s}
@@ -110,17 +119,17 @@ func (p *Pipeline) AdminHandler() http.Handler {
 	mux.HandleFunc("DELETE /api/dlq/{sink}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("sink")
 		if _, ok := p.byName[name]; !ok {
-			writeJSON(w, http.StatusNotFound, map[string]any{"error": "no sink named " + strconv.Quote(name)})
+			writeJSON(w, http.StatusNotFound, map[string]any{"error": p.noSink(name).Error()})
 			return
 		}
 		taken, err := p.dlq.Take(r.Context(), name, r.URL.Query()["id"])
 		if err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error()})
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": "purge: " + err.Error() + " (a purge stopped midway may have removed some; GET /api/dlq?sink=" + name + " lists what is left)"})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"purged": len(taken)})
 	})
-	return mux
+	return newAdminGuard(&p.cfg.Admin, mux)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

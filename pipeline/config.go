@@ -115,6 +115,32 @@ type AdminConfig struct {
 	Pprof bool `yaml:"pprof"`
 	// TLS serves the admin API over HTTPS when cert_file is set.
 	TLS TLSConfig `yaml:"tls"`
+	// Token is the bearer token the admin API asks for: always for a
+	// change (replay, purge), and for reads from a non-loopback peer.
+	// Required when Addr is not a loopback address; at least 16
+	// characters. Use ${VAR} rather than writing it here.
+	Token string `yaml:"token"`
+	// TokenFile holds the token instead (relative to the config file's
+	// directory; read at start, a trailing newline ignored). Not with
+	// Token.
+	TokenFile string `yaml:"token_file"`
+	// AllowedHosts are the extra Host header names the admin API answers
+	// to (e.g. a DNS name in front of it). Loopback names, IP addresses
+	// and Addr's host are always allowed; any other name gets 421, which
+	// is what stops a DNS rebinding page from reading the API.
+	AllowedHosts []string `yaml:"allowed_hosts"`
+
+	// fileToken is TokenFile's content, read while loading.
+	fileToken string
+}
+
+// token is the configured admin token, from Token or TokenFile; "" for
+// none.
+func (a *AdminConfig) token() string {
+	if a.Token != "" {
+		return a.Token
+	}
+	return a.fileToken
 }
 
 // BrokerConfig picks the message broker.

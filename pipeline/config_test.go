@@ -96,6 +96,19 @@ func TestConfigErrors(t *testing.T) {
 		"server-limits": {
 			`:5:23: server: max_inflight_bytes: must be ≥ max_body_bytes`,
 		},
+		"admin-open": {
+			`:5:9: admin: addr: ":9090" is reachable from other machines`,
+			`set admin.token (e.g. ${LABELPIPE_ADMIN_TOKEN}) or admin.token_file, or bind 127.0.0.1`,
+		},
+		"admin-token": {
+			`:6:10: admin: token: is shorter than 16 characters`,
+			`:7:15: admin: token_file: set admin.token or admin.token_file, not both`,
+			`admin: allowed_hosts[1]: "https://admin.example.internal/" is not a host name`,
+			`admin: allowed_hosts[2]: "*.example.internal" is not a host name`,
+		},
+		"admin-token-file": {
+			`:6:15: admin: token_file: open testdata/config/secrets/missing-token: no such file`,
+		},
 		"no-sinks": {
 			`broker: type: unknown broker "kafka"`,
 			`sinks: at least one sink is required`,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
@@ -81,9 +82,19 @@ func (p *Pipeline) deadLetter(ctx context.Context, s *builtSink, msg *message.Me
 func (p *Pipeline) Replay(ctx context.Context, sink string, ids []string) (int, error) {
 	s, ok := p.byName[sink]
 	if !ok {
-		return 0, fmt.Errorf("no sink named %q", sink)
+		return 0, p.noSink(sink)
 	}
 	return ReplayDeadLetters(ctx, p.dlq, pipelinePublisher{p: p, ctx: ctx}, s.cfg.Name, ids, nil)
+}
+
+// noSink says that no sink has this name, and which ones exist: a typo
+// in a replay or purge URL is the usual cause.
+func (p *Pipeline) noSink(name string) error {
+	names := make([]string, len(p.sinks))
+	for i, s := range p.sinks {
+		names[i] = s.cfg.Name
+	}
+	return fmt.Errorf("no sink named %q (sinks: %s)", name, strings.Join(names, ", "))
 }
 
 // pipelinePublisher publishes through the pipeline, so replayed messages

@@ -16,6 +16,7 @@
 //	dlq.go       a request a sink gave up on; replay
 //	preview.go   the same stages and renders, with no side effect
 //	admin.go     /healthz, /readyz, /metrics, /api/sinks, /api/dlq
+//	admin_guard.go  who may call admin.go: Host, cross-origin, bearer token
 //
 // pipeline.go assembles the parts and runs them (New, Run, Close);
 // backends.go opens the backends the config names.

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -56,7 +57,7 @@ func ParseConfig(name string, data []byte, opts ...LoadOption) (*Config, error) 
 	cfg := defaultConfig()
 	cfg.file = name
 	cfg.dir = filepath.Dir(name)
-	l := &loader{file: name}
+	l := &loader{file: name, allowUnset: lo.allowUnsetEnv}
 
 	f, err := parser.ParseBytes(data, 0)
 	if err != nil {
@@ -212,6 +213,9 @@ type loader struct {
 	file string
 	root *ast.File
 	errs ConfigErrors
+	// allowUnset is AllowUnsetEnv: the config is read to be looked at
+	// (preview, dlq), so missing secrets are not errors.
+	allowUnset bool
 }
 
 func (l *loader) add(n ast.Node, path, msg string) {
@@ -446,6 +450,7 @@ func (l *loader) check(c *Config) {
 	l.checkServerLimits(&c.Server)
 	l.checkTLS("server", c.Server.TLS)
 	l.checkTLS("admin", c.Admin.TLS)
+	l.checkAdmin(&c.Admin, c.dir)
 	switch c.Tracing.CallerContext {
 	case "", CallerContextLink, CallerContextParent:
 	default:
@@ -699,5 +704,68 @@ func (l *loader) checkTLS(listener string, t TLSConfig) {
 	if needsCA && t.ClientCAFile == "" {
 		doc, f := field("client_ca_file")
 		l.at(doc, listener, f, "is required by client_auth_type "+t.ClientAuthType)
+	}
+}
+
+// minAdminToken is the shortest admin token accepted: anything shorter
+// can be guessed by an attacker with time on the network.
+const minAdminToken = 16
+
+// checkAdmin checks the admin API's access settings and reads
+// admin.token_file, so that a missing file is reported like any other
+// config error.
+func (l *loader) checkAdmin(a *AdminConfig, dir string) {
+	if a.Token != "" && a.TokenFile != "" {
+		l.at("admin.token_file", "admin", "token_file", "set admin.token or admin.token_file, not both")
+	}
+	if a.TokenFile != "" && a.Token == "" {
+		path := a.TokenFile
+		if !filepath.IsAbs(path) {
+			path = filepath.Join(dir, path)
+		}
+		data, err := os.ReadFile(path)
+		switch {
+		case err != nil && !l.allowUnset:
+			l.at("admin.token_file", "admin", "token_file", err.Error())
+		case err == nil:
+			a.fileToken = strings.TrimRight(string(data), "\r\n")
+			l.checkToken(a.fileToken, "admin.token_file", "token_file", "the token in it ")
+		}
+	}
+	if a.Token != "" && !(l.allowUnset && strings.Contains(a.Token, "${")) {
+		l.checkToken(a.Token, "admin.token", "token", "")
+	}
+	for i, h := range a.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, "/*@ \t") {
+			l.at(fmt.Sprintf("admin.allowed_hosts[%d]", i), "admin", fmt.Sprintf("allowed_hosts[%d]", i),
+				fmt.Sprintf("%q is not a host name (want e.g. labelpipe-admin.internal; no scheme, path or wildcard)", h))
+		}
+	}
+	if a.Addr == "" || a.Token != "" || a.TokenFile != "" {
+		return
+	}
+	host, _, err := net.SplitHostPort(a.Addr)
+	if err != nil {
+		l.at("admin.addr", "admin", "addr", fmt.Sprintf("%q is not host:port (e.g. 127.0.0.1:9090)", a.Addr))
+		return
+	}
+	if !isLoopbackHost(host) {
+		l.at("admin.addr", "admin", "addr", fmt.Sprintf(
+			"%q is reachable from other machines, and the admin API can replay and purge dead letters; "+
+				"set admin.token (e.g. ${LABELPIPE_ADMIN_TOKEN}) or admin.token_file, or bind 127.0.0.1", a.Addr))
+	}
+}
+
+// checkToken refuses a token that is too short to be secret or that
+// cannot travel in an Authorization header. The token itself is never
+// printed.
+func (l *loader) checkToken(tok, docPath, field, prefix string) {
+	switch {
+	case tok == "":
+		l.at(docPath, "admin", field, prefix+"is empty")
+	case strings.IndexFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0:
+		l.at(docPath, "admin", field, prefix+"holds spaces or control characters; it could not be sent as Authorization: Bearer")
+	case len(tok) < minAdminToken:
+		l.at(docPath, "admin", field, fmt.Sprintf("%sis shorter than %d characters (make one with: openssl rand -hex 32)", prefix, minAdminToken))
 	}
 }

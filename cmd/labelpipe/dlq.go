@@ -93,7 +93,7 @@ func dlqCommand(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if cfg.Broker.Type != redisbackend.Kind || cfg.Redis.URL == "" {
-		fmt.Fprintf(stderr, "labelpipe dlq: %s uses broker %q; dead letters of the memory broker live inside the daemon, use its admin API (GET /api/dlq)\n",
+		fmt.Fprintf(stderr, "labelpipe dlq: %s uses broker %q; dead letters of the memory broker live inside the daemon, use its admin API (GET /api/dlq, POST /api/dlq/{sink}/replay, DELETE /api/dlq/{sink}; with Authorization: Bearer <admin.token> when one is set)\n",
 			*cfgPath, cfg.Broker.Type)
 		return 1
 	}

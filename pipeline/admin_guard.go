@@ -1,0 +1,147 @@
+package pipeline
+
+// The admin API's guard: who may call it, from where. It is modelled on
+// Caddy's admin endpoint (Host and Origin checks), plus a bearer token.
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+)
+
+// adminGuard wraps the admin API. In order:
+//
+//  1. /healthz and /readyz pass: load balancers probe them, and they
+//     reveal nothing an operator would hide.
+//  2. The Host header must be a loopback name, an IP address, the host of
+//     admin.addr, or in admin.allowed_hosts; else 421. A DNS rebinding page
+//     reaches 127.0.0.1 under its own name, so this is what keeps it from
+//     reading dead letters (vendor answers) or profiles.
+//  3. A cross-origin browser request that changes something gets 403
+//     (http.CrossOriginProtection): a page an operator happens to open
+//     cannot replay dead letters with a "simple" text/plain POST.
+//  4. With admin.token set, changes always need Authorization: Bearer,
+//     and reads need it unless they come from a loopback peer; else 401.
+//     Without a token (only allowed on a loopback admin.addr), only
+//     loopback peers are answered: the handler may be mounted, or its
+//     listener handed over, where the config cannot see.
+type adminGuard struct {
+	next  http.Handler
+	hosts map[string]bool
+	// sum is the token's SHA-256; compared in constant time. Hashing
+	// first keeps the comparison's time independent of the length, too.
+	sum   [sha256.Size]byte
+	token bool
+	cop   *http.CrossOriginProtection
+}
+
+func newAdminGuard(c *AdminConfig, next http.Handler) *adminGuard {
+	g := &adminGuard{next: next, hosts: map[string]bool{}, cop: http.NewCrossOriginProtection()}
+	if tok := c.token(); tok != "" {
+		g.token, g.sum = true, sha256.Sum256([]byte(tok))
+	}
+	if host, _, err := net.SplitHostPort(c.Addr); err == nil && host != "" {
+		g.hosts[normalHost(host)] = true
+	}
+	for _, h := range c.AllowedHosts {
+		g.hosts[normalHost(h)] = true
+	}
+	return g
+}
+
+func (g *adminGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	safe := r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions
+	if safe && (r.URL.Path == "/healthz" || r.URL.Path == "/readyz") {
+		g.next.ServeHTTP(w, r)
+		return
+	}
+	if !g.hostAllowed(r.Host) {
+		writeJSON(w, http.StatusMisdirectedRequest, map[string]any{"error": fmt.Sprintf(
+			"the admin API does not answer to host %q; if that is how you reach it, add it to admin.allowed_hosts "+
+				"(other names are refused so that a DNS rebinding web page cannot use the API)", r.Host)})
+		return
+	}
+	if err := g.cop.Check(r); err != nil {
+		writeJSON(w, http.StatusForbidden, map[string]any{"error": "cross-origin requests that change something are refused by the admin API (" + err.Error() + "); call it from curl or labelpipe, not from a web page"})
+		return
+	}
+	local := loopbackPeer(r)
+	switch {
+	case !g.token && !local:
+		writeJSON(w, http.StatusForbidden, map[string]any{"error": "without admin.token the admin API answers only on loopback; set admin.token or admin.token_file to call it from elsewhere"})
+		return
+	case g.token && (!safe || !local) && !g.authorized(r):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="labelpipe admin"`)
+		why := "reads from another machine"
+		if !safe {
+			why = "changes"
+		}
+		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "missing or wrong admin token: " + why +
+			" need the header Authorization: Bearer <admin.token>"})
+		return
+	}
+	g.next.ServeHTTP(w, r)
+}
+
+func (g *adminGuard) authorized(r *http.Request) bool {
+	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	return subtle.ConstantTimeCompare(sum[:], g.sum[:]) == 1
+}
+
+// hostAllowed reports whether a Host header may reach the admin API. An
+// IP address always may: DNS rebinding needs a name, and Prometheus or a
+// load balancer often calls by address.
+func (g *adminGuard) hostAllowed(hostport string) bool {
+	if hostport == "" {
+		return true // HTTP/1.0 without Host: not a browser
+	}
+	host := normalHost(hostport)
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	return isLoopbackHost(host) || g.hosts[host]
+}
+
+// normalHost is a Host header or host name without port, brackets,
+// trailing dot or case.
+func normalHost(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		h = host
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	return strings.ToLower(strings.TrimSuffix(h, "."))
+}
+
+// isLoopbackHost reports whether a listen or Host name stays on this
+// machine: localhost or a loopback address. "" and 0.0.0.0 do not.
+func isLoopbackHost(host string) bool {
+	host = normalHost(host)
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+// loopbackPeer reports whether r came from this machine and not through a
+// proxy on it: a local reverse proxy adds Forwarded or X-Forwarded-For,
+// and what it forwards may come from anywhere.
+func loopbackPeer(r *http.Request) bool {
+	if r.Header.Get("Forwarded") != "" || r.Header.Get("X-Forwarded-For") != "" {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		// A unix socket has no address; reaching it takes file access.
+		return strings.HasPrefix(r.RemoteAddr, "@") || r.RemoteAddr == ""
+	}
+	return ap.Addr().Unmap().IsLoopback()
+}
