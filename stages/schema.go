@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
@@ -183,11 +184,16 @@ type part struct {
 	whole *jsonschema.Schema
 	// local is nil when the schema is always checked whole.
 	local    *jsonschema.Schema
-	obj, arr bool // local may check an object, an array
-	props    map[string]*part
+	obj, arr bool   // local may check an object, an array
+	props    []prop // sorted by name, for a stable answer
 	items    *part
 	// itemsFrom is the first index items applies to (after prefixItems).
 	itemsFrom int
+}
+
+type prop struct {
+	name string
+	part *part
 }
 
 // newPart prepares s, and the schemas of its properties and items.
@@ -210,11 +216,11 @@ func newPart(s, yes *jsonschema.Schema, seen map[*jsonschema.Schema]*part) *part
 	if len(s.Properties) > 0 {
 		// true, not removed: additionalProperties must still see them.
 		local.Properties = make(map[string]*jsonschema.Schema, len(s.Properties))
-		p.props = make(map[string]*part, len(s.Properties))
 		for k, c := range s.Properties {
 			local.Properties[k] = yes
-			p.props[k] = newPart(c, yes, seen)
+			p.props = append(p.props, prop{k, newPart(c, yes, seen)})
 		}
+		slices.SortFunc(p.props, func(a, b prop) int { return cmp.Compare(a.name, b.name) })
 	}
 	// Removed, not true, so local does not walk a million items to accept
 	// each: without unevaluatedItems nothing else depends on them.
@@ -293,9 +299,40 @@ func (s *Schema) Process(_ context.Context, e *pipeline.Export) error {
 	return err
 }
 
-// smallValues is the size (values in a subtree) below which a value is
-// checked whole: its error tree is small, and one call is faster.
+// smallValues is the size below which a value is checked whole: its
+// error tree is small, and one call is faster.
 const smallValues = 128
+
+// small says whether v holds fewer than *left values that p could check
+// apart. Values only a whole check reaches are not counted: splitting
+// does not bound them. It looks up properties rather than walk objects,
+// which costs less than the check itself.
+func (p *part) small(v any, left *int) bool {
+	if *left--; *left <= 0 {
+		return false
+	}
+	switch v := v.(type) {
+	case map[string]any:
+		if !p.obj {
+			return true
+		}
+		for _, c := range p.props {
+			if cv, ok := v[c.name]; ok && !c.part.small(cv, left) {
+				return false
+			}
+		}
+	case []any:
+		if !p.arr {
+			return true
+		}
+		for _, item := range v[min(p.itemsFrom, len(v)):] {
+			if !p.items.small(item, left) {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 // findings collects violations until there are more than max.
 type findings struct {
@@ -321,7 +358,7 @@ func (f *findings) check(p *part, v any, loc []string) error {
 	default:
 		local = nil
 	}
-	if local == nil || fewerValues(v, smallValues) {
+	if left := smallValues; local == nil || p.small(v, &left) {
 		return f.validate(p.whole, v, loc)
 	}
 	if err := f.validate(local, v, loc); err != nil {
@@ -329,19 +366,16 @@ func (f *findings) check(p *part, v any, loc []string) error {
 	}
 	switch v := v.(type) {
 	case map[string]any:
-		keys := make([]string, 0, len(p.props))
-		for k := range p.props {
-			if _, ok := v[k]; ok {
-				keys = append(keys, k)
+		for _, c := range p.props {
+			cv, ok := v[c.name]
+			if !ok {
+				continue
 			}
-		}
-		slices.Sort(keys) // a stable answer when the check stops early
-		for _, k := range keys {
 			if f.full() {
 				f.stopped = true
 				return nil
 			}
-			if err := f.check(p.props[k], v[k], append(loc, k)); err != nil {
+			if err := f.check(c.part, cv, append(loc, c.name)); err != nil {
 				return err
 			}
 		}
@@ -371,34 +405,6 @@ func (f *findings) validate(sch *jsonschema.Schema, v any, loc []string) error {
 	}
 	f.found = appendViolations(f.found, ve, loc)
 	return nil
-}
-
-// fewerValues says whether v holds fewer than n values, counting itself,
-// without walking more than n of them.
-func fewerValues(v any, n int) bool {
-	left := n
-	var count func(any) bool
-	count = func(v any) bool {
-		if left--; left <= 0 {
-			return false
-		}
-		switch v := v.(type) {
-		case map[string]any:
-			for _, c := range v {
-				if !count(c) {
-					return false
-				}
-			}
-		case []any:
-			for _, c := range v {
-				if !count(c) {
-					return false
-				}
-			}
-		}
-		return true
-	}
-	return count(v)
 }
 
 var printer = message.NewPrinter(language.English)
@@ -432,10 +438,26 @@ func appendViolations(out []pipeline.Violation, ve *jsonschema.ValidationError, 
 			// The library's message escapes the pattern's backslashes.
 			msg = fmt.Sprintf("%q does not match the pattern %s", p.Got, p.Want)
 		}
-		out = append(out, pipeline.Violation{Pointer: at(ve.InstanceLocation...), Message: msg})
+		out = append(out, pipeline.Violation{Pointer: at(ve.InstanceLocation...), Message: clip(msg)})
 	}
 	walk(ve)
 	return out
+}
+
+// maxMessage bounds a violation's message: one quoting a megabyte string,
+// or naming every key of a huge object, would make the answer that large.
+const maxMessage = 1024
+
+// clip cuts msg to maxMessage bytes, on a rune boundary, and says so.
+func clip(msg string) string {
+	if len(msg) <= maxMessage {
+		return msg
+	}
+	cut := maxMessage
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + "… (cut)"
 }
 
 // sortViolations sorts violations by pointer and drops repeats.

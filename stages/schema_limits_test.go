@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/labelpipe/labelpipe/configs"
 	"github.com/labelpipe/labelpipe/pipeline"
@@ -101,8 +102,9 @@ func TestSchemaMaxViolations(t *testing.T) {
 		{name: "300 empty elements", body: elementsOf(300, `{}`), shown: 100, minTotal: 101, truncated: true},
 		{name: "one element of 100k bad labels", body: elementsOf(1, `{"element_id":"e","element_type":"frame","frame_id":"f","dataset":"d","frame_data":{"label_data":[`+strings.Repeat(`1,`, 100_000)+`1]}}`),
 			shown: 100, minTotal: 101, truncated: true},
-		{name: "limit 1, check stopped early", opts: "max_violations: 1", body: five, shown: 1, minTotal: 2, truncated: true},
-		{name: "limit 1, small payload counted in full", opts: "max_violations: 1", body: []byte(`{"event":"issue-exported"}`), shown: 1, total: 2, truncated: true},
+		{name: "limit 1, the check stops early", opts: "max_violations: 1", body: elementsOf(300, `{}`), shown: 1, minTotal: 2, truncated: true},
+		{name: "limit 1, a small payload is counted in full", opts: "max_violations: 1", body: five, shown: 1, total: 5, truncated: true},
+		{name: "limit 1, an envelope", opts: "max_violations: 1", body: []byte(`{"event":"issue-exported"}`), shown: 1, total: 2, truncated: true},
 		{name: "exactly the limit", opts: "max_violations: 5", body: five, shown: 5},
 		{name: "under the default", body: five, shown: 5},
 	}
@@ -149,6 +151,10 @@ func TestSchemaFloodAnswersSmall(t *testing.T) {
 	se := stageErr(t, s.Process(t.Context(), newExport(t, elementsOf(100_000, `{}`), nil)))
 	if len(se.Violations) != 100 || !se.ViolationsTruncated {
 		t.Fatalf("%d violations, truncated %v; want 100, truncated", len(se.Violations), se.ViolationsTruncated)
+	}
+	// Found is about what was checked: a few elements, not all of them.
+	if se.ViolationsTotal > 1000 || !strings.Contains(se.Msg, "at least ") {
+		t.Fatalf("%q, total %d: the check went on past the limit", se.Msg, se.ViolationsTotal)
 	}
 	// What the webhook answers, field for field.
 	answer := mustJSON(t, map[string]any{"error": se.Msg, "violations": se.Violations,
@@ -306,5 +312,21 @@ func TestSchemaMaxViolationsConfig(t *testing.T) {
 	const want = `pipeline.yaml:3:21: stages[0] "schema": max_violations: must be ≥ 1`
 	if err := cfg.Resolve(registry()); err == nil || err.Error() != want {
 		t.Fatalf("Resolve() = %v, want %s", err, want)
+	}
+}
+
+// TestSchemaLongMessagesCut: a violation quoting a megabyte string does not
+// make a megabyte answer.
+func TestSchemaLongMessagesCut(t *testing.T) {
+	url := strings.Repeat("é", 500_000)
+	body := mutate(t, samplePayload(t, "issue-frames.json"), `.issue.elements[0].frame_data.sensor_data[0].data_urls.image_url = "`+url+`"`)
+	s := mustBuild(t, "schema", "", pipeline.Env{})
+	se := stageErr(t, s.Process(t.Context(), newExport(t, body, nil)))
+	if len(se.Violations) != 1 {
+		t.Fatalf("violations = %d, want 1", len(se.Violations))
+	}
+	msg := se.Violations[0].Message
+	if len(msg) > 1100 || !strings.HasSuffix(msg, "… (cut)") || !utf8.ValidString(msg) {
+		t.Fatalf("message of %d bytes ending %q, want at most about 1 KiB, valid UTF-8, ending … (cut)", len(msg), msg[max(0, len(msg)-20):])
 	}
 }
