@@ -127,8 +127,14 @@ type StageError struct {
 	// Msg says plainly what was wrong, or why the export was dropped; it
 	// is the answer's "error" (or "reason").
 	Msg string
-	// Violations lists schema violations (422).
+	// Violations lists schema violations (422), at most the stage's limit.
 	Violations []Violation
+	// ViolationsTotal is how many violations were found when Violations
+	// was cut short: a lower bound when the check stopped early. 0 when
+	// Violations lists them all.
+	ViolationsTotal int
+	// ViolationsTruncated says Violations is not the whole list.
+	ViolationsTruncated bool
 	// DuplicateOf is the id of the export this one repeats.
 	DuplicateOf string
 	// RetryAfter is the Retry-After hint: always sent with

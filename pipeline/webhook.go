@@ -87,6 +87,9 @@ type answer struct {
 	Reason     string      `json:"reason,omitempty"`
 	Error      string      `json:"error,omitempty"`
 	Violations []Violation `json:"violations,omitempty"`
+	// ViolationsTotal and ViolationsTruncated say the list was cut short.
+	ViolationsTotal     int  `json:"violations_total,omitempty"`
+	ViolationsTruncated bool `json:"violations_truncated,omitempty"`
 }
 
 func (p *Pipeline) reply(ctx context.Context, w http.ResponseWriter, code int, a answer) {
@@ -309,6 +312,7 @@ func stageAnswer(err error) (int, answer, time.Duration) {
 		}
 		return http.StatusServiceUnavailable, answer{Error: se.Error()}, after
 	default:
-		return se.Status, answer{Error: se.Msg, Violations: se.Violations}, se.RetryAfter
+		return se.Status, answer{Error: se.Msg, Violations: se.Violations,
+			ViolationsTotal: se.ViolationsTotal, ViolationsTruncated: se.ViolationsTruncated}, se.RetryAfter
 	}
 }

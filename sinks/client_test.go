@@ -86,7 +86,10 @@ sinks:
 			var dlq string
 			eventually(t, "a dead letter", func() bool {
 				rec := httptest.NewRecorder()
-				p.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/dlq", nil))
+				// From loopback, as an operator on the host reads it.
+				req := httptest.NewRequest(http.MethodGet, "http://127.0.0.1/api/dlq", nil)
+				req.RemoteAddr = "127.0.0.1:1234"
+				p.AdminHandler().ServeHTTP(rec, req)
 				b, _ := io.ReadAll(rec.Body)
 				dlq = string(b)
 				return rec.Code == http.StatusOK && strings.Contains(dlq, `"error"`)

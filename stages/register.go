@@ -10,7 +10,7 @@ func Register(r *pipeline.Registry) {
 		"checks the caller's shared secret or signature (X-Aquarium-Secret, Standard Webhooks, GitHub); 401 if wrong",
 		SecretDefaults, buildSecret))
 	r.RegisterStage("schema", pipeline.NewStageType(
-		"validates listed events against a JSON Schema (built-in issue-exported or a file); 422 lists each violation",
+		"validates listed events against a JSON Schema (built-in issue-exported or a file); 422 lists the violations, at most max_violations",
 		SchemaDefaults, buildSchema))
 	r.RegisterStage("dedupe", pipeline.NewStageType(
 		"answers duplicate for an export already accepted within ttl (memory or Redis store)",
