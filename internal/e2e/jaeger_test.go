@@ -88,7 +88,7 @@ func traceOneExport(t *testing.T, j *jaegertest.Jaeger, backend, dedupeStore str
 server: {addr: %q, path: /webhook, shutdown_timeout: 10s}
 admin: {addr: %q}
 %s
-tracing: {exporter: otlp, protocol: grpc, endpoint: %q, sample_ratio: 1}
+tracing: {exporter: otlp, protocol: grpc, endpoint: %q, sample_ratio: 1, caller_context: parent}
 stages:
   - {type: secret, header: X-Aquarium-Secret, secrets: [%q]}
   - {type: schema, schema: issue-exported}
@@ -140,8 +140,9 @@ sinks:
 	go func() { runErr <- p.Run(runCtx) }()
 	waitReady(t, "http://"+admin+"/readyz", runErr)
 
-	// Aquarium: its own span around the webhook request, so the trace must
-	// continue the incoming traceparent.
+	// Aquarium: its own span around the webhook request. A caller one runs
+	// oneself (caller_context: parent above; the default only links it),
+	// so the trace must continue the incoming traceparent.
 	aquarium := newTracerProvider(t, j, "fake-aquarium")
 	body, err := configs.Payloads.ReadFile(payload)
 	if err != nil {
