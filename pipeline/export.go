@@ -65,8 +65,11 @@ func (e *Export) Info() map[string]any {
 // task: a caller's retry accepted again after a crash lapsed its dedupe
 // hold, or the same issue exported again after the dedupe ttl. It is a
 // hash of, in order of preference: the key the last dedupe stage reserved
-// (the user's own notion of "the same export"), the sender's webhook-id,
-// or ContentKey of the payload.
+// (the user's own notion of "the same export"), the sender's webhook-id
+// once its signature verified it, or ContentKey of the payload. An
+// unsigned webhook-id header is ignored: anyone could send one, and two
+// exports sharing it would map to one vendor task, the second silently
+// "already done".
 //
 // ID, by contrast, names one acceptance: the broker messages, the
 // delivery records, the dead letters and the logs.
@@ -77,8 +80,6 @@ func (e *Export) Key() string {
 		src = "dedupe\x00" + e.Attrs[AttrDedupeKey]
 	case e.Attrs[AttrWebhookID] != "":
 		src = "webhook-id\x00" + e.Attrs[AttrWebhookID]
-	case e.Header.Get("webhook-id") != "":
-		src = "webhook-id\x00" + e.Header.Get("webhook-id")
 	default:
 		src = "content\x00" + ContentKey(e.Payload)
 	}

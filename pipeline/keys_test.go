@@ -2,8 +2,11 @@ package pipeline_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -44,11 +47,17 @@ func TestTheSameExportAcceptedTwiceMapsToTheSameVendorTasks(t *testing.T) {
 	}
 }
 
-// A sender's webhook-id names the export when there is no dedupe key: its
-// retry maps to the same key even if the body changed on the way; another
-// webhook-id is another export.
+// A sender's verified webhook-id names the export when there is no dedupe
+// key: its retry maps to the same key even if the body changed on the
+// way; another webhook-id is another export. An unsigned webhook-id
+// header names nothing: anyone could send one.
 func TestWebhookIDNamesTheExport(t *testing.T) {
-	h := startHarness(t, head("")+"  - {name: archive, type: file, path: out/a.jsonl}\n")
+	key := []byte("0123456789abcdef0123456789abcdef")
+	signed := strings.Replace(head(""), "  - {type: secret, header: X-Aquarium-Secret, secrets: [\""+hookOldSecret+"\", \""+hookSecret+"\"]}",
+		"  - {type: secret, scheme: standard_webhooks, secrets: [\"whsec_"+base64.StdEncoding.EncodeToString(key)+"\"]}", 1)
+	if signed == head("") {
+		t.Fatal("secret stage not found in head; update the test")
+	}
 	body, _ := samplePayload(t, "issue-frames.json")
 	var doc map[string]any
 	if err := json.Unmarshal(body, &doc); err != nil {
@@ -56,18 +65,33 @@ func TestWebhookIDNamesTheExport(t *testing.T) {
 	}
 	doc["project"] = "renamed"
 	changed, _ := json.Marshal(doc)
-	send := func(b []byte, id string) webhookAnswer {
-		a := h.send(hookReq{secret: hookSecret, body: b, header: map[string]string{"webhook-id": id}})
-		if a.Code != http.StatusAccepted {
-			t.Fatalf("want 202, got %d %s", a.Code, a.Raw)
+
+	t.Run("signed", func(t *testing.T) {
+		h := startHarness(t, signed+"  - {name: archive, type: file, path: out/a.jsonl}\n")
+		send := func(b []byte, id string) webhookAnswer {
+			ts := strconv.FormatInt(time.Now().Unix(), 10)
+			a := h.send(hookReq{body: b, header: map[string]string{"webhook-id": id, "webhook-timestamp": ts,
+				"webhook-signature": signStandard(key, id, ts, b)}})
+			if a.Code != http.StatusAccepted {
+				t.Fatalf("want 202, got %d %s", a.Code, a.Raw)
+			}
+			return a
 		}
-		return a
-	}
-	a, b, c := send(body, "msg_1"), send(changed, "msg_1"), send(body, "msg_2")
-	if a.Key != b.Key || a.Key == c.Key {
-		t.Fatalf("keys %s (msg_1), %s (msg_1, body changed), %s (msg_2); want the first two equal and the third apart", a.Key, b.Key, c.Key)
-	}
-	if plain := h.accept(body); plain.Key == a.Key || plain.Key == c.Key {
-		t.Fatalf("key without webhook-id %s equals one with it", plain.Key)
-	}
+		a, b, c := send(body, "msg_1"), send(changed, "msg_1"), send(body, "msg_2")
+		if a.Key != b.Key || a.Key == c.Key {
+			t.Fatalf("keys %s (msg_1), %s (msg_1, body changed), %s (msg_2); want the first two equal and the third apart", a.Key, b.Key, c.Key)
+		}
+	})
+	t.Run("unsigned header", func(t *testing.T) {
+		h := startHarness(t, head("")+"  - {name: archive, type: file, path: out/a.jsonl}\n")
+		a := h.send(hookReq{secret: hookSecret, body: body, header: map[string]string{"webhook-id": "msg_1"}})
+		b := h.send(hookReq{secret: hookSecret, body: changed, header: map[string]string{"webhook-id": "msg_1"}})
+		plain := h.accept(body)
+		if a.Code != http.StatusAccepted || b.Code != http.StatusAccepted {
+			t.Fatalf("want 202s, got %d %s and %d %s", a.Code, a.Raw, b.Code, b.Raw)
+		}
+		if a.Key != plain.Key || b.Key == a.Key {
+			t.Fatalf("keys %s (msg_1), %s (msg_1, other content), %s (no header); want the content to decide", a.Key, b.Key, plain.Key)
+		}
+	})
 }
