@@ -129,7 +129,7 @@ func (p *Pipeline) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"purged": len(taken)})
 	})
-	return newAdminGuard(&p.cfg.Admin, mux)
+	return newAdminGuard(&p.cfg.Admin, p.adminSum, mux)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -10,7 +10,10 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 )
 
 // adminGuard wraps the admin API. In order:
@@ -34,16 +37,15 @@ type adminGuard struct {
 	hosts map[string]bool
 	// sum is the token's SHA-256; compared in constant time. Hashing
 	// first keeps the comparison's time independent of the length, too.
-	sum   [sha256.Size]byte
+	// It is swapped when Reload re-reads admin.token_file.
+	sum   *atomic.Pointer[[sha256.Size]byte]
 	token bool
 	cop   *http.CrossOriginProtection
 }
 
-func newAdminGuard(c *AdminConfig, next http.Handler) *adminGuard {
-	g := &adminGuard{next: next, hosts: map[string]bool{}, cop: http.NewCrossOriginProtection()}
-	if tok := c.token(); tok != "" {
-		g.token, g.sum = true, sha256.Sum256([]byte(tok))
-	}
+func newAdminGuard(c *AdminConfig, sum *atomic.Pointer[[sha256.Size]byte], next http.Handler) *adminGuard {
+	g := &adminGuard{next: next, hosts: map[string]bool{}, cop: http.NewCrossOriginProtection(), sum: sum}
+	g.token = sum.Load() != nil
 	if host, _, err := net.SplitHostPort(c.Addr); err == nil && host != "" {
 		g.hosts[normalHost(host)] = true
 	}
@@ -93,7 +95,8 @@ func (g *adminGuard) authorized(r *http.Request) bool {
 		return false
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
-	return subtle.ConstantTimeCompare(sum[:], g.sum[:]) == 1
+	want := g.sum.Load()
+	return want != nil && subtle.ConstantTimeCompare(sum[:], want[:]) == 1
 }
 
 // hostAllowed reports whether a Host header may reach the admin API. An
@@ -144,4 +147,39 @@ func loopbackPeer(r *http.Request) bool {
 		return strings.HasPrefix(r.RemoteAddr, "@") || r.RemoteAddr == ""
 	}
 	return ap.Addr().Unmap().IsLoopback()
+}
+
+// adminToken holds the admin token's SHA-256, nil without a token.
+func adminToken(c *AdminConfig) *atomic.Pointer[[sha256.Size]byte] {
+	p := new(atomic.Pointer[[sha256.Size]byte])
+	if tok := c.token(); tok != "" {
+		sum := sha256.Sum256([]byte(tok))
+		p.Store(&sum)
+	}
+	return p
+}
+
+// reloadAdminToken re-reads admin.token_file, so a token can be rotated
+// without a restart; a bad file keeps the token in use.
+func (p *Pipeline) reloadAdminToken() error {
+	c := p.cfg.Admin
+	if c.TokenFile == "" {
+		return nil
+	}
+	path := c.TokenFile
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(p.cfg.dir, path)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("admin.token_file: %w", err)
+	}
+	tok := strings.TrimRight(string(data), "\r\n")
+	if problem := tokenProblem(tok); problem != "" {
+		return fmt.Errorf("admin.token_file %s: the token in it %s", path, problem)
+	}
+	sum := sha256.Sum256([]byte(tok))
+	p.adminSum.Store(&sum)
+	p.log.Info("admin token reloaded", "token_file", path)
+	return nil
 }

@@ -295,26 +295,56 @@ sinks:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
-	for _, tt := range []struct {
+	h := p.AdminHandler()
+	check := func(when string, tests []struct {
 		auth string
 		code int
-	}{
-		{"", http.StatusUnauthorized},
-		{"Bearer " + adminToken[:len(adminToken)-1], http.StatusUnauthorized},
-		{"Bearer " + adminToken, http.StatusBadRequest}, // past the guard: no such sink
-	} {
-		// admin.addr's host is allowed without listing it.
-		req := httptest.NewRequestWithContext(t.Context(), http.MethodPost, "http://labelpipe-admin.internal:9090/api/dlq/nosuch/replay", nil)
-		req.RemoteAddr = "127.0.0.1:40000"
-		if tt.auth != "" {
-			req.Header.Set("Authorization", tt.auth)
-		}
-		rec := httptest.NewRecorder()
-		p.AdminHandler().ServeHTTP(rec, req)
-		if rec.Code != tt.code {
-			t.Errorf("Authorization %q: %d %s, want %d", tt.auth, rec.Code, rec.Body, tt.code)
+	}) {
+		t.Helper()
+		for _, tt := range tests {
+			// admin.addr's host is allowed without listing it.
+			req := httptest.NewRequestWithContext(t.Context(), http.MethodPost, "http://labelpipe-admin.internal:9090/api/dlq/nosuch/replay", nil)
+			req.RemoteAddr = "127.0.0.1:40000"
+			if tt.auth != "" {
+				req.Header.Set("Authorization", tt.auth)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tt.code {
+				t.Errorf("%s: Authorization %q: %d %s, want %d", when, tt.auth, rec.Code, rec.Body, tt.code)
+			}
 		}
 	}
+	type row = struct {
+		auth string
+		code int
+	}
+	const past = http.StatusBadRequest // past the guard: no such sink
+	check("at start", []row{
+		{"", http.StatusUnauthorized},
+		{"Bearer " + adminToken[:len(adminToken)-1], http.StatusUnauthorized},
+		{"Bearer " + adminToken, past},
+	})
+
+	// Rotated on disk, then Reload (SIGHUP): the new token works at once,
+	// on the handler already serving, and the old one no longer does.
+	rotated := strings.Repeat("r", 32)
+	if err := os.WriteFile(filepath.Join(dir, "secrets", "admin"), []byte(rotated+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	check("after a rotation", []row{{"Bearer " + adminToken, http.StatusUnauthorized}, {"Bearer " + rotated, past}})
+
+	// A file that no longer holds a usable token keeps the one in use.
+	if err := os.WriteFile(filepath.Join(dir, "secrets", "admin"), []byte("short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Reload(); err == nil || !strings.Contains(err.Error(), "shorter than") {
+		t.Errorf("Reload with a short token: %v, want an error saying it is too short", err)
+	}
+	check("after a bad file", []row{{"Bearer short", http.StatusUnauthorized}, {"Bearer " + rotated, past}})
 }
 
 // Which admin listeners need a token: any that other machines can reach.

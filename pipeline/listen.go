@@ -58,10 +58,13 @@ func (p *Pipeline) httpServer(h http.Handler) *http.Server {
 }
 
 // Reload reads again what may change without a restart: the TLS
-// certificates and client CAs. The daemon calls it on SIGHUP. A file that
-// fails to load keeps the previous certificate in use.
+// certificates and client CAs, and admin.token_file. The daemon calls it
+// on SIGHUP. A file that fails to load keeps what it held before in use.
 func (p *Pipeline) Reload() error {
 	var errs []error
+	if err := p.reloadAdminToken(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, f := range []*tlsFiles{p.tls.server, p.tls.admin} {
 		if f == nil {
 			continue
@@ -73,7 +76,7 @@ func (p *Pipeline) Reload() error {
 		p.log.Info("TLS certificate reloaded", "listener", f.what, "cert_file", f.cert)
 	}
 	if err := errors.Join(errs...); err != nil {
-		p.log.Error("TLS reload failed; the previous certificate stays in use", "err", err)
+		p.log.Error("reload failed; what failed to load stays as it was", "err", err)
 		return err
 	}
 	return nil

@@ -760,12 +760,20 @@ func (l *loader) checkAdmin(a *AdminConfig, dir string) {
 // cannot travel in an Authorization header. The token itself is never
 // printed.
 func (l *loader) checkToken(tok, docPath, field, prefix string) {
+	if problem := tokenProblem(tok); problem != "" {
+		l.at(docPath, "admin", field, prefix+problem)
+	}
+}
+
+// tokenProblem says what is wrong with an admin token, or "".
+func tokenProblem(tok string) string {
 	switch {
 	case tok == "":
-		l.at(docPath, "admin", field, prefix+"is empty")
+		return "is empty"
 	case strings.IndexFunc(tok, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0:
-		l.at(docPath, "admin", field, prefix+"holds spaces or control characters; it could not be sent as Authorization: Bearer")
+		return "holds spaces or control characters; it could not be sent as Authorization: Bearer"
 	case len(tok) < minAdminToken:
-		l.at(docPath, "admin", field, fmt.Sprintf("%sis shorter than %d characters (make one with: openssl rand -hex 32)", prefix, minAdminToken))
+		return fmt.Sprintf("is shorter than %d characters (make one with: openssl rand -hex 32)", minAdminToken)
 	}
+	return ""
 }

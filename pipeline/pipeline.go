@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,6 +82,8 @@ type Pipeline struct {
 	bodies  *bodyBudget
 	clients clients
 	tls     struct{ server, admin *tlsFiles }
+	// adminSum is the admin token's SHA-256 (nil: no token); Reload swaps it.
+	adminSum *atomic.Pointer[[sha256.Size]byte]
 
 	draining  atomic.Bool
 	runCancel context.CancelFunc
@@ -164,6 +167,7 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		}
 		p.clients.trusted = append(p.clients.trusted, pf)
 	}
+	p.adminSum = adminToken(&cfg.Admin)
 	if p.tls.server, err = newTLSFiles("server", cfg.Server.TLS, cfg.dir); err != nil {
 		return nil, err
 	}

@@ -51,7 +51,7 @@ func TestHUPReloadsTheCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	hup(t)
-	waitLog(t, &stderr, exited, regexp.MustCompile(`(TLS reload failed)`), "")
+	waitLog(t, &stderr, exited, regexp.MustCompile(`(reload failed)`), "")
 	if got := testutil.CertSerial(t, addr); got != 2 {
 		t.Errorf("serial %d after a broken certificate, want 2 still", got)
 	}
