@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/redact"
 )
 
 // defaultServiceName is service.name when neither tracing.service_name nor
@@ -228,7 +229,7 @@ func newOTLPExporter(ctx context.Context, cfg pipeline.TracingConfig) (sdktrace.
 		case strings.Contains(endpoint, "://"):
 			u, err := url.Parse(endpoint)
 			if err != nil {
-				return nil, fmt.Errorf("tracing.endpoint: %w", err)
+				return nil, fmt.Errorf("tracing.endpoint: %w", redact.Error(err)) // it may hold credentials
 			}
 			// A bare base URL means the collector's standard traces path,
 			// as OTEL_EXPORTER_OTLP_ENDPOINT does; the SDK would post to /.

@@ -424,6 +424,9 @@ func TestTelemetryErrors(t *testing.T) {
 		{name: "unknown exporter", cfg: pipeline.TracingConfig{Exporter: "zipkin"}, want: `unknown exporter "zipkin"`},
 		{name: "unknown exporter from env", env: map[string]string{"OTEL_TRACES_EXPORTER": "jaeger"}, want: `unknown exporter "jaeger"`},
 		{name: "unsupported protocol from env", cfg: pipeline.TracingConfig{Exporter: "otlp"}, env: map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, want: `unsupported otlp protocol "http/json"`},
+		// The endpoint may carry credentials; an error must not repeat them.
+		{name: "unparseable endpoint with credentials", cfg: pipeline.TracingConfig{Exporter: "otlp", Protocol: "http/protobuf",
+			Endpoint: "https://user:hunter2secret@collector.example:4318/%zz"}, want: "tracing.endpoint"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -436,8 +439,8 @@ func TestTelemetryErrors(t *testing.T) {
 				_ = tel.Shutdown(t.Context())
 				t.Fatalf("no error, want %q", tt.want)
 			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("error %q, want it to contain %q", err, tt.want)
+			if !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "hunter2secret") {
+				t.Errorf("error %q, want it to contain %q and no credentials", err, tt.want)
 			}
 		})
 	}
