@@ -124,39 +124,49 @@ stages:
 sinks:
   - {name: archive, type: file, path: out/archive.jsonl}
 `
-	h := startHarness(t, cfg)
-	ts := strconv.FormatInt(time.Now().Unix(), 10)
-	stranger := map[string]string{"X-Forwarded-For": "203.0.113.9", "webhook-id": "msg_x", "webhook-timestamp": ts,
-		"webhook-signature": "v1," + base64.StdEncoding.EncodeToString(make([]byte, 32))}
-	a, b := startUpload(t, hostOf(h), stranger), startUpload(t, hostOf(h), stranger)
+	// One IPv6 host usually holds a whole /64: its addresses share one share.
+	for _, tc := range []struct{ name, first, second string }{
+		{"one address", "203.0.113.9", "203.0.113.9"},
+		{"one IPv6 /64", "2001:db8:1:2::a", "2001:db8:1:2:ffff::b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startHarness(t, cfg)
+			ts := strconv.FormatInt(time.Now().Unix(), 10)
+			stranger := func(addr string) map[string]string {
+				return map[string]string{"X-Forwarded-For": addr, "webhook-id": "msg_x", "webhook-timestamp": ts,
+					"webhook-signature": "v1," + base64.StdEncoding.EncodeToString(make([]byte, 32))}
+			}
+			a, b := startUpload(t, hostOf(h), stranger(tc.first)), startUpload(t, hostOf(h), stranger(tc.second))
 
-	// One of the two takes the stranger's whole share; the other is
-	// refused at once, whichever came first.
-	answers := make(chan [2]any, 2)
-	for _, u := range []*upload{a, b} {
-		go func() {
-			code, msg := u.answer()
-			answers <- [2]any{code, msg}
-		}()
-	}
-	got := <-answers
-	if got[0] != http.StatusServiceUnavailable || !strings.Contains(got[1].(string), "per_client_bytes") {
-		t.Fatalf("second upload from one stranger: got %v %v, want 503 naming per_client_bytes", got[0], got[1])
-	}
+			// One of the two takes the stranger's whole share; the other is
+			// refused at once, whichever came first.
+			answers := make(chan [2]any, 2)
+			for _, u := range []*upload{a, b} {
+				go func() {
+					code, msg := u.answer()
+					answers <- [2]any{code, msg}
+				}()
+			}
+			got := <-answers
+			if got[0] != http.StatusServiceUnavailable || !strings.Contains(got[1].(string), "per_client_bytes") {
+				t.Fatalf("second upload from one stranger: got %v %v, want 503 naming per_client_bytes", got[0], got[1])
+			}
 
-	// The stranger holds a body's worth, as much as server.max_inflight_bytes:
-	// a real caller still gets in.
-	id := "msg_real"
-	a2 := h.send(hookReq{body: body, header: map[string]string{"X-Forwarded-For": "198.51.100.7",
-		"webhook-id": id, "webhook-timestamp": ts, "webhook-signature": signStandard(key, id, ts, body)}})
-	if a2.Code != http.StatusAccepted {
-		t.Fatalf("signed export while a stranger idles: got %d %s, want 202", a2.Code, a2.Raw)
-	}
+			// The stranger holds a body's worth, as much as server.max_inflight_bytes:
+			// a real caller still gets in.
+			id := "msg_real"
+			a2 := h.send(hookReq{body: body, header: map[string]string{"X-Forwarded-For": "198.51.100.7",
+				"webhook-id": id, "webhook-timestamp": ts, "webhook-signature": signStandard(key, id, ts, body)}})
+			if a2.Code != http.StatusAccepted {
+				t.Fatalf("signed export while a stranger idles: got %d %s, want 202", a2.Code, a2.Raw)
+			}
 
-	// The idle upload is cut off by unverified.read_timeout, and answered.
-	got = <-answers
-	if code := got[0].(int); code < 400 || code >= 500 {
-		t.Errorf("idle signed upload: got %v %v, want a 4xx once unverified.read_timeout passed", got[0], got[1])
+			// The idle upload is cut off by unverified.read_timeout, and answered.
+			got = <-answers
+			if code := got[0].(int); code < 400 || code >= 500 {
+				t.Errorf("idle signed upload: got %v %v, want a 4xx once unverified.read_timeout passed", got[0], got[1])
+			}
+		})
 	}
 }
 

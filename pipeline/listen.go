@@ -193,6 +193,18 @@ func (c clients) addr(r *http.Request) netip.Addr {
 	return client
 }
 
+// shareKey is whose share of the unverified budget a client address
+// draws on: the address itself for IPv4, its /64 for IPv6, since one
+// host usually holds a whole /64 and could rotate through it.
+func shareKey(a netip.Addr) netip.Addr {
+	if a.Is6() && !a.Is4In6() {
+		if pf, err := a.Prefix(64); err == nil {
+			return pf.Addr()
+		}
+	}
+	return a
+}
+
 func (c clients) isTrusted(a netip.Addr) bool {
 	for _, pf := range c.trusted {
 		if pf.Contains(a) {
@@ -257,6 +269,7 @@ var (
 func (b *bodyBudget) reserve(ctx context.Context, n int64, wait time.Duration, verified bool, client netip.Addr) (release func(), err error) {
 	pool, busy, gauge := b.verified, errBudgetBusy, &b.inflight.verified
 	if !verified {
+		client = shareKey(client)
 		pool, busy, gauge = b.unverified, errUnverifiedBusy, &b.inflight.unverified
 		b.mu.Lock()
 		if b.held[client]+n > b.perClient {
