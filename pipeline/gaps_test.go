@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -257,5 +259,40 @@ func TestShutdownDeadlineHandsBackInFlightDeliveries(t *testing.T) {
 	})
 	if ds := second.deadLetters("hang"); len(ds) != 0 {
 		t.Errorf("dead letters after the restart: %+v", ds[0])
+	}
+}
+
+// fileLines reads a file sink's output; nil while it does not exist.
+func fileLines(t *testing.T, path string) []string {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	return strings.Split(strings.TrimSpace(string(raw)), "\n")
+}
+
+// A sink's filter decides whether it gets an export: the filtered sink
+// gets only the export its filter matches, the other sink every export.
+// The filtered sink takes one request at a time, in order, so once it has
+// the second export it would already have had the first.
+func TestSinkFilterSkipsExports(t *testing.T) {
+	skipped, skippedIssue := samplePayload(t, "issue-frames.json")
+	wanted, wantedIssue := samplePayload(t, "issue-frames.json")
+	h := startHarness(t, head("")+
+		`  - {name: picky, type: file, path: out/picky.jsonl, max_in_flight: 1, filter: '.issue.id == "`+wantedIssue+`"'}
+  - {name: all, type: file, path: out/all.jsonl}
+`)
+	h.accept(skipped)
+	h.accept(wanted)
+	all, picky := filepath.Join(h.dir, "out/all.jsonl"), filepath.Join(h.dir, "out/picky.jsonl")
+	h.eventually(10*time.Second, "both sinks to get what they want", func() bool {
+		return len(fileLines(t, all)) == 2 && len(fileLines(t, picky)) >= 1
+	})
+	got := fileLines(t, picky)
+	has := func(line, issue string) bool { return strings.Contains(line, `"id":"`+issue+`"`) }
+	if len(got) != 1 || !has(got[0], wantedIssue) || has(got[0], skippedIssue) {
+		t.Errorf("the filtered sink wrote %d lines (first has the skipped issue %s: %v); want one, with issue %s",
+			len(got), skippedIssue, has(got[0], skippedIssue), wantedIssue)
 	}
 }
