@@ -50,6 +50,10 @@ func TestEmptyAdminAddrDisablesTheAdminListener(t *testing.T) {
 	cfg := strings.Replace(head(""), `server: {addr: ""`, `server: {addr: "127.0.0.1:0"`, 1) +
 		"  - {name: archive, type: file, path: out/archive.jsonl}\n"
 	h := startHarness(t, cfg)
+	// Run logs "labelpipe running" after opening every listener.
+	h.eventually(5*time.Second, "Run to have opened its listeners", func() bool {
+		return strings.Contains(h.logs.String(), "labelpipe running")
+	})
 	logs := h.logs.String()
 	if !strings.Contains(logs, "listener=webhook") {
 		t.Fatalf("no webhook listener in the log; the test proves nothing:\n%s", logs)
