@@ -264,8 +264,16 @@ func (p *Pipeline) buildSinks() error {
 	return nil
 }
 
+// handBackGrace is how long deliveries cancelled at the drain deadline
+// have to hand their requests back.
+const handBackGrace = time.Second
+
 func (p *Pipeline) buildRouter() error {
-	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: p.cfg.Server.ShutdownTimeout},
+	// Deliveries still running at the drain deadline are cancelled then,
+	// and need a moment to nack their requests and record them as handed
+	// back; without the grace the router could stop waiting first and the
+	// drain report would miss them.
+	r, err := message.NewRouter(message.RouterConfig{CloseTimeout: p.cfg.Server.ShutdownTimeout + handBackGrace},
 		newWatermillLogger(p.log.With("component", "router")))
 	if err != nil {
 		return fmt.Errorf("router: %w", err)
