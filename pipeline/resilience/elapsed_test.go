@@ -23,11 +23,12 @@ import (
 // successful probe ends the request before the budget is checked.
 func TestBreakerWaitSpendsNoElapsedBudget(t *testing.T) {
 	const (
-		callers      = 4
-		trip         = callers + 1 // the post-recovery 503s (callers-1) cannot re-trip it
-		open         = 100 * time.Millisecond
-		maxElapsed   = 60 * time.Millisecond // shorter than one open period
-		probeLatency = 70 * time.Millisecond // each failed probe outlasts max_elapsed too
+		callers    = 4
+		trip       = callers + 1 // the post-recovery 503s (callers-1) cannot re-trip it
+		open       = 250 * time.Millisecond
+		maxElapsed = 150 * time.Millisecond // shorter than one open period, with room for a slow start
+		// Each failed probe outlasts max_elapsed too.
+		probeLatency = 200 * time.Millisecond
 		failedProbes = 2
 	)
 	stores := []struct {
