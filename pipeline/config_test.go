@@ -123,6 +123,9 @@ func TestConfigErrors(t *testing.T) {
 			`stages[2] "sigv4": unknown stage type`,
 			`sinks[0] "labelbox": variables: invalid jq`,
 			`sinks[0] "labelbox": timeout: bad duration`,
+			// The unknown key beside it does not hide max_attempts: 0.
+			`:21:21: sinks[0] "labelbox": retry.max_attempts: must be ≥ 1`,
+			`:22:7: sinks[0] "labelbox": retry: unknown field "max_attempt"`,
 			`sinks[1] "labelbox": name is used by an earlier sink`,
 			`sinks[1] "labelbox": unknown sink type "kafka"`,
 			`sinks[2] "scale": filter: invalid jq`,

@@ -491,7 +491,7 @@ func (l *loader) decodeOptions(m *ast.MappingNode, skip map[string]bool, dst any
 	var keep []error
 	for _, e := range flatten(v.Validate()) {
 		var fe *FieldError
-		if errors.As(e, &fe) && failed[fieldKey(fe.Field)] {
+		if errors.As(e, &fe) && failedField(failed, fe.Field) {
 			continue
 		}
 		keep = append(keep, e)
@@ -499,18 +499,23 @@ func (l *loader) decodeOptions(m *ast.MappingNode, skip map[string]bool, dst any
 	l.validation(path, label, errors.Join(keep...))
 }
 
-// fieldKey is the key a field path starts with: "retry" for
-// "retry.max_attempts", "secrets" for "secrets[0]".
-func fieldKey(field string) string {
-	if i := strings.IndexAny(field, ".["); i >= 0 {
-		return field[:i]
+// failedField reports whether field (like "retry.max_attempts" or
+// "secrets[0]") is, or is below, a key that did not decode.
+func failedField(failed map[string]bool, field string) bool {
+	for i, r := range field {
+		if (r == '.' || r == '[') && failed[field[:i]] {
+			return true
+		}
 	}
-	return field
+	return failed[field]
 }
 
 // decode strictly decodes m into dst one key at a time, so that every bad
-// key is reported, each at its own position. It returns the keys that did
-// not decode.
+// key is reported, each at its own position. A nested mapping that does
+// not decode as a whole (say retry, with an unknown key) is decoded one
+// sub-key at a time, so that its good keys still reach dst and are
+// validated: a typo beside max_attempts must not hide max_attempts: 0. It
+// returns the dotted paths of the keys that did not decode.
 func (l *loader) decode(m *ast.MappingNode, dst any, label string) (failed map[string]bool) {
 	failed = map[string]bool{}
 	for _, mv := range m.Values {
@@ -520,34 +525,72 @@ func (l *loader) decode(m *ast.MappingNode, dst any, label string) (failed map[s
 		if err == nil {
 			continue
 		}
-		failed[mv.Key.String()] = true
-		var ye yaml.Error
-		if errors.As(err, &ye) && ye.GetToken() != nil && !strings.Contains(err.Error(), "time: ") {
-			path := label
-			if ye.GetToken() != mv.Key.GetToken() {
-				path += ": " + mv.Key.String() // the problem is inside this key's value
+		if sub, ok := mv.Value.(*ast.MappingNode); ok && len(sub.Values) > 1 {
+			if l.decodeEach(&one, mv, sub, dst, label, mv.Key.String(), failed) {
+				continue
 			}
-			l.yamlErr(path, err)
-			continue
 		}
-		msg := err.Error()
-		at, path := ast.Node(mv.Value), mv.Key.String()
-		if i := strings.LastIndex(msg, "time: "); i >= 0 {
-			cause := msg[i+len("time: "):]
-			msg = "bad duration: " + cause + ` (use e.g. "500ms", "30s", "24h")`
-			// The time package names the value, not the key: find the key
-			// below this one that holds it, so the error points there.
-			if q := strings.LastIndex(cause, `"`); q > 0 {
-				if p := strings.LastIndex(cause[:q], `"`); p >= 0 {
-					if n, sub := findScalar(mv.Value, cause[p+1:q]); n != nil {
-						at, path = n, path+sub
-					}
+		failed[mv.Key.String()] = true
+		l.decodeErr(mv, label, err)
+	}
+	return failed
+}
+
+// decodeEach decodes the sub-keys of mv's mapping value one at a time
+// into dst, reporting each one that fails at its own position. It returns
+// false if each sub-key decodes alone: then the problem is the whole
+// mapping's, for the caller to report.
+func (l *loader) decodeEach(one *ast.MappingNode, mv *ast.MappingValueNode, sub *ast.MappingNode, dst any, label, path string, failed map[string]bool) bool {
+	// wrap is the document {key: {sv}}: one sub-key under its parent key.
+	wrap := func(sv *ast.MappingValueNode) (*ast.MappingNode, *ast.MappingValueNode) {
+		inner := *sub
+		inner.Values = []*ast.MappingValueNode{sv}
+		outer := *mv
+		outer.Value = &inner
+		doc := *one
+		doc.Values = []*ast.MappingValueNode{&outer}
+		return &doc, &outer
+	}
+	anyBad := false
+	for _, sv := range sub.Values {
+		doc, outer := wrap(sv)
+		if err := yaml.NodeToValue(doc, dst, yaml.Strict()); err != nil {
+			anyBad = true
+			failed[path+"."+sv.Key.String()] = true
+			l.decodeErr(outer, label, err)
+		}
+	}
+	return anyBad
+}
+
+// decodeErr reports err, the failure to decode the one key mv, at the
+// position it names, or else at mv's value.
+func (l *loader) decodeErr(mv *ast.MappingValueNode, label string, err error) {
+	var ye yaml.Error
+	if errors.As(err, &ye) && ye.GetToken() != nil && !strings.Contains(err.Error(), "time: ") {
+		path := label
+		if ye.GetToken() != mv.Key.GetToken() {
+			path += ": " + mv.Key.String() // the problem is inside this key's value
+		}
+		l.yamlErr(path, err)
+		return
+	}
+	msg := err.Error()
+	at, path := ast.Node(mv.Value), mv.Key.String()
+	if i := strings.LastIndex(msg, "time: "); i >= 0 {
+		cause := msg[i+len("time: "):]
+		msg = "bad duration: " + cause + ` (use e.g. "500ms", "30s", "24h")`
+		// The time package names the value, not the key: find the key
+		// below this one that holds it, so the error points there.
+		if q := strings.LastIndex(cause, `"`); q > 0 {
+			if p := strings.LastIndex(cause[:q], `"`); p >= 0 {
+				if n, sub := findScalar(mv.Value, cause[p+1:q]); n != nil {
+					at, path = n, path+sub
 				}
 			}
 		}
-		l.add(at, label+": "+path, msg)
 	}
-	return failed
+	l.add(at, label+": "+path, msg)
 }
 
 // findScalar finds, below n, the mapping value whose scalar text is v and

@@ -1,6 +1,8 @@
 package stages_test
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -501,9 +503,33 @@ func TestDefaultDedupeKey(t *testing.T) {
 			}
 		})
 	}
+	// Keys outlive a release in Redis, so their derivation is pinned here,
+	// computed independently of the code under test.
+	pinned := func(prefix, doc string) string {
+		h := sha256.Sum256([]byte(prefix + doc))
+		return hex.EncodeToString(h[:])
+	}
+	if want := pinned("issue\x00", `["issue-exported","pedestrian_detection","issue_7f3c2a9e",["frame_000481","frame_000482","frame_000517"]]`); base != want {
+		t.Errorf("key of issue-frames.json = %s, want %s (event, project, issue id, sorted element ids)", base, want)
+	}
+
+	// Without an issue id the key is the content's: the same document in
+	// another key order and layout keys the same, any other content not.
 	test := samplePayload(t, "test-payload.json")
-	if key(test) != key(test) || key(test) == key(mutate(t, test, `.project = "other"`)) {
-		t.Fatal("payloads without an issue are not keyed by their content")
+	canonical := `{"dataset":{"id":"pedestrians_2024_06","name":"pedestrians_2024_06","status":"DONE"},"event":"dataset-complete","project":"pedestrian_detection"}`
+	if got, want := key(test), pinned("payload\x00", canonical); got != want {
+		t.Errorf("key of test-payload.json = %s, want %s", got, want)
+	}
+	reordered := []byte(`{ "project": "pedestrian_detection",
+		"dataset": {"status": "DONE", "name": "pedestrians_2024_06", "id": "pedestrians_2024_06"},
+		"event": "dataset-complete" }`)
+	if key(reordered) != key(test) {
+		t.Error("the same payload without an issue, reordered, keys differently")
+	}
+	for _, m := range []string{`.project = "other"`, `.dataset.status = "RUNNING"`, `.dataset.extra = 1`} {
+		if key(mutate(t, test, m)) == key(test) {
+			t.Errorf("payload without an issue after %s keys the same: its content is not all in the key", m)
+		}
 	}
 }
 

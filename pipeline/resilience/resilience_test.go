@@ -220,8 +220,10 @@ func expectTransitions(t *testing.T, ch chan string, want ...string) {
 func TestBreakerOpensWaitsAndRecovers(t *testing.T) {
 	const open = 200 * time.Millisecond
 	c := fastConfig()
-	c.Retry = resilience.Retry{MaxAttempts: 10, InitialInterval: time.Millisecond, MaxInterval: time.Millisecond,
-		MaxElapsed: 100 * time.Millisecond} // shorter than the open period: waiting for the breaker must not spend it
+	// No max_elapsed claim here: with one caller the wait ends in a probe
+	// and a good probe ends Do before the budget is checked.
+	// TestBreakerWaitSpendsNoElapsedBudget checks that budget.
+	c.Retry = resilience.Retry{MaxAttempts: 10, InitialInterval: time.Millisecond, MaxInterval: time.Millisecond}
 	c.Breaker.ConsecutiveFailures = 3
 	c.Breaker.OpenTimeout = open
 	ch, onChange := transitions()
@@ -530,8 +532,12 @@ func TestFailedProbesSpendNoBudget(t *testing.T) {
 				ch, onChange := transitions()
 				p := newPolicy(t, c, resilience.Options{Name: "labelbox", Store: st.store(), OnStateChange: onChange})
 
-				var seen []resilience.Attempt // Do calls attempt sequentially
-				n, err := p.Do(t.Context(), func(ctx context.Context, a resilience.Attempt) error {
+				var (
+					seen  []resilience.Attempt // Resume calls attempt sequentially
+					saved []time.Duration      // Progress.Elapsed after each retried failure
+				)
+				save := func(pr resilience.Progress) { saved = append(saved, pr.Elapsed) }
+				n, err := p.Resume(t.Context(), resilience.Progress{}, save, func(ctx context.Context, a resilience.Attempt) error {
 					seen = append(seen, a)
 					switch {
 					case len(seen) <= trip:
@@ -565,6 +571,19 @@ func TestFailedProbesSpendNoBudget(t *testing.T) {
 				for i, a := range seen {
 					if a.N != i+1 {
 						t.Errorf("attempt %d has N=%d: N must count every attempt, probes included", i+1, a.N)
+					}
+				}
+				// Only Do's end checks max_elapsed, and a good probe ends it
+				// first: the saved progress is what shows whether the open
+				// periods or failed probes were counted.
+				if tt.maxElapsed > 0 {
+					if len(saved) < trip+probes-1 {
+						t.Fatalf("saved progress %d times, want once per retried failure (%d)", len(saved), trip+probes-1)
+					}
+					for i, e := range saved {
+						if e > tt.maxElapsed {
+							t.Errorf("progress saved after attempt %d has Elapsed %v > max_elapsed %v: breaker waits or failed probes were counted", i+1, e, tt.maxElapsed)
+						}
 					}
 				}
 				// Every probe came after its own open period.

@@ -125,31 +125,44 @@ func TestSharedBreakerAcrossReplicas(t *testing.T) {
 	}
 }
 
+// TestSharedBreakerDoesNotSerialiseAttempts: the store's lock guards only
+// the bookkeeping, never an attempt. On Redis a busy lock is polled, not
+// refused at once as in memory, so both are run.
 func TestSharedBreakerDoesNotSerialiseAttempts(t *testing.T) {
-	a, _, _ := sharedPair(t, fastConfig())
-	const n = 3
-	var started sync.WaitGroup
-	started.Add(n)
-	all := make(chan struct{})
-	go func() { started.Wait(); close(all) }()
-	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() {
-			_, err := a.Do(t.Context(), func(ctx context.Context, _ resilience.Attempt) error {
-				started.Done()
-				select { // every attempt is under way at once, or none finishes
-				case <-all:
-					return nil
-				case <-time.After(3 * time.Second):
-					return errors.New("attempts were serialised")
-				}
-			})
-			if err != nil {
-				t.Error(err)
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			handle := be.start(t)
+			ps, _ := replicas(t, fastConfig(), handle, resilience.Options{}, resilience.Options{})
+			const n = 4
+			var started sync.WaitGroup
+			started.Add(n)
+			all := make(chan struct{})
+			go func() { started.Wait(); close(all) }()
+			var wg sync.WaitGroup
+			for i := range n {
+				p := ps[i%len(ps)] // two callers on each replica
+				wg.Go(func() {
+					var once sync.Once // a retry must not count as another caller
+					_, err := p.Do(t.Context(), func(ctx context.Context, _ resilience.Attempt) error {
+						once.Do(started.Done)
+						select { // every attempt is under way at once, or none finishes
+						case <-all:
+							return nil
+						case <-time.After(3 * time.Second):
+							// Not retried away: a later attempt would
+							// find every caller started and succeed.
+							t.Error("attempts were serialised: not every caller's attempt was under way at once")
+							return errPerm
+						}
+					})
+					if err != nil && !errors.Is(err, resilience.ErrPermanent) {
+						t.Error(err)
+					}
+				})
 			}
+			wg.Wait()
 		})
 	}
-	wg.Wait()
 }
 
 func TestSharedBreakerSurvivesLostState(t *testing.T) {
@@ -456,6 +469,23 @@ func TestSharedBreakerOpenElsewhereStopsAttempts(t *testing.T) {
 	}
 }
 
+// downStores are shared stores a test can take down and bring back: in
+// memory, whose calls fail at once, and a real redis-server, whose client
+// has to notice the server is gone and whose Lock polls a busy lock.
+var downStores = []struct {
+	name  string
+	start func(t *testing.T) (store gobreaker.SharedDataStore, down, up func())
+}{
+	{"memory", func(*testing.T) (gobreaker.SharedDataStore, func(), func()) {
+		s := newMemStore()
+		return s, func() { s.down.Store(true) }, func() { s.down.Store(false) }
+	}},
+	{"redis", func(t *testing.T) (gobreaker.SharedDataStore, func(), func()) {
+		srv := redistest.Start(t)
+		return redisb.NewBreakerStore(srv.Client(t), "test:"), srv.Stop, srv.Restart
+	}},
+}
+
 func TestSharedBreakerStoreDownDoesNotStopDeliveries(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -464,38 +494,46 @@ func TestSharedBreakerStoreDownDoesNotStopDeliveries(t *testing.T) {
 		{"admissions read the store", time.Millisecond},
 		{"admissions trust their view", time.Minute},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := fastConfig()
-			c.Retry.MaxAttempts = 3
-			c.Breaker = resilience.Breaker{ConsecutiveFailures: 2, OpenTimeout: time.Minute, SyncInterval: tt.syncEvery}
-			store := newMemStore()
-			var logs testutil.LockedBuffer
-			p := newPolicy(t, c, resilience.Options{Name: "labelbox", Store: store, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-			store.down.Store(true)
-			start := time.Now()
-			for range 3 {
-				s := &script{errs: []error{errRetry}}
-				if n, err := p.Do(t.Context(), s.attempt); n != 2 || err != nil {
-					t.Fatalf("Do = %d, %v; want a retry then success despite the store", n, err)
+	for _, st := range downStores {
+		for _, tt := range tests {
+			t.Run(st.name+"/"+tt.name, func(t *testing.T) {
+				c := fastConfig()
+				c.Retry.MaxAttempts = 3
+				c.Breaker = resilience.Breaker{ConsecutiveFailures: 2, OpenTimeout: time.Minute, SyncInterval: tt.syncEvery}
+				store, down, up := st.start(t)
+				var logs testutil.LockedBuffer
+				p := newPolicy(t, c, resilience.Options{Name: "labelbox", Store: store, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+				// A first delivery while the store answers gives the replica
+				// a view to trust. (A replica that never saw the store is
+				// TestSharedBreakerStoreDownAtNew's.)
+				if _, err := p.Do(t.Context(), (&script{}).attempt); err != nil {
+					t.Fatal(err)
 				}
-			}
-			// Recording gives up at once when the store does not answer,
-			// rather than waiting for a lock it cannot get.
-			if el := time.Since(start); el > 2*time.Second {
-				t.Fatalf("deliveries took %v with the store down", el)
-			}
-			if got := strings.Count(logs.String(), "shared breaker state"); got != 1 {
-				t.Fatalf("store outage logged %d times, want once:\n%s", got, logs.String())
-			}
-			store.down.Store(false)
-			if _, err := p.Do(t.Context(), (&script{errs: []error{errRetry}}).attempt); err != nil {
-				t.Fatal(err)
-			}
-			if !strings.Contains(logs.String(), "shared breaker state available again") {
-				t.Fatalf("store recovery not logged:\n%s", logs.String())
-			}
-		})
+				down()
+				start := time.Now()
+				for range 3 {
+					s := &script{errs: []error{errRetry}}
+					if n, err := p.Do(t.Context(), s.attempt); n != 2 || err != nil {
+						t.Fatalf("Do = %d, %v; want a retry then success despite the store", n, err)
+					}
+				}
+				// Recording gives up at once when the store does not answer,
+				// rather than waiting for a lock it cannot get.
+				if el := time.Since(start); el > 2*time.Second {
+					t.Fatalf("deliveries took %v with the store down", el)
+				}
+				if got := strings.Count(logs.String(), "shared breaker state"); got != 1 {
+					t.Fatalf("store outage logged %d times, want once:\n%s", got, logs.String())
+				}
+				up()
+				if _, err := p.Do(t.Context(), (&script{errs: []error{errRetry}}).attempt); err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(logs.String(), "shared breaker state available again") {
+					t.Fatalf("store recovery not logged:\n%s", logs.String())
+				}
+			})
+		}
 	}
 }
 

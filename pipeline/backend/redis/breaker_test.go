@@ -1,12 +1,15 @@
 package redis_test
 
 import (
+	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/labelpipe/labelpipe/internal/redistest"
@@ -93,14 +96,33 @@ func TestRedisBreakerStoreLock(t *testing.T) {
 		t.Fatalf("lock wait was not bounded: %s", d)
 	}
 
-	// s2 waits while s1 holds the lock and gets it once s1 lets go.
+	// s3 waits while s1 holds the lock and gets it once s1 lets go: s1
+	// lets go only after s3 was refused, so s3 provably tried during the
+	// hold and waited instead of giving up.
+	tries := make(chan bool, 128)
+	c3 := srv.Client(t)
+	c3.AddHook(lockTries(tries))
+	s3 := redisb.NewBreakerStore(c3, testPrefix)
 	got := make(chan error, 1)
-	go func() { got <- s2.Lock("m") }()
+	go func() { got <- s3.Lock("m") }()
+	select {
+	case ok := <-tries:
+		if ok {
+			t.Fatal("s3 took the lock while s1 held it")
+		}
+	case err := <-got:
+		t.Fatalf("s3's Lock returned %v before trying the held lock", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("s3 never tried the lock")
+	}
 	if err := s1.Unlock("m"); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-got; err != nil {
-		t.Fatalf("lock after unlock: %v", err)
+		t.Fatalf("s3 did not wait for the lock s1 released: %v", err)
+	}
+	if n := drainTrue(tries); n != 1 {
+		t.Fatalf("s3 took the lock %d times, want once after s1 let go", n)
 	}
 
 	// An unlock by someone who lost the lock does not release the holder's.
@@ -143,24 +165,44 @@ func TestRedisBreakerStoreData(t *testing.T) {
 
 func TestRedisBreakerStoreMutualExclusion(t *testing.T) {
 	srv := redistest.Start(t)
-	stores := []gobreaker.SharedDataStore{
-		redisb.NewBreakerStore(srv.Client(t), testPrefix),
-		redisb.NewBreakerStore(srv.Client(t), testPrefix),
+	tries := make(chan bool, 1024)
+	stores := make([]gobreaker.SharedDataStore, 2)
+	for i := range stores {
+		c := srv.Client(t)
+		c.AddHook(lockTries(tries))
+		stores[i] = redisb.NewBreakerStore(c, testPrefix)
 	}
 	var (
-		inside atomic.Int32
-		wg     sync.WaitGroup
+		inside, most atomic.Int32
+		refused      atomic.Int32
+		wg           sync.WaitGroup
 	)
+	// Count refusals as they happen, so that the buffer never fills.
+	counted := make(chan struct{})
+	go func() {
+		defer close(counted)
+		for ok := range tries {
+			if !ok {
+				refused.Add(1)
+			}
+		}
+	}()
+	ping := srv.Client(t)
 	for i := range 6 {
 		s := stores[i%2]
 		wg.Go(func() {
-			for range 10 {
+			for range 15 {
 				if err := s.Lock("x"); err != nil {
 					t.Error(err)
 					return
 				}
-				if n := inside.Add(1); n != 1 {
-					t.Errorf("%d holders at once", n)
+				n := inside.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				// Hold the lock across a Redis round trip, long enough
+				// for the others' attempts to land inside the hold.
+				if err := ping.Ping(t.Context()).Err(); err != nil {
+					t.Error(err)
 				}
 				inside.Add(-1)
 				if err := s.Unlock("x"); err != nil {
@@ -171,4 +213,46 @@ func TestRedisBreakerStoreMutualExclusion(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	close(tries)
+	<-counted
+	if m := most.Load(); m != 1 {
+		t.Errorf("%d holders at once, want 1", m)
+	}
+	// Without contention the check above could not fail.
+	if refused.Load() == 0 {
+		t.Error("no Lock was ever refused: the holders never overlapped in time")
+	}
+}
+
+// lockTries reports the answer to every SET NX (Lock's attempt) a client
+// makes: true when it took the lock.
+type lockTries chan bool
+
+func (h lockTries) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+func (h lockTries) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return next
+}
+func (h lockTries) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		err := next(ctx, cmd)
+		if bc, ok := cmd.(*goredis.BoolCmd); ok && err == nil && strings.EqualFold(cmd.Name(), "set") {
+			h <- bc.Val()
+		}
+		return err
+	}
+}
+
+// drainTrue counts the successful tries left in ch.
+func drainTrue(ch chan bool) int {
+	n := 0
+	for {
+		select {
+		case ok := <-ch:
+			if ok {
+				n++
+			}
+		default:
+			return n
+		}
+	}
 }
