@@ -25,7 +25,10 @@ func TestKillsAtTheDangerousMoments(t *testing.T) {
 		// second, and each piece of work goes out again once.
 		// after-delivery killed between a vendor's answer and the
 		// delivered-record, so that request goes out again once after
-		// the restart. Scale and Labelbox must absorb such a repeat.
+		// the restart; the export was confirmed to dedupe right after
+		// its publish, long before a delivery, so a caller's retry is
+		// answered "duplicate" and adds none. Scale and Labelbox must
+		// absorb the repeat.
 		maxRepeats int
 	}{{"before-publish", noRepeat}, {"after-publish", oneRepeat}, {"after-delivery", oneRepeat}} {
 		point := tc.point
