@@ -22,15 +22,12 @@ func TestKillsAtTheDangerousMoments(t *testing.T) {
 		// maxRepeats: before-publish stored nothing, so the retry is the
 		// only copy. after-publish stored an export nobody was told
 		// about; if the retry is not answered "duplicate" it stores a
-		// second, and each piece of work goes out again once.
-		// after-delivery killed between a vendor's answer and the
-		// delivered-record, so that request goes out again once after
-		// the restart; the export was confirmed to dedupe right after
-		// its publish, long before a delivery, so a caller's retry is
-		// answered "duplicate" and adds none. Scale and Labelbox must
-		// absorb the repeat.
+		// second (oneRepeat). after-delivery killed between a vendor's
+		// answer and the delivered-record, with other requests in
+		// flight: see killRepeats. Scale and Labelbox must absorb every
+		// repeat.
 		maxRepeats int
-	}{{"before-publish", noRepeat}, {"after-publish", oneRepeat}, {"after-delivery", oneRepeat}} {
+	}{{"before-publish", noRepeat}, {"after-publish", oneRepeat}, {"after-delivery", killRepeats}} {
 		point := tc.point
 		t.Run(point, func(t *testing.T) {
 			r := newRig(t, bin, rigOptions{dedupeHold: "1s"})

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -87,7 +88,7 @@ func testCrashUnderLoad(t *testing.T, bin string) {
 		t.Fatal("replica a accepted nothing")
 	}
 	r.waitDelivered(t, ids, 60*time.Second)
-	r.checkExactlyOnce(t, ids, loadKillRepeats)
+	r.checkExactlyOnce(t, ids, killRepeats)
 	// Label Studio has no idempotency key: only requests in flight at the
 	// kill may repeat, at most its max_in_flight.
 	if d := r.ls.Duplicates(); d > lsInFlight {
@@ -128,7 +129,7 @@ func testTwoReplicas(t *testing.T, bin string) {
 	l.waitAccepted(t, l.acceptedCount()+20)
 	more := l.stop()
 	r.waitDelivered(t, append(ids, more...), 30*time.Second)
-	r.checkExactlyOnce(t, append(ids, more...), loadKillRepeats) // a was killed holding work
+	r.checkExactlyOnce(t, append(ids, more...), killRepeats) // a was killed holding work
 }
 
 // testRedisRestart: Redis is killed (AOF, fsync always) under load and
@@ -161,7 +162,7 @@ func testRedisRestart(t *testing.T, bin string) {
 		}
 	}
 	r.waitDelivered(t, ids, 60*time.Second)
-	r.checkExactlyOnce(t, ids, loadKillRepeats) // redis died under deliveries and publishes
+	r.checkExactlyOnce(t, ids, killRepeats) // redis died under deliveries and publishes
 }
 
 // testStartWithRedisDown: the daemon starts while Redis is down (nothing
@@ -789,23 +790,24 @@ const (
 	// sink, chunk) skips whatever was already delivered and no vendor
 	// sees a repeat (README, Delivery guarantees).
 	noRepeat = 0
-	// oneRepeat: a kill at one failpoint repeats a piece of work at most
-	// once (see failpoint_test.go for why, point by point). Scale
-	// and Labelbox answer such a repeat "already done" (their idempotency
-	// keys derive from the content); Label Studio imports it again.
+	// oneRepeat: an export stored but neither confirmed to dedupe nor
+	// answered is stored again by the caller's retry, under another
+	// export id (another trace), so each piece of work goes out once
+	// more. Scale and Labelbox answer the repeat "already done" (their
+	// idempotency keys derive from the content); Label Studio imports it
+	// again.
 	oneRepeat = 1
-	// loadKillRepeats: one SIGKILL of a replica (or of Redis) under load
-	// repeats a piece of work by more than one way at once. A request the
-	// vendor got before its delivered-record was written goes out again
-	// when its message is claimed (XCLAIM hands it to one consumer only);
-	// if the fan-out of its export was not acked either, the fan-out runs
-	// again and queues a second copy, which the delivered-record stops
-	// only once the first copy's record is written; and an export stored
-	// but not confirmed to dedupe is stored again by the caller's retry.
-	// Seen once in about ten runs: a Labelbox batch sent three times, two
-	// answered "already exists". The failure message lists the requests'
-	// traces, to tell one export's redeliveries from another export.
-	loadKillRepeats = 2
+	// killRepeats: a kill while requests are in flight. A request the
+	// vendor got before its delivered-record was written is delivered
+	// again after the restart, and can go out twice more in the same
+	// trace: likely the claimed sink message and the copy queued when
+	// the export's unacked fan-out runs again; the delivered-record check
+	// does not stop the two while both are under way (seen: a Labelbox
+	// batch sent at +0ms before the kill, then at +43ms and +47ms). With
+	// a caller's retry (oneRepeat) on top under load, a third is
+	// possible in principle; this bound asserts it did not happen. The
+	// failure message lists the requests' traces.
+	killRepeats = 2
 )
 
 // checkExactlyOnce: Scale and Labelbox hold each export exactly once
@@ -852,12 +854,17 @@ func (r *rig) checkExactlyOnce(t *testing.T, ids []string, maxRepeats int) {
 // a task for each.
 func (r *rig) checkRepeats(t *testing.T, ids []string, maxRepeats int) {
 	t.Helper()
-	total := 0
-	check := func(vendor, what string, c vendortest.KeyCount, wantAccepted int) {
+	total, most := 0, 0
+	// needles are what a request's body holds when it carries the key.
+	check := func(vendor, what string, needles []string, c vendortest.KeyCount, wantAccepted int) {
 		t.Helper()
 		total += c.Duplicates
+		most = max(most, c.Duplicates)
+		if c.Duplicates > 0 {
+			t.Logf("%s got %s %d times again: %s", vendor, what, c.Duplicates, r.tracesOf(vendor, needles))
+		}
 		if c.Duplicates > maxRepeats {
-			t.Errorf("%s got %s %d times again (%+v), want at most %d; %s", vendor, what, c.Duplicates, c, maxRepeats, r.tracesOf(vendor, what))
+			t.Errorf("%s got %s %d times again (%+v), want at most %d; %s", vendor, what, c.Duplicates, c, maxRepeats, r.tracesOf(vendor, needles))
 		}
 		if c.Accepted != wantAccepted {
 			t.Errorf("%s acted on %s %d times (%+v), want %d", vendor, what, c.Accepted, c, wantAccepted)
@@ -867,10 +874,10 @@ func (r *rig) checkRepeats(t *testing.T, ids []string, maxRepeats int) {
 	for _, id := range ids {
 		for _, tk := range scale[id] {
 			el, _ := tk.Metadata["element_id"].(string)
-			check("scale", fmt.Sprintf("issue %s element %s (unique_id %s)", id, el, tk.UniqueID), r.scale.CountsFor(tk.UniqueID), 1)
+			check("scale", fmt.Sprintf("issue %s element %s (unique_id %s)", id, el, tk.UniqueID), []string{tk.UniqueID}, r.scale.CountsFor(tk.UniqueID), 1)
 		}
 		for _, bt := range batches[id] {
-			check("labelbox", fmt.Sprintf("issue %s (batch %s)", id, bt.Name), r.labelbox.CountsFor(bt.Name), 1)
+			check("labelbox", fmt.Sprintf("issue %s (batch %s)", id, bt.Name), []string{bt.Name}, r.labelbox.CountsFor(bt.Name), 1)
 		}
 		perElement := map[string]int{} // tasks per element
 		for _, tk := range ls[id] {
@@ -881,21 +888,20 @@ func (r *rig) checkRepeats(t *testing.T, ids []string, maxRepeats int) {
 			c := r.ls.CountsFor(vendortest.LabelStudioKey(id, el))
 			// Every import of the element, the first and each repeat,
 			// made a task.
-			check("label studio", fmt.Sprintf("issue %s element %s", id, el), c, 1+c.Duplicates)
+			check("label studio", fmt.Sprintf("issue %s element %s", id, el), []string{`"` + id + `"`, `"` + el + `"`}, c, 1+c.Duplicates)
 			if n != c.Accepted {
 				t.Errorf("label studio holds %d tasks of issue %s element %s, but counted %d imports of it", n, id, el, c.Accepted)
 			}
 		}
 	}
-	t.Logf("%d repeats over %d exports (at most %d per issue element and vendor allowed)", total, len(ids), maxRepeats)
+	t.Logf("%d repeats over %d exports, at most %d of one piece of work (%d allowed)", total, len(ids), most, maxRepeats)
 }
 
-// tracesOf lists the traces of a vendor's requests whose body mentions
-// the key in what (after its last space, without the closing paren), to
-// tell a redelivery (one export's trace) from a caller's retry (another
-// export's): for failure messages.
-func (r *rig) tracesOf(vendor, what string) string {
-	key := strings.TrimSuffix(what[strings.LastIndex(what, " ")+1:], ")")
+// tracesOf lists the traces of a vendor's requests whose body holds
+// every needle, to tell a redelivery (one export's trace) from a caller's
+// retry (another export's): for logs and failure messages. A Label Studio
+// import holding the element among others is listed too.
+func (r *rig) tracesOf(vendor string, needles []string) string {
 	var srv *vendortest.Server
 	switch vendor {
 	case "scale":
@@ -907,7 +913,7 @@ func (r *rig) tracesOf(vendor, what string) string {
 	}
 	var out []string
 	for _, req := range srv.Requests() {
-		if bytes.Contains(req.Body, []byte(key)) {
+		if !slices.ContainsFunc(needles, func(n string) bool { return !bytes.Contains(req.Body, []byte(n)) }) {
 			tp := req.Traceparent()
 			if len(tp) > 35 {
 				tp = tp[3:35]
