@@ -21,13 +21,11 @@ func TestKillsAtTheDangerousMoments(t *testing.T) {
 		point string
 		// maxRepeats: before-publish stored nothing, so the retry is the
 		// only copy. after-publish stored an export nobody was told
-		// about; if the retry is not answered "duplicate" it stores a
-		// second (oneRepeat). after-delivery killed between a vendor's
-		// answer and the delivered-record, with other requests in
-		// flight: see killRepeats. Scale and Labelbox must absorb every
-		// repeat.
+		// about, and after-delivery killed between a vendor's answer and
+		// the delivered-record: see killRepeats. Scale and Labelbox must
+		// absorb every repeat.
 		maxRepeats int
-	}{{"before-publish", noRepeat}, {"after-publish", oneRepeat}, {"after-delivery", killRepeats}} {
+	}{{"before-publish", noRepeat}, {"after-publish", killRepeats}, {"after-delivery", killRepeats}} {
 		point := tc.point
 		t.Run(point, func(t *testing.T) {
 			r := newRig(t, bin, rigOptions{dedupeHold: "1s"})

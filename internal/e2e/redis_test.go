@@ -790,22 +790,21 @@ const (
 	// sink, chunk) skips whatever was already delivered and no vendor
 	// sees a repeat (README, Delivery guarantees).
 	noRepeat = 0
-	// oneRepeat: an export stored but neither confirmed to dedupe nor
-	// answered is stored again by the caller's retry, under another
-	// export id (another trace), so each piece of work goes out once
-	// more. Scale and Labelbox answer the repeat "already done" (their
-	// idempotency keys derive from the content); Label Studio imports it
-	// again.
-	oneRepeat = 1
-	// killRepeats: a kill while requests are in flight. A request the
-	// vendor got before its delivered-record was written is delivered
-	// again after the restart, and can go out twice more in the same
-	// trace: likely the claimed sink message and the copy queued when
-	// the export's unacked fan-out runs again; the delivered-record check
-	// does not stop the two while both are under way (seen: a Labelbox
-	// batch sent at +0ms before the kill, then at +43ms and +47ms). With
-	// a caller's retry (oneRepeat) on top under load, a third is
-	// possible in principle; this bound asserts it did not happen. The
+	// killRepeats: one SIGKILL (of a replica, or of Redis) lets a piece
+	// of work go out again, in ways seen in these tests:
+	//   - a request the vendor got before its delivered-record was
+	//     written is delivered again after the restart;
+	//   - after the restart, an export's work can go out twice within a
+	//     millisecond in the same trace (two copies under way at once,
+	//     which the delivered-record check does not stop), also when the
+	//     kill came before any delivery (after-publish);
+	//   - an export stored but neither confirmed to dedupe nor answered
+	//     is stored again by the caller's retry, under another export id
+	//     and trace.
+	// At most two of these have been seen on one piece of work; all three
+	// at once would be a third repeat and fails here. Scale and Labelbox
+	// must answer every repeat "already done" (their idempotency keys
+	// derive from the content); Label Studio imports it again. The
 	// failure message lists the requests' traces.
 	killRepeats = 2
 )
@@ -813,7 +812,7 @@ const (
 // checkExactlyOnce: Scale and Labelbox hold each export exactly once
 // (their idempotency keys make a repeat harmless), Label Studio at least
 // once, and nothing but these exports reached them. Each piece of work
-// was sent again at most maxRepeats times (see noRepeat, oneRepeat).
+// was sent again at most maxRepeats times (see noRepeat, killRepeats).
 func (r *rig) checkExactlyOnce(t *testing.T, ids []string, maxRepeats int) {
 	t.Helper()
 	defer r.checkRepeats(t, ids, maxRepeats)
