@@ -54,8 +54,30 @@ func NewLabelbox(tb testing.TB, apiKey string) *Labelbox {
 	l := &Labelbox{apiKey: apiKey, batches: map[string][]LabelboxBatch{}}
 	l.Server = newServer(tb, l.handle, func(status int) any {
 		return map[string]any{"errors": []any{gqlErrorBody(http.StatusText(status), "INTERNAL_SERVER_ERROR")}}
-	})
+	}, labelboxKeys)
 	return l
+}
+
+// labelboxKeys is the batch name a request's variables carry (as $name
+// or $input.name), the key Labelbox counts it by.
+func labelboxKeys(_ *http.Request, body []byte) []string {
+	var req struct {
+		Variables struct {
+			Name  any `json:"name"`
+			Input struct {
+				Name any `json:"name"`
+			} `json:"input"`
+		} `json:"variables"`
+	}
+	if json.Unmarshal(body, &req) != nil {
+		return nil
+	}
+	for _, v := range []any{req.Variables.Name, req.Variables.Input.Name} {
+		if name, ok := v.(string); ok && name != "" {
+			return []string{name}
+		}
+	}
+	return nil
 }
 
 // Endpoint is the GraphQL endpoint URL.

@@ -49,10 +49,39 @@ func lsTaskKey(data, meta map[string]any) string {
 	issue, _ := meta["issue_id"].(string)
 	el, _ := meta["element_id"].(string)
 	if issue != "" && el != "" {
-		return "element\x00" + issue + "\x00" + el
+		return LabelStudioKey(issue, el)
 	}
 	k, _ := json.Marshal(map[string]any{"data": data, "meta": meta}) // map keys sort: canonical
 	return string(k)
+}
+
+// LabelStudioKey is the key Label Studio's counts per key use for a task
+// of an Aquarium issue element (meta.issue_id, meta.element_id).
+func LabelStudioKey(issueID, elementID string) string {
+	return "element\x00" + issueID + "\x00" + elementID
+}
+
+// labelStudioKeys are the keys of the tasks an import carries, each once.
+func labelStudioKeys(r *http.Request, body []byte) []string {
+	if !strings.HasSuffix(r.URL.Path, "/import") {
+		return nil
+	}
+	var items []struct {
+		Data map[string]any `json:"data"`
+		Meta map[string]any `json:"meta"`
+	}
+	if json.Unmarshal(body, &items) != nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, t := range items {
+		if k := lsTaskKey(t.Data, t.Meta); !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // LabelStudioMaxTasks is how many tasks one import may hold.
@@ -64,7 +93,7 @@ func NewLabelStudio(tb testing.TB, token string) *LabelStudio {
 	l := &LabelStudio{token: token, tasks: map[int][]LabelStudioTask{}, seen: map[int]map[string]bool{}, cleared: map[int][]int{}}
 	l.Server = newServer(tb, l.handle, func(status int) any {
 		return map[string]any{"status_code": status, "detail": http.StatusText(status)}
-	})
+	}, labelStudioKeys)
 	return l
 }
 
@@ -167,20 +196,24 @@ func (l *LabelStudio) importTasks(project int, body []byte) reply {
 	if l.seen[project] == nil {
 		l.seen[project] = map[string]bool{}
 	}
-	dup := false
+	// A task repeats earlier work if an earlier import carried its key.
+	dupKeys := map[string]bool{}
 	for i := range tasks {
 		l.nextID++
 		tasks[i].ID = l.nextID
-		dup = dup || l.seen[project][keys[i]]
+		if l.seen[project][keys[i]] {
+			dupKeys[keys[i]] = true
+		}
 	}
 	for _, k := range keys {
 		l.seen[project][k] = true
 	}
+	dup := len(dupKeys) > 0
 	l.tasks[project] = append(l.tasks[project], tasks...)
 	if dup {
 		l.countDuplicateAccepted()
 	}
-	return reply{status: http.StatusCreated, outcome: Accepted, body: map[string]any{
+	return reply{status: http.StatusCreated, outcome: Accepted, dupKeys: dupKeys, body: map[string]any{
 		"task_count": len(tasks), "annotation_count": 0, "prediction_count": 0, "duration": 0.01,
 		"file_upload_ids": []int{}, "could_be_tasks_list": false, "found_formats": []string{}, "data_columns": []string{},
 	}}

@@ -54,8 +54,23 @@ var scaleGeometries = []string{"box", "polygon", "line", "point", "cuboid", "ell
 // closed when the test ends.
 func NewScale(tb testing.TB, apiKey string) *Scale {
 	s := &Scale{apiKey: apiKey, byUID: map[string]int{}, batches: map[string]*ScaleBatch{}}
-	s.Server = newServer(tb, s.handle, func(status int) any { return scaleError(status, http.StatusText(status)) })
+	s.Server = newServer(tb, s.handle, func(status int) any { return scaleError(status, http.StatusText(status)) }, scaleKeys)
 	return s
+}
+
+// scaleKeys is a task request's unique_id, the key Scale counts it by.
+func scaleKeys(r *http.Request, body []byte) []string {
+	if r.URL.Path != "/v1/task/imageannotation" {
+		return nil
+	}
+	obj, err := jsonObject(body)
+	if err != nil {
+		return nil
+	}
+	if uid, ok := obj["unique_id"].(string); ok && uid != "" {
+		return []string{uid}
+	}
+	return nil
 }
 
 // TaskURL is the URL to create image annotation tasks at.

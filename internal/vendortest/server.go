@@ -9,6 +9,12 @@
 // work (Scale: a used unique_id; Labelbox: a taken batch name; Label
 // Studio: tasks already imported) is a "duplicate". A test asserts
 // "delivered once" as Accepted() == 1 && Duplicates() == 0.
+//
+// The same counts are kept per key, for every request that carries one
+// whatever the answer (see CountsFor): Scale's unique_id, Labelbox's
+// batch name, Label Studio's issue element (LabelStudioKey). So a test can
+// tell which piece of work was repeated, and how often, not only that
+// something was.
 package vendortest
 
 import (
@@ -53,6 +59,21 @@ type Request struct {
 	At      time.Time
 }
 
+// KeyCount is what a fake saw of one key: an idempotency key, or for Label
+// Studio, which has none, an issue element.
+type KeyCount struct {
+	// Requests counts every request carrying the key, whatever the
+	// answer: injected failures and rejections included.
+	Requests int
+	// Accepted counts the requests the fake acted on.
+	Accepted int
+	// Duplicates counts the requests that repeated earlier work for the
+	// key. Scale and Labelbox answer them "already done" (409, "already
+	// exists") and change nothing; Label Studio acts on them again, so
+	// they count as accepted too.
+	Duplicates int
+}
+
 // Traceparent is the request's W3C traceparent header.
 func (r Request) Traceparent() string { return r.Header.Get("Traceparent") }
 
@@ -62,6 +83,9 @@ type reply struct {
 	header  map[string]string
 	body    any // encoded as JSON unless []byte
 	outcome Outcome
+	// dupKeys, when set, are the request's keys that repeated earlier
+	// work although the request as a whole is accepted (Label Studio).
+	dupKeys map[string]bool
 }
 
 // failure is one scripted failure.
@@ -84,12 +108,16 @@ type Server struct {
 	handle func(r *http.Request, body []byte) reply
 	// failBody is the vendor's error body for an injected status.
 	failBody func(status int) any
+	// keysOf names the keys a request carries (nil: none), for the counts
+	// per key. It sees every request, also those never handled.
+	keysOf func(r *http.Request, body []byte) []string
 
 	mu         sync.Mutex
 	reqs       []Request
 	arrived    int // requests that reached a handler, answered or not
 	accepted   int
 	duplicates int
+	perKey     map[string]*KeyCount
 	script     []failure
 	down       *failure
 	latency    time.Duration
@@ -100,9 +128,10 @@ type Server struct {
 	closeOnce      sync.Once
 }
 
-func newServer(tb testing.TB, handle func(*http.Request, []byte) reply, failBody func(int) any) *Server {
-	s := &Server{handle: handle, failBody: failBody, changed: make(chan struct{}), closing: make(chan struct{}),
-		latencyChanged: make(chan struct{})}
+func newServer(tb testing.TB, handle func(*http.Request, []byte) reply, failBody func(int) any,
+	keysOf func(*http.Request, []byte) []string) *Server {
+	s := &Server{handle: handle, failBody: failBody, keysOf: keysOf, perKey: map[string]*KeyCount{},
+		changed: make(chan struct{}), closing: make(chan struct{}), latencyChanged: make(chan struct{})}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
 	s.URL = s.srv.URL
 	if tb != nil {
@@ -128,7 +157,7 @@ const maxBody = 64 << 20
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody))
 	if err != nil {
-		s.record(r, body, 0, Rejected)
+		s.record(r, body, reply{outcome: Rejected})
 		return
 	}
 	s.mu.Lock()
@@ -143,7 +172,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	// Recorded before answering, so a client that got its answer sees the
 	// request in Requests.
-	s.record(r, body, rep.status, rep.outcome)
+	s.record(r, body, *rep)
 	s.write(w, *rep)
 }
 
@@ -212,18 +241,37 @@ func (s *Server) write(w http.ResponseWriter, rep reply) {
 	_, _ = w.Write(b)
 }
 
-func (s *Server) record(r *http.Request, body []byte, status int, o Outcome) {
+func (s *Server) record(r *http.Request, body []byte, rep reply) {
+	var keys []string
+	if s.keysOf != nil {
+		keys = s.keysOf(r, body)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	o := rep.outcome
 	s.reqs = append(s.reqs, Request{
 		Method: r.Method, Path: r.URL.Path, Query: r.URL.Query(), Header: r.Header.Clone(),
-		Body: body, Status: status, Outcome: o, At: time.Now(),
+		Body: body, Status: rep.status, Outcome: o, At: time.Now(),
 	})
 	switch o {
 	case Accepted:
 		s.accepted++
 	case Duplicate:
 		s.duplicates++
+	}
+	for _, k := range keys {
+		c := s.perKey[k]
+		if c == nil {
+			c = &KeyCount{}
+			s.perKey[k] = c
+		}
+		c.Requests++
+		if o == Accepted {
+			c.Accepted++
+		}
+		if o == Duplicate || rep.dupKeys[k] {
+			c.Duplicates++
+		}
 	}
 	s.notify()
 }
@@ -268,6 +316,28 @@ func (s *Server) Duplicates() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.duplicates
+}
+
+// CountsFor is what the fake saw of one key: Scale's unique_id,
+// Labelbox's batch name, or LabelStudioKey(issue, element).
+func (s *Server) CountsFor(key string) KeyCount {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.perKey[key]; c != nil {
+		return *c
+	}
+	return KeyCount{}
+}
+
+// CountsByKey returns the counts of every key seen so far.
+func (s *Server) CountsByKey() map[string]KeyCount {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]KeyCount, len(s.perKey))
+	for k, c := range s.perKey {
+		out[k] = *c
+	}
+	return out
 }
 
 // FailNext answers the next n requests with status (and a Retry-After

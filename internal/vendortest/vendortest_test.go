@@ -352,3 +352,95 @@ func TestWait(t *testing.T) {
 		t.Fatalf("count %d accepted %d duplicates %d", ls.RequestCount(), ls.Accepted(), ls.Duplicates())
 	}
 }
+
+// Every request carrying a key is counted against it, whatever the
+// answer: an injected failure, the one that did the work, and the repeats
+// the vendor answered "already done" (or, Label Studio, did again).
+func TestCountsPerKey(t *testing.T) {
+	sc := vendortest.NewScale(t, "k")
+	lb := vendortest.NewLabelbox(t, "k")
+	ls := vendortest.NewLabelStudio(t, "k")
+	scAuth := func() map[string]string {
+		r, _ := http.NewRequest(http.MethodGet, "http://x", nil)
+		r.SetBasicAuth("k", "")
+		return map[string]string{"Authorization": r.Header.Get("Authorization")}
+	}()
+	scTask := func(uid string) string {
+		return `{"project":"p","attachment":"https://i/a.jpg","unique_id":"` + uid + `","geometries":{"box":{"objects_to_annotate":["car"]}}}`
+	}
+	lbBatch := func(name string) string {
+		return gql(createBatch, map[string]any{"projectId": "p1", "input": map[string]any{"name": name, "globalKeys": []string{"f1"}}})
+	}
+	lsTasks := func(issue string, els ...string) string {
+		var items []map[string]any
+		for _, el := range els {
+			items = append(items, map[string]any{"data": map[string]any{"image": "https://i/" + el + ".jpg"},
+				"meta": map[string]any{"issue_id": issue, "element_id": el}})
+		}
+		b, _ := json.Marshal(items)
+		return string(b)
+	}
+	post := func(url string, headers map[string]string, body string) func(*testing.T) {
+		return func(t *testing.T) { call(t, http.MethodPost, url, headers, body) }
+	}
+
+	tests := []struct {
+		name   string
+		fake   *vendortest.Server
+		script []func(*testing.T)
+		want   map[string]vendortest.KeyCount
+	}{
+		{
+			name: "scale: unique_id", fake: sc.Server,
+			script: []func(*testing.T){
+				func(*testing.T) { sc.FailNext(1, http.StatusServiceUnavailable, "") },
+				post(sc.TaskURL(), scAuth, scTask("u1")), // injected 503
+				post(sc.TaskURL(), scAuth, scTask("u1")), // created
+				post(sc.TaskURL(), scAuth, scTask("u1")), // 409
+				post(sc.TaskURL(), scAuth, scTask("u2")),
+			},
+			want: map[string]vendortest.KeyCount{
+				"u1": {Requests: 3, Accepted: 1, Duplicates: 1},
+				"u2": {Requests: 1, Accepted: 1},
+			},
+		},
+		{
+			name: "labelbox: batch name", fake: lb.Server,
+			script: []func(*testing.T){
+				func(*testing.T) { lb.FailNextGraphQL(1, "INTERNAL_SERVER_ERROR", "boom") },
+				post(lb.Endpoint(), map[string]string{"Authorization": "Bearer k"}, lbBatch("b1")),
+				post(lb.Endpoint(), map[string]string{"Authorization": "Bearer k"}, lbBatch("b1")),
+				post(lb.Endpoint(), map[string]string{"Authorization": "Bearer k"}, lbBatch("b1")), // already exists
+			},
+			want: map[string]vendortest.KeyCount{"b1": {Requests: 3, Accepted: 1, Duplicates: 1}},
+		},
+		{
+			name: "label studio: issue element", fake: ls.Server,
+			script: []func(*testing.T){
+				post(ls.ImportURL(1), map[string]string{"Authorization": "Token k"}, lsTasks("i1", "e1", "e2")),
+				post(ls.ImportURL(1), map[string]string{"Authorization": "Token k"}, lsTasks("i1", "e1")), // imported again
+				func(*testing.T) { ls.FailNext(1, http.StatusBadGateway, "") },
+				post(ls.ImportURL(1), map[string]string{"Authorization": "Token k"}, lsTasks("i1", "e2")), // injected 502
+			},
+			want: map[string]vendortest.KeyCount{
+				vendortest.LabelStudioKey("i1", "e1"): {Requests: 2, Accepted: 2, Duplicates: 1},
+				vendortest.LabelStudioKey("i1", "e2"): {Requests: 2, Accepted: 1},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, step := range tt.script {
+				step(t)
+			}
+			for k, want := range tt.want {
+				if got := tt.fake.CountsFor(k); got != want {
+					t.Errorf("CountsFor(%q) = %+v, want %+v", k, got, want)
+				}
+			}
+			if got := tt.fake.CountsByKey(); len(got) != len(tt.want) {
+				t.Errorf("CountsByKey has %d keys (%v), want %d", len(got), got, len(tt.want))
+			}
+		})
+	}
+}
