@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
 // Runaway jq programs are stopped by their limits: on the webhook with a
@@ -59,7 +61,13 @@ func TestJQLimits(t *testing.T) {
 				h := startHarness(t, cmpOr(tt.limits, limits)+head("")+archive+`  - {name: runaway, type: file, path: out/runaway.jsonl, body: '`+tt.body+`'}
 `)
 				h.accept(body)
-				ds := h.waitDeadLetters("runaway", 1)
+				// As long as the limits allow: under -race on a loaded
+				// machine growing the heap by 32 MiB took over 10s.
+				var ds []backend.DeadLetter
+				h.eventually(60*time.Second, "the runaway sink's dead letter", func() bool {
+					ds = h.deadLetters("runaway")
+					return len(ds) >= 1
+				})
 				if !strings.Contains(ds[0].Error, tt.want) || ds[0].Chunk != -1 {
 					t.Fatalf("dead letter %+v, want a render failure saying %q", ds[0], tt.want)
 				}
