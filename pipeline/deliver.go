@@ -42,6 +42,11 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			p.metrics.deliveries.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "outcome", outcome))
 		}
 
+		release, err := p.lease(ctx, s, req)
+		if err != nil {
+			return err
+		}
+		defer release()
 		rec, err := p.ledger.Lookup(ctx, key)
 		if err != nil {
 			s.log.WarnContext(ctx, "delivery ledger unavailable; delivering anyway (at-least-once)", "export", req.ExportID, "chunk", req.Chunk, "err", err)
@@ -80,6 +85,49 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 		}
 		finish("dead_lettered")
 		return nil
+	}
+}
+
+// deliveryLease is how long a delivery lease outlives a holder that
+// stopped renewing it (a killed replica): a copy of its request waits
+// that long at most.
+const deliveryLease = 5 * time.Second
+
+// lease waits until this copy of req is the only one being sent, across
+// replicas (backend.Ledger.Lease): two copies of one request (a
+// redelivery next to its original after a restart) would otherwise both
+// pass the ledger's Lookup before either Records. The copy that waited
+// then finds the request delivered, or sends it if the holder failed. It
+// returns the lease's release; an error only when the wait was
+// interrupted (the message is then nacked and redelivered). A ledger
+// error does not block delivery: at-least-once, as with Lookup.
+func (p *Pipeline) lease(ctx context.Context, s *builtSink, req *Request) (func(), error) {
+	key := req.Key()
+	var t *time.Timer
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		release, ok, err := p.ledger.Lease(ctx, key, deliveryLease)
+		if err != nil {
+			s.log.WarnContext(ctx, "delivery lease unavailable; delivering anyway (at-least-once)", "export", req.ExportID, "chunk", req.Chunk, "err", err)
+			return func() {}, nil
+		}
+		if ok {
+			return release, nil
+		}
+		if t == nil {
+			trace.SpanFromContext(ctx).AddEvent("another copy of the request is being sent; waiting for it")
+			s.log.InfoContext(ctx, "another copy of the request is being sent; waiting for it", "export", req.ExportID, "chunk", req.Chunk)
+			t = time.NewTimer(wait)
+			defer t.Stop()
+		} else {
+			t.Reset(wait)
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("delivery to %s: waiting for another copy: %w", s.cfg.Name, ctx.Err())
+		case <-p.hardStop.Done():
+			return nil, fmt.Errorf("delivery to %s: waiting for another copy: %w", s.cfg.Name, p.hardStop.Err())
+		}
 	}
 }
 

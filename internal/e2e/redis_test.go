@@ -791,22 +791,17 @@ const (
 	// sees a repeat (README, Delivery guarantees).
 	noRepeat = 0
 	// killRepeats: one SIGKILL (of a replica, or of Redis) lets a piece
-	// of work go out again, in ways seen in these tests:
-	//   - a request the vendor got before its delivered-record was
-	//     written is delivered again after the restart;
-	//   - after the restart, an export's work can go out twice within a
-	//     millisecond in the same trace (two copies under way at once,
-	//     which the delivered-record check does not stop), also when the
-	//     kill came before any delivery (after-publish);
-	//   - an export stored but neither confirmed to dedupe nor answered
-	//     is stored again by the caller's retry, under another export id
-	//     and trace.
-	// At most two of these have been seen on one piece of work; all three
-	// at once would be a third repeat and fails here. Scale and Labelbox
-	// must answer every repeat "already done" (their idempotency keys
-	// derive from the content); Label Studio imports it again. The
-	// failure message lists the requests' traces.
-	killRepeats = 2
+	// of work go out again once: a request the vendor got before its
+	// delivered-record was written is delivered again after the restart,
+	// or an export stored but neither confirmed to dedupe nor answered is
+	// stored again by the caller's retry, under another export id and
+	// trace. Two copies of one request under way at once (a redelivery
+	// next to its original after the restart) take turns on the
+	// ledger's delivery lease, so the second sees the first's record.
+	// Scale and Labelbox must answer every repeat "already done" (their
+	// idempotency keys derive from the content); Label Studio imports it
+	// again. The failure message lists the requests' traces.
+	killRepeats = 1
 )
 
 // checkExactlyOnce: Scale and Labelbox hold each export exactly once

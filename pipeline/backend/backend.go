@@ -238,11 +238,20 @@ func (k DeliveryKey) String() string {
 type Ledger interface {
 	// Lookup returns key's record; the zero record when there is none.
 	Lookup(ctx context.Context, key DeliveryKey) (DeliveryRecord, error)
-	// Record marks key's request as delivered.
+	// Record marks key's request as delivered, and ends a lease on it.
 	Record(ctx context.Context, key DeliveryKey) error
 	// SaveAttempts records how far key's retries got (its Attempts,
 	// Spent and Elapsed; Delivered is ignored).
 	SaveAttempts(ctx context.Context, key DeliveryKey, r DeliveryRecord) error
+	// Lease makes the caller the only one, across every process sharing
+	// the ledger, sending key's request: two copies of one request on the
+	// broker (a redelivery next to its original after a restart) must not
+	// both pass Lookup before either Records. ok is false when another
+	// holder has it. The lease is renewed while ctx lasts and ends with
+	// release (safe to call twice) or with Record; a holder that dies or
+	// whose ctx ends loses it after ttl. An error means the ledger could
+	// not tell; the caller then delivers anyway (at-least-once).
+	Lease(ctx context.Context, key DeliveryKey, ttl time.Duration) (release func(), ok bool, err error)
 }
 
 // DeliveryRecord is one request's delivery record.

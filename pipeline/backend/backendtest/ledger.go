@@ -1,6 +1,8 @@
 package backendtest
 
 import (
+	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,12 +14,19 @@ import (
 //   - Record: a key is not delivered before Record and is after it (and
 //     after a second Record); another chunk, sink or export is not, a
 //     render failure's chunk -1 included.
+//   - Lease: of copies leasing one request at once exactly one wins; the
+//     lease holds past its ttl while its holder's ctx lasts, ends with
+//     release or Record, and lapses within about ttl once the holder's
+//     ctx ended without a release (a holder that died); with
+//     SharedAcrossInstances a lease taken through one instance holds
+//     against another.
 //   - SharedAcrossInstances: a record made through one backend is seen
 //     through another on the same storage, both ways.
 func TestLedger(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
 	checkSetup(t, f, newBackend, reopen)
 	t.Run("Record", func(t *testing.T) { testLedgerRecord(t, newBackend) })
 	t.Run("Attempts", func(t *testing.T) { testLedgerAttempts(t, f, newBackend, reopen) })
+	t.Run("Lease", func(t *testing.T) { testLedgerLease(t, f, newBackend, reopen) })
 	if f.SharedAcrossInstances {
 		t.Run("SharedAcrossInstances", func(t *testing.T) { testLedgerShared(t, f, newBackend, reopen) })
 	}
@@ -122,4 +131,86 @@ func testLedgerAttempts(t *testing.T, f Features, newBackend Constructor, reopen
 		t.Fatal(err)
 	}
 	lookup(l, key, backend.DeliveryRecord{Delivered: true})
+}
+
+func testLedgerLease(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
+	ctx := t.Context()
+	b := newBackend(t)
+	l := openLedger(t, b)
+	key := backend.DeliveryKey{ExportID: "export-l", Sink: "scale", Chunk: 0}
+	const ttl = 300 * time.Millisecond
+	lease := func(l backend.Ledger, ctx context.Context, want bool) func() {
+		t.Helper()
+		release, ok, err := l.Lease(ctx, key, ttl)
+		if err != nil || ok != want {
+			t.Fatalf("Lease(%s) = %v, %v; want %v", key, ok, err, want)
+		}
+		return release
+	}
+
+	// Copies leasing at once: one wins.
+	const copies = 8
+	var (
+		wg       sync.WaitGroup
+		start    = make(chan struct{})
+		mu       sync.Mutex
+		won      int
+		releases []func()
+	)
+	for range copies {
+		wg.Go(func() {
+			<-start
+			release, ok, err := l.Lease(ctx, key, ttl)
+			if err != nil {
+				t.Errorf("Lease: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if ok {
+				won++
+				releases = append(releases, release)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if won != 1 {
+		t.Fatalf("%d of %d concurrent leases won, want 1", won, copies)
+	}
+	if f.SharedAcrossInstances {
+		lease(reopen(t, b).Ledger(), ctx, false)
+	}
+	// Held past its ttl while the holder's ctx lasts.
+	for deadline := time.Now().Add(3 * ttl); time.Now().Before(deadline); {
+		lease(l, ctx, false)
+	}
+	releases[0]()
+	releases[0]() // twice is harmless
+	lease(l, ctx, true)()
+
+	// Record ends the lease.
+	lease(l, ctx, true)
+	record(t, l, key)
+	lease(l, ctx, true)()
+
+	// A holder whose ctx ended without a release loses it within about ttl.
+	other := backend.DeliveryKey{ExportID: "export-l", Sink: "scale", Chunk: 1}
+	hctx, cancel := context.WithCancel(ctx)
+	if _, ok, err := l.Lease(hctx, other, ttl); err != nil || !ok {
+		t.Fatalf("Lease(%s) = %v, %v", other, ok, err)
+	}
+	cancel()
+	deadline := time.Now().Add(10 * ttl)
+	for {
+		_, ok, err := l.Lease(ctx, other, ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lease of a holder that is gone still held after %v (ttl %v)", 10*ttl, ttl)
+		}
+	}
 }

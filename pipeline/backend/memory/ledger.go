@@ -19,11 +19,20 @@ type Ledger struct {
 	// earliest is no later than the first expiry in seen: before it a
 	// sweep would delete nothing, so none is made.
 	earliest time.Time
+	// leases are the requests being sent; a lease needs no renewal, it
+	// holds while its holder's ctx lasts (and ttl after it was taken).
+	leases map[backend.DeliveryKey]*lease
+}
+
+type lease struct {
+	ctx     context.Context
+	expires time.Time
 }
 
 // NewLedger returns an empty ledger keeping records for ttl.
 func NewLedger(ttl time.Duration) *Ledger {
-	return &Ledger{ttl: ttl, seen: map[backend.DeliveryKey]time.Time{}, tries: map[backend.DeliveryKey]progress{}}
+	return &Ledger{ttl: ttl, seen: map[backend.DeliveryKey]time.Time{}, tries: map[backend.DeliveryKey]progress{},
+		leases: map[backend.DeliveryKey]*lease{}}
 }
 
 type progress struct {
@@ -84,7 +93,28 @@ func (l *Ledger) Record(_ context.Context, key backend.DeliveryKey) error {
 	}
 	l.seen[key] = exp
 	delete(l.tries, key)
+	delete(l.leases, key)
 	return nil
+}
+
+// Lease takes key's lease unless a holder whose ctx is alive, or whose
+// ttl has not passed, has it.
+func (l *Ledger) Lease(ctx context.Context, key backend.DeliveryKey, ttl time.Duration) (func(), bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if h, ok := l.leases[key]; ok && (h.ctx.Err() == nil || now.Before(h.expires)) {
+		return func() {}, false, nil
+	}
+	h := &lease{ctx: ctx, expires: now.Add(ttl)}
+	l.leases[key] = h
+	return func() {
+		l.mu.Lock()
+		if l.leases[key] == h {
+			delete(l.leases, key)
+		}
+		l.mu.Unlock()
+	}, true, nil
 }
 
 var _ backend.Ledger = (*Ledger)(nil)

@@ -3,6 +3,9 @@ package redis
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -12,17 +15,93 @@ import (
 
 // Ledger keeps, per request (backend.DeliveryKey) and shared by all
 // replicas, <prefix>attempts:<key> while it is being retried and
-// <prefix>delivered:<key> once it succeeded, both expiring after ttl.
+// <prefix>delivered:<key> once it succeeded, both expiring after ttl, and
+// <prefix>lease:<key> while one copy of the request is being sent (the
+// holder's random token, PX the lease's ttl).
 type Ledger struct {
 	client goredis.UniversalClient
 	prefix string // of the delivered keys
 	tries  string // of the attempts keys
+	leases string // of the lease keys
 	ttl    time.Duration
+	held   sync.Map // lease key -> *heldLease, the leases this process holds
 }
 
 // NewLedger remembers deliveries for ttl; ttl ≤ 0 keeps them forever.
 func NewLedger(client goredis.UniversalClient, prefix string, ttl time.Duration) *Ledger {
-	return &Ledger{client: client, prefix: prefix + "delivered:", tries: prefix + "attempts:", ttl: max(ttl, 0)}
+	return &Ledger{client: client, prefix: prefix + "delivered:", tries: prefix + "attempts:", leases: prefix + "lease:", ttl: max(ttl, 0)}
+}
+
+// renewLease and releaseLease touch a lease only while the token is still
+// the caller's: a lease that lapsed and was taken by another copy is left
+// to it.
+var (
+	renewLease   = goredis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end return 0`)
+	releaseLease = goredis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+)
+
+// Lease is SET NX PX: one round trip when the request is free. The lease
+// is renewed every ttl/3 while ctx lasts and it is held. Record ends it in
+// its own round trip, so a delivered request costs no release.
+func (l *Ledger) Lease(ctx context.Context, key backend.DeliveryKey, ttl time.Duration) (func(), bool, error) {
+	k := l.leases + key.String()
+	h := &heldLease{token: strconv.FormatUint(rand.Uint64(), 36)}
+	ok, err := l.client.SetNX(ctx, k, h.token, ttl).Result()
+	if err != nil {
+		return func() {}, false, fmt.Errorf("ledger lease: %w", err)
+	}
+	if !ok {
+		return func() {}, false, nil
+	}
+	var renew func()
+	renew = func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.done || ctx.Err() != nil {
+			return
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ttl/3)
+		defer cancel()
+		// A failed renewal is tried again at the next tick; the lease
+		// lapses only if renewals keep failing for ttl.
+		_ = renewLease.Run(rctx, l.client, []string{k}, h.token, ttl.Milliseconds()).Err()
+		h.timer = time.AfterFunc(ttl/3, renew)
+	}
+	h.mu.Lock()
+	h.timer = time.AfterFunc(ttl/3, renew)
+	h.mu.Unlock()
+	l.held.Store(k, h)
+	release := func() {
+		if !h.end() {
+			return
+		}
+		l.held.CompareAndDelete(k, h)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), redisOpTimeout)
+		defer cancel()
+		// On failure the lease lapses after ttl.
+		_ = releaseLease.Run(rctx, l.client, []string{k}, h.token).Err()
+	}
+	return release, true, nil
+}
+
+// heldLease is a lease this process holds.
+type heldLease struct {
+	token string
+	mu    sync.Mutex
+	done  bool
+	timer *time.Timer
+}
+
+// end stops the renewals; it reports whether the lease was still held.
+func (h *heldLease) end() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.done {
+		return false
+	}
+	h.done = true
+	h.timer.Stop()
+	return true
 }
 
 // Lookup reads the delivered key and the attempts key in one round trip.
@@ -57,13 +136,17 @@ func (l *Ledger) SaveAttempts(ctx context.Context, key backend.DeliveryKey, r ba
 	return nil
 }
 
-// Record sets the delivered key and drops the attempts key, in one round
-// trip.
+// Record sets the delivered key and drops the attempts and lease keys, in
+// one round trip. A copy that then takes the lease sees the delivered key.
 func (l *Ledger) Record(ctx context.Context, key backend.DeliveryKey) error {
 	k := key.String()
+	if h, ok := l.held.LoadAndDelete(l.leases + k); ok {
+		h.(*heldLease).end()
+	}
 	_, err := l.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		p.Set(ctx, l.prefix+k, 1, l.ttl)
 		p.Del(ctx, l.tries+k)
+		p.Del(ctx, l.leases+k)
 		return nil
 	})
 	if err != nil {
