@@ -1,0 +1,11 @@
+package stages
+
+import (
+	"time"
+
+	"github.com/labelpipe/labelpipe/pipeline"
+)
+
+// SetSecretClock replaces the clock a secret stage checks
+// webhook-timestamp against.
+func SetSecretClock(s pipeline.Stage, now func() time.Time) { s.(*Secret).now = now }
