@@ -33,3 +33,14 @@ func TestHTTPRedirectTargetIsRedacted(t *testing.T) {
 		t.Errorf("msg %q: want the redacted redirect target", de.Msg)
 	}
 }
+
+// A 300 with a Location is a redirect too: the lower bound of 3xx counts.
+func TestHTTP300WithLocationIsARedirect(t *testing.T) {
+	v := newVendor(t, answer{status: http.StatusMultipleChoices, body: `{"error":"choose"}`,
+		header: map[string]string{"Location": "/moved"}})
+	s := newHTTPSink(t, v.URL, nil)
+	de := deliveryError(t, s.Send(t.Context(), request(`{"a":1}`)))
+	if !strings.Contains(de.Msg, "/moved: fix the sink's url") {
+		t.Errorf("msg %q should say where the redirect points", de.Msg)
+	}
+}
