@@ -229,9 +229,18 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 }
 
 // answer is the start of a vendor's answer, cut on a rune boundary.
+// send reads at most answerLimit bytes, so an answer that long may have
+// been cut inside a character: that character is dropped whole.
 func answer(b []byte) string {
-	if len(b) > answerLimit {
-		return cutValid(string(b[:answerLimit]))
+	if len(b) >= answerLimit {
+		b = b[:answerLimit]
+		i := len(b) - 1
+		for i > 0 && len(b)-i < utf8.UTFMax && !utf8.RuneStart(b[i]) {
+			i--
+		}
+		if !utf8.FullRune(b[i:]) {
+			b = b[:i]
+		}
 	}
 	return string(b)
 }

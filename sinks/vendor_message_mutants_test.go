@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // sendTo delivers one request to a vendor answering status and body, and
@@ -43,5 +44,27 @@ func TestHTTP300IsNoSuccess(t *testing.T) {
 	msg, _ := sendTo(t, http.StatusMultipleChoices, `{"error":"choose"}`)
 	if !strings.Contains(msg, "300") {
 		t.Errorf("msg %q, want the 300 named", msg)
+	}
+}
+
+// The answer kept is at most 2 KiB and always valid UTF-8: a character
+// straddling the limit is dropped whole, never kept half.
+func TestAnswerIsCutOnACharacter(t *testing.T) {
+	for _, tt := range []struct {
+		name, body string
+		wantLen    int
+	}{
+		{"short", "short", 5},
+		{"exactly the limit", strings.Repeat("a", 2048), 2048},
+		{"a character across the limit", strings.Repeat("a", 2047) + "é" + strings.Repeat("b", 100), 2047},
+		{"a character ending at the limit", strings.Repeat("a", 2046) + "é" + strings.Repeat("b", 100), 2048},
+		{"a 4-byte character across the limit", strings.Repeat("a", 2046) + "😀" + "b", 2046},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, ans := sendTo(t, http.StatusBadRequest, tt.body)
+			if !utf8.ValidString(ans) || len(ans) != tt.wantLen || !strings.HasPrefix(tt.body, ans) {
+				t.Errorf("answer of %d bytes (valid UTF-8: %v), want the first %d bytes of the body", len(ans), utf8.ValidString(ans), tt.wantLen)
+			}
+		})
 	}
 }
