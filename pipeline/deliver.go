@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -75,9 +76,7 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			// Shutting down: leave the request on the broker (nack) rather
 			// than dead-letter a request that did nothing wrong.
 			span.SetStatus(codes.Error, "interrupted by shutdown")
-			p.shutdown.mu.Lock()
-			p.shutdown.handedBack = append(p.shutdown.handedBack, req.Key().String())
-			p.shutdown.mu.Unlock()
+			p.handBack(req.Key().String())
 			return fmt.Errorf("delivery to %s interrupted: %w", s.cfg.Name, err)
 		}
 		if err := p.deadLetter(ctx, s, msg, req.Chunk, attempts, err); err != nil {
@@ -123,12 +122,23 @@ func (p *Pipeline) lease(ctx context.Context, s *builtSink, req *Request) (func(
 		}
 		select {
 		case <-t.C:
+			continue
 		case <-ctx.Done():
-			return nil, fmt.Errorf("delivery to %s: waiting for another copy: %w", s.cfg.Name, ctx.Err())
 		case <-p.hardStop.Done():
-			return nil, fmt.Errorf("delivery to %s: waiting for another copy: %w", s.cfg.Name, p.hardStop.Err())
 		}
+		if p.draining.Load() {
+			p.handBack(key.String()) // nacked
+		}
+		return nil, fmt.Errorf("delivery to %s: waiting for another copy: %w", s.cfg.Name, cmp.Or(ctx.Err(), p.hardStop.Err()))
 	}
+}
+
+// handBack notes a request nacked because of the shutdown, for the drain
+// report.
+func (p *Pipeline) handBack(key string) {
+	p.shutdown.mu.Lock()
+	p.shutdown.handedBack = append(p.shutdown.handedBack, key)
+	p.shutdown.mu.Unlock()
 }
 
 // attempts runs the resilience policy around Send, one span per attempt.
