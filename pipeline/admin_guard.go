@@ -10,8 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 )
@@ -166,15 +164,11 @@ func (p *Pipeline) reloadAdminToken() error {
 	if c.TokenFile == "" {
 		return nil
 	}
-	path := c.TokenFile
-	if !filepath.IsAbs(path) {
-		path = filepath.Join(p.cfg.dir, path)
-	}
-	data, err := os.ReadFile(path)
+	path := configPath(p.cfg.dir, c.TokenFile)
+	tok, err := readTokenFile(path)
 	if err != nil {
 		return fmt.Errorf("admin.token_file: %w", err)
 	}
-	tok := strings.TrimRight(string(data), "\r\n")
 	if problem := tokenProblem(tok); problem != "" {
 		return fmt.Errorf("admin.token_file %s: the token in it %s", path, problem)
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/configs"
+	"github.com/labelpipe/labelpipe/internal/testutil"
 	"github.com/labelpipe/labelpipe/pipeline"
 )
 
@@ -82,15 +82,7 @@ func FuzzParseConfig(f *testing.F) {
 // The dedupe stage keeps what earlier inputs stored, so the same input may
 // be accepted once and a duplicate later; every invariant holds for both.
 func FuzzWebhook(f *testing.F) {
-	payloads, err := fs.Glob(configs.Payloads, "payloads/*.json")
-	if err != nil || len(payloads) == 0 {
-		f.Fatalf("no sample payloads: %v", err)
-	}
-	for _, name := range payloads {
-		b, err := configs.Payloads.ReadFile(name)
-		if err != nil {
-			f.Fatal(err)
-		}
+	for _, b := range testutil.SamplePayloads(f) {
 		f.Add(b, "application/json", uint8(0), false, "")
 		f.Add(b, "", uint8(0), true, "identity")
 	}

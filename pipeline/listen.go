@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,13 +97,7 @@ func newTLSFiles(what string, c TLSConfig, dir string) (*tlsFiles, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s.tls.client_auth_type: %w", what, err)
 	}
-	rel := func(f string) string {
-		if f == "" || filepath.IsAbs(f) {
-			return f
-		}
-		return filepath.Join(dir, f)
-	}
-	f := &tlsFiles{what: what, cert: rel(c.CertFile), key: rel(c.KeyFile), ca: rel(c.ClientCAFile), auth: auth}
+	f := &tlsFiles{what: what, cert: configPath(dir, c.CertFile), key: configPath(dir, c.KeyFile), ca: configPath(dir, c.ClientCAFile), auth: auth}
 	return f, f.load()
 }
 
@@ -132,17 +125,16 @@ func (f *tlsFiles) load() error {
 func (f *tlsFiles) current() *tls.Config { return f.cur.Load() }
 
 func clientAuthType(s string) (tls.ClientAuthType, error) {
-	switch s {
-	case "", "NoClientCert":
+	if s == "" {
 		return tls.NoClientCert, nil
-	case "RequestClientCert":
-		return tls.RequestClientCert, nil
-	case "RequireAnyClientCert":
-		return tls.RequireAnyClientCert, nil
-	case "VerifyClientCertIfGiven":
-		return tls.VerifyClientCertIfGiven, nil
-	case "RequireAndVerifyClientCert":
-		return tls.RequireAndVerifyClientCert, nil
+	}
+	// The names are crypto/tls's own, as its String method spells them.
+	known := []tls.ClientAuthType{tls.NoClientCert, tls.RequestClientCert, tls.RequireAnyClientCert,
+		tls.VerifyClientCertIfGiven, tls.RequireAndVerifyClientCert}
+	for _, a := range known {
+		if a.String() == s {
+			return a, nil
+		}
 	}
 	return 0, fmt.Errorf("unknown %q (want NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert)", s)
 }

@@ -762,16 +762,12 @@ func (l *loader) checkAdmin(a *AdminConfig, dir string) {
 		l.at("admin.token_file", "admin", "token_file", "set admin.token or admin.token_file, not both")
 	}
 	if a.TokenFile != "" && a.Token == "" {
-		path := a.TokenFile
-		if !filepath.IsAbs(path) {
-			path = filepath.Join(dir, path)
-		}
-		data, err := os.ReadFile(path)
+		tok, err := readTokenFile(configPath(dir, a.TokenFile))
 		switch {
 		case err != nil && !l.allowUnset:
 			l.at("admin.token_file", "admin", "token_file", err.Error())
 		case err == nil:
-			a.fileToken = strings.TrimRight(string(data), "\r\n")
+			a.fileToken = tok
 			l.checkToken(a.fileToken, "admin.token_file", "token_file", "the token in it ")
 		}
 	}
@@ -806,6 +802,12 @@ func (l *loader) checkToken(tok, docPath, field, prefix string) {
 	if problem := tokenProblem(tok); problem != "" {
 		l.at(docPath, "admin", field, prefix+problem)
 	}
+}
+
+// readTokenFile reads an admin token file, without its final newline.
+func readTokenFile(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	return strings.TrimRight(string(data), "\r\n"), err
 }
 
 // tokenProblem says what is wrong with an admin token, or "".

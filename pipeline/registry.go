@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"time"
@@ -39,6 +40,17 @@ type Env struct {
 	// Offline is set when the pipeline is built for a preview: nothing
 	// outside the process may be touched.
 	Offline bool
+}
+
+// Path is p from the config: relative to the config file's directory
+// unless absolute.
+func (e Env) Path(p string) string { return configPath(e.ConfigDir, p) }
+
+func configPath(dir, p string) string {
+	if p == "" || dir == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(dir, p)
 }
 
 // KeyKeeper is implemented by the config of a stage that keeps keys

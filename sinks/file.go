@@ -66,10 +66,7 @@ func NewFile(c *FileConfig, env pipeline.Env) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("body: %w", err)
 	}
-	path := c.Path
-	if !filepath.IsAbs(path) {
-		path = filepath.Join(env.ConfigDir, path)
-	}
+	path := env.Path(c.Path)
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("file sink: %w", err)
 	}

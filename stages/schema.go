@@ -97,7 +97,7 @@ func isBuiltinName(s string) bool {
 }
 
 func buildSchema(c *SchemaConfig, env pipeline.Env) (pipeline.Stage, error) {
-	sch, doc, err := compileSchema(c.Schema, env.ConfigDir)
+	sch, doc, err := compileSchema(c.Schema, env)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +118,7 @@ func buildSchema(c *SchemaConfig, env pipeline.Env) (pipeline.Stage, error) {
 
 // compileSchema compiles a built-in or a file schema, and returns its
 // document too.
-func compileSchema(name, dir string) (*jsonschema.Schema, any, error) {
+func compileSchema(name string, env pipeline.Env) (*jsonschema.Schema, any, error) {
 	var data []byte
 	var url, what string
 	if isBuiltinName(name) {
@@ -128,10 +128,7 @@ func compileSchema(name, dir string) (*jsonschema.Schema, any, error) {
 		}
 		data, url, what = b, "mem:///labelpipe/schemas/"+name+".json", "built-in schema "+name
 	} else {
-		p := name
-		if !filepath.IsAbs(p) && dir != "" {
-			p = filepath.Join(dir, p)
-		}
+		p := env.Path(name)
 		abs, err := filepath.Abs(p)
 		if err != nil {
 			return nil, nil, fmt.Errorf("schema file %s: %w", p, err)

@@ -746,17 +746,21 @@ func (r *rig) missing(sink string, ids []string) []string {
 	return out
 }
 
-func (r *rig) waitSink(t *testing.T, sink string, ids []string, within time.Duration) {
-	t.Helper()
-	var v *vendortest.Server
+// server is the fake vendor behind a sink: scale, labelbox or label_studio.
+func (r *rig) server(sink string) *vendortest.Server {
 	switch sink {
 	case "scale":
-		v = r.scale.Server
+		return r.scale.Server
 	case "labelbox":
-		v = r.labelbox.Server
+		return r.labelbox.Server
 	default:
-		v = r.ls.Server
+		return r.ls.Server
 	}
+}
+
+func (r *rig) waitSink(t *testing.T, sink string, ids []string, within time.Duration) {
+	t.Helper()
+	v := r.server(sink)
 	ctx, cancel := context.WithTimeout(t.Context(), within)
 	defer cancel()
 	for {
@@ -896,15 +900,7 @@ func (r *rig) checkRepeats(t *testing.T, ids []string, maxRepeats int) {
 // retry (another export's): for logs and failure messages. A Label Studio
 // import holding the element among others is listed too.
 func (r *rig) tracesOf(vendor string, needles []string) string {
-	var srv *vendortest.Server
-	switch vendor {
-	case "scale":
-		srv = r.scale.Server
-	case "labelbox":
-		srv = r.labelbox.Server
-	default:
-		srv = r.ls.Server
-	}
+	srv := r.server(vendor)
 	var out []string
 	for _, req := range srv.Requests() {
 		if !slices.ContainsFunc(needles, func(n string) bool { return !bytes.Contains(req.Body, []byte(n)) }) {

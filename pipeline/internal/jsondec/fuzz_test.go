@@ -3,12 +3,11 @@ package jsondec
 import (
 	"bytes"
 	"encoding/json"
-	"io/fs"
 	"reflect"
 	"testing"
 	"unicode/utf8"
 
-	"github.com/labelpipe/labelpipe/configs"
+	"github.com/labelpipe/labelpipe/internal/testutil"
 )
 
 // FuzzDecode checks Decode against encoding/json, whose values jq, the
@@ -26,15 +25,7 @@ import (
 // as the two decoders' depth limits (10000 each), where one may give up a
 // level before the other. Decode must still not panic on them.
 func FuzzDecode(f *testing.F) {
-	payloads, err := fs.Glob(configs.Payloads, "payloads/*.json")
-	if err != nil || len(payloads) == 0 {
-		f.Fatalf("no sample payloads: %v", err)
-	}
-	for _, name := range payloads {
-		b, err := configs.Payloads.ReadFile(name)
-		if err != nil {
-			f.Fatal(err)
-		}
+	for _, b := range testutil.SamplePayloads(f) {
 		f.Add(b)
 	}
 	for _, s := range []string{
