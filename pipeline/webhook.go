@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -170,7 +171,11 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	if n < 0 {
 		n = limit // unknown length: the most it may be
 	}
-	release, err := p.bodies.reserve(ctx, n, p.cfg.Broker.QueueWait, verified, p.clients.addr(r))
+	var client netip.Addr // only an unverified body is charged to its sender
+	if !verified {
+		client = p.clients.addr(r)
+	}
+	release, err := p.bodies.reserve(ctx, n, p.cfg.Broker.QueueWait, verified, client)
 	if err != nil {
 		leaveBody(ctx, w)
 		p.unavailable(ctx, w, retryAfterUnavailable, err.Error())
