@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/sony/gobreaker/v2"
 
@@ -472,18 +476,60 @@ func TestSharedBreakerOpenElsewhereStopsAttempts(t *testing.T) {
 // downStores are shared stores a test can take down and bring back: in
 // memory, whose calls fail at once, and a real redis-server, whose client
 // has to notice the server is gone and whose Lock polls a busy lock.
+//
+// retries counts how often one Lock repeated its SET NX: a Lock that gives
+// up at once when the store does not answer never does. (The memory
+// store's Lock cannot poll.)
 var downStores = []struct {
 	name  string
-	start func(t *testing.T) (store gobreaker.SharedDataStore, down, up func())
+	start func(t *testing.T) (store gobreaker.SharedDataStore, down, up func(), retries func() int)
 }{
-	{"memory", func(*testing.T) (gobreaker.SharedDataStore, func(), func()) {
+	{"memory", func(*testing.T) (gobreaker.SharedDataStore, func(), func(), func() int) {
 		s := newMemStore()
-		return s, func() { s.down.Store(true) }, func() { s.down.Store(false) }
+		return s, func() { s.down.Store(true) }, func() { s.down.Store(false) }, func() int { return 0 }
 	}},
-	{"redis", func(t *testing.T) (gobreaker.SharedDataStore, func(), func()) {
+	{"redis", func(t *testing.T) (gobreaker.SharedDataStore, func(), func(), func() int) {
 		srv := redistest.Start(t)
-		return redisb.NewBreakerStore(srv.Client(t), "test:"), srv.Stop, srv.Restart
+		c := srv.Client(t)
+		tries := &lockTokens{seen: map[string]int{}}
+		c.AddHook(tries)
+		return redisb.NewBreakerStore(c, "test:"), srv.Stop, srv.Restart, tries.repeats
 	}},
+}
+
+// lockTokens counts the SET NX commands per value: each Lock sends a
+// fresh random token, so a token seen twice is a Lock that tried again.
+type lockTokens struct {
+	mu   sync.Mutex
+	seen map[string]int
+}
+
+func (h *lockTokens) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+func (h *lockTokens) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return next
+}
+func (h *lockTokens) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		if args := cmd.Args(); len(args) >= 3 && strings.EqualFold(cmd.Name(), "set") && slices.ContainsFunc(args, func(a any) bool {
+			s, ok := a.(string)
+			return ok && strings.EqualFold(s, "nx")
+		}) {
+			h.mu.Lock()
+			h.seen[fmt.Sprint(args[2])]++
+			h.mu.Unlock()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *lockTokens) repeats() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, c := range h.seen {
+		n += c - 1
+	}
+	return n
 }
 
 func TestSharedBreakerStoreDownDoesNotStopDeliveries(t *testing.T) {
@@ -500,7 +546,7 @@ func TestSharedBreakerStoreDownDoesNotStopDeliveries(t *testing.T) {
 				c := fastConfig()
 				c.Retry.MaxAttempts = 3
 				c.Breaker = resilience.Breaker{ConsecutiveFailures: 2, OpenTimeout: time.Minute, SyncInterval: tt.syncEvery}
-				store, down, up := st.start(t)
+				store, down, up, retries := st.start(t)
 				var logs testutil.LockedBuffer
 				p := newPolicy(t, c, resilience.Options{Name: "labelbox", Store: store, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 				// A first delivery while the store answers gives the replica
@@ -510,7 +556,7 @@ func TestSharedBreakerStoreDownDoesNotStopDeliveries(t *testing.T) {
 					t.Fatal(err)
 				}
 				down()
-				start := time.Now()
+				before := retries()
 				for range 3 {
 					s := &script{errs: []error{errRetry}}
 					if n, err := p.Do(t.Context(), s.attempt); n != 2 || err != nil {
@@ -519,8 +565,8 @@ func TestSharedBreakerStoreDownDoesNotStopDeliveries(t *testing.T) {
 				}
 				// Recording gives up at once when the store does not answer,
 				// rather than waiting for a lock it cannot get.
-				if el := time.Since(start); el > 2*time.Second {
-					t.Fatalf("deliveries took %v with the store down", el)
+				if n := retries() - before; n != 0 {
+					t.Fatalf("with the store down, Lock tried its SET NX again %d times; want it to give up at once", n)
 				}
 				if got := strings.Count(logs.String(), "shared breaker state"); got != 1 {
 					t.Fatalf("store outage logged %d times, want once:\n%s", got, logs.String())
