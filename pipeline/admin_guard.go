@@ -139,12 +139,12 @@ func loopbackPeer(r *http.Request) bool {
 	if r.Header.Get("Forwarded") != "" || r.Header.Get("X-Forwarded-For") != "" {
 		return false
 	}
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
+	a := addrOf(r.RemoteAddr)
+	if !a.IsValid() {
 		// A unix socket has no address; reaching it takes file access.
 		return strings.HasPrefix(r.RemoteAddr, "@") || r.RemoteAddr == ""
 	}
-	return ap.Addr().Unmap().IsLoopback()
+	return a.IsLoopback()
 }
 
 // adminToken holds the admin token's SHA-256, nil without a token.
