@@ -97,6 +97,7 @@ func (l *Labelbox) RateLimitNext(n int) {
 
 // Batches returns the batches created in a project, in creation order.
 func (l *Labelbox) Batches(projectID string) []LabelboxBatch {
+	defer l.settled()()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]LabelboxBatch(nil), l.batches[projectID]...)
@@ -104,6 +105,7 @@ func (l *Labelbox) Batches(projectID string) []LabelboxBatch {
 
 // Requeues returns the deleteBatchLabels calls carried out.
 func (l *Labelbox) Requeues() []LabelboxRequeue {
+	defer l.settled()()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]LabelboxRequeue(nil), l.requeued...)

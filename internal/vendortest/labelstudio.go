@@ -110,6 +110,7 @@ func (l *LabelStudio) ActionURL(project int) string {
 
 // Tasks returns a project's tasks, in import order.
 func (l *LabelStudio) Tasks(project int) []LabelStudioTask {
+	defer l.settled()()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]LabelStudioTask(nil), l.tasks[project]...)
@@ -118,6 +119,7 @@ func (l *LabelStudio) Tasks(project int) []LabelStudioTask {
 // ClearedAnnotations returns the task ids whose annotations were deleted
 // in a project, in order.
 func (l *LabelStudio) ClearedAnnotations(project int) []int {
+	defer l.settled()()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]int(nil), l.cleared[project]...)

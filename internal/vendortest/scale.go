@@ -78,6 +78,7 @@ func (s *Scale) TaskURL() string { return s.URL + "/v1/task/imageannotation" }
 
 // Tasks returns the tasks created, in order.
 func (s *Scale) Tasks() []ScaleTask {
+	defer s.settled()()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]ScaleTask(nil), s.tasks...)
@@ -85,6 +86,7 @@ func (s *Scale) Tasks() []ScaleTask {
 
 // Batches returns the batches created, in order.
 func (s *Scale) Batches() []ScaleBatch {
+	defer s.settled()()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]ScaleBatch, len(s.order))

@@ -112,6 +112,11 @@ type Server struct {
 	// per key. It sees every request, also those never handled.
 	keysOf func(r *http.Request, body []byte) []string
 
+	// acting is held across handling and recording a request, and read
+	// by the vendors' accessors, so that work seen there (a task, a
+	// batch) is also in the counts: a test reads the one, then the other.
+	acting sync.RWMutex
+
 	mu         sync.Mutex
 	reqs       []Request
 	arrived    int // requests that reached a handler, answered or not
@@ -165,6 +170,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.notify()
 	s.mu.Unlock()
 	s.delay(time.Now())
+	s.acting.Lock()
 	rep := s.injected()
 	if rep == nil {
 		x := s.handle(r, body)
@@ -173,7 +179,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	// Recorded before answering, so a client that got its answer sees the
 	// request in Requests.
 	s.record(r, body, *rep)
+	s.acting.Unlock()
 	s.write(w, *rep)
+}
+
+// settled waits for the request being handled to be recorded too, and
+// holds off the next until the returned func is called.
+func (s *Server) settled() func() {
+	s.acting.RLock()
+	return s.acting.RUnlock
 }
 
 // delay holds a request that arrived at start for the current latency.
