@@ -108,6 +108,18 @@ func (b *openBackends) breakerStore() gobreaker.SharedDataStore {
 	return nil
 }
 
+// pauseStore is the broker's backend's shared pause store, when it has
+// one: pauses follow the queues. nil keeps them in this process.
+func (b *openBackends) pauseStore() backend.PauseStore {
+	if len(b.kinds) == 0 {
+		return nil
+	}
+	if ps, ok := b.byKind[b.kinds[0]].(backend.Pauser); ok {
+		return ps.PauseStore()
+	}
+	return nil
+}
+
 func (b *openBackends) close() error {
 	var errs []error
 	for _, k := range slices.Backward(b.kinds) {

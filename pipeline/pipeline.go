@@ -84,6 +84,11 @@ type Pipeline struct {
 	tls     struct{ server, admin *tlsFiles }
 	// adminSum is the admin token's SHA-256 (nil: no token); Reload swaps it.
 	adminSum *atomic.Pointer[[sha256.Size]byte]
+	// pauses says which sinks an operator paused; sessions are the
+	// console's signed-in browsers; replays the replay jobs under way.
+	pauses   *pauses
+	sessions *sessions
+	replays  *replayJobs
 
 	draining  atomic.Bool
 	runCancel context.CancelFunc
@@ -120,6 +125,7 @@ type builtSink struct {
 	breaker atomic.Int64 // breakerGauge of the state, for the gauge
 	topic   string       // sink.<name>
 	backlog backlog      // keeps the sink's queue within queue:
+	stats   sinkStats    // recent deliveries and the last error, for the console
 }
 
 // New builds a pipeline from a loaded config. On failure it closes
@@ -168,6 +174,8 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		p.clients.trusted = append(p.clients.trusted, pf)
 	}
 	p.adminSum = adminToken(&cfg.Admin)
+	p.sessions = newSessions()
+	p.replays = &replayJobs{byID: map[string]*replayJob{}}
 	if p.tls.server, err = newTLSFiles("server", cfg.Server.TLS, cfg.dir); err != nil {
 		return nil, err
 	}
@@ -229,6 +237,7 @@ func (p *Pipeline) buildStages() error {
 
 func (p *Pipeline) buildSinks() error {
 	breakers := p.backends.breakerStore()
+	p.pauses = newPauses(p.backends.pauseStore(), p.log.With("component", "pauses"))
 	for _, sc := range p.cfg.Sinks {
 		t, _ := p.opts.Registry.Sink(sc.Type)
 		env := p.env("sink", sc.Name)
@@ -248,6 +257,7 @@ func (p *Pipeline) buildSinks() error {
 			Name:   sc.Name,
 			Logger: env.Logger,
 			Store:  breakers,
+			Gate:   p.pauseGate(bs),
 			OnStateChange: func(from, to gobreaker.State) {
 				bs.breaker.Store(breakerGauge(to))
 				env.Logger.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())

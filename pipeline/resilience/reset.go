@@ -1,0 +1,58 @@
+package resilience
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// Reset closes the breaker at once and forgets its counts: an operator's
+// word that the vendor is back, without waiting for the open period and a
+// probe. With a shared store the closed state is written there: this
+// replica and every replica whose view is closed or half-open go by it at
+// once (within breaker.sync_interval); a replica that saw the breaker open
+// honours that view without reading the store until its open period ends,
+// and then finds it closed (no probe). from is the state the breaker was
+// in.
+func (p *Policy) Reset() (from gobreaker.State, err error) {
+	from = p.br.state()
+	if err := p.br.reset(); err != nil {
+		return from, err
+	}
+	if from != gobreaker.StateClosed {
+		p.stateChanged(from, gobreaker.StateClosed)
+	} else {
+		p.broadcast()
+	}
+	return from, nil
+}
+
+func (b *localBreaker) reset() error {
+	b.cb.Store(gobreaker.NewTwoStepCircuitBreaker[struct{}](b.settings))
+	return nil
+}
+
+// reset writes a closed state of the next generation under the store's
+// lock: outcomes of probes admitted before it no longer count.
+func (b *sharedBreaker) reset() error {
+	b.rec.Lock()
+	defer b.rec.Unlock()
+	return b.withStoreLock(func() error {
+		data, err := b.held.GetData(b.key)
+		if err != nil {
+			return err
+		}
+		cur, _ := decode(data) // lost or unreadable: generation 0
+		now := time.Now()
+		next := gobreaker.SharedState{State: gobreaker.StateClosed, Generation: cur.Generation + 1, Start: now}
+		if b.settings.Interval > 0 {
+			next.Expiry = now.Add(b.settings.Interval)
+		}
+		raw, err := json.Marshal(next)
+		if err != nil {
+			return err
+		}
+		return b.held.SetData(b.key, raw)
+	})
+}
