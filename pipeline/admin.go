@@ -111,7 +111,7 @@ func (p *Pipeline) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"purged": len(taken)})
 	})
-	return newAdminGuard(&p.cfg.Admin, p.adminSum, p.sessions, mux)
+	return newAdminGuard(&p.cfg.Admin, p.adminSum, p.sessions, p.log.With("component", "admin"), mux)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -50,10 +51,11 @@ type adminGuard struct {
 	token    bool
 	cop      *http.CrossOriginProtection
 	sessions *sessions
+	log      *slog.Logger
 }
 
-func newAdminGuard(c *AdminConfig, sum *atomic.Pointer[[sha256.Size]byte], ss *sessions, next http.Handler) *adminGuard {
-	g := &adminGuard{next: next, hosts: map[string]bool{}, cop: http.NewCrossOriginProtection(), sum: sum, sessions: ss}
+func newAdminGuard(c *AdminConfig, sum *atomic.Pointer[[sha256.Size]byte], ss *sessions, log *slog.Logger, next http.Handler) *adminGuard {
+	g := &adminGuard{next: next, hosts: map[string]bool{}, cop: http.NewCrossOriginProtection(), sum: sum, sessions: ss, log: log}
 	g.token = sum.Load() != nil
 	if host, _, err := net.SplitHostPort(c.Addr); err == nil && host != "" {
 		g.hosts[normalHost(host)] = true
@@ -77,6 +79,9 @@ func (g *adminGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := g.cop.Check(r); err != nil {
+		// Worth a line: a page the operator opened tried to change something.
+		g.log.WarnContext(r.Context(), "admin API refused a cross-origin change", "method", r.Method, "path", r.URL.Path,
+			"origin", r.Header.Get("Origin"), "sec_fetch_site", r.Header.Get("Sec-Fetch-Site"), "peer", r.RemoteAddr)
 		writeJSON(w, http.StatusForbidden, map[string]any{"error": "cross-origin requests that change something are refused by the admin API (" + err.Error() + "); call it from curl or labelpipe, not from a web page"})
 		return
 	}

@@ -72,7 +72,7 @@ function cell(td, text, cls) {
 
 // button returns td's button for action, creating it once so that
 // keyboard focus survives the updates.
-function button(td, action, label, onClick) {
+function button(td, action, label, onClick, aria) {
   let b = td.querySelector(`button[data-action="${action}"]`);
   if (!b) {
     b = document.createElement("button");
@@ -83,8 +83,15 @@ function button(td, action, label, onClick) {
     td.appendChild(b);
   }
   if (b.textContent !== label) b.textContent = label;
+  if (aria && b.getAttribute("aria-label") !== aria) b.setAttribute("aria-label", aria);
   b.disabled = !(state.session && state.session.can_change);
   return b;
+}
+
+// first puts b first in its cell, moving it only when it is not there
+// already: a moved button would lose the keyboard focus.
+function first(b) {
+  if (b.parentNode.firstChild !== b) b.parentNode.prepend(b);
 }
 
 function renderSinks(sinks) {
@@ -106,12 +113,12 @@ function renderSinks(sinks) {
     const name = s.name;
     if (s.paused) {
       c[8].querySelector('button[data-action="pause"]')?.remove();
-      button(c[8], "resume", `Resume ${name}`, () => control(`/api/sinks/${encodeURIComponent(name)}/resume`, `${name} resumed`));
+      first(button(c[8], "resume", "Resume", () => control(`/api/sinks/${encodeURIComponent(name)}/resume`, `${name} resumed`), `Resume ${name}`));
     } else {
       c[8].querySelector('button[data-action="resume"]')?.remove();
-      button(c[8], "pause", `Pause ${name}`, () => control(`/api/sinks/${encodeURIComponent(name)}/pause`, `${name} paused: its queue holds`));
+      first(button(c[8], "pause", "Pause", () => control(`/api/sinks/${encodeURIComponent(name)}/pause`, `${name} paused: its queue holds`), `Pause ${name}`));
     }
-    button(c[8], "reset", `Reset breaker of ${name}`, () => control(`/api/sinks/${encodeURIComponent(name)}/breaker/reset`, `${name}: breaker closed`));
+    button(c[8], "reset", "Reset breaker", () => control(`/api/sinks/${encodeURIComponent(name)}/breaker/reset`, `${name}: breaker closed`), `Reset the breaker of ${name}`);
     if (![...sel.options].some(o => o.value === name)) {
       const o = document.createElement("option");
       o.value = name; o.textContent = name;
@@ -148,8 +155,8 @@ function renderDLQ(entries) {
       cell(c[9], d.trace_id ? d.trace_id.slice(0, 8) : "—");
     }
     const sink = d.sink, id = d.id;
-    button(c[10], "replay-one", `Replay ${d.export_id} chunk ${d.chunk}`,
-      () => replay(sink, { ids: [id] }));
+    button(c[10], "replay-one", "Replay",
+      () => replay(sink, { ids: [id] }), `Replay export ${d.export_id} chunk ${d.chunk} to ${sink}`);
   }
   prune(tbody, "data-entry", keep);
   $("#dlq-empty").hidden = entries.length > 0;
