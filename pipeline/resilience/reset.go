@@ -2,7 +2,6 @@ package resilience
 
 import (
 	"encoding/json"
-	"time"
 
 	"github.com/sony/gobreaker/v2"
 )
@@ -44,15 +43,38 @@ func (b *sharedBreaker) reset() error {
 			return err
 		}
 		cur, _ := decode(data) // lost or unreadable: generation 0
-		now := time.Now()
-		next := gobreaker.SharedState{State: gobreaker.StateClosed, Generation: cur.Generation + 1, Start: now}
-		if b.settings.Interval > 0 {
-			next.Expiry = now.Add(b.settings.Interval)
+		next, err := freshState(b.settings)
+		if err != nil {
+			return err
 		}
+		next.Generation = cur.Generation + 1
 		raw, err := json.Marshal(next)
 		if err != nil {
 			return err
 		}
 		return b.held.SetData(b.key, raw)
 	})
+}
+
+// freshState is the state a new breaker with settings writes: gobreaker
+// makes it (its rolling buckets included), on a scratch store.
+func freshState(settings gobreaker.Settings) (gobreaker.SharedState, error) {
+	scratch := &scratchStore{}
+	if _, err := gobreaker.NewDistributedCircuitBreaker[struct{}](scratch, settings); err != nil {
+		return gobreaker.SharedState{}, err
+	}
+	return decode(scratch.data)
+}
+
+// scratchStore holds one breaker's state in memory, for freshState.
+type scratchStore struct{ data []byte }
+
+func (s *scratchStore) Lock(string) error   { return nil }
+func (s *scratchStore) Unlock(string) error { return nil }
+func (s *scratchStore) GetData(string) ([]byte, error) {
+	return s.data, nil
+}
+func (s *scratchStore) SetData(_ string, data []byte) error {
+	s.data = data
+	return nil
 }
