@@ -14,6 +14,9 @@ func Register(r *pipeline.Registry) {
 	r.RegisterSink("file", pipeline.NewSinkType(
 		"append each body as one JSON line to a file",
 		FileDefaults, build(NewFile)))
+
+	// Vendor presets: a vendor's API from a few lines of config (preset.go).
+	// cvat: registered here too, by sinks/cvat.go's author.
 }
 
 // build adapts a typed constructor, so that a failed build returns a nil
