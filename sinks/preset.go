@@ -133,7 +133,7 @@ func newPreset(vendor string, c *PresetConfig, env pipeline.Env) (*preset, error
 		mp = metricnoop.NewMeterProvider()
 	}
 	skipped, err := mp.Meter("github.com/labelpipe/labelpipe/sinks").Int64Counter("labelpipe.sink.elements.skipped",
-		metric.WithDescription("Issue elements a vendor preset did not send, by sink and reason (no_image, no_labels)."))
+		metric.WithDescription("Issue elements a vendor preset did not send, by sink and reason (no_image, no_labels, no_key)."))
 	if err != nil {
 		return nil, fmt.Errorf("skipped counter: %w", err)
 	}
@@ -156,6 +156,9 @@ func (p *preset) endpoint(path string) *url.URL {
 const (
 	SkipNoImage  = "no_image"
 	SkipNoLabels = "no_labels"
+	// SkipNoKey: the element has no usable vendor key (Labelbox: a
+	// frame_id that is empty or over 200 characters).
+	SkipNoKey = "no_key"
 )
 
 // skip records that an element is not sent to this vendor, and why.

@@ -16,6 +16,15 @@ func Register(r *pipeline.Registry) {
 		FileDefaults, build(NewFile)))
 
 	// Vendor presets: a vendor's API from a few lines of config (preset.go).
+	r.RegisterSink("labelbox", pipeline.NewSinkType(
+		"queue an export's frames in a Labelbox project: createBatchV2 per 100,000 global keys (frame_id)",
+		LabelboxDefaults, build(NewLabelbox)))
+	r.RegisterSink("scale", pipeline.NewSinkType(
+		"create one Scale AI imageannotation task per element (unique_id per export and element)",
+		ScaleDefaults, build(NewScale)))
+	r.RegisterSink("label_studio", pipeline.NewSinkType(
+		"import an export's elements as Label Studio tasks, 1,000 per import",
+		LabelStudioDefaults, build(NewLabelStudio)))
 	// cvat: registered here too, by sinks/cvat.go's author.
 }
 
