@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -97,11 +95,20 @@ type Labelbox struct {
 	*preset
 	cfg LabelboxConfig
 
-	// mu guards retryKeys: the global keys a batch reported failed
+	// mu guards retries: the global keys a batch reported failed
 	// (failedDataRowIds), by the batch's name, which the next attempt
 	// queues as a batch of their own.
-	mu        sync.Mutex
-	retryKeys map[string][]string
+	mu      sync.Mutex
+	retries map[string]*keyRetry
+}
+
+// keyRetry is what is left to queue of a batch: keys, in retry batch
+// round (name-retry<round>). A round that reports failures again moves
+// the rest to the next round, so that its taken name is never mistaken
+// for the rest being queued.
+type keyRetry struct {
+	keys  []string
+	round int
 }
 
 // NewLabelbox builds a labelbox preset from a validated config.
@@ -110,7 +117,7 @@ func NewLabelbox(c *LabelboxConfig, env pipeline.Env) (*Labelbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Labelbox{preset: p, cfg: *c, retryKeys: map[string][]string{}}, nil
+	return &Labelbox{preset: p, cfg: *c, retries: map[string]*keyRetry{}}, nil
 }
 
 // labelboxBody is the request a labelbox preset sends.
@@ -173,13 +180,13 @@ func (s *Labelbox) Send(ctx context.Context, r *pipeline.Request) error {
 	}
 	name := body.Variables.Name
 	s.mu.Lock()
-	failed := s.retryKeys[name]
+	retry := s.retries[name]
 	s.mu.Unlock()
 	sent := r.Body
-	if failed != nil {
+	if retry != nil {
 		// The batch exists; queue what it could not take on its own.
-		body.Variables.Name = retryBatchName(name, failed)
-		body.Variables.GlobalKeys = failed
+		body.Variables.Name = retryBatchName(name, retry.round)
+		body.Variables.GlobalKeys = retry.keys
 		var buf bytes.Buffer
 		if err := encodeJSON(&buf, body); err != nil {
 			return &pipeline.DeliveryError{Msg: fmt.Sprintf("labelbox: encode retry batch: %v", err)}
@@ -204,20 +211,24 @@ func (s *Labelbox) Send(ctx context.Context, r *pipeline.Request) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(stillFailed) == 0 {
-		delete(s.retryKeys, name)
+		delete(s.retries, name)
 		return nil
 	}
-	s.retryKeys[name] = stillFailed
+	next := &keyRetry{keys: stillFailed, round: 1}
+	if retry != nil {
+		next.round = retry.round + 1
+	}
+	s.retries[name] = next
 	return &pipeline.DeliveryError{Status: resp.status, Retry: true, Answer: answer(resp.body), Msg: fmt.Sprintf(
 		"labelbox: batch %q: %d of %d global keys were not queued (failedDataRowIds: %s); the next attempt queues them as batch %q",
-		body.Variables.Name, len(stillFailed), len(body.Variables.GlobalKeys), keyList(stillFailed), retryBatchName(name, stillFailed))}
+		body.Variables.Name, len(stillFailed), len(body.Variables.GlobalKeys), keyList(stillFailed), retryBatchName(name, next.round))}
 }
 
-// retryBatchName names the batch of the keys a batch could not take:
-// derived from them, so that a repeated attempt reuses it.
-func retryBatchName(name string, keys []string) string {
-	sum := sha256.Sum256([]byte(strings.Join(keys, "\x00")))
-	return name + "-retry-" + hex.EncodeToString(sum[:4])
+// retryBatchName names a batch of the keys a batch could not take. A
+// repeated attempt of a round reuses its name, so a round that timed out
+// but was carried out is answered "already exists".
+func retryBatchName(name string, round int) string {
+	return fmt.Sprintf("%s-retry%d", name, round)
 }
 
 // keyList names keys for a message, the first 20 of them.
