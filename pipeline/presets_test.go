@@ -1,0 +1,325 @@
+package pipeline_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/labelpipe/labelpipe/internal/vendortest"
+)
+
+// The vendor presets (sink types labelbox, scale, label_studio) in one
+// pipeline, against the fake vendors, with failures injected: every
+// element reaches every vendor, and repeats are only the vendors'
+// idempotent answers.
+
+// presetExport is one generated export and what each vendor must get.
+type presetExport struct {
+	issue string
+	body  []byte
+	// frames are the unique frame_ids with an image (Labelbox's keys);
+	// tasks the elements with an image and labels (Scale); images the
+	// elements with an image (Label Studio).
+	frames, tasks, images []string
+	// key is the export key the webhook answered.
+	key string
+}
+
+// genExport builds export i: mixed sizes (a few large), frames and crops,
+// multi-sensor frames with the point cloud first, lidar-only frames and
+// frames without labels, and frames shared by several elements.
+func genExport(t *testing.T, i int) *presetExport {
+	t.Helper()
+	n := 1 + (i*7)%12
+	if i%10 == 0 {
+		n = 100
+	}
+	ex := &presetExport{issue: fmt.Sprintf("preset_issue_%03d_%d", i, issueSeq.Add(1))}
+	var els []any
+	seenFrame := map[string]bool{}
+	for j := range n {
+		id := fmt.Sprintf("el-%d-%d", i, j)
+		frame := fmt.Sprintf("fr-%d-%d", i, j)
+		img := map[string]any{"sensor_id": "cam", "data_urls": map[string]any{"image_url": "https://img.example/" + frame + ".jpg"}}
+		pc := map[string]any{"sensor_id": "lidar", "data_urls": map[string]any{"pointcloud_url": "https://pc.example/" + frame + ".pcd"}}
+		lab := func(uuid, class string) any {
+			return map[string]any{"uuid": uuid, "label": class, "label_type": "BBOX_2D"}
+		}
+		typ := "frame"
+		sensors := []any{img}
+		labels := []any{lab(id+"-a", "car"), lab(id+"-b", "pedestrian")}
+		hasImage, hasLabels := true, true
+		switch (i + j) % 6 {
+		case 1: // a crop: the label it points at has the element's id
+			typ = "crop"
+			labels = []any{lab(id, "cyclist"), lab(id+"-b", "car")}
+		case 2: // point cloud first
+			sensors = []any{pc, img}
+		case 3: // lidar only
+			sensors = []any{pc}
+			hasImage = false
+		case 4: // no labels
+			labels = []any{}
+			hasLabels = false
+		case 5: // a crop of the previous element's frame
+			if j > 0 {
+				frame = fmt.Sprintf("fr-%d-%d", i, j-1)
+				img = map[string]any{"sensor_id": "cam", "data_urls": map[string]any{"image_url": "https://img.example/" + frame + ".jpg"}}
+				sensors = []any{img}
+			}
+			typ = "crop"
+			labels = []any{lab(id, "truck")}
+		}
+		els = append(els, map[string]any{"element_id": id, "element_type": typ, "frame_id": frame, "dataset": "ds",
+			"issue_name": "mixed", "frame_data": map[string]any{"sensor_data": sensors, "label_data": labels}})
+		if hasImage {
+			ex.images = append(ex.images, id)
+			if !seenFrame[frame] {
+				seenFrame[frame] = true
+				ex.frames = append(ex.frames, frame)
+			}
+			if hasLabels {
+				ex.tasks = append(ex.tasks, id)
+			}
+		}
+	}
+	b, err := json.Marshal(map[string]any{"event": "issue-exported", "project": "presets",
+		"issue": map[string]any{"id": ex.issue, "elements": els}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex.body = b
+	return ex
+}
+
+// presetVendor is one row of the combined test: a preset's sink entry,
+// the failures injected into its fake, and the check that every element
+// got there. A CVAT row is added the same way.
+type presetVendor struct {
+	name string
+	sink string
+	// srv is the fake, held (SetLatency) at the start so that attempts
+	// time out after the vendor got them.
+	srv *vendortest.Server
+	// inject queues failures (injected of them) while work is queued.
+	inject   func()
+	injected int
+	// done reports whether every export reached the vendor.
+	done func(exports []*presetExport) bool
+	// check asserts what the vendor holds and logs its repeats.
+	check func(t *testing.T, exports []*presetExport)
+}
+
+func TestPresetsDeliverEveryElementToEveryVendor(t *testing.T) {
+	const (
+		exports     = 50
+		maxInFlight = 4
+	)
+	lb := vendortest.NewLabelbox(t, lbKey)
+	sc := vendortest.NewScale(t, scaleKey)
+	sc.RequireBatches()
+	ls := vendortest.NewLabelStudio(t, lsToken)
+	policy := fmt.Sprintf(`
+    timeout: 300ms
+    max_in_flight: %d
+    retry: {max_attempts: 30, initial_interval: 5ms, max_interval: 50ms, max_elapsed: 0s}
+    breaker: {consecutive_failures: 1000, open_timeout: 200ms}`, maxInFlight)
+
+	rows := []presetVendor{
+		{
+			name: "labelbox",
+			sink: fmt.Sprintf("  - name: labelbox\n    type: labelbox\n    url: %q\n    api_key: %q\n    project_id: %q", lb.URL, lbKey, lbProject),
+			srv:  lb.Server,
+			inject: func() {
+				lb.FailNextGraphQL(2, "INTERNAL_SERVER_ERROR", "try again")
+				lb.RateLimitNext(2)
+				lb.FailNext(2, 503, "")
+			},
+			injected: 6,
+			done: func(exs []*presetExport) bool {
+				return len(lb.Batches(lbProject)) >= countIf(exs, func(e *presetExport) bool { return len(e.frames) > 0 })
+			},
+			check: func(t *testing.T, exs []*presetExport) {
+				byName := map[string]vendortest.LabelboxBatch{}
+				for _, b := range lb.Batches(lbProject) {
+					if _, dup := byName[b.Name]; dup {
+						t.Errorf("labelbox: batch %s created twice", b.Name)
+					}
+					byName[b.Name] = b
+				}
+				dups := 0
+				for _, e := range exs {
+					if len(e.frames) == 0 {
+						continue
+					}
+					name := fmt.Sprintf("aquarium-%s-%s-0", e.issue, e.key)
+					b, ok := byName[name]
+					if !ok || !slices.Equal(b.GlobalKeys, e.frames) {
+						t.Errorf("labelbox: batch %s holds %v, want %v", name, b.GlobalKeys, e.frames)
+					}
+					c := lb.CountsFor(name)
+					if c.Accepted != 1 {
+						t.Errorf("labelbox: batch %s accepted %d times", name, c.Accepted)
+					}
+					dups += c.Duplicates
+				}
+				t.Logf("labelbox: %d batches, %d requests, %d answered \"already exists\"", len(byName), lb.RequestCount(), dups)
+			},
+		},
+		{
+			name: "scale",
+			sink: fmt.Sprintf("  - name: scale\n    type: scale\n    url: %q\n    api_key: %q\n    project: relabel\n    batch: aq", sc.URL, scaleKey),
+			srv:  sc.Server,
+			inject: func() {
+				sc.FailNext(3, 500, "")
+				sc.FailNext(1, 429, "1")
+				sc.FailNext(1, 408, "")
+			},
+			injected: 5,
+			done: func(exs []*presetExport) bool {
+				want := 0
+				for _, e := range exs {
+					want += len(e.tasks)
+				}
+				if len(sc.Tasks()) < want {
+					return false
+				}
+				for _, b := range sc.Batches() {
+					if !b.Finalized {
+						return false
+					}
+				}
+				return true
+			},
+			check: func(t *testing.T, exs []*presetExport) {
+				tasks := map[string]int{}
+				for _, tk := range sc.Tasks() {
+					tasks[tk.UniqueID]++
+				}
+				batches := map[string]bool{}
+				for _, b := range sc.Batches() {
+					batches[b.Name] = b.Finalized
+				}
+				dups, want := 0, 0
+				for _, e := range exs {
+					for _, el := range e.tasks {
+						uid := e.key + "-" + el
+						want++
+						if tasks[uid] != 1 {
+							t.Errorf("scale: %d tasks for %s, want 1", tasks[uid], uid)
+						}
+						c := sc.CountsFor(uid)
+						if c.Accepted != 1 {
+							t.Errorf("scale: %s accepted %d times", uid, c.Accepted)
+						}
+						dups += c.Duplicates
+					}
+					if len(e.tasks) > 0 && !batches[fmt.Sprintf("aq-%s-%s", e.issue, e.key)] {
+						t.Errorf("scale: batch of %s missing or not finalized", e.issue)
+					}
+				}
+				if len(tasks) != want {
+					t.Errorf("scale: %d tasks, want %d", len(tasks), want)
+				}
+				t.Logf("scale: %d tasks, %d requests, %d task requests answered 409, %d requests in all repeated earlier work (batches included)", len(tasks), sc.RequestCount(), dups, sc.Duplicates())
+			},
+		},
+		{
+			name: "label_studio",
+			sink: fmt.Sprintf("  - name: label_studio\n    type: label_studio\n    url: %q\n    api_key: %q\n    project_id: %d", ls.URL, lsToken, lsProject),
+			srv:  ls.Server,
+			inject: func() {
+				ls.FailNext(2, 502, "")
+				ls.FailNext(1, 500, "")
+			},
+			injected: 3,
+			done: func(exs []*presetExport) bool {
+				counts := ls.CountsByKey()
+				for _, e := range exs {
+					for _, el := range e.images {
+						if counts[vendortest.LabelStudioKey(e.issue, el)].Accepted == 0 {
+							return false
+						}
+					}
+				}
+				return true
+			},
+			check: func(t *testing.T, exs []*presetExport) {
+				twice, total := 0, 0
+				for _, e := range exs {
+					for _, el := range e.images {
+						total++
+						c := ls.CountsFor(vendortest.LabelStudioKey(e.issue, el))
+						switch {
+						case c.Accepted == 0:
+							t.Errorf("label_studio: %s/%s never imported", e.issue, el)
+						case c.Accepted > 1:
+							twice++
+						}
+					}
+				}
+				imports := countIf(exs, func(e *presetExport) bool { return len(e.images) > 0 })
+				t.Logf("label_studio: %d of %d tasks imported more than once (%.1f%%); %d imports for %d exports; %d import requests counted duplicate",
+					twice, total, 100*float64(twice)/float64(max(total, 1)), ls.Accepted(), imports, ls.Duplicates())
+			},
+		},
+	}
+
+	cfg := head(`  - {type: dedupe, store: memory, ttl: 1h}`)
+	for _, r := range rows {
+		cfg += r.sink + policy + "\n"
+		r.srv.SetLatency(time.Hour) // the first attempts time out at the vendor
+	}
+	h := startHarness(t, cfg)
+
+	all := make([]*presetExport, exports)
+	for i := range all {
+		all[i] = genExport(t, i)
+		all[i].key = h.accept(all[i].body).Key
+	}
+	// Once twice as many attempts arrived as can be in flight, at least
+	// max_in_flight of them timed out and were retried while the vendor
+	// still held them: let them all through, so that the vendor carries
+	// out both. Then inject the failures, into the work still queued.
+	const held = 2 * maxInFlight
+	for _, r := range rows {
+		waitFake(t, r.name+" retried attempts", func(ctx context.Context) error { return r.srv.WaitArrived(ctx, held) })
+	}
+	for _, r := range rows {
+		r.srv.SetLatency(0)
+		waitFake(t, r.name+" held attempts", func(ctx context.Context) error { return r.srv.WaitRequests(ctx, held) })
+		r.inject()
+	}
+	for _, r := range rows {
+		h.eventually(90*time.Second, r.name+" to have every element", func() bool { return r.done(all) })
+	}
+	for _, r := range rows {
+		h.eventually(30*time.Second, r.name+"'s queue to drain", func() bool { return h.sink(r.name).QueueDepth == 0 })
+		if dl := h.deadLetters(r.name); len(dl) != 0 {
+			t.Errorf("%s: %d dead letters, first: %+v", r.name, len(dl), dl[0])
+		}
+		injected := 0
+		for _, q := range r.srv.Requests() {
+			if q.Outcome == vendortest.Injected {
+				injected++
+			}
+		}
+		if injected != r.injected {
+			t.Errorf("%s: %d injected failures answered, want %d", r.name, injected, r.injected)
+		}
+		r.check(t, all)
+	}
+}
+
+func countIf[T any](s []T, f func(T) bool) int {
+	n := 0
+	for _, v := range s {
+		if f(v) {
+			n++
+		}
+	}
+	return n
+}
