@@ -4,11 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
+	"github.com/labelpipe/labelpipe/pipeline"
 )
 
 // The vendor presets (sink types labelbox, scale, label_studio) in one
@@ -92,6 +97,7 @@ func genExport(t *testing.T, i int) *presetExport {
 		t.Fatal(err)
 	}
 	ex.body = b
+	slices.Sort(ex.frames) // Labelbox's keys are sent sorted
 	return ex
 }
 
@@ -322,4 +328,63 @@ func countIf[T any](s []T, f func(T) bool) int {
 		}
 	}
 	return n
+}
+
+// The quickstart's file sinks write the bodies the presets send: both
+// render the same payload in one preview, on every sample export and on
+// an export with a point cloud first, a lidar-only frame and a frame
+// without labels.
+func TestQuickstartFileSinksMatchThePresets(t *testing.T) {
+	t.Setenv("AQ_WEBHOOK_SECRET", "")
+	quick, err := os.ReadFile("../configs/labelpipe.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(quick) + `
+  - {name: labelbox_preset, type: labelbox, api_key: k, project_id: demo-labelbox-project}
+  - {name: scale_preset, type: scale, api_key: k, project: aquarium-relabel}
+  - {name: label_studio_preset, type: label_studio, url: "http://127.0.0.1:1", api_key: k, project_id: 1}
+`
+	dir := filepath.Join(t.TempDir(), "configs")
+	cfg, err := pipeline.ParseConfig(filepath.Join(dir, "labelpipe.yaml"), []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	payloads := map[string][]byte{"generated": genExport(t, 2).body}
+	for _, f := range []string{"issue-frames.json", "issue-crops.json", "issue-mixed-spelling.json", "issue-10-elements.json"} {
+		payloads[f] = rawPayload(t, f)
+	}
+	for name, body := range payloads {
+		t.Run(name, func(t *testing.T) {
+			rep, err := pipeline.Preview(t.Context(), cfg, pipeline.Options{Registry: builtin.Registry()}, body, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bodies := map[string][]any{}
+			for _, s := range rep.Sinks {
+				if s.Error != "" {
+					t.Fatalf("sink %s: %s", s.Name, s.Error)
+				}
+				for _, r := range s.Requests {
+					raw, _ := json.Marshal(r["body"])
+					var v any
+					if err := json.Unmarshal(raw, &v); err != nil {
+						t.Fatal(err)
+					}
+					bodies[s.Name] = append(bodies[s.Name], v)
+				}
+			}
+			for _, vendor := range []string{"labelbox", "scale", "label_studio"} {
+				file, preset := bodies[vendor], bodies[vendor+"_preset"]
+				if len(preset) == 0 {
+					t.Errorf("%s: the preset sends nothing", vendor)
+				}
+				if !reflect.DeepEqual(file, preset) {
+					f, _ := json.MarshalIndent(file, "", " ")
+					p, _ := json.MarshalIndent(preset, "", " ")
+					t.Errorf("%s: the quickstart writes\n%s\nthe preset sends\n%s", vendor, f, p)
+				}
+			}
+		})
+	}
 }

@@ -21,7 +21,8 @@ import (
 
 // LabelboxConfig configures the labelbox preset. It queues an export's
 // frames for labeling in a Labelbox project: one createBatchV2 per
-// 100,000 frames, with the export's unique frame_ids as global keys.
+// 100,000 frames, with the export's unique frame_ids, sorted, as global
+// keys.
 //
 //   - name: labelbox
 //     type: labelbox
@@ -153,6 +154,7 @@ func (s *Labelbox) Render(ctx context.Context, payload any, export map[string]an
 			keys = append(keys, el.FrameID)
 		}
 	}
+	slices.Sort(keys) // the same keys make the same batches, whatever the order
 	exportKey := cmp.Or(str(export["key"]), str(export["id"]))
 	var out [][]byte
 	for chunk, i := 0, 0; i < len(keys); chunk, i = chunk+1, i+LabelboxBatchRows {

@@ -109,7 +109,7 @@ func (s *LabelStudio) Render(ctx context.Context, payload any, export map[string
 		var task bytes.Buffer
 		if err := encodeJSON(&task, map[string]any{
 			"data": map[string]any{"image": el.Image},
-			"meta": map[string]any{"aquarium_project": iss.Project, "issue_id": iss.ID, "export_key": exportKey,
+			"meta": map[string]any{"aquarium_project": iss.Project, "issue_id": iss.ID, "export_id": str(export["id"]), "export_key": exportKey,
 				"dataset": el.Dataset, "frame_id": el.FrameID, "element_id": el.ID, "element_type": el.Type},
 		}); err != nil {
 			return nil, err
