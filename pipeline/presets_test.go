@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -384,6 +385,104 @@ func TestQuickstartFileSinksMatchThePresets(t *testing.T) {
 					p, _ := json.MarshalIndent(preset, "", " ")
 					t.Errorf("%s: the quickstart writes\n%s\nthe preset sends\n%s", vendor, f, p)
 				}
+			}
+		})
+	}
+}
+
+// The seed's two recipes over the generic sinks, configs/examples, load
+// and send what the seed meant to send.
+func TestExampleConfigs(t *testing.T) {
+	for k, v := range map[string]string{"LABELING_API_ENDPOINT": "https://api.example.com/v1/batches", "LABELING_API_KEY": "example-key",
+		"LABELING_PROJECT_ID": "proj-9", "AQ_WEBHOOK_SECRET": hookSecret, "LABELPIPE_ADDR": ""} {
+		t.Setenv(k, v)
+	}
+	gen := genExport(t, 3) // frames, crops, a point cloud first, lidar only, no labels
+	var genPayload map[string]any
+	if err := json.Unmarshal(gen.body, &genPayload); err != nil {
+		t.Fatal(err)
+	}
+	// What the generated export must produce: for the relabel, a crop's
+	// own label and every label of a frame; for the batch, each frame
+	// with an image once, with that image.
+	var labelIDs, frames []string
+	images := map[string]string{}
+	for _, e := range genPayload["issue"].(map[string]any)["elements"].([]any) {
+		el := e.(map[string]any)
+		fd := el["frame_data"].(map[string]any)
+		if el["element_type"] == "crop" {
+			labelIDs = append(labelIDs, el["element_id"].(string))
+		} else {
+			for _, l := range fd["label_data"].([]any) {
+				labelIDs = append(labelIDs, l.(map[string]any)["uuid"].(string))
+			}
+		}
+		for _, s := range fd["sensor_data"].([]any) {
+			if u, ok := s.(map[string]any)["data_urls"].(map[string]any)["image_url"].(string); ok {
+				if _, seen := images[el["frame_id"].(string)]; !seen {
+					frames = append(frames, el["frame_id"].(string))
+				}
+				images[el["frame_id"].(string)] = u
+			}
+		}
+	}
+	slices.Sort(labelIDs)
+	labelIDs = slices.Compact(labelIDs)
+	slices.Sort(frames)
+
+	tests := []struct {
+		file  string
+		check func(t *testing.T, body map[string]any)
+	}{
+		{"graphql-relabel.yaml", func(t *testing.T, body map[string]any) {
+			vars := body["variables"].(map[string]any)
+			var got []string
+			for _, id := range vars["labelIds"].([]any) {
+				got = append(got, id.(string))
+			}
+			if vars["projectId"] != "proj-9" || !slices.Equal(got, labelIDs) {
+				t.Errorf("variables %v, want projectId proj-9 and labelIds %v", vars, labelIDs)
+			}
+		}},
+		{"rest-batch.yaml", func(t *testing.T, body map[string]any) {
+			var got []string
+			for _, f := range body["frames"].([]any) {
+				fm := f.(map[string]any)
+				got = append(got, fm["id"].(string))
+				if fm["url"] != images[fm["id"].(string)] {
+					t.Errorf("frame %v: url %v, want %s", fm["id"], fm["url"], images[fm["id"].(string)])
+				}
+			}
+			if body["project"] != "presets" || body["name"] != "ds_relabel_mixed" || !slices.Equal(got, frames) {
+				t.Errorf("batch %v, want project presets, name ds_relabel_mixed, frames %v", body, frames)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			cfg, err := pipeline.LoadConfig(filepath.Join("..", "configs", "examples", tt.file), pipeline.ResolveWith(builtin.Registry()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := pipeline.Preview(t.Context(), cfg, pipeline.Options{Registry: builtin.Registry()}, gen.body, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rep.Sinks) != 1 || len(rep.Sinks[0].Requests) != 1 {
+				t.Fatalf("want one sink with one request: %+v", rep.Sinks)
+			}
+			r := rep.Sinks[0].Requests[0]
+			if r["url"] != os.Getenv("LABELING_API_ENDPOINT") && tt.file == "rest-batch.yaml" {
+				t.Errorf("url %v", r["url"])
+			}
+			raw, _ := json.Marshal(r["body"])
+			var body map[string]any
+			if err := json.Unmarshal(raw, &body); err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, body)
+			if out, _ := json.Marshal(rep); strings.Contains(string(out), "example-key") {
+				t.Error("the preview shows the API key")
 			}
 		})
 	}
