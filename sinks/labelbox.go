@@ -140,15 +140,17 @@ func (s *Labelbox) Render(ctx context.Context, payload any, export map[string]an
 	if err != nil {
 		return nil, err
 	}
+	sk := s.skips(iss.ID)
+	defer sk.flush(ctx)
 	seen := map[string]bool{}
 	var keys []string
 	for i := range iss.Elements {
 		el := &iss.Elements[i]
 		switch {
 		case el.Image == "":
-			s.skip(ctx, iss.ID, el, SkipNoImage)
+			sk.add(el, SkipNoImage)
 		case el.FrameID == "" || len(el.FrameID) > labelboxGlobalKeyLen:
-			s.skip(ctx, iss.ID, el, SkipNoKey)
+			sk.add(el, SkipNoKey)
 		case !seen[el.FrameID]:
 			seen[el.FrameID] = true
 			keys = append(keys, el.FrameID)

@@ -88,6 +88,8 @@ func (s *LabelStudio) Render(ctx context.Context, payload any, export map[string
 	if err != nil {
 		return nil, err
 	}
+	sk := s.skips(iss.ID)
+	defer sk.flush(ctx)
 	exportKey := cmp.Or(str(export["key"]), str(export["id"]))
 	var out [][]byte
 	var buf bytes.Buffer
@@ -103,7 +105,7 @@ func (s *LabelStudio) Render(ctx context.Context, payload any, export map[string
 	for i := range iss.Elements {
 		el := &iss.Elements[i]
 		if el.Image == "" {
-			s.skip(ctx, iss.ID, el, SkipNoImage)
+			sk.add(el, SkipNoImage)
 			continue
 		}
 		var task bytes.Buffer

@@ -117,6 +117,8 @@ func (s *Scale) Render(ctx context.Context, payload any, export map[string]any) 
 	if err != nil {
 		return nil, err
 	}
+	sk := s.skips(iss.ID)
+	defer sk.flush(ctx)
 	exportKey := cmp.Or(str(export["key"]), str(export["id"]))
 	var batch string
 	if s.cfg.Batch != "" {
@@ -127,10 +129,10 @@ func (s *Scale) Render(ctx context.Context, payload any, export map[string]any) 
 		el := &iss.Elements[i]
 		switch {
 		case el.Image == "":
-			s.skip(ctx, iss.ID, el, SkipNoImage)
+			sk.add(el, SkipNoImage)
 			continue
 		case len(el.Labels) == 0:
-			s.skip(ctx, iss.ID, el, SkipNoLabels)
+			sk.add(el, SkipNoLabels)
 			continue
 		}
 		t := scaleTask{
