@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/labelpipe/labelpipe/builtin"
+	"github.com/labelpipe/labelpipe/internal/redistest"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
 )
@@ -485,5 +486,27 @@ func TestExampleConfigs(t *testing.T) {
 				t.Error("the preview shows the API key")
 			}
 		})
+	}
+}
+
+// rate_limit.shared on the redis broker keeps the sink's bucket in Redis,
+// where every replica draws from it. (A burst of 20 at 1/s lets the
+// export's tasks through at once, and keeps the key for seconds after.)
+func TestSharedRateLimitIsKeptInRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	sc := vendortest.NewScale(t, scaleKey)
+	cfg := strings.Replace(head(""), "broker: {type: memory}",
+		"broker: {type: redis, claim_idle: 200ms}\nredis: {url: \""+srv.URL()+"\", key_prefix: \"lp:\"}", 1) +
+		fmt.Sprintf("  - {name: scale, type: scale, url: %q, api_key: %q, project: relabel, rate_limit: {per_second: 1, burst: 20, shared: true}}\n", sc.URL, scaleKey)
+	h := startHarness(t, cfg)
+	ex := genExport(t, 3)
+	h.accept(ex.body)
+	h.eventually(20*time.Second, "every task at Scale", func() bool { return len(sc.Tasks()) == len(ex.tasks) })
+	keys, err := srv.Client(t).Keys(t.Context(), "*ratelimit*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(keys, "rate:lp:ratelimit:{sink.scale}") {
+		t.Errorf("rate limit keys in Redis %v, want the scale sink's", keys)
 	}
 }
