@@ -229,6 +229,7 @@ func (p *Pipeline) buildStages() error {
 
 func (p *Pipeline) buildSinks() error {
 	breakers := p.backends.breakerStore()
+	limiter := p.backends.rateLimiter()
 	for _, sc := range p.cfg.Sinks {
 		t, _ := p.opts.Registry.Sink(sc.Type)
 		env := p.env("sink", sc.Name)
@@ -245,9 +246,10 @@ func (p *Pipeline) buildSinks() error {
 			}
 		}
 		bs.policy, err = resilience.New(sc.Config, resilience.Options{
-			Name:   sc.Name,
-			Logger: env.Logger,
-			Store:  breakers,
+			Name:    sc.Name,
+			Logger:  env.Logger,
+			Store:   breakers,
+			Limiter: limiter,
 			OnStateChange: func(from, to gobreaker.State) {
 				bs.breaker.Store(breakerGauge(to))
 				env.Logger.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
