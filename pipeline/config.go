@@ -28,6 +28,10 @@ type Config struct {
 	// JQ bounds every jq program's run: stages, dedupe keys, filters,
 	// transforms, sink bodies and previews.
 	JQ JQLimits `yaml:"jq"`
+	// CustomEvents are event names besides Aquarium's five
+	// (AquariumEvents) that sinks and stages may name, for a caller that
+	// sends its own; any other name is an error.
+	CustomEvents []string `yaml:"custom_events"`
 	// Stages run in order, synchronously with the webhook request.
 	Stages []StageConfig `yaml:"-"`
 	// Sinks each receive every export they subscribe to.
@@ -206,6 +210,12 @@ type TracingConfig struct {
 	// from a caller.
 	CallerContext string `yaml:"caller_context"`
 }
+
+// Log levels and formats.
+var (
+	LogLevels  = []string{"debug", "info", "warn", "error"}
+	LogFormats = []string{"text", "json"}
+)
 
 // LogConfig configures the daemon's logger.
 type LogConfig struct {

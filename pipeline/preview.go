@@ -103,3 +103,15 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 	}
 	return rep
 }
+
+// Check builds cfg's stages and sinks offline, as Preview does, and closes
+// them: it finds what only building finds (a schema file that is missing
+// or broken, a certificate that does not load) without touching anything
+// outside the process. validate uses it, so that it rejects what run would.
+func Check(cfg *Config, opts Options) error {
+	p, err := newPipeline(cfg, opts, true)
+	if err != nil {
+		return err
+	}
+	return p.Close()
+}
