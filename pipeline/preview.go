@@ -57,7 +57,8 @@ func Preview(ctx context.Context, cfg *Config, opts Options, body []byte, header
 
 func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header) *PreviewReport {
 	ctx = WithJQLimits(ctx, p.cfg.JQ)
-	rep := &PreviewReport{}
+	// Empty lists, not null: a refused payload reaches no sink.
+	rep := &PreviewReport{Stages: []StageVerdict{}, Sinks: []SinkPreview{}}
 	e := &Export{ID: "preview-" + watermill.NewShortUUID(), ReceivedAt: time.Now(), Header: header, Body: body}
 	if header == nil {
 		e.Header = http.Header{}
@@ -68,7 +69,9 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 	}
 	tr := &trial{noHeaders: header == nil}
 	err := p.ingress(ctx, e, tr)
-	rep.Stages = tr.verdicts
+	if tr.verdicts != nil {
+		rep.Stages = tr.verdicts
+	}
 	if err != nil {
 		code, a, _ := stageAnswer(err)
 		return stop(code, a)
