@@ -368,3 +368,11 @@ type FieldError = field.Error
 
 // FieldErr builds a *FieldError.
 func FieldErr(path, format string, args ...any) error { return field.Errorf(path, format, args...) }
+
+// DefaultConfig is a config with every default set and no stages or
+// sinks: what an empty section means. The config's JSON Schema and
+// reference take their defaults from it.
+func DefaultConfig() Config { return defaultConfig() }
+
+// DefaultSinkConfig is a sink's common keys with their defaults.
+func DefaultSinkConfig() SinkConfig { return defaultSink() }
