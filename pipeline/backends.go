@@ -10,6 +10,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/labelpipe/labelpipe/pipeline/backend"
+	"github.com/labelpipe/labelpipe/pipeline/resilience"
 )
 
 // openBackends are the backends a pipeline opened, the broker's first.
@@ -116,6 +117,21 @@ func (b *openBackends) pauseStore() backend.PauseStore {
 	}
 	if ps, ok := b.byKind[b.kinds[0]].(backend.Pauser); ok {
 		return ps.PauseStore()
+	}
+	return nil
+}
+
+// rateLimiter is the first shared rate limiter an open backend offers
+// (redis); nil keeps every rate limit in this process.
+func (b *openBackends) rateLimiter() resilience.SharedLimiter {
+	for _, k := range b.kinds {
+		if l, ok := b.byKind[k].(interface {
+			SharedLimiter() resilience.SharedLimiter
+		}); ok {
+			if sl := l.SharedLimiter(); sl != nil {
+				return sl
+			}
+		}
 	}
 	return nil
 }

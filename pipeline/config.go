@@ -28,6 +28,10 @@ type Config struct {
 	// JQ bounds every jq program's run: stages, dedupe keys, filters,
 	// transforms, sink bodies and previews.
 	JQ JQLimits `yaml:"jq"`
+	// CustomEvents are event names besides Aquarium's five
+	// (AquariumEvents) that sinks and stages may name, for a caller that
+	// sends its own; any other name is an error.
+	CustomEvents []string `yaml:"custom_events"`
 	// Stages run in order, synchronously with the webhook request.
 	Stages []StageConfig `yaml:"-"`
 	// Sinks each receive every export they subscribe to.
@@ -211,6 +215,12 @@ type TracingConfig struct {
 	CallerContext string `yaml:"caller_context"`
 }
 
+// Log levels and formats.
+var (
+	LogLevels  = []string{"debug", "info", "warn", "error"}
+	LogFormats = []string{"text", "json"}
+)
+
 // LogConfig configures the daemon's logger.
 type LogConfig struct {
 	// Level is debug, info (default), warn or error.
@@ -362,3 +372,11 @@ type FieldError = field.Error
 
 // FieldErr builds a *FieldError.
 func FieldErr(path, format string, args ...any) error { return field.Errorf(path, format, args...) }
+
+// DefaultConfig is a config with every default set and no stages or
+// sinks: what an empty section means. The config's JSON Schema and
+// reference take their defaults from it.
+func DefaultConfig() Config { return defaultConfig() }
+
+// DefaultSinkConfig is a sink's common keys with their defaults.
+func DefaultSinkConfig() SinkConfig { return defaultSink() }

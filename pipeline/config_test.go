@@ -61,7 +61,7 @@ func TestConfigErrors(t *testing.T) {
 		},
 		"unknown-types": {
 			`:7:11: stages[1] "sigv4": unknown stage type "sigv4" (known: dedupe, filter, rate_limit, schema, secret, transform)`,
-			`:13:11: sinks[1] "kafka": unknown sink type "kafka" (known: file, graphql, http)`,
+			`:13:11: sinks[1] "kafka": unknown sink type "kafka" (known: file, graphql, http, label_studio, labelbox, scale)`,
 		},
 		"env": {
 			`:7:15: environment variable LP_TEST_UNSET_SECRET is not set`,
@@ -92,6 +92,30 @@ func TestConfigErrors(t *testing.T) {
 			`stages[1] "quick": hold: must be longer than broker.queue_wait (10s)`,
 			`sinks[0] "archive": queue.max_requests: must be ≥ 1`,
 			`sinks[0] "archive": queue.on_full: unknown action "drop" (want dead_letter or backpressure)`,
+		},
+		// A vendor preset missing its key, project or url says so, at the
+		// entry when the key is absent.
+		"presets": {
+			`:4:9: sinks[0] "labelbox": api_key: is required (or api_key_file)`,
+			`:4:9: sinks[0] "labelbox": project_id: is required`,
+			`:6:15: sinks[0] "labelbox": priority: must be 1 (highest) to 5`,
+			`:7:9: sinks[1] "scale": project: is required`,
+			`:10:19: sinks[1] "scale": api_key_file: conflicts with api_key`,
+			`:11:10: sinks[1] "scale": url: must be an absolute http:// or https:// URL`,
+			`:12:9: sinks[2] "label_studio": url: is required`,
+			`:14:14: environment variable LP_TEST_UNSET_KEY is not set`,
+			`:15:17: sinks[2] "label_studio": project_id: must be the project's numeric id`,
+		},
+		// Issue 12, observations 3 and 4: what run rejected or silently
+		// ignored, validate reports.
+		"events-and-log": {
+			`:5:10: log: level: unknown level "inf" (want debug, info, warn, error)`,
+			`:6:11: log: format: unknown format "jsn" (want text or json)`,
+			`:7:32: custom_events[1]: "model-trained" is declared twice`,
+			`stages[0] "schema": schema: unknown built-in schema "issue-exportd" (known: issue-exported`,
+			`:11:30: stages[0] "schema": events[1]: unknown event "dataset-completed" (did you mean "dataset-complete"?)`,
+			`:16:14: sinks[0] "archive": events[0]: unknown event "issue_exported" (did you mean "issue-exported"?); Aquarium sends issue-exported, issues-created, issue-update, dataset-complete, dataset-failed; declare any other in custom_events`,
+			`:20:29: sinks[1] "models": events[1]: unknown event "model-trainde" (did you mean "model-trained"?)`,
 		},
 		"server-limits": {
 			`:5:23: server: max_inflight_bytes: must be ≥ max_body_bytes`,
@@ -358,17 +382,12 @@ func TestBuildErrors(t *testing.T) {
 		{
 			name:  "schema file missing",
 			stage: `{type: schema, schema: schemas/missing.json}`,
-			want:  []string{`build.yaml:5:5: stages[0] "schema": `, "missing.json"},
+			want:  []string{`build.yaml:5:28: stages[0] "schema": schema: `, "missing.json"},
 		},
 		{
 			name:  "schema file is not JSON",
 			stage: `{type: schema, schema: ` + strconv.Quote(notJSON) + `}`,
 			want:  []string{`stages[0] "schema": `, "not valid JSON"},
-		},
-		{
-			name:  "unknown built-in schema",
-			stage: `{type: schema, schema: issue-deleted}`,
-			want:  []string{`stages[0] "schema": `, `unknown built-in schema "issue-deleted"`},
 		},
 		{
 			name: "file sink cannot be opened",

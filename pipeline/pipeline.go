@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -195,10 +196,13 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 	if err = p.openBackends(); err != nil {
 		return nil, err
 	}
-	if err = p.buildStages(); err != nil {
-		return nil, err
+	// Every stage's and sink's build errors, all at once.
+	stageErr, sinkErr := p.buildStages(), p.buildSinks()
+	var ce, se ConfigErrors
+	if errors.As(stageErr, &ce) && errors.As(sinkErr, &se) {
+		return nil, append(ce, se...)
 	}
-	if err = p.buildSinks(); err != nil {
+	if err = cmp.Or(stageErr, sinkErr); err != nil {
 		return nil, err
 	}
 	if p.metrics, err = newInstruments(opts.MeterProvider, p.sinks, p.bodies, p.dlqLen, p.sinkQueue); err != nil {
@@ -222,28 +226,44 @@ func (p *Pipeline) env(kind, name string) Env {
 	}
 }
 
+// buildStages builds every stage; it reports every stage that fails to
+// build, not only the first.
 func (p *Pipeline) buildStages() error {
+	var errs ConfigErrors
 	for _, sc := range p.cfg.Stages {
 		t, _ := p.opts.Registry.Stage(sc.Type)
 		env := p.env("stage", sc.Name)
 		s, err := t.Build(sc.Options, env)
 		if err != nil {
-			return p.cfg.entryError(sc.path, sc.label(), err)
+			var ce ConfigErrors
+			errors.As(p.cfg.entryError(sc.path, sc.label(), err), &ce)
+			errs = append(errs, ce...)
+			continue
 		}
 		p.stages = append(p.stages, builtStage{cfg: sc, stage: s, log: env.Logger})
+	}
+	if len(errs) > 0 {
+		return errs
 	}
 	return nil
 }
 
+// buildSinks builds every sink; it reports every sink that fails to
+// build, not only the first.
 func (p *Pipeline) buildSinks() error {
 	breakers := p.backends.breakerStore()
 	p.pauses = newPauses(p.backends.pauseStore(), p.log.With("component", "pauses"))
+	limiter := p.backends.rateLimiter()
+	var errs ConfigErrors
 	for _, sc := range p.cfg.Sinks {
 		t, _ := p.opts.Registry.Sink(sc.Type)
 		env := p.env("sink", sc.Name)
 		s, err := t.Build(sc.Options, env)
 		if err != nil {
-			return p.cfg.entryError(sc.path, sc.label(), err)
+			var ce ConfigErrors
+			errors.As(p.cfg.entryError(sc.path, sc.label(), err), &ce)
+			errs = append(errs, ce...)
+			continue
 		}
 		bs := &builtSink{cfg: sc, sink: s, log: env.Logger,
 			slots: make(chan struct{}, sc.MaxInFlight), topic: backend.TopicSink(sc.Name)}
@@ -254,10 +274,11 @@ func (p *Pipeline) buildSinks() error {
 			}
 		}
 		bs.policy, err = resilience.New(sc.Config, resilience.Options{
-			Name:   sc.Name,
-			Logger: env.Logger,
-			Store:  breakers,
-			Gate:   p.pauseGate(bs),
+			Name:    sc.Name,
+			Logger:  env.Logger,
+			Store:   breakers,
+			Limiter: limiter,
+			Gate:    p.pauseGate(bs),
 			OnStateChange: func(from, to gobreaker.State) {
 				bs.breaker.Store(breakerGauge(to))
 				env.Logger.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
@@ -270,6 +291,9 @@ func (p *Pipeline) buildSinks() error {
 		for _, ev := range sc.Events {
 			p.events[ev] = true
 		}
+	}
+	if len(errs) > 0 {
+		return errs
 	}
 	return nil
 }

@@ -55,6 +55,17 @@ type Options struct {
 	// towards neither retry.max_attempts nor retry.max_elapsed, and is
 	// reported in Attempt.BreakerWait. An error (ctx ended) stops Do.
 	Gate func(ctx context.Context) error
+	// Limiter, when set and rate_limit.shared is, keeps the rate limit's
+	// bucket where every replica draws from it (Redis). While it fails,
+	// the process's own bucket applies.
+	Limiter SharedLimiter
+}
+
+// SharedLimiter is a rate limit bucket shared between replicas.
+type SharedLimiter interface {
+	// Reserve takes a token from sink's bucket of perSecond with burst,
+	// or says how long to wait before asking again (0: go now).
+	Reserve(ctx context.Context, sink string, perSecond float64, burst int) (time.Duration, error)
 }
 
 // Attempt describes one attempt to the function Do runs.
@@ -84,6 +95,7 @@ type Policy struct {
 	onChange func(from, to gobreaker.State)
 	gate     func(ctx context.Context) error // nil: never held
 	limiter  *rate.Limiter                   // nil: unlimited
+	shared   SharedLimiter                   // nil: the limiter alone
 	br       breaker
 
 	mu sync.Mutex
@@ -116,6 +128,9 @@ func New(cfg Config, opts Options) (*Policy, error) {
 			burst = 1
 		}
 		p.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit.PerSecond), burst)
+		if cfg.RateLimit.Shared {
+			p.shared = opts.Limiter
+		}
 	}
 	settings := p.settings()
 	if opts.Store == nil {
@@ -355,6 +370,26 @@ func (p *Policy) waitBreaker(ctx context.Context, ch <-chan struct{}, until time
 func (p *Policy) waitRate(ctx context.Context) error {
 	if p.limiter == nil {
 		return nil
+	}
+	if p.shared != nil {
+		for {
+			d, err := p.shared.Reserve(ctx, p.name, p.cfg.RateLimit.PerSecond, max(1, p.cfg.RateLimit.Burst))
+			if err != nil {
+				if ctx.Err() != nil {
+					return context.Cause(ctx)
+				}
+				// The shared bucket is out of reach: this process's own
+				// keeps the pace meanwhile.
+				p.log.Warn("shared rate limit unavailable; using this replica's own", "error", err)
+				break
+			}
+			if d == 0 {
+				return nil
+			}
+			if err := sleep(ctx, d); err != nil {
+				return err
+			}
+		}
 	}
 	r := p.limiter.Reserve()
 	d := r.Delay()
