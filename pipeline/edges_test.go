@@ -133,3 +133,43 @@ func TestAttemptSpansKeepTheirParentBehindAnOpenBreaker(t *testing.T) {
 		t.Errorf("only %d spans for the delivery and its breaker store; the test sees too little", forDelivery)
 	}
 }
+
+// tracing.endpoint takes a URL, as OTEL_EXPORTER_OTLP_ENDPOINT does, or
+// host:port (issue 12, observation 1: the README's host:port in that
+// variable only worked by accident); anything else is a config error at
+// the value's position.
+func TestTracingEndpointForms(t *testing.T) {
+	cfg := func(tracing string) string {
+		return strings.Replace(head(""), "stages:", "tracing: "+tracing+"\nstages:", 1) +
+			"  - {name: out, type: file, path: out.jsonl, body: .}\n"
+	}
+	for _, ok := range []string{
+		`{exporter: otlp, endpoint: "http://127.0.0.1:4317"}`,
+		`{exporter: otlp, endpoint: "https://collector.example:4317/"}`,
+		`{exporter: otlp, endpoint: "127.0.0.1:4317"}`,
+		`{exporter: otlp, endpoint: "[::1]:4317"}`,
+		`{exporter: otlp, protocol: http, endpoint: "http://127.0.0.1:4318/v1/traces"}`,
+		`{exporter: otlp, endpoint: ""}`,
+	} {
+		if _, err := pipeline.ParseConfig("p.yaml", []byte(cfg(ok))); err != nil {
+			t.Errorf("tracing %s: %v", ok, err)
+		}
+	}
+	for bad, want := range map[string]string{
+		`{exporter: otlp, endpoint: "127.0.0.1"}`:                       `p.yaml:4:37: tracing: endpoint: neither a URL nor host:port; want a URL such as http://127.0.0.1:4317`,
+		`{exporter: otlp, endpoint: "grpc://127.0.0.1:4317"}`:           `p.yaml:4:37: tracing: endpoint: scheme "grpc"`,
+		`{exporter: otlp, endpoint: "http://:4317"}`:                    `tracing: endpoint: the URL has no host`,
+		`{exporter: otlp, endpoint: "127.0.0.1:99999"}`:                 `tracing: endpoint: port "99999": want 1 to 65535`,
+		`{exporter: otlp, endpoint: "http://127.0.0.1:4317/v1/traces"}`: `an OTLP/gRPC endpoint has no path`,
+		`{exporter: otlp, endpoint: "http://u:hunter2@127.0.0.1:x"}`:    `tracing: endpoint: not a valid URL`,
+	} {
+		_, err := pipeline.ParseConfig("p.yaml", []byte(cfg(bad)))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("tracing %s: error %v, want %q", bad, err, want)
+			continue
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("the password is in the error: %v", err)
+		}
+	}
+}
