@@ -61,7 +61,9 @@ func NewClient(ctx context.Context, cfg pipeline.RedisConfig, tp trace.TracerPro
 		opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	}
 	client := goredis.NewClient(opt)
-	var topts []redisotel.TracingOption
+	// EVALSHA is traced by scriptSpans instead, which does not count
+	// NOSCRIPT as an error.
+	topts := []redisotel.TracingOption{redisotel.WithCommandFilter(isEvalSha)}
 	if tp != nil {
 		topts = append(topts, redisotel.WithTracerProvider(tp))
 	}
@@ -69,6 +71,7 @@ func NewClient(ctx context.Context, cfg pipeline.RedisConfig, tp trace.TracerPro
 		_ = client.Close()
 		return nil, fmt.Errorf("redis tracing: %w", err)
 	}
+	client.AddHook(newScriptSpans(tp, opt))
 	var mopts []redisotel.MetricsOption
 	if mp != nil {
 		mopts = append(mopts, redisotel.WithMeterProvider(mp))

@@ -26,7 +26,8 @@ import (
 // with "ERR unknown subcommand 'setinfo'"; every Redis-mode trace showed
 // it as an ERROR span (issue 12, observation 10). NewClient skips the
 // identity call (and the maintenance-notifications one, which
-// fails the same way), so a fresh client's first commands leave no error span.
+// fails the same way), and a script's first EVALSHA (NOSCRIPT, then EVAL)
+// is no error either, so a fresh client's first commands leave no error span.
 func TestNoSetinfoErrorSpans(t *testing.T) {
 	srv := redistest.Start(t)
 	spans := tracetest.NewSpanRecorder()
@@ -48,12 +49,45 @@ func TestNoSetinfoErrorSpans(t *testing.T) {
 	for _, conn := range conns {
 		_ = conn.Close()
 	}
+	// A script the fresh server has not cached: EVALSHA answers NOSCRIPT
+	// and go-redis sends EVAL; that is no error either.
+	script := goredis.NewScript(`return redis.call("GET", KEYS[1])`)
+	if err := script.Run(t.Context(), c, []string{"k0"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A script that does fail still says so, the cached one too.
+	bad := goredis.NewScript(`return redis.error_reply("boom")`)
+	for range 2 {
+		if err := bad.Run(t.Context(), c, nil).Err(); err == nil {
+			t.Fatal("the failing script did not fail")
+		}
+	}
 	ended := spans.Ended()
+	noscript, failed := false, false
+	for _, s := range ended {
+		if s.Name() != "evalsha" {
+			continue
+		}
+		for _, e := range s.Events() {
+			if strings.Contains(e.Name, "not cached") {
+				noscript = true
+			}
+		}
+		if s.Status().Code == codes.Error && strings.Contains(s.Status().Description, "boom") {
+			failed = true
+		}
+	}
+	if !noscript {
+		t.Error("no evalsha span notes the NOSCRIPT answer")
+	}
+	if !failed {
+		t.Error("the failing script's evalsha span has no error status")
+	}
 	if len(ended) < 3 {
 		t.Fatalf("%d spans, want at least the 3 SETs", len(ended))
 	}
 	for _, s := range ended {
-		if s.Status().Code == codes.Error {
+		if s.Status().Code == codes.Error && !strings.Contains(s.Status().Description, "boom") {
 			t.Errorf("span %q has error status %q (attributes %v)", s.Name(), s.Status().Description, s.Attributes())
 		}
 		for _, a := range s.Attributes() {

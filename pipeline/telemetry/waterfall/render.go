@@ -283,7 +283,7 @@ func axis(width int, total time.Duration) string {
 func fmtDur(d time.Duration) string {
 	switch {
 	case d < time.Millisecond:
-		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+		return fmt.Sprintf("%dµs", d.Round(time.Microsecond)/time.Microsecond)
 	case d < time.Second:
 		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
 	case d < time.Minute:
