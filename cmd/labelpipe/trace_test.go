@@ -59,7 +59,7 @@ func TestTraceCommand(t *testing.T) {
 	}
 
 	cliCase{name: "plain", args: []string{"trace", "--jaeger", j.QueryURL(), traceID},
-		wantStdout: []string{"trace " + traceID + "  export 01JF3W7K8Q2Y5V9N6M4T1R0SBX", "POST /webhook [server]", "    attempt scale  #1", "ERROR 503", "error: vendor answered 503", "attempt scale  #2"},
+		wantStdout:  []string{"trace " + traceID + "  export 01JF3W7K8Q2Y5V9N6M4T1R0SBX", "POST /webhook [server]", "    attempt scale  #1", "ERROR 503", "error: vendor answered 503", "attempt scale  #2"},
 		emptyStderr: true}.check(t)
 	code, stdout, _ := labelpipe(t, "trace", "--jaeger", j.QueryURL(), traceID)
 	if code != 0 || strings.Contains(stdout, "\x1b[") {
