@@ -120,7 +120,7 @@ func TestGoRedisLogsNoRawLines(t *testing.T) {
 			if err := cmd.Run(); err != nil {
 				t.Fatalf("child: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 			}
-			if !strings.Contains(stdout.String(), "commands failed: 3") {
+			if !strings.Contains(stdout.String(), "commands failed: 1") {
 				t.Fatalf("the child did not run against a Redis that is down:\n%s", stdout.String())
 			}
 			if s := stderr.String(); strings.Contains(s, "redis:") || strings.Contains(s, "connection pool") {
@@ -160,10 +160,8 @@ func redisDownChild(t *testing.T, mode string) {
 	}
 	defer func() { _ = c.Close() }()
 	failed := 0
-	for range 3 {
-		if err := c.Get(context.Background(), "k").Err(); err != nil {
-			failed++
-		}
+	if err := c.Get(context.Background(), "k").Err(); err != nil {
+		failed++
 	}
 	fmt.Printf("commands failed: %d\n", failed)
 }

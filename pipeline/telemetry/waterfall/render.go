@@ -157,7 +157,7 @@ func describe(s *Span, depth int, opt Options) line {
 		default:
 			details = append(details, "breaker "+st)
 		}
-		if ms := a["labelpipe.backoff_ms"]; ms != "" && ms != "0" {
+		if ms := a["labelpipe.backoff_ms"]; ms != "" && (ms != "0" || a["labelpipe.attempt"] != "1") {
 			d := "after " + ms + "ms backoff"
 			if a["labelpipe.retry_after_honoured"] == "true" {
 				d = "after " + ms + "ms (Retry-After)"
