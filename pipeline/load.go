@@ -522,6 +522,9 @@ func (l *loader) check(c *Config) {
 	default:
 		l.at("tracing.protocol", "tracing", "protocol", fmt.Sprintf("unknown protocol %q (want grpc or http)", c.Tracing.Protocol))
 	}
+	if err := CheckOTLPEndpoint(c.Tracing.Endpoint, c.Tracing.Protocol); err != nil {
+		l.at("tracing.endpoint", "tracing", "endpoint", err.Error())
+	}
 	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
 		l.at("tracing.sample_ratio", "tracing", "sample_ratio", "must be between 0 and 1")
 	}

@@ -118,9 +118,8 @@ type builtSink struct {
 	filter  *JQ
 	policy  *resilience.Policy
 	log     *slog.Logger
-	breaker atomic.Int64 // breakerGauge of the state, for the gauge
-	topic   string       // sink.<name>
-	backlog backlog      // keeps the sink's queue within queue:
+	topic   string  // sink.<name>
+	backlog backlog // keeps the sink's queue within queue:
 }
 
 // New builds a pipeline from a loaded config. On failure it closes
@@ -270,7 +269,6 @@ func (p *Pipeline) buildSinks() error {
 			Store:   breakers,
 			Limiter: limiter,
 			OnStateChange: func(from, to gobreaker.State) {
-				bs.breaker.Store(breakerGauge(to))
 				env.Logger.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
 			},
 		})

@@ -207,7 +207,10 @@ func (p *Policy) changedCh() <-chan struct{} {
 }
 
 // State is the breaker's state: closed, half-open or open.
-func (p *Policy) State() gobreaker.State { return p.br.state() }
+func (p *Policy) State() gobreaker.State { return p.br.state(context.Background()) }
+
+// StateContext is State, reading a shared store (when it must) in ctx.
+func (p *Policy) StateContext(ctx context.Context) gobreaker.State { return p.br.state(ctx) }
 
 // Do runs attempt until it succeeds, fails permanently, or
 // retry.max_attempts / retry.max_elapsed are spent.
@@ -315,7 +318,7 @@ func (p *Policy) admit(ctx context.Context) (admission, time.Duration, error) {
 		// Take the channel before asking, so that a probe finishing in
 		// between still wakes us.
 		ch := p.changedCh()
-		adm, until, err := p.br.allow()
+		adm, until, err := p.br.allow(ctx)
 		if err == nil {
 			return adm, waited, nil
 		}
@@ -499,8 +502,9 @@ type admission struct {
 type breaker interface {
 	// allow admits one attempt, or refuses it with gobreaker.ErrOpenState
 	// (until is when the open period ends) or ErrTooManyRequests.
-	allow() (adm admission, until time.Time, err error)
-	state() gobreaker.State
+	// The store calls it makes for them are made in ctx.
+	allow(ctx context.Context) (adm admission, until time.Time, err error)
+	state(ctx context.Context) gobreaker.State
 }
 
 // localBreaker keeps the state in this process.
@@ -509,7 +513,7 @@ type localBreaker struct {
 	p  *Policy
 }
 
-func (b *localBreaker) allow() (admission, time.Time, error) {
+func (b *localBreaker) allow(context.Context) (admission, time.Time, error) {
 	st := b.cb.State()
 	done, err := b.cb.Allow()
 	if err != nil {
@@ -534,4 +538,4 @@ func (b *localBreaker) allow() (admission, time.Time, error) {
 	return adm, time.Time{}, nil
 }
 
-func (b *localBreaker) state() gobreaker.State { return b.cb.State() }
+func (b *localBreaker) state(context.Context) gobreaker.State { return b.cb.State() }
