@@ -113,7 +113,9 @@ func (b *openBackends) breakerStore() gobreaker.SharedDataStore {
 // (redis); nil keeps every rate limit in this process.
 func (b *openBackends) rateLimiter() resilience.SharedLimiter {
 	for _, k := range b.kinds {
-		if l, ok := b.byKind[k].(interface{ SharedLimiter() resilience.SharedLimiter }); ok {
+		if l, ok := b.byKind[k].(interface {
+			SharedLimiter() resilience.SharedLimiter
+		}); ok {
 			if sl := l.SharedLimiter(); sl != nil {
 				return sl
 			}

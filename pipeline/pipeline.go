@@ -263,6 +263,9 @@ func (p *Pipeline) buildSinks() error {
 				return fmt.Errorf("sink %q: filter: %w", sc.Name, err)
 			}
 		}
+		if sc.RateLimit.Shared && limiter == nil {
+			env.Logger.Warn("rate_limit.shared: no backend shares rate limits (use broker.type redis); this replica keeps its own")
+		}
 		bs.policy, err = resilience.New(sc.Config, resilience.Options{
 			Name:    sc.Name,
 			Logger:  env.Logger,
