@@ -47,6 +47,14 @@ func EnvPlaceholder(name string) string {
 	return "placeholder-" + strings.ToLower(strings.ReplaceAll(name, "_", "-"))
 }
 
+// IsEnvPlaceholder reports whether s is a value EnvPlaceholders put in
+// place of an unset variable, so that a type's check of a value's form
+// (a numeric id, say) can let it pass: only its presence is known.
+func IsEnvPlaceholder(s string) bool {
+	rest, ok := strings.CutPrefix(s, "placeholder-")
+	return ok && rest != "" && strings.Trim(rest, "abcdefghijklmnopqrstuvwxyz0123456789-") == ""
+}
+
 // AllowUnsetEnv leaves an unset ${VAR} without a default as written
 // instead of reporting an error; preview uses it so that no vendor keys
 // are needed.
