@@ -197,8 +197,10 @@ type RedisConfig struct {
 type TracingConfig struct {
 	// Exporter is none (default), otlp or stdout.
 	Exporter string `yaml:"exporter"`
-	// Endpoint is the OTLP endpoint (host:port for grpc, URL for http);
-	// empty uses OTEL_EXPORTER_OTLP_ENDPOINT or the SDK default.
+	// Endpoint is the OTLP receiver: a URL like OTEL_EXPORTER_OTLP_ENDPOINT
+	// (http://127.0.0.1:4317 for grpc, http://127.0.0.1:4318 for http,
+	// whose bare URL means its /v1/traces; https:// for TLS) or host:port.
+	// Empty uses OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT or the SDK default.
 	Endpoint string `yaml:"endpoint"`
 	// Protocol is grpc (default) or http.
 	Protocol string `yaml:"protocol"`

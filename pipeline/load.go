@@ -48,6 +48,14 @@ func EnvPlaceholder(name string) string {
 	return "placeholder-" + strings.ToLower(strings.ReplaceAll(name, "_", "-"))
 }
 
+// IsEnvPlaceholder reports whether s is a value EnvPlaceholders put in
+// place of an unset variable, so that a type's check of a value's form
+// (a numeric id, say) can let it pass: only its presence is known.
+func IsEnvPlaceholder(s string) bool {
+	rest, ok := strings.CutPrefix(s, "placeholder-")
+	return ok && rest != "" && strings.Trim(rest, "abcdefghijklmnopqrstuvwxyz0123456789-") == ""
+}
+
 // AllowUnsetEnv leaves an unset ${VAR} without a default as written
 // instead of reporting an error; preview uses it so that no vendor keys
 // are needed.
@@ -522,6 +530,9 @@ func (l *loader) check(c *Config) {
 	case "", "grpc", "http", "http/protobuf":
 	default:
 		l.at("tracing.protocol", "tracing", "protocol", fmt.Sprintf("unknown protocol %q (want grpc or http)", c.Tracing.Protocol))
+	}
+	if err := CheckOTLPEndpoint(c.Tracing.Endpoint, c.Tracing.Protocol); err != nil {
+		l.at("tracing.endpoint", "tracing", "endpoint", err.Error())
 	}
 	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
 		l.at("tracing.sample_ratio", "tracing", "sample_ratio", "must be between 0 and 1")

@@ -123,10 +123,9 @@ type builtSink struct {
 	filter  *JQ
 	policy  *resilience.Policy
 	log     *slog.Logger
-	breaker atomic.Int64 // breakerGauge of the state, for the gauge
-	topic   string       // sink.<name>
-	backlog backlog      // keeps the sink's queue within queue:
-	stats   sinkStats    // recent deliveries and the last error, for the console
+	topic   string    // sink.<name>
+	backlog backlog   // keeps the sink's queue within queue:
+	stats   sinkStats // recent deliveries and the last error, for the console
 }
 
 // New builds a pipeline from a loaded config. On failure it closes
@@ -273,6 +272,9 @@ func (p *Pipeline) buildSinks() error {
 				return fmt.Errorf("sink %q: filter: %w", sc.Name, err)
 			}
 		}
+		if sc.RateLimit.Shared && limiter == nil {
+			env.Logger.Warn("rate_limit.shared: no backend shares rate limits (use broker.type redis); this replica keeps its own")
+		}
 		bs.policy, err = resilience.New(sc.Config, resilience.Options{
 			Name:    sc.Name,
 			Logger:  env.Logger,
@@ -280,7 +282,6 @@ func (p *Pipeline) buildSinks() error {
 			Limiter: limiter,
 			Gate:    p.pauseGate(bs),
 			OnStateChange: func(from, to gobreaker.State) {
-				bs.breaker.Store(breakerGauge(to))
 				env.Logger.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
 			},
 		})

@@ -51,7 +51,7 @@ func (c *LabelStudioConfig) Validate() error {
 	switch id := strings.TrimSpace(c.ProjectID); {
 	case id == "":
 		errs = append(errs, pipeline.FieldErr("project_id", "is required"))
-	case unexpanded.MatchString(id): // a preview without the variable: shown as is
+	case unexpanded.MatchString(id), pipeline.IsEnvPlaceholder(id): // checked without its variable (preview, validate --no-env)
 	default:
 		if n, err := strconv.Atoi(id); err != nil || n < 1 {
 			errs = append(errs, pipeline.FieldErr("project_id", "must be the project's numeric id"))

@@ -244,7 +244,7 @@ func (p *preset) paceFrom(err error) error {
 func describe(req *http.Request, body []byte) map[string]any {
 	return map[string]any{
 		"method":  req.Method,
-		"url":     redact.URL(req.URL),
+		"url":     describeURL(req.URL),
 		"headers": redactHeaders(req.Header),
 		"body":    describeBody(body),
 	}

@@ -1,6 +1,7 @@
 package resilience
 
 import (
+	"context"
 	"encoding/json"
 
 	"github.com/sony/gobreaker/v2"
@@ -13,10 +14,10 @@ import (
 // once (within breaker.sync_interval); a replica that saw the breaker open
 // honours that view without reading the store until its open period ends,
 // and then finds it closed (no probe). from is the state the breaker was
-// in.
-func (p *Policy) Reset() (from gobreaker.State, err error) {
-	from = p.br.state()
-	if err := p.br.reset(); err != nil {
+// in. The store calls are made in ctx.
+func (p *Policy) Reset(ctx context.Context) (from gobreaker.State, err error) {
+	from = p.br.state(ctx)
+	if err := p.br.reset(ctx); err != nil {
 		return from, err
 	}
 	if from != gobreaker.StateClosed {
@@ -27,17 +28,17 @@ func (p *Policy) Reset() (from gobreaker.State, err error) {
 	return from, nil
 }
 
-func (b *localBreaker) reset() error {
+func (b *localBreaker) reset(context.Context) error {
 	b.cb.Store(gobreaker.NewTwoStepCircuitBreaker[struct{}](b.settings))
 	return nil
 }
 
 // reset writes a closed state of the next generation under the store's
 // lock: outcomes of probes admitted before it no longer count.
-func (b *sharedBreaker) reset() error {
+func (b *sharedBreaker) reset(ctx context.Context) error {
 	b.rec.Lock()
 	defer b.rec.Unlock()
-	return b.withStoreLock(func() error {
+	return b.withStoreLock(ctx, func() error {
 		data, err := b.held.GetData(b.key)
 		if err != nil {
 			return err

@@ -35,7 +35,7 @@ func TestResetClosesAnOpenBreaker(t *testing.T) {
 	}
 	check := func(t *testing.T, p *resilience.Policy, done chan int) {
 		t.Helper()
-		from, err := p.Reset()
+		from, err := p.Reset(t.Context())
 		if err != nil || from != gobreaker.StateOpen {
 			t.Fatalf("Reset = %v, %v; want from open", from, err)
 		}

@@ -218,7 +218,10 @@ func (p *Policy) changedCh() <-chan struct{} {
 }
 
 // State is the breaker's state: closed, half-open or open.
-func (p *Policy) State() gobreaker.State { return p.br.state() }
+func (p *Policy) State() gobreaker.State { return p.br.state(context.Background()) }
+
+// StateContext is State, reading a shared store (when it must) in ctx.
+func (p *Policy) StateContext(ctx context.Context) gobreaker.State { return p.br.state(ctx) }
 
 // Do runs attempt until it succeeds, fails permanently, or
 // retry.max_attempts / retry.max_elapsed are spent.
@@ -334,7 +337,7 @@ func (p *Policy) admit(ctx context.Context) (admission, time.Duration, error) {
 		// Take the channel before asking, so that a probe finishing in
 		// between still wakes us.
 		ch := p.changedCh()
-		adm, until, err := p.br.allow()
+		adm, until, err := p.br.allow(ctx)
 		if err == nil {
 			return adm, waited, nil
 		}
@@ -518,10 +521,11 @@ type admission struct {
 type breaker interface {
 	// allow admits one attempt, or refuses it with gobreaker.ErrOpenState
 	// (until is when the open period ends) or ErrTooManyRequests.
-	allow() (adm admission, until time.Time, err error)
-	state() gobreaker.State
+	// The store calls it makes for them are made in ctx.
+	allow(ctx context.Context) (adm admission, until time.Time, err error)
+	state(ctx context.Context) gobreaker.State
 	// reset closes the breaker and forgets its counts.
-	reset() error
+	reset(ctx context.Context) error
 }
 
 // localBreaker keeps the state in this process.
@@ -533,7 +537,7 @@ type localBreaker struct {
 	p        *Policy
 }
 
-func (b *localBreaker) allow() (admission, time.Time, error) {
+func (b *localBreaker) allow(context.Context) (admission, time.Time, error) {
 	cb := b.cb.Load()
 	st := cb.State()
 	done, err := cb.Allow()
@@ -559,4 +563,4 @@ func (b *localBreaker) allow() (admission, time.Time, error) {
 	return adm, time.Time{}, nil
 }
 
-func (b *localBreaker) state() gobreaker.State { return b.cb.Load().State() }
+func (b *localBreaker) state(context.Context) gobreaker.State { return b.cb.Load().State() }
