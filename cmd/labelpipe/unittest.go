@@ -104,7 +104,7 @@ any test fails.
           count: 3
           requests:
             - body: {project: aquarium-relabel, metadata: {element_type: frame}}
-          check: .body.unique_id | startswith("")
+          check: .body.unique_id | test("^[0-9a-f]{32}-")
         labelbox: {count: 1}`,
 		Example: `  labelpipe test                                   # configs/tests/*.yaml
   labelpipe test configs/tests/vendors_test.yaml
