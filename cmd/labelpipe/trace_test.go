@@ -26,6 +26,7 @@ func TestTraceCommand(t *testing.T) {
 		{name: "no id", args: []string{"trace"}, wantStderr: []string{"trace takes one trace id or export id, got 0 arguments"}},
 		{name: "two ids", args: []string{"trace", "a", "b"}, wantStderr: []string{"got 2 arguments"}},
 		{name: "bad color", args: []string{"trace", "--color", "pink", "x"}, wantStderr: []string{`--color "pink": want auto, always or never`}},
+		{name: "negative wait", args: []string{"trace", "--wait", "-1s", "x"}, wantStderr: []string{"--wait -1s: must be ≥ 0"}},
 	} {
 		tt.wantCode, tt.emptyStdout = 2, true
 		t.Run(tt.name, tt.check)
@@ -68,7 +69,7 @@ func TestTraceCommand(t *testing.T) {
 	t.Setenv(jaegerEnv, j.QueryURL())
 	cliCase{name: "by export id, url from the environment, colour", args: []string{"trace", "--color", "always", "01JF3W7K8Q2Y5V9N6M4T1R0SBX"},
 		wantStdout: []string{"trace " + traceID, "\x1b[31m    attempt scale  #1"}, emptyStderr: true}.check(t)
-	cliCase{name: "unknown trace", args: []string{"trace", "0123456789abcdef0123456789abcdef"}, wantCode: 1,
+	cliCase{name: "unknown trace", args: []string{"trace", "--wait", "0", "0123456789abcdef0123456789abcdef"}, wantCode: 1,
 		wantStderr: []string{"labelpipe trace: trace 0123456789abcdef0123456789abcdef: not found"}, emptyStdout: true}.check(t)
 	cliCase{name: "no jaeger", args: []string{"trace", "--jaeger", "http://127.0.0.1:1", traceID}, wantCode: 1,
 		wantStderr: []string{"connection refused", "go tool task jaeger"}, emptyStdout: true}.check(t)
