@@ -114,6 +114,12 @@ func TestAttemptSpansKeepTheirParentBehindAnOpenBreaker(t *testing.T) {
 	if probes == 0 {
 		t.Fatalf("no attempt was a half-open probe: the breaker never opened; trace:\n%s", tree)
 	}
+	// The broker's writes are in the trace too, under their publish span.
+	for _, pub := range []string{"publish exports", "publish sink.flaky"} {
+		if xadds := tree.children(tree.one(pub), "xadd"); len(xadds) == 0 {
+			t.Errorf("%q has no XADD under it; trace:\n%s", pub, tree)
+		}
+	}
 	stopRun(t, h)
 	// The daemon's own background commands (start-up checks, heartbeats)
 	// have no delivery to belong to; what the delivery and its breaker do
