@@ -28,6 +28,10 @@ type Config struct {
 	// JQ bounds every jq program's run: stages, dedupe keys, filters,
 	// transforms, sink bodies and previews.
 	JQ JQLimits `yaml:"jq"`
+	// CustomEvents are event names besides Aquarium's five
+	// (AquariumEvents) that sinks and stages may name, for a caller that
+	// sends its own; any other name is an error.
+	CustomEvents []string `yaml:"custom_events"`
 	// Stages run in order, synchronously with the webhook request.
 	Stages []StageConfig `yaml:"-"`
 	// Sinks each receive every export they subscribe to.
@@ -129,6 +133,10 @@ type AdminConfig struct {
 	// and Addr's host are always allowed; any other name gets 421, which
 	// is what stops a DNS rebinding page from reading the API.
 	AllowedHosts []string `yaml:"allowed_hosts"`
+	// TraceURL links each dead letter to its trace, in the console and in
+	// /api/dlq: a URL with {trace_id} where the trace id goes, e.g.
+	// http://jaeger:16686/trace/{trace_id}. Default none.
+	TraceURL string `yaml:"trace_url"`
 
 	// fileToken is TokenFile's content, read while loading.
 	fileToken string
@@ -208,6 +216,12 @@ type TracingConfig struct {
 	// from a caller.
 	CallerContext string `yaml:"caller_context"`
 }
+
+// Log levels and formats.
+var (
+	LogLevels  = []string{"debug", "info", "warn", "error"}
+	LogFormats = []string{"text", "json"}
+)
 
 // LogConfig configures the daemon's logger.
 type LogConfig struct {
@@ -360,3 +374,11 @@ type FieldError = field.Error
 
 // FieldErr builds a *FieldError.
 func FieldErr(path, format string, args ...any) error { return field.Errorf(path, format, args...) }
+
+// DefaultConfig is a config with every default set and no stages or
+// sinks: what an empty section means. The config's JSON Schema and
+// reference take their defaults from it.
+func DefaultConfig() Config { return defaultConfig() }
+
+// DefaultSinkConfig is a sink's common keys with their defaults.
+func DefaultSinkConfig() SinkConfig { return defaultSink() }
