@@ -142,6 +142,9 @@ func Render(w io.Writer, tr *Trace, opt Options) error {
 	if errs > 0 {
 		p.printf("  %s", p.style(bold+red, fmt.Sprintf("%d error%s", errs, plural(errs))))
 	}
+	if n := tr.Orphans(); n > 0 {
+		p.printf("\n%s", p.style(bold+red, fmt.Sprintf("%d span%s whose parent is not in Jaeger (not exported yet, or lost): shown at the top level", n, plural(n))))
+	}
 	if svcs := tr.Services(); len(svcs) > 1 {
 		p.printf("\nservices: %s", strings.Join(svcs, ", "))
 	}
@@ -174,6 +177,9 @@ func describe(s *Span, depth int, opt Options) line {
 	}
 	if s.Parent == nil || s.Parent.Service != s.Service {
 		fmt.Fprintf(&b, " (%s)", s.Service)
+	}
+	if s.Parent == nil && s.ParentID != "" && !isZeroID(s.ParentID) {
+		fmt.Fprintf(&b, " (parent %s missing)", s.ParentID)
 	}
 	a := s.Attrs
 	var details []string
