@@ -167,6 +167,9 @@ func TestPrintRealTrace(t *testing.T) {
 	if m := regexp.MustCompile(`(\d+) errors?`).FindStringSubmatch(lines[0]); m == nil || m[1] == "0" {
 		t.Errorf("heading %q does not count the failed attempt", lines[0])
 	}
+	if strings.Contains(text, "whose parent is not in Jaeger") || strings.Contains(text, "missing)") {
+		t.Errorf("spans without their parent in a whole trace")
+	}
 	if strings.Contains(text, "\x1b[") {
 		t.Errorf("ANSI escapes without Color")
 	}
