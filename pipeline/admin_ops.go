@@ -73,7 +73,7 @@ func (p *Pipeline) resetBreaker(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.WarnContext(r.Context(), "circuit breaker reset by an operator", "by", adminWho(r), "from", from.String())
-	writeJSON(w, http.StatusOK, map[string]any{"sink": s.cfg.Name, "breaker": s.policy.State().String(), "was": from.String()})
+	writeJSON(w, http.StatusOK, map[string]any{"sink": s.cfg.Name, "breaker": s.policy.StateContext(r.Context()).String(), "was": from.String()})
 }
 
 // replayFilter picks dead letters to replay. Every field set must match;
@@ -354,7 +354,7 @@ func (p *Pipeline) sinkView(ctx context.Context, s *builtSink, now time.Time) ma
 	}
 	v := map[string]any{
 		"name": s.cfg.Name, "type": s.cfg.Type, "events": s.cfg.Events,
-		"breaker": s.policy.State().String(), "queue_depth": q.Depth, "oldest_pending_seconds": age,
+		"breaker": s.policy.StateContext(ctx).String(), "queue_depth": q.Depth, "oldest_pending_seconds": age,
 		"in_flight_here": len(s.slots), "dlq": p.dlqLen(ctx, s.cfg.Name),
 		"delivered_last_minute_here": s.stats.perMinute(now),
 	}

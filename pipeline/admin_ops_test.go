@@ -2,17 +2,18 @@ package pipeline_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
 )
@@ -411,5 +412,59 @@ func TestTraceURL(t *testing.T) {
 	if ds[0].TraceID == "" || ds[0].TraceURL != "http://jaeger:16686/trace/"+ds[0].TraceID || ds[0].IssueID == "" {
 		t.Errorf("dead letter = %+v, want its trace link and issue id", ds[0])
 	}
-	_ = json.Valid
+}
+
+// A console session is made with the admin token in force: rotating the
+// token (admin.token_file, then Reload) ends it.
+func TestSessionEndsWithTheToken(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "admin-token")
+	if err := os.WriteFile(tokenFile, []byte(adminToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pipeline.ParseConfig(filepath.Join(dir, "c.yaml"), []byte(`server: {addr: ""}
+admin: {addr: "", token_file: admin-token}
+sinks:
+  - {name: archive, type: file, path: archive.jsonl}
+`), pipeline.ResolveWith(builtin.Registry()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pipeline.New(cfg, pipeline.Options{Registry: builtin.Registry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	h := p.AdminHandler()
+	serve := func(method, path, body string, cookie *http.Cookie) *httptest.ResponseRecorder {
+		req := httptest.NewRequestWithContext(t.Context(), method, "http://127.0.0.1:9090"+path, strings.NewReader(body))
+		req.RemoteAddr = "127.0.0.1:40000"
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		if body != "" {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+		if cookie != nil {
+			req.AddCookie(cookie)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	rec := serve(http.MethodPost, "/console/session", url.Values{"token": {adminToken}}.Encode(), nil)
+	cookies := rec.Result().Cookies()
+	if rec.Code != http.StatusSeeOther || len(cookies) != 1 {
+		t.Fatalf("sign-in = %d with cookies %v", rec.Code, cookies)
+	}
+	if rec := serve(http.MethodPost, "/api/sinks/archive/pause", "", cookies[0]); rec.Code != http.StatusOK {
+		t.Fatalf("pause with the session = %d %s", rec.Code, rec.Body)
+	}
+	if err := os.WriteFile(tokenFile, []byte(strings.Repeat("r", 32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if rec := serve(http.MethodPost, "/api/sinks/archive/resume", "", cookies[0]); rec.Code != http.StatusUnauthorized {
+		t.Errorf("resume with a session made with the old token = %d, want 401", rec.Code)
+	}
 }

@@ -40,12 +40,25 @@ func (c *console) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 }
 
 // waitFor polls a JavaScript condition in the page until it is true.
+// A form's submission navigates: a poll under way then ends with the
+// page it ran in, and is started again in the new one.
 func (c *console) waitFor(what, cond string) {
 	c.t.Helper()
-	c.do("wait for "+what, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
-		_, err := chromedp.Poll[bool](cond, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(browserWait))(ctx, t)
-		return err
-	}))
+	deadline := time.Now().Add(browserWait)
+	for {
+		ctx, cancel := context.WithDeadline(c.ctx, deadline.Add(time.Second))
+		_, err := chromedp.Run(ctx, chromedp.Poll[bool](cond, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(time.Until(deadline))))
+		cancel()
+		if err == nil {
+			return
+		}
+		// The page's JavaScript context went away with the navigation.
+		navigated := strings.Contains(err.Error(), "navigated or closed") || strings.Contains(err.Error(), "context was destroyed") ||
+			strings.Contains(err.Error(), "Cannot find context")
+		if !navigated || time.Now().After(deadline) {
+			c.t.Fatalf("wait for %s: %v", what, err)
+		}
+	}
 }
 
 func (c *console) eval(expr string, out any) {
@@ -182,6 +195,16 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	if st := h.sinkState("label_studio"); st.Paused || st.DLQ != 2 || st.Breaker != "open" {
 		t.Fatalf("after refused changes /api/sinks = %+v, want running, 2 dead letters, open", st)
+	}
+
+	// A wrong token: the page says so, and still offers no controls.
+	c.do("sign in with a wrong token", chromedp.SendKeys(chromedp.CSS("#token"), adminToken+"-wrong"),
+		chromedp.Click(chromedp.CSS(`#signin button[type="submit"]`)))
+	c.waitFor("the sign-in failure", `document.querySelector('#status').textContent.includes("Sign-in failed")`)
+	c.waitFor("the page to be live again", `!!document.querySelector('`+dlqRow(b.ID)+`')`)
+	c.eval(`document.querySelector('`+sinkRow("label_studio", `button[data-action="pause"]`)+`').disabled && !document.querySelector('#signin').hidden`, &disabled)
+	if !disabled {
+		t.Errorf("after a wrong token the controls are enabled or the sign-in form is gone")
 	}
 
 	// Signing in: the token goes in the form once; the page and

@@ -198,12 +198,17 @@ function renderSession(s) {
   else if (s.loopback) text = "Reading on loopback; sign in with the admin token to change anything.";
   else text = "Sign in with the admin token to see this pipeline.";
   if (s.replica) text += ` Replica ${s.replica}, broker ${s.broker}${s.pauses_shared ? " (pauses shared by replicas)" : ""}.`;
-  who.textContent = text;
+  if (who.textContent !== text) who.textContent = text; // unchanged: not announced again
   for (const b of document.querySelectorAll("[data-needs-change]")) b.disabled = !s.can_change;
+}
+
+// signInOutcome says once what the sign-in form's redirect reported.
+function signInOutcome() {
   const q = new URLSearchParams(location.search).get("signin");
   if (q === "failed") say("Sign-in failed: wrong admin token.", true);
   if (q === "notoken") say("No admin token is configured: nothing to sign in with.", true);
   if (q === "full") say("Too many console sessions: try again later.", true);
+  if (q) history.replaceState(null, "", "/");
 }
 
 async function refresh() {
@@ -234,5 +239,6 @@ document.addEventListener("DOMContentLoaded", () => {
     const sink = $("#f-sink").value;
     if (confirm(`Replay every dead letter of ${sink}?`)) replay(sink, {});
   });
+  signInOutcome();
   loop();
 });
