@@ -209,8 +209,3 @@ func poll(t *testing.T, limit time.Duration, what string, cond func() bool) {
 		<-tick.C
 	}
 }
-
-func TestScrapeDump(t *testing.T) {
-	s := livePipeline(t)
-	t.Logf("%s", s.raw)
-}
