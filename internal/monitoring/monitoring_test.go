@@ -516,3 +516,45 @@ func TestParseQuery(t *testing.T) {
 		}
 	}
 }
+
+// CI runs `go tool task test` on a fresh machine: the test task installs
+// promtool (deps:promtool) before it runs the tests, which fail without it.
+func TestTaskfileInstallsPromtool(t *testing.T) {
+	raw, err := os.ReadFile("../../Taskfile.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tf struct {
+		Tasks map[string]struct {
+			Status []string `yaml:"status"`
+			Cmds   []any    `yaml:"cmds"`
+		} `yaml:"tasks"`
+	}
+	if err := yaml.Unmarshal(raw, &tf); err != nil {
+		t.Fatal(err)
+	}
+	dep, ok := tf.Tasks["deps:promtool"]
+	if !ok {
+		t.Fatal("Taskfile.yml has no deps:promtool task")
+	}
+	if !slices.Equal(dep.Status, []string{"command -v promtool"}) || !strings.Contains(fmt.Sprint(dep.Cmds), "apt-get install") ||
+		!strings.Contains(fmt.Sprint(dep.Cmds), " prometheus") {
+		t.Errorf("deps:promtool: status %v cmds %v; want it to apt-get install prometheus unless promtool is on PATH", dep.Status, dep.Cmds)
+	}
+	installs, tests := -1, -1
+	for i, c := range tf.Tasks["test"].Cmds {
+		switch c := c.(type) {
+		case map[string]any:
+			if c["task"] == "deps:promtool" {
+				installs = i
+			}
+		case string:
+			if strings.HasPrefix(c, "go test") && tests < 0 {
+				tests = i
+			}
+		}
+	}
+	if installs < 0 || tests < 0 || installs > tests {
+		t.Errorf("the test task runs deps:promtool at step %d and go test at step %d; want deps:promtool first", installs, tests)
+	}
+}
