@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/labelpipe/labelpipe/pipeline/backend"
@@ -25,6 +26,56 @@ type Request struct {
 	Chunk, Chunks int
 	// Body is the rendered request body (JSON).
 	Body []byte
+
+	// steps are the request's checkpointed steps (Step, SaveStep), and
+	// ledger where SaveStep keeps them; nil ledger keeps them in r alone.
+	steps  map[string]string
+	ledger backend.Ledger
+}
+
+// Step returns the value saved for step name of a multi-step delivery
+// (create a task, then attach files): by an earlier attempt, or by a
+// process that sent the request before a restart, since the engine loads
+// the request's delivery record before the first attempt. ok is false
+// when the step was never saved.
+//
+// Send's calls for one request never overlap, so a sink needs no lock
+// around Step and SaveStep.
+func (r *Request) Step(name string) (value string, ok bool) {
+	value, ok = r.steps[name]
+	return value, ok
+}
+
+// SaveStep checkpoints step name of a multi-step delivery in the request's
+// delivery record (backend.Ledger.SaveStep), so that a retry, a redelivery
+// to another replica and a restart see it with Step and skip the work it
+// stands for. Call it as soon as the vendor confirmed the step. The value
+// is kept in r even when the ledger fails, for the attempts this process
+// still makes; the error says the checkpoint may not survive a restart.
+// Steps expire with the record (backend.LedgerTTL). A sink that saves no
+// step costs the engine nothing: the steps are read by the Lookup every
+// delivery makes.
+func (r *Request) SaveStep(ctx context.Context, name, value string) error {
+	if r.steps == nil {
+		r.steps = map[string]string{}
+	}
+	r.steps[name] = value
+	if r.ledger == nil {
+		return nil
+	}
+	if err := r.ledger.SaveStep(context.WithoutCancel(ctx), r.Key(), name, value); err != nil {
+		return fmt.Errorf("checkpoint %s of %s: %w", name, r.Key(), err)
+	}
+	return nil
+}
+
+// Resume ties r's steps to l, starting from rec, r's record as l.Lookup
+// returned it: Step then returns rec.Steps and SaveStep writes to l. The
+// engine does this before delivering; an embedder or a test that calls a
+// sink's Send itself can too. rec.Steps is not changed.
+func (r *Request) Resume(l backend.Ledger, rec backend.DeliveryRecord) {
+	r.ledger = l
+	r.steps = maps.Clone(rec.Steps)
 }
 
 // Key names the request's delivery record: (export id, sink, chunk).

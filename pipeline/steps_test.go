@@ -1,0 +1,158 @@
+package pipeline_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/labelpipe/labelpipe/builtin"
+	"github.com/labelpipe/labelpipe/internal/redistest"
+	"github.com/labelpipe/labelpipe/pipeline"
+)
+
+// stepVendor is a two-step sink: "create" a task unless the request's
+// checkpoint names one, save it, then "attach", which the test makes fail
+// or hang. It records what each attach saw.
+type stepVendor struct {
+	mu         sync.Mutex
+	created    int
+	attaches   []string // the task each attach used
+	delivered  int
+	failAttach int  // attaches left to fail
+	hang       bool // attaches hang until their attempt ends
+}
+
+type stepperConfig struct{}
+
+func (v *stepVendor) Render(_ context.Context, _ any, export map[string]any) ([][]byte, error) {
+	b, err := json.Marshal(export["id"])
+	return [][]byte{b}, err
+}
+
+func (v *stepVendor) Send(ctx context.Context, r *pipeline.Request) error {
+	v.mu.Lock()
+	task, ok := r.Step("task")
+	if !ok {
+		v.created++
+		task = fmt.Sprintf("task-%d", v.created)
+	}
+	v.mu.Unlock()
+	if !ok {
+		if err := r.SaveStep(ctx, "task", task); err != nil {
+			return &pipeline.DeliveryError{Retry: true, Msg: err.Error()}
+		}
+	}
+	v.mu.Lock()
+	v.attaches = append(v.attaches, task)
+	hang, fail := v.hang, v.failAttach > 0
+	if fail {
+		v.failAttach--
+	}
+	v.mu.Unlock()
+	switch {
+	case hang:
+		<-ctx.Done()
+		return &pipeline.DeliveryError{Retry: true, Msg: "attach: " + ctx.Err().Error()}
+	case fail:
+		return &pipeline.DeliveryError{Retry: true, Status: 503, Msg: "attach failed"}
+	}
+	v.mu.Lock()
+	v.delivered++
+	v.mu.Unlock()
+	return nil
+}
+
+func (v *stepVendor) state() (created int, attaches []string, delivered int) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.created, append([]string(nil), v.attaches...), v.delivered
+}
+
+func stepperHarness(t *testing.T, cfg string, v *stepVendor) *harness {
+	t.Helper()
+	h := newHarnessWith(t, cfg, func(o *pipeline.Options) {
+		r := builtin.Registry()
+		r.RegisterSink("stepper", pipeline.NewSinkType("two checkpointed steps",
+			func() *stepperConfig { return &stepperConfig{} },
+			func(*stepperConfig, pipeline.Env) (pipeline.Sink, error) { return v, nil }))
+		o.Registry = r
+	})
+	h.run()
+	return h
+}
+
+func redisConfig(cfg, url string) string {
+	cfg = strings.Replace(cfg, "broker: {type: memory}", "broker: {type: redis, claim_idle: 200ms}\nredis: {url: \""+url+"\"}", 1)
+	return strings.Replace(cfg, "shutdown_timeout: 5s", "shutdown_timeout: 200ms", 1)
+}
+
+const stepperSink = `  - {name: steps, type: stepper, retry: {max_attempts: 5, initial_interval: 1ms, max_interval: 5ms}, breaker: {consecutive_failures: 1000}}
+`
+
+// A sink whose first step succeeded and whose second failed is retried
+// with the first step's checkpoint: it never repeats the first step, on
+// either backend's ledger.
+func TestCheckpointedStepsSurviveARetry(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		redis bool
+	}{{"memory", false}, {"redis", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := head("") + stepperSink
+			if tc.redis {
+				cfg = redisConfig(head(""), redistest.Start(t).URL()) + stepperSink
+			}
+			v := &stepVendor{failAttach: 2}
+			h := stepperHarness(t, cfg, v)
+			body, _ := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the delivery", func() bool { _, _, d := v.state(); return d == 1 })
+			created, attaches, _ := v.state()
+			if created != 1 {
+				t.Errorf("the first step ran %d times, want 1", created)
+			}
+			if want := []string{"task-1", "task-1", "task-1"}; strings.Join(attaches, ",") != strings.Join(want, ",") {
+				t.Errorf("attaches used %v, want %v: each retry resumes at the saved step", attaches, want)
+			}
+			if n := h.sink("steps").DLQ; n != 0 {
+				t.Errorf("%d dead letters, want 0", n)
+			}
+		})
+	}
+}
+
+// A restart between the steps: the first process created the task and
+// stopped while attaching; the second, on the same Redis, attaches to the
+// same task instead of creating another.
+func TestCheckpointedStepsSurviveARestart(t *testing.T) {
+	cfg := redisConfig(head(""), redistest.Start(t).URL()) + stepperSink
+	v := &stepVendor{hang: true}
+	first := stepperHarness(t, cfg, v)
+	body, _ := samplePayload(t, "issue-frames.json")
+	first.accept(body)
+	first.eventually(10*time.Second, "the first attach", func() bool { _, a, _ := v.state(); return len(a) >= 1 })
+	first.stop()
+	if err := <-first.done; err != nil {
+		t.Fatalf("first Run: %v", err)
+	}
+	first.stop = nil
+
+	v.mu.Lock()
+	v.hang = false
+	v.mu.Unlock()
+	second := stepperHarness(t, cfg, v)
+	second.eventually(15*time.Second, "the delivery after the restart", func() bool { _, _, d := v.state(); return d == 1 })
+	created, attaches, _ := v.state()
+	if created != 1 {
+		t.Errorf("the task was created %d times across the restart, want 1", created)
+	}
+	for i, a := range attaches {
+		if a != "task-1" {
+			t.Errorf("attach %d used %q, want task-1 (the checkpoint of the first process)", i, a)
+		}
+	}
+}
