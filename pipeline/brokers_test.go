@@ -177,12 +177,18 @@ func TestBehaviourOnEveryBroker(t *testing.T) {
 			ds := h.waitDeadLetters("scale", 1)
 			waitFake(t, "the other chunks", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 2) })
 			d := ds[0]
-			if len(ds) != 1 || d.ExportID != a.ID || d.Status != http.StatusBadRequest || d.Attempts != 1 {
-				t.Fatalf("dead letters = %+v, want one for %s with status 400 after 1 attempt", ds, a.ID)
+			if len(ds) != 1 || d.ExportID != a.ID || d.Status != http.StatusBadRequest || d.Attempts != 1 || d.TraceID != a.TraceID {
+				t.Fatalf("dead letters = %+v, want one for %s with status 400 after 1 attempt, trace %s", ds, a.ID, a.TraceID)
 			}
 			// The fake's Scale error body: {"status_code": 400, "error": ...}.
 			if !strings.Contains(d.Answer, `"status_code":400`) || !strings.Contains(d.Answer, http.StatusText(http.StatusBadRequest)) {
 				t.Errorf("dead letter answer = %q, want the vendor's error body", d.Answer)
+			}
+			if !strings.Contains(d.Error, "400") {
+				t.Errorf("dead letter error %q: want the status", d.Error)
+			}
+			if s := h.sink("scale"); s.DLQ != 1 {
+				t.Errorf("/api/sinks dlq = %d, want 1", s.DLQ)
 			}
 
 			var rep struct {
@@ -196,8 +202,16 @@ func TestBehaviourOnEveryBroker(t *testing.T) {
 				t.Errorf("scale tasks after replay = %v, want %v", got, frameElements)
 			}
 			h.eventually(10*time.Second, "the DLQ to empty", func() bool { return len(h.deadLetters("scale")) == 0 })
-			if sc.RequestCount() != 4 || sc.Duplicates() != 0 {
-				t.Errorf("scale: %d requests, %d duplicates; want 4 (3 + the failed one) and 0", sc.RequestCount(), sc.Duplicates())
+			h.eventually(10*time.Second, "the queue to empty", func() bool { return h.sink("scale").QueueDepth == 0 })
+			if code := h.adminDo(http.MethodPost, "/api/dlq/scale/replay", nil, &rep); code != http.StatusOK || rep.Replayed != 0 {
+				t.Errorf("second replay: %d replayed %d, want 200 and 0", code, rep.Replayed)
+			}
+			if sc.RequestCount() != 4 || sc.Accepted() != 3 || sc.Duplicates() != 0 {
+				t.Errorf("scale: %d requests, %d accepted, %d duplicates; want 4 (3 + the failed one), 3 and 0", sc.RequestCount(), sc.Accepted(), sc.Duplicates())
+			}
+			var e map[string]any
+			if code := h.adminDo(http.MethodPost, "/api/dlq/nosuch/replay", nil, &e); code != http.StatusBadRequest {
+				t.Errorf("replay of an unknown sink = %d, want 400", code)
 			}
 		}},
 		{"shutdown drains the delivery under way", func(t *testing.T, broker string) {

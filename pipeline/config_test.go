@@ -61,7 +61,7 @@ func TestConfigErrors(t *testing.T) {
 		},
 		"unknown-types": {
 			`:7:11: stages[1] "sigv4": unknown stage type "sigv4" (known: dedupe, filter, rate_limit, schema, secret, transform)`,
-			`:13:11: sinks[1] "kafka": unknown sink type "kafka" (known: file, graphql, http)`,
+			`:13:11: sinks[1] "kafka": unknown sink type "kafka" (known: file, graphql, http, label_studio, labelbox, scale)`,
 		},
 		"env": {
 			`:7:15: environment variable LP_TEST_UNSET_SECRET is not set`,
@@ -92,6 +92,19 @@ func TestConfigErrors(t *testing.T) {
 			`stages[1] "quick": hold: must be longer than broker.queue_wait (10s)`,
 			`sinks[0] "archive": queue.max_requests: must be ≥ 1`,
 			`sinks[0] "archive": queue.on_full: unknown action "drop" (want dead_letter or backpressure)`,
+		},
+		// A vendor preset missing its key, project or url says so, at the
+		// entry when the key is absent.
+		"presets": {
+			`:4:9: sinks[0] "labelbox": api_key: is required (or api_key_file)`,
+			`:4:9: sinks[0] "labelbox": project_id: is required`,
+			`:6:15: sinks[0] "labelbox": priority: must be 1 (highest) to 5`,
+			`:7:9: sinks[1] "scale": project: is required`,
+			`:10:19: sinks[1] "scale": api_key_file: conflicts with api_key`,
+			`:11:10: sinks[1] "scale": url: must be an absolute http:// or https:// URL`,
+			`:12:9: sinks[2] "label_studio": url: is required`,
+			`:14:14: environment variable LP_TEST_UNSET_KEY is not set`,
+			`:15:17: sinks[2] "label_studio": project_id: must be the project's numeric id`,
 		},
 		"server-limits": {
 			`:5:23: server: max_inflight_bytes: must be ≥ max_body_bytes`,

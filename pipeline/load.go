@@ -170,7 +170,19 @@ func (c *Config) resolve(l *loader, reg *Registry) {
 		}
 		s.Options = t.Config()
 		l.decodeOptions(s.node, sinkCommonKeys, s.Options, s.path, s.label())
+		if d, ok := s.Options.(RateLimitDefaulter); ok && !hasKey(s.node, "rate_limit") {
+			s.RateLimit = d.DefaultRateLimit()
+		}
 	}
+}
+
+func hasKey(m *ast.MappingNode, key string) bool {
+	for _, mv := range m.Values {
+		if mv.Key.String() == key {
+			return true
+		}
+	}
+	return false
 }
 
 // checkKeyStore refuses a stage that keeps its keys in a store that

@@ -1298,56 +1298,6 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	}
 }
 
-// A 400 goes to the DLQ; replaying it after the vendor is fixed delivers it
-// exactly once.
-func TestDeadLetterAndReplay(t *testing.T) {
-	sc := vendortest.NewScale(t, scaleKey)
-	h := startHarness(t, head("")+scaleSink(sc.TaskURL(), fastPolicy+`
-    max_in_flight: 1`))
-	sc.FailNext(1, http.StatusBadRequest, "")
-	body, _ := samplePayload(t, "issue-frames.json")
-	a := h.accept(body)
-
-	ds := h.waitDeadLetters("scale", 1)
-	waitFake(t, "the other chunks", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 2) })
-	d := ds[0]
-	if len(ds) != 1 || d.ExportID != a.ID || d.Status != http.StatusBadRequest || d.Attempts != 1 || d.TraceID != a.TraceID {
-		t.Fatalf("dead letters = %+v, want one for %s with status 400, 1 attempt, trace %s", ds, a.ID, a.TraceID)
-	}
-	if !strings.Contains(d.Error, "400") || d.Answer == "" {
-		t.Errorf("dead letter error %q / answer %q: want the status and the vendor's answer", d.Error, d.Answer)
-	}
-	if s := h.sink("scale"); s.DLQ != 1 {
-		t.Errorf("/api/sinks dlq = %d, want 1", s.DLQ)
-	}
-
-	var rep struct {
-		Replayed int `json:"replayed"`
-	}
-	if code := h.adminDo(http.MethodPost, "/api/dlq/scale/replay", nil, &rep); code != http.StatusOK || rep.Replayed != 1 {
-		t.Fatalf("replay: %d replayed %d, want 200 and 1", code, rep.Replayed)
-	}
-	waitFake(t, "the replayed chunk", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 3) })
-	h.eventually(5*time.Second, "the queue to empty", func() bool { return h.sink("scale").QueueDepth == 0 })
-	if code := h.adminDo(http.MethodPost, "/api/dlq/scale/replay", nil, &rep); code != http.StatusOK || rep.Replayed != 0 {
-		t.Errorf("second replay: %d replayed %d, want 200 and 0", code, rep.Replayed)
-	}
-
-	if sc.RequestCount() != 4 || sc.Accepted() != 3 || sc.Duplicates() != 0 {
-		t.Errorf("scale: %d requests, %d accepted, %d duplicates; want 4, 3, 0", sc.RequestCount(), sc.Accepted(), sc.Duplicates())
-	}
-	if got := len(sc.Tasks()); got != 3 {
-		t.Errorf("scale has %d tasks, want 3", got)
-	}
-	if ds := h.deadLetters("scale"); len(ds) != 0 {
-		t.Errorf("dead letters after replay = %+v, want none", ds)
-	}
-	var e map[string]any
-	if code := h.adminDo(http.MethodPost, "/api/dlq/nosuch/replay", nil, &e); code != http.StatusBadRequest {
-		t.Errorf("replay of an unknown sink = %d, want 400", code)
-	}
-}
-
 // One vendor answering 503 for 10 s does not delay the other sinks'
 // deliveries, and none of its own are lost.
 func TestSinkIsolation(t *testing.T) {

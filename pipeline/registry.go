@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/labelpipe/labelpipe/pipeline/backend"
+	"github.com/labelpipe/labelpipe/pipeline/resilience"
 )
 
 // Env is what a stage or sink gets when it is built: its name, its own
@@ -72,6 +73,13 @@ type KeyKeeper interface {
 // the field, joined with errors.Join.
 type Validator interface {
 	Validate() error
+}
+
+// RateLimitDefaulter is implemented by the config of a sink type that
+// ships a default rate limit: a vendor preset's documented limit. It is
+// the sink's rate_limit when its entry has no rate_limit key.
+type RateLimitDefaulter interface {
+	DefaultRateLimit() resilience.RateLimit
 }
 
 // StageType is a registered stage type.

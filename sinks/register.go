@@ -14,6 +14,18 @@ func Register(r *pipeline.Registry) {
 	r.RegisterSink("file", pipeline.NewSinkType(
 		"append each body as one JSON line to a file",
 		FileDefaults, build(NewFile)))
+
+	// Vendor presets: a vendor's API from a few lines of config (preset.go).
+	r.RegisterSink("labelbox", pipeline.NewSinkType(
+		"queue an export's frames in a Labelbox project: createBatchV2 per 100,000 global keys (frame_id)",
+		LabelboxDefaults, build(NewLabelbox)))
+	r.RegisterSink("scale", pipeline.NewSinkType(
+		"create one Scale AI imageannotation task per element (unique_id per export and element)",
+		ScaleDefaults, build(NewScale)))
+	r.RegisterSink("label_studio", pipeline.NewSinkType(
+		"import an export's elements as Label Studio tasks, 1,000 per import",
+		LabelStudioDefaults, build(NewLabelStudio)))
+	// cvat: registered here too, by sinks/cvat.go's author.
 }
 
 // build adapts a typed constructor, so that a failed build returns a nil

@@ -1,61 +1,127 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"slices"
 	"sort"
+	"strings"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/labelpipe/labelpipe/internal/loadtest"
 )
+
+// benchOptions are bench's flags.
+type benchOptions struct {
+	o        loadtest.Options
+	baseline bool
+	rounds   int
+	fault    string
+}
+
+// benchBrokers are the brokers bench can run the daemon on.
+var benchBrokers = []string{"memory", "redis"}
+
+func newBenchCmd() *cobra.Command {
+	var b benchOptions
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load-test labelpipe on loopback against fake vendors",
+		Long: `Measure labelpipe end to end on loopback: start three fake vendors in
+this process and the daemon (with --baseline, also a minimal hand-written
+forwarder) as a child process, drive -n exports from --concurrency senders,
+and report throughput, latency percentiles, lost and duplicated deliveries
+and the child's peak RSS. The exit code is 1 if any export was lost or
+failed.`,
+		Example: `  labelpipe bench -n 2000 --concurrency 32
+  labelpipe bench -n 2000 -C 32 --baseline --rounds 3
+  labelpipe bench --broker redis --redis-url redis://127.0.0.1:6379/15
+  labelpipe bench -C 4 --fault down=5s`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := b.check(); err != nil {
+				return err
+			}
+			return code(benchCommand(b, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+		},
+	}
+	o := &b.o
+	fs := cmd.Flags()
+	fs.IntVarP(&o.N, "exports", "n", 2000, "exports to send (≥ 1)")
+	fs.IntVarP(&o.Concurrency, "concurrency", "C", 32, "concurrent senders (≥ 1)")
+	fs.IntVar(&o.Elements, "elements", 10, "elements per export (≥ 1)")
+	fs.IntVar(&o.ExportMB, "export-mb", 0, "send -n exports of about this many MB each instead (overrides --elements; ≥ 0)")
+	fs.StringVar(&o.Broker, "broker", "memory", "broker for the daemon: memory or redis")
+	fs.StringVar(&o.RedisURL, "redis-url", "", "Redis URL for --broker redis")
+	fs.BoolVar(&b.baseline, "baseline", false, "also run the hand-written forwarder and report ratios")
+	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up waiting for deliveries after this long (> 0)")
+	fs.DurationVar(&o.VendorLatency, "vendor-latency", 0, "latency each fake vendor adds to every request (≥ 0)")
+	fs.IntVar(&o.MaxInFlight, "max-in-flight", 8, "the daemon's max_in_flight for each sink (≥ 1)")
+	fs.StringVar(&b.fault, "fault", "", "the first vendor misbehaves once the load starts: down=DURATION (503s), hang, or slow=DURATION (per request)")
+	fs.IntVar(&b.rounds, "rounds", 1, "run this many rounds (with --baseline, each pairs labelpipe and the forwarder) and report the median ratios (≥ 1)")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write the daemon's CPU profile during the run to this file")
+	fs.StringVar(&o.MemProfile, "memprofile", "", "write the daemon's heap profile (with allocations) after the run to this file")
+	_ = cmd.RegisterFlagCompletionFunc("broker", cobra.FixedCompletions(benchBrokers, cobra.ShellCompDirectiveNoFileComp))
+
+	// The forwarder is this binary too: loadtest.Run starts it as
+	// `labelpipe bench serve-baseline ...`, with flags of its own.
+	cmd.AddCommand(&cobra.Command{
+		Use:                "serve-baseline",
+		Short:              "the hand-written forwarder bench compares against (started by bench)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return code(loadtest.ServeBaseline(args, cmd.ErrOrStderr()))
+		},
+	})
+	return cmd
+}
+
+// check range-checks every flag: a value out of range is a usage error.
+func (b *benchOptions) check() error {
+	o := &b.o
+	for _, c := range []struct {
+		name string
+		v    int
+		min  int
+	}{{"-n/--exports", o.N, 1}, {"--concurrency", o.Concurrency, 1}, {"--elements", o.Elements, 1},
+		{"--export-mb", o.ExportMB, 0}, {"--max-in-flight", o.MaxInFlight, 1}, {"--rounds", b.rounds, 1}} {
+		if c.v < c.min {
+			return usageErrorf("bench %s %d: must be ≥ %d", c.name, c.v, c.min)
+		}
+	}
+	if o.Timeout <= 0 {
+		return usageErrorf("bench --timeout %s: must be > 0", o.Timeout)
+	}
+	if o.VendorLatency < 0 {
+		return usageErrorf("bench --vendor-latency %s: must be ≥ 0", o.VendorLatency)
+	}
+	if !slices.Contains(benchBrokers, o.Broker) {
+		return usageErrorf("bench --broker %q: unknown broker (want %s)", o.Broker, strings.Join(benchBrokers, " or "))
+	}
+	if o.Broker == "redis" && o.RedisURL == "" {
+		return usageErrorf("bench --broker redis needs --redis-url")
+	}
+	if o.Broker != "redis" && o.RedisURL != "" {
+		return usageErrorf("bench --redis-url is for --broker redis")
+	}
+	var err error
+	if o.Fault, err = loadtest.ParseFault(b.fault); err != nil {
+		return usageErrorf("bench --fault: %v", err)
+	}
+	return nil
+}
 
 // benchCommand measures labelpipe end to end on loopback: it starts three
 // fake vendors in this process, the daemon (or, with --baseline, also a
 // minimal hand-written forwarder) as a child process, drives N exports at
 // concurrency C, and reports throughput, latency, lost and duplicated
 // deliveries and the child's peak RSS.
-func benchCommand(args []string, stdout, stderr io.Writer) int {
-	// The forwarder is this binary too: loadtest.Run starts it as
-	// `labelpipe bench serve-baseline ...`.
-	if len(args) > 0 && args[0] == "serve-baseline" {
-		return loadtest.ServeBaseline(args[1:], stderr)
-	}
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		o        loadtest.Options
-		baseline bool
-		rounds   int
-	)
-	fs.IntVar(&o.N, "n", 2000, "exports to send")
-	fs.IntVar(&o.Concurrency, "c", 32, "concurrent senders")
-	fs.IntVar(&o.Elements, "elements", 10, "elements per export")
-	fs.IntVar(&o.ExportMB, "export-mb", 0, "send -n exports of about this many MB each instead (overrides -elements)")
-	fs.StringVar(&o.Broker, "broker", "memory", "broker for the daemon: memory or redis")
-	fs.StringVar(&o.RedisURL, "redis-url", "", "Redis URL for --broker redis")
-	fs.BoolVar(&baseline, "baseline", false, "also run the hand-written forwarder and report ratios")
-	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up waiting for deliveries after this long")
-	fs.DurationVar(&o.VendorLatency, "vendor-latency", 0, "latency each fake vendor adds to every request")
-	fs.IntVar(&o.MaxInFlight, "max-in-flight", 8, "the daemon's max_in_flight for each sink")
-	fault := fs.String("fault", "", "the first vendor misbehaves once the load starts: down=DURATION (503s), hang, or slow=DURATION (per request)")
-	fs.IntVar(&rounds, "rounds", 1, "run this many rounds (with --baseline, each pairs labelpipe and the forwarder) and report the median ratios")
-	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write the daemon's CPU profile during the run to this file")
-	fs.StringVar(&o.MemProfile, "memprofile", "", "write the daemon's heap profile (with allocations) after the run to this file")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if o.Broker == "redis" && o.RedisURL == "" {
-		fmt.Fprintln(stderr, "labelpipe bench: --broker redis needs --redis-url")
-		return 2
-	}
-	var err error
-	if o.Fault, err = loadtest.ParseFault(*fault); err != nil {
-		fmt.Fprintln(stderr, "labelpipe bench: --fault:", err)
-		return 2
-	}
+func benchCommand(b benchOptions, stdout, stderr io.Writer) int {
+	o, baseline, rounds := b.o, b.baseline, b.rounds
 	exe, err := os.Executable()
 	if err != nil {
 		fmt.Fprintln(stderr, "labelpipe bench:", err)
@@ -63,9 +129,6 @@ func benchCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "bench: %d exports × %d elements, %d senders, 3 sinks with max_in_flight %d, broker %s\n",
 		o.N, o.ElementsPerExport(), o.Concurrency, o.MaxInFlight, o.Broker)
-	if rounds < 1 {
-		rounds = 1
-	}
 	code := 0
 	var ratios [][4]float64
 	for round := 1; round <= rounds; round++ {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -18,79 +16,120 @@ import (
 	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
 
 	"github.com/labelpipe/labelpipe/pipeline"
 	"github.com/labelpipe/labelpipe/pipeline/backend"
 	redisbackend "github.com/labelpipe/labelpipe/pipeline/backend/redis"
 )
 
-const dlqUsage = `usage:
-  labelpipe dlq list   [-c CONFIG] [--sink NAME] [--limit N] [--json]
-  labelpipe dlq show   [-c CONFIG] --sink NAME --id ID
-  labelpipe dlq replay [-c CONFIG] --sink NAME (--id ID ... | --all)
-  labelpipe dlq purge  [-c CONFIG] --sink NAME (--id ID ... | --all)
-
-The commands work on the dead-letter queues a running daemon keeps in the
-Redis of CONFIG (broker.type redis). replay puts each request back on its
-sink's queue, where the daemon delivers it again; purge deletes entries.
+const dlqLong = `Inspect and replay the dead letters a running daemon keeps in the Redis of
+its config (broker.type redis). replay puts each request back on its sink's
+queue, where the daemon delivers it again; purge deletes entries for good.
 Without --sink, list shows how many entries each sink has.
-`
+
+Dead letters of the memory broker live inside the daemon: use its admin API
+(GET /api/dlq, POST /api/dlq/{sink}/replay, DELETE /api/dlq/{sink}).`
 
 // progressMin is the smallest replay that gets a progress bar.
 const progressMin = 20
 
-// dlqCommand runs `labelpipe dlq SUBCOMMAND [flags]`.
-func dlqCommand(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stderr, dlqUsage)
-		return 2
+// dlqOptions are the flags of the dlq subcommands.
+type dlqOptions struct {
+	config, sink string
+	ids          []string
+	all          bool
+	limit        int
+	json         bool
+}
+
+func newDLQCmd() *cobra.Command {
+	var o dlqOptions
+	cmd := &cobra.Command{
+		Use:   "dlq",
+		Short: "Inspect and replay dead letters in Redis",
+		Long:  dlqLong,
+		Example: `  labelpipe dlq list -c configs/vendors.yaml
+  labelpipe dlq list -c configs/vendors.yaml --sink scale --json
+  labelpipe dlq show -c configs/vendors.yaml --sink scale --id 1733140000000-0
+  labelpipe dlq replay -c configs/vendors.yaml --sink scale --all
+  labelpipe dlq purge -c configs/vendors.yaml --sink scale --id 1733140000000-0`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return usageErrorf("dlq needs a subcommand: list, show, replay or purge")
+		},
 	}
-	sub := args[0]
-	if !slices.Contains([]string{"list", "show", "replay", "purge"}, sub) {
-		fmt.Fprintf(stderr, "labelpipe dlq: unknown subcommand %q\n\n%s", sub, dlqUsage)
-		return 2
-	}
-	fs := flag.NewFlagSet("dlq "+sub, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, dlqUsage) }
-	cfgPath := fs.String("c", defaultConfig, "config file")
-	sink := fs.String("sink", "", "sink name")
-	all := fs.Bool("all", false, "every entry of the sink (replay, purge)")
-	limit := fs.Int("limit", 100, "list at most this many entries (0: all)")
-	asJSON := fs.Bool("json", false, "list as JSON lines")
-	var ids []string
-	fs.Func("id", "entry id (repeatable)", func(s string) error {
-		if s == "" {
-			return errors.New("empty id")
+	pf := cmd.PersistentFlags()
+	addConfigFlag(pf, cmd, &o.config)
+	pf.StringVar(&o.sink, "sink", "", "sink name")
+	sub := func(name, short, example string, extra func(*cobra.Command)) *cobra.Command {
+		c := &cobra.Command{
+			Use:     name,
+			Short:   short,
+			Example: example,
+			Args:    noArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				if err := o.check(name); err != nil {
+					return err
+				}
+				return code(dlqCommand(name, o, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+			},
 		}
-		ids = append(ids, s)
-		return nil
-	})
-	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+		if extra != nil {
+			extra(c)
+		}
+		return c
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "labelpipe dlq %s: unexpected argument %q\n", sub, fs.Arg(0))
-		return 2
+	ids := func(c *cobra.Command) {
+		c.Flags().StringArrayVar(&o.ids, "id", nil, "entry id (repeatable)")
+	}
+	all := func(c *cobra.Command) {
+		ids(c)
+		c.Flags().BoolVar(&o.all, "all", false, "every entry of the sink")
+	}
+	cmd.AddCommand(
+		sub("list", "List each sink's dead-letter count, or one sink's entries", "  labelpipe dlq list -c configs/vendors.yaml --sink scale --limit 10", func(c *cobra.Command) {
+			c.Flags().IntVar(&o.limit, "limit", 100, "list at most this many entries (0: all)")
+			c.Flags().BoolVar(&o.json, "json", false, "list as JSON lines")
+		}),
+		sub("show", "Show one entry with the request it holds and the vendor's answer", "  labelpipe dlq show -c configs/vendors.yaml --sink scale --id ID", ids),
+		sub("replay", "Put entries back on their sink's queue", "  labelpipe dlq replay -c configs/vendors.yaml --sink scale --all", all),
+		sub("purge", "Delete entries for good", "  labelpipe dlq purge -c configs/vendors.yaml --sink scale --id ID", all),
+	)
+	return cmd
+}
+
+// check checks the flags of subcommand sub; a wrong combination is a
+// usage error.
+func (o *dlqOptions) check(sub string) error {
+	for _, id := range o.ids {
+		if id == "" {
+			return usageErrorf("dlq %s: empty --id", sub)
+		}
+	}
+	if o.limit < 0 {
+		return usageErrorf("dlq list --limit %d: must be ≥ 0 (0: all)", o.limit)
 	}
 	switch sub {
 	case "show":
-		if *sink == "" || len(ids) != 1 {
-			fmt.Fprintln(stderr, "labelpipe dlq show: needs --sink and one --id")
-			return 2
+		if o.sink == "" || len(o.ids) != 1 {
+			return usageErrorf("dlq show needs --sink and one --id")
 		}
 	case "replay", "purge":
-		if *sink == "" || (len(ids) == 0) == !*all {
-			fmt.Fprintf(stderr, "labelpipe dlq %s: needs --sink and either --id (repeatable) or --all\n", sub)
-			return 2
+		if o.sink == "" || (len(o.ids) == 0) == !o.all {
+			return usageErrorf("dlq %s needs --sink and either --id (repeatable) or --all", sub)
 		}
 	}
+	return nil
+}
 
+// dlqCommand runs `labelpipe dlq SUBCOMMAND`.
+func dlqCommand(sub string, o dlqOptions, stdout, stderr io.Writer) int {
+	cfgPath, sink, ids, limit, asJSON := &o.config, &o.sink, o.ids, &o.limit, &o.json
 	// Vendor keys are not needed to reach the DLQ.
-	cfg, err := pipeline.LoadConfig(*cfgPath, pipeline.AllowUnsetEnv())
+	cfg, err := loadConfig(*cfgPath, stderr, pipeline.AllowUnsetEnv())
 	if err != nil {
-		printConfigError(stderr, err)
-		return 1
+		return exitFailed
 	}
 	if cfg.Broker.Type != redisbackend.Kind || cfg.Redis.URL == "" {
 		fmt.Fprintf(stderr, "labelpipe dlq: %s uses broker %q; dead letters of the memory broker live inside the daemon, use its admin API (GET /api/dlq, POST /api/dlq/{sink}/replay, DELETE /api/dlq/{sink}; with Authorization: Bearer <admin.token> when one is set)\n",

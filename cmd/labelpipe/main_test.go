@@ -60,16 +60,16 @@ func TestCommands(t *testing.T) {
 		wantStdout []string
 		wantStderr []string
 	}{
-		{"no command", nil, 2, nil, []string{"usage:"}},
-		{"unknown command", []string{"deploy"}, 2, nil, []string{`unknown command "deploy"`, "usage:"}},
+		{"no command", nil, 2, nil, []string{"Usage:", "Available Commands:"}},
+		{"unknown command", []string{"deploy"}, 2, nil, []string{`unknown command "deploy"`, "for usage"}},
 		{"help", []string{"help"}, 0, []string{"labelpipe run", "labelpipe validate", "labelpipe preview", "labelpipe send"}, nil},
 		{"version", []string{"version"}, 0, []string{"labelpipe dev"}, nil},
 		{"validate the quickstart", []string{"validate", "-c", cfg}, 0, []string{"ok (3 stages, 3 sinks, broker memory)"}, nil},
 		{"validate a missing file", []string{"validate", "-c", filepath.Join(t.TempDir(), "nope.yaml")}, 1, nil, []string{"nope.yaml"}},
-		{"validate with a bad flag", []string{"validate", "--nope"}, 2, nil, []string{"flag provided but not defined"}},
-		{"preview without a payload", []string{"preview", "-c", cfg}, 2, nil, []string{"usage: labelpipe preview"}},
+		{"validate with a bad flag", []string{"validate", "--nope"}, 2, nil, []string{"unknown flag: --nope"}},
+		{"preview without a payload", []string{"preview", "-c", cfg}, 2, nil, []string{"preview needs a payload file"}},
 		{"preview a missing payload", []string{"preview", "-c", cfg, "nope.json"}, 1, nil, []string{"nope.json"}},
-		{"send without a payload", []string{"send"}, 2, nil, []string{"usage: labelpipe send"}},
+		{"send without a payload", []string{"send"}, 2, nil, []string{"send needs a payload file"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

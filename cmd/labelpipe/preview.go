@@ -3,59 +3,76 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 
+	"github.com/spf13/cobra"
+
 	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/pipeline"
 )
 
-// previewCommand shows what the pipeline would do with a payload: each
+type previewOptions struct {
+	config, secret, header string
+}
+
+func newPreviewCmd() *cobra.Command {
+	var o previewOptions
+	cmd := &cobra.Command{
+		Use:   "preview PAYLOAD.json",
+		Short: "Show each stage's verdict and every request each sink would send",
+		Long: `Run a payload through the config's stages and sink renderers offline and
+print, as JSON, each stage's verdict, the answer the webhook would give and
+every request each sink would send, secrets redacted. Nothing is sent and
+no variable needs to be set: an unset ${VAR} is shown as written. The exit
+code is 1 if the webhook would refuse the payload.`,
+		Example: `  labelpipe preview configs/payloads/issue-frames.json
+  labelpipe preview -c configs/vendors.yaml --secret "$AQ_WEBHOOK_SECRET" configs/payloads/issue-crops.json`,
+		Args:              onePayload,
+		ValidArgsFunction: jsonFiles,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return code(previewPayload(o, args[0], cmd.OutOrStdout(), cmd.ErrOrStderr()))
+		},
+	}
+	fs := cmd.Flags()
+	addConfigFlag(fs, cmd, &o.config)
+	fs.StringVar(&o.secret, "secret", "", "X-Aquarium-Secret to check (default: secret stages are skipped)")
+	fs.StringVar(&o.header, "secret-header", "X-Aquarium-Secret", "header that carries --secret")
+	return cmd
+}
+
+// previewPayload shows what the pipeline would do with a payload: each
 // stage's verdict, the answer, and every request each sink would send,
 // secrets redacted. Nothing is sent.
-func previewCommand(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("preview", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("c", defaultConfig, "config file")
-	secret := fs.String("secret", "", "X-Aquarium-Secret to check (default: secret stages are skipped)")
-	header := fs.String("secret-header", "X-Aquarium-Secret", "header that carries --secret")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: labelpipe preview [-c CONFIG] [--secret S] PAYLOAD.json")
-		return 2
-	}
-	body, err := os.ReadFile(fs.Arg(0))
+func previewPayload(o previewOptions, payload string, stdout, stderr io.Writer) int {
+	body, err := os.ReadFile(payload)
 	if err != nil {
 		fmt.Fprintln(stderr, "labelpipe preview:", err)
-		return 1
+		return exitFailed
 	}
 	reg := builtin.Registry()
-	cfg, err := pipeline.LoadConfig(*cfgPath, pipeline.AllowUnsetEnv(), pipeline.ResolveWith(reg))
+	cfg, err := loadConfig(o.config, stderr, pipeline.AllowUnsetEnv(), pipeline.ResolveWith(reg))
 	if err != nil {
-		printConfigError(stderr, err)
-		return 1
+		return exitFailed
 	}
 	var h http.Header
-	if *secret != "" {
+	if o.secret != "" {
 		h = http.Header{}
-		h.Set(*header, *secret)
+		h.Set(o.header, o.secret)
 		h.Set("Content-Type", "application/json")
 	}
 	rep, err := pipeline.Preview(context.Background(), cfg, pipeline.Options{Registry: reg}, body, h)
 	if err != nil {
 		printConfigError(stderr, err)
-		return 1
+		return exitFailed
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(rep)
 	if rep.Answer.Status >= 400 {
-		return 1
+		return exitFailed
 	}
 	return 0
 }

@@ -3,9 +3,9 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
 
 	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/pipeline"
@@ -22,18 +23,35 @@ import (
 
 const defaultConfig = "configs/labelpipe.yaml"
 
-func runCommand(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgPath := fs.String("c", defaultConfig, "config file")
-	if err := fs.Parse(args); err != nil {
-		return 2
+func newRunCmd() *cobra.Command {
+	var cfgPath string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the daemon",
+		Long: `Run the daemon: the webhook listener (server.addr), the admin API
+(admin.addr) and every sink's delivery. SIGTERM or SIGINT drains: stop
+accepting, finish what is in flight, then exit 0. SIGHUP re-reads the TLS
+certificates and admin.token_file.
+
+Run it as a built binary in production (see go install in the README): 'go
+run' does not pass SIGTERM on to the program it started.`,
+		Example: `  labelpipe run                           # configs/labelpipe.yaml, the quickstart
+  labelpipe run -c configs/vendors.yaml   # Redis and the real vendors`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return code(runDaemon(cfgPath, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+		},
 	}
+	addConfigFlag(cmd.Flags(), cmd, &cfgPath)
+	return cmd
+}
+
+// runDaemon runs the pipeline of cfgPath until SIGTERM or SIGINT.
+func runDaemon(cfgPath string, stdout, stderr io.Writer) int {
 	reg := builtin.Registry()
-	cfg, err := pipeline.LoadConfig(*cfgPath, pipeline.ResolveWith(reg))
+	cfg, err := loadConfig(cfgPath, stderr, pipeline.ResolveWith(reg))
 	if err != nil {
-		printConfigError(stderr, err)
-		return 1
+		return exitFailed
 	}
 	logger := newLogger(stderr, cfg.Log)
 	// go-redis logs dial failures itself; send them to the same logger.
@@ -42,7 +60,7 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 
 	replica := replicaID()
-	tel, err := telemetry.New(ctx, cfg.Tracing, telemetry.Info{Version: version, ReplicaID: replica})
+	tel, err := telemetry.New(ctx, cfg.Tracing, telemetry.Info{Version: readBuildInfo().Version, ReplicaID: replica})
 	if err != nil {
 		logger.Error("telemetry", "err", err)
 		return 1
@@ -62,7 +80,7 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 		Metrics:        tel.Metrics,
 		Profiles:       telemetry.Profiles(),
 		ReplicaID:      replica,
-		Version:        version,
+		Version:        readBuildInfo().Version,
 	})
 	if err != nil {
 		printConfigError(stderr, err)
@@ -121,6 +139,22 @@ func newLogger(w io.Writer, c pipeline.LogConfig) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// loadConfig loads path, printing any error to w. The default config is
+// relative to the current directory; outside a clone of the repository the
+// error says to name one with -c.
+func loadConfig(path string, w io.Writer, opts ...pipeline.LoadOption) (*pipeline.Config, error) {
+	cfg, err := pipeline.LoadConfig(path, opts...)
+	if err == nil {
+		return cfg, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) && path == defaultConfig {
+		fmt.Fprintf(w, "labelpipe: %v\n(the default config, %s, is the quickstart in a clone of the repository; elsewhere name yours with -c FILE)\n", err, defaultConfig)
+		return nil, err
+	}
+	printConfigError(w, err)
+	return nil, err
 }
 
 // printConfigError prints every config error on its own line.

@@ -2,50 +2,66 @@ package main
 
 import (
 	"bytes"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"time"
+
+	"github.com/spf13/cobra"
 )
 
-// sendCommand posts a payload the way Aquarium's Export button does and
-// prints the answer. It exits 1 unless the answer is 2xx.
-func sendCommand(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("send", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	url := fs.String("url", envOr("LABELPIPE_URL", "http://127.0.0.1:8080/webhook"), "webhook URL (env LABELPIPE_URL)")
-	secret := fs.String("secret", envOr("AQ_WEBHOOK_SECRET", "dev-secret"), "X-Aquarium-Secret (env AQ_WEBHOOK_SECRET)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+type sendOptions struct {
+	url, secret string
+}
+
+func newSendCmd() *cobra.Command {
+	var o sendOptions
+	cmd := &cobra.Command{
+		Use:   "send PAYLOAD.json",
+		Short: "Post a payload like Aquarium's Export button and print the answer",
+		Long: `Post a payload to a running labelpipe the way Aquarium's Export button
+does, and print the answer's status line and body. The exit code is 1
+unless the answer is 2xx.`,
+		Example: `  labelpipe send configs/payloads/issue-frames.json
+  labelpipe send --url https://labelpipe.example/webhook --secret "$AQ_WEBHOOK_SECRET" configs/payloads/issue-crops.json`,
+		Args:              onePayload,
+		ValidArgsFunction: jsonFiles,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return code(sendPayload(o, args[0], cmd.OutOrStdout(), cmd.ErrOrStderr()))
+		},
 	}
-	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: labelpipe send [--url URL] [--secret S] PAYLOAD.json")
-		return 2
-	}
-	body, err := os.ReadFile(fs.Arg(0))
+	fs := cmd.Flags()
+	fs.StringVar(&o.url, "url", envOr("LABELPIPE_URL", "http://127.0.0.1:8080/webhook"), "webhook URL (env LABELPIPE_URL)")
+	fs.StringVar(&o.secret, "secret", envOr("AQ_WEBHOOK_SECRET", "dev-secret"), "the webhook secret (env AQ_WEBHOOK_SECRET)")
+	return cmd
+}
+
+// sendPayload posts a payload the way Aquarium's Export button does and
+// prints the answer. It returns 1 unless the answer is 2xx.
+func sendPayload(o sendOptions, payload string, stdout, stderr io.Writer) int {
+	body, err := os.ReadFile(payload)
 	if err != nil {
 		fmt.Fprintln(stderr, "labelpipe send:", err)
-		return 1
+		return exitFailed
 	}
-	req, err := http.NewRequest(http.MethodPost, *url, bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, o.url, bytes.NewReader(body))
 	if err != nil {
 		fmt.Fprintln(stderr, "labelpipe send:", err)
-		return 1
+		return exitFailed
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Aquarium-Secret", *secret)
+	req.Header.Set("X-Aquarium-Secret", o.secret)
 	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
 	if err != nil {
 		fmt.Fprintln(stderr, "labelpipe send:", err)
-		return 1
+		return exitFailed
 	}
 	defer resp.Body.Close()
 	answer, _ := io.ReadAll(resp.Body)
 	fmt.Fprintf(stdout, "%s\n%s", resp.Status, answer)
 	if resp.StatusCode/100 != 2 {
-		return 1
+		return exitFailed
 	}
 	return 0
 }

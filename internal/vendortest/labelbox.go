@@ -24,6 +24,9 @@ type Labelbox struct {
 	mu       sync.Mutex
 	batches  map[string][]LabelboxBatch // by project id
 	requeued []LabelboxRequeue
+	// failKeys are global keys the next batches refuse
+	// (failedDataRowIds), with how many more times each is refused.
+	failKeys map[string]int
 }
 
 // LabelboxBatch is a batch the fake created.
@@ -51,7 +54,7 @@ const LabelboxRateLimitMessage = "You have exceeded the rate limit for this API 
 // NewLabelbox starts a fake Labelbox that accepts apiKey. With tb set it
 // is closed when the test ends.
 func NewLabelbox(tb testing.TB, apiKey string) *Labelbox {
-	l := &Labelbox{apiKey: apiKey, batches: map[string][]LabelboxBatch{}}
+	l := &Labelbox{apiKey: apiKey, batches: map[string][]LabelboxBatch{}, failKeys: map[string]int{}}
 	l.Server = newServer(tb, l.handle, func(status int) any {
 		return map[string]any{"errors": []any{gqlErrorBody(http.StatusText(status), "INTERNAL_SERVER_ERROR")}}
 	}, labelboxKeys)
@@ -93,6 +96,18 @@ func (l *Labelbox) FailNextGraphQL(n int, code, message string) {
 // error in a 200 ("You have exceeded ...").
 func (l *Labelbox) RateLimitNext(n int) {
 	l.FailNextGraphQL(n, "RATE_LIMITED", LabelboxRateLimitMessage)
+}
+
+// FailGlobalKeys makes each of keys fail in the next times batches that
+// carry it, as Labelbox does for a global key without a data row (yet):
+// the batch is created without it and the answer lists it in
+// failedDataRowIds.
+func (l *Labelbox) FailGlobalKeys(times int, keys ...string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, k := range keys {
+		l.failKeys[k] += times
+	}
 }
 
 // Batches returns the batches created in a project, in creation order.
@@ -301,9 +316,22 @@ func (l *Labelbox) createBatch(projectID string, f *gqlField, vars map[string]an
 	for _, bs := range l.batches {
 		n += len(bs)
 	}
+	failed := []any{}
+	kept := keys[:0:0]
+	for _, k := range keys {
+		if l.failKeys[k] > 0 {
+			l.failKeys[k]--
+			failed = append(failed, k)
+			continue
+		}
+		kept = append(kept, k)
+	}
+	if keys != nil {
+		keys = kept
+	}
 	b := LabelboxBatch{ID: fmt.Sprintf("batch-%04d", n+1), ProjectID: projectID, Name: name, GlobalKeys: keys, DataRowIDs: rows, Priority: priority}
 	l.batches[projectID] = append(l.batches[projectID], b)
-	return map[string]any{"batch": map[string]any{"id": b.ID, "name": b.Name}, "failedDataRowIds": []any{}}, nil
+	return map[string]any{"batch": map[string]any{"id": b.ID, "name": b.Name}, "failedDataRowIds": failed}, nil
 }
 
 func (l *Labelbox) deleteBatchLabels(projectID string, f *gqlField, vars map[string]any) (any, *gqlFail) {

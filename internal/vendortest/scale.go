@@ -27,6 +27,9 @@ type Scale struct {
 	byUID   map[string]int // unique_id -> index in tasks
 	batches map[string]*ScaleBatch
 	order   []string // batch names in creation order
+	// strictBatches: a task must name a batch that exists and is not
+	// finalized, as Scale requires.
+	strictBatches bool
 }
 
 // ScaleTask is a task the fake created.
@@ -82,6 +85,15 @@ func (s *Scale) Tasks() []ScaleTask {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]ScaleTask(nil), s.tasks...)
+}
+
+// RequireBatches makes a task that names a batch fail with 400 unless the
+// batch exists and is not finalized, as Scale does. Off by default, so
+// that tests of tasks alone need not create batches.
+func (s *Scale) RequireBatches() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.strictBatches = true
 }
 
 // Batches returns the batches created, in order.
@@ -198,6 +210,14 @@ func (s *Scale) createTask(body []byte) reply {
 		rep.body.(map[string]any)["task_id"] = s.tasks[i].TaskID
 		rep.outcome = Duplicate
 		return rep
+	}
+	if s.strictBatches && t.Batch != "" {
+		switch b := s.batches[t.Batch]; {
+		case b == nil:
+			return scaleReject(http.StatusBadRequest, "Batch %q does not exist: create it first.", t.Batch)
+		case b.Finalized:
+			return scaleReject(http.StatusBadRequest, "Batch %q is finalized and takes no more tasks.", t.Batch)
+		}
 	}
 	t.TaskID = fmt.Sprintf("task%020d", len(s.tasks)+1)
 	s.byUID[t.UniqueID] = len(s.tasks)

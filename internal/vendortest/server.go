@@ -374,6 +374,13 @@ func (s *Server) failNextWith(n, status int, retryAfter string, body any) {
 	}
 }
 
+// AnswerNext answers the next n requests with status and body (JSON
+// unless []byte) without acting on them: a vendor answer a test needs
+// that the fake would not give on its own (a 201 with a wrong count).
+func (s *Server) AnswerNext(n, status int, body any) {
+	s.failNextWith(n, status, "", body)
+}
+
 // SetDown starts an outage: every request is answered with status until
 // SetUp.
 func (s *Server) SetDown(status int) {
