@@ -108,8 +108,10 @@ const (
 const (
 	cvatPollMin = 50 * time.Millisecond
 	cvatPollMax = 2 * time.Second
-	// cvatListPages bounds a lookup's pages (100 results each).
+	// cvatListPages bounds a lookup's pages (100 results each), and
+	// cvatListBytes one page's answer (a task is about 2 KiB of JSON).
 	cvatListPages = 20
+	cvatListBytes = 4 << 20
 )
 
 // CVAT is a built cvat preset.
@@ -284,7 +286,7 @@ func (s *CVAT) list(ctx context.Context, path string, q url.Values, each func(js
 		q.Set("page", strconv.Itoa(page))
 		u := s.endpoint(path)
 		u.RawQuery = q.Encode()
-		resp, req, err := s.do(ctx, http.MethodGet, u, nil)
+		resp, req, err := s.do(ctx, http.MethodGet, u, nil, cvatListBytes)
 		if err != nil {
 			return err
 		}
@@ -434,12 +436,17 @@ func (s *CVAT) lostImport(ctx context.Context, r *pipeline.Request, task, rq str
 }
 
 // do sends one request and reads the answer.
-func (s *CVAT) do(ctx context.Context, method string, u *url.URL, body []byte) (*response, *http.Request, error) {
+// limit bounds the answer read (answerLimit when 0).
+func (s *CVAT) do(ctx context.Context, method string, u *url.URL, body []byte, limit ...int64) (*response, *http.Request, error) {
 	req, err := s.request(ctx, method, u, body)
 	if err != nil {
 		return nil, nil, &pipeline.DeliveryError{Msg: fmt.Sprintf("cvat: build request: %v", redact.Error(err))}
 	}
-	resp, err := send(ctx, s.client, req, answerLimit)
+	n := int64(answerLimit)
+	if len(limit) > 0 {
+		n = limit[0]
+	}
+	resp, err := send(ctx, s.client, req, n)
 	if err != nil {
 		return nil, nil, err
 	}
