@@ -11,6 +11,7 @@ import (
 
 	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/internal/redistest"
+	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
 )
 
@@ -156,3 +157,83 @@ func TestCheckpointedStepsSurviveARestart(t *testing.T) {
 		}
 	}
 }
+
+func cvatSink(c *vendortest.CVAT) string {
+	return fmt.Sprintf(`  - {name: cvat, type: cvat, url: %q, api_key: cvat-token, project_id: 3, timeout: 5s,
+     retry: {max_attempts: 5, initial_interval: 1ms, max_interval: 5ms}, breaker: {consecutive_failures: 1000}}
+`, c.URL)
+}
+
+// A CVAT import that fails is dead-lettered at once with CVAT's reason,
+// not retried into the same failure.
+func TestCVATFailedImportIsDeadLettered(t *testing.T) {
+	c := vendortest.NewCVAT(t, "cvat-token", 3)
+	const reason = "Cannot fetch the remote file: 403 Forbidden"
+	c.FailImport(reason)
+	h := startHarness(t, head("")+cvatSink(c))
+	body, _ := samplePayload(t, "issue-frames.json")
+	a := h.accept(body)
+	ds := h.waitDeadLetters("cvat", 1)
+	if ds[0].ExportID != a.ID || ds[0].Attempts != 1 || !strings.Contains(ds[0].Error, reason) || !strings.Contains(ds[0].Answer, reason) {
+		t.Fatalf("dead letter %+v, want export %s after 1 attempt, with CVAT's reason", ds[0], a.ID)
+	}
+	if tasks := c.Tasks(); len(tasks) != 1 || tasks[0].Import != "failed" {
+		t.Fatalf("tasks %+v, want the one whose import failed", tasks)
+	}
+}
+
+// The daemon stops between CVAT's steps (the task made and checkpointed,
+// the attach under way), and another process on the same Redis takes the
+// request over: one task, its data attached once.
+func TestCVATRestartBetweenStepsMakesOneTask(t *testing.T) {
+	c := vendortest.NewCVAT(t, "cvat-token", 3)
+	cfg := redisConfig(head(""), redistest.Start(t).URL()) + cvatSink(c)
+	attach := func(m, p string) bool { return m == "POST" && strings.HasSuffix(p, "/data/") }
+	c.SetLatencyOn(time.Hour, attach)
+	first := startHarness(t, cfg)
+	body, _ := samplePayload(t, "issue-frames.json")
+	first.accept(body)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitArrived(ctx, 3); err != nil { // lookup, create, attach
+		t.Fatal(err)
+	}
+	first.stop()
+	if err := <-first.done; err != nil {
+		t.Fatalf("first Run: %v", err)
+	}
+	first.stop = nil
+	c.FailNext(1, 503, "") // the held attach never reaches CVAT's queue
+	c.SetLatency(0)
+	if err := c.WaitRequests(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	before := c.RequestCount()
+
+	second := startHarness(t, cfg)
+	second.eventually(15*time.Second, "the import after the restart", func() bool {
+		tasks := c.Tasks()
+		return len(tasks) > 0 && tasks[len(tasks)-1].Import == "finished"
+	})
+	tasks := c.Tasks()
+	if len(tasks) != 1 {
+		t.Fatalf("%d tasks across the restart, want 1: %+v", len(tasks), tasks)
+	}
+	if k := c.CountsFor(vendortest.CVATTaskKey(tasks[0].Name)); k.Requests != 1 {
+		t.Errorf("%d creates, want 1", k.Requests)
+	}
+	if k := c.CountsFor(vendortest.CVATAttachKey(tasks[0].Name)); k.Accepted != 1 || k.Duplicates != 0 {
+		t.Errorf("attaches %+v, want one accepted, no repeat", k)
+	}
+	if n := second.sink("cvat").DLQ; n != 0 {
+		t.Errorf("%d dead letters, want 0", n)
+	}
+	for _, r := range c.Requests()[before:] {
+		if r.Path == "/api/tasks" {
+			t.Errorf("the second process sent %s %s: the checkpoint in Redis names the task", r.Method, r.Path)
+		}
+	}
+}
+
+// stepperlessHarness starts a harness on the built-in registry.
+func stepperlessHarness(t *testing.T, cfg string) *harness { t.Helper(); return startHarness(t, cfg) }
