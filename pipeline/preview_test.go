@@ -214,10 +214,13 @@ func TestPreviewRedactsSecrets(t *testing.T) {
 		"LABELBOX_API_KEY":     "lb-apikey-0002",
 		"SCALE_API_KEY":        "scale-apikey-0003",
 		"LABEL_STUDIO_API_KEY": "ls-apitoken-0004",
+		"CVAT_TOKEN":           "cvat-token-0005",
 	}
 	for k, v := range keys {
 		t.Setenv(k, v)
 	}
+	t.Setenv("CVAT_URL", "")
+	t.Setenv("CVAT_PROJECT_ID", "3")
 	t.Setenv("LABELBOX_PROJECT_ID", "lb-project")
 	t.Setenv("SCALE_PROJECT", "relabel")
 	t.Setenv("LABEL_STUDIO_PROJECT_ID", "42")
@@ -249,6 +252,7 @@ func TestPreviewRedactsSecrets(t *testing.T) {
 		"labelbox":     "https://api.labelbox.com/graphql",
 		"scale":        "https://api.scale.com/v1/task/imageannotation",
 		"label_studio": "http://127.0.0.1:8081/api/projects/42/import",
+		"cvat":         "https://app.cvat.ai/api/tasks", // then its attach and status reads
 	}
 	for _, s := range rep.Sinks {
 		if len(s.Requests) == 0 {

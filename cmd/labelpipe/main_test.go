@@ -245,10 +245,12 @@ func TestPreviewVendorsRedactsKeys(t *testing.T) {
 		"LABELBOX_API_KEY":     "lb-apikey-0002",
 		"SCALE_API_KEY":        "scale-apikey-0003",
 		"LABEL_STUDIO_API_KEY": "ls-apitoken-0004",
+		"CVAT_TOKEN":           "cvat-token-0005",
 	}
 	for k, v := range keys {
 		t.Setenv(k, v)
 	}
+	t.Setenv("CVAT_PROJECT_ID", "3")
 	t.Setenv("REDIS_URL", "redis://127.0.0.1:1/0") // nothing listens there
 	code, stdout, stderr := labelpipe(t, "preview", "-c", "../../configs/vendors.yaml", "--secret", keys["AQ_WEBHOOK_SECRET"],
 		payloads+"issue-crops.json")
@@ -261,9 +263,10 @@ func TestPreviewVendorsRedactsKeys(t *testing.T) {
 		}
 	}
 	// One request to Labelbox, one Scale task per element (2), one Label
-	// Studio import: each with its Authorization redacted.
-	if n := strings.Count(stdout, `"Authorization": "REDACTED"`); n != 4 {
-		t.Errorf("%d redacted Authorization headers, want 4:\n%s", n, stdout)
+	// Studio import, and CVAT's four (lookup, create, attach, status):
+	// each with its Authorization redacted.
+	if n := strings.Count(stdout, `"Authorization": "REDACTED"`); n != 8 {
+		t.Errorf("%d redacted Authorization headers, want 8:\n%s", n, stdout)
 	}
 }
 
