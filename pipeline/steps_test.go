@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -177,8 +178,25 @@ func TestCVATFailedImportIsDeadLettered(t *testing.T) {
 	if ds[0].ExportID != a.ID || ds[0].Attempts != 1 || !strings.Contains(ds[0].Error, reason) || !strings.Contains(ds[0].Answer, reason) {
 		t.Fatalf("dead letter %+v, want export %s after 1 attempt, with CVAT's reason", ds[0], a.ID)
 	}
-	if tasks := c.Tasks(); len(tasks) != 1 || tasks[0].Import != "failed" {
+	tasks := c.Tasks()
+	if len(tasks) != 1 || tasks[0].Import != "failed" {
 		t.Fatalf("tasks %+v, want the one whose import failed", tasks)
+	}
+
+	// The operator fixed the images and replays: the failed task is
+	// replaced by one that imports.
+	if code := h.adminDo(http.MethodPost, "/api/dlq/cvat/replay", nil, nil); code != http.StatusOK {
+		t.Fatalf("replay: %d", code)
+	}
+	h.eventually(10*time.Second, "the replayed import", func() bool {
+		live := c.TasksNamed(tasks[0].Name)
+		return len(live) == 1 && live[0].Import == "finished"
+	})
+	if all := c.Tasks(); len(all) != 2 || !all[0].Deleted {
+		t.Errorf("tasks %+v, want the failed one deleted, one live", all)
+	}
+	if n := h.sink("cvat").DLQ; n != 0 {
+		t.Errorf("%d dead letters after the replay, want 0", n)
 	}
 }
 

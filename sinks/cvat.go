@@ -42,8 +42,9 @@ import (
 //     the client but reached CVAT;
 //  3. the import, followed (GET /api/requests/{rq_id}) until it finished
 //     or failed. A failed import is not retried: it goes to the DLQ with
-//     CVAT's reason. An import still running when the attempt ends is
-//     followed by the next attempt.
+//     CVAT's reason. A replay of that dead letter deletes the task (CVAT
+//     takes a task's data once) and starts over. An import still running
+//     when the attempt ends is followed by the next attempt.
 //
 // An element without an image (lidar only) is not sent; it is logged and
 // counted. Images several elements share (a frame and its crops) are sent
@@ -101,6 +102,10 @@ const (
 	// cvatStepImport is the import's rq_id; "" when it must be attached
 	// again (CVAT forgot a request whose task got no data).
 	cvatStepImport = "cvat.rq_id"
+	// cvatStepFailed is the rq_id of an import that failed. Such a request
+	// went to the DLQ; a replay finds it set and starts over: the task,
+	// whose data cannot be attached again, is deleted and made anew.
+	cvatStepFailed = "cvat.failed_rq_id"
 )
 
 // Polling an import: the first status read comes soon (a small task
@@ -184,9 +189,14 @@ func (s *CVAT) Send(ctx context.Context, r *pipeline.Request) error {
 	if err := s.hold(ctx); err != nil {
 		return err
 	}
-	task, ok := r.Step(cvatStepTask)
+	if failed, _ := r.Step(cvatStepFailed); failed != "" {
+		if err := s.startOver(ctx, r); err != nil {
+			return s.paceFrom(err)
+		}
+	}
+	task, _ := r.Step(cvatStepTask)
 	made := false
-	if !ok {
+	if task == "" {
 		name := s.TaskName(r)
 		id, err := s.findTask(ctx, name)
 		if err != nil {
@@ -219,6 +229,27 @@ func (s *CVAT) Send(ctx context.Context, r *pipeline.Request) error {
 		s.checkpoint(ctx, r, cvatStepImport, rq)
 	}
 	return s.paceFrom(s.follow(ctx, r, task, rq))
+}
+
+// startOver deletes the task of an import that failed, so that a replay
+// makes a fresh one under the same name. The checkpoints are cleared in
+// the order that keeps a crash in between safe: the task (a lookup no
+// longer finds it), then the import, then the failure.
+func (s *CVAT) startOver(ctx context.Context, r *pipeline.Request) error {
+	if task, _ := r.Step(cvatStepTask); task != "" {
+		resp, req, err := s.do(ctx, http.MethodDelete, s.endpoint("/api/tasks/"+task), nil)
+		if err != nil {
+			return err
+		}
+		if resp.status != http.StatusNoContent && resp.status != http.StatusOK && resp.status != http.StatusNotFound {
+			return statusError(req, resp, retryableStatus(resp.status))
+		}
+		s.log.InfoContext(ctx, "replaying a failed CVAT import: deleted its task to make it anew", "task", task)
+	}
+	for _, step := range []string{cvatStepTask, cvatStepImport, cvatStepFailed} {
+		s.checkpoint(ctx, r, step, "")
+	}
+	return nil
 }
 
 // checkpoint saves a step. A ledger that fails costs only a lookup after
@@ -286,7 +317,7 @@ func (s *CVAT) list(ctx context.Context, path string, q url.Values, each func(js
 		q.Set("page", strconv.Itoa(page))
 		u := s.endpoint(path)
 		u.RawQuery = q.Encode()
-		resp, req, err := s.do(ctx, http.MethodGet, u, nil, cvatListBytes)
+		resp, req, err := s.doLimit(ctx, http.MethodGet, u, nil, cvatListBytes)
 		if err != nil {
 			return err
 		}
@@ -393,6 +424,7 @@ func (s *CVAT) follow(ctx context.Context, r *pipeline.Request, task, rq string)
 			if reason == "" {
 				reason = "no reason given"
 			}
+			s.checkpoint(ctx, r, cvatStepFailed, rq)
 			return deliveryError(resp, false, fmt.Sprintf("cvat: import into task %s failed: %s", task, clip(reason, 500)))
 		case "queued", "started":
 		default:
@@ -436,17 +468,17 @@ func (s *CVAT) lostImport(ctx context.Context, r *pipeline.Request, task, rq str
 }
 
 // do sends one request and reads the answer.
-// limit bounds the answer read (answerLimit when 0).
-func (s *CVAT) do(ctx context.Context, method string, u *url.URL, body []byte, limit ...int64) (*response, *http.Request, error) {
+func (s *CVAT) do(ctx context.Context, method string, u *url.URL, body []byte) (*response, *http.Request, error) {
+	return s.doLimit(ctx, method, u, body, answerLimit)
+}
+
+// doLimit is do reading up to limit bytes of the answer.
+func (s *CVAT) doLimit(ctx context.Context, method string, u *url.URL, body []byte, limit int64) (*response, *http.Request, error) {
 	req, err := s.request(ctx, method, u, body)
 	if err != nil {
 		return nil, nil, &pipeline.DeliveryError{Msg: fmt.Sprintf("cvat: build request: %v", redact.Error(err))}
 	}
-	n := int64(answerLimit)
-	if len(limit) > 0 {
-		n = limit[0]
-	}
-	resp, err := send(ctx, s.client, req, n)
+	resp, err := send(ctx, s.client, req, limit)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -445,3 +445,58 @@ func TestCVATPresetValidate(t *testing.T) {
 		}
 	}
 }
+
+// A replay of a request whose import failed (an operator fixed the
+// images' permissions) starts over: the task, which takes data once, is
+// deleted and made anew under the same name. One live task per export.
+func TestCVATPresetReplayAfterAFailedImport(t *testing.T) {
+	c := vendortest.NewCVAT(t, cvatToken, 3)
+	c.FailImport("Cannot fetch https://img/f1.jpg: 403 Forbidden")
+	b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+	l := memory.NewLedger(time.Hour)
+	req := b.render(t, mixedIssue("iss-11"))[0]
+	wantDeliveryError(t, b.sink.Send(t.Context(), resumed(t, l, req)), false, "403 Forbidden")
+	// The replay is a new message: the engine resumes it from the ledger.
+	if err := b.sink.Send(t.Context(), resumed(t, l, req)); err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	all := c.Tasks()
+	if len(all) != 2 || !all[0].Deleted || all[0].Import != "failed" {
+		t.Fatalf("tasks %+v, want the failed one deleted and a new one", all)
+	}
+	live := c.TasksNamed(cvatName)
+	if len(live) != 1 || live[0].Import != "finished" || len(live[0].RemoteFiles) != 3 {
+		t.Fatalf("live tasks %+v, want one, imported", live)
+	}
+	// Another copy of the request now finds the import finished and
+	// changes nothing.
+	before := c.RequestCount()
+	if err := b.sink.Send(t.Context(), resumed(t, l, req)); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range c.Requests()[before:] {
+		if r.Method != http.MethodGet {
+			t.Errorf("a repeat after the import finished sent %s %s", r.Method, r.Path)
+		}
+	}
+}
+
+// CVAT drops finished import requests after a while: a status read that
+// answers 404 checks the task, whose data tells the import finished.
+func TestCVATPresetImportForgottenByCVAT(t *testing.T) {
+	c := vendortest.NewCVAT(t, cvatToken, 3)
+	b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+	r := resumed(t, memory.NewLedger(time.Hour), b.render(t, mixedIssue("iss-12"))[0])
+	wantDeliveryError(t, timedOutOn(t, c.Server, 4, b.sink, r), true, "no answer")
+	c.ForgetRequests()
+	if err := b.sink.Send(t.Context(), r); err != nil {
+		t.Fatal(err)
+	}
+	p := paths(c)
+	if last := p[len(p)-1]; last != "GET /api/tasks/1" {
+		t.Errorf("requests %v, want the task read last", p)
+	}
+	if k := c.CountsFor(vendortest.CVATAttachKey(cvatName)); k.Requests != 1 {
+		t.Errorf("%d attaches, want 1", k.Requests)
+	}
+}

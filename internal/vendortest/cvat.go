@@ -28,7 +28,8 @@ import (
 //   - GET /api/requests/{rq_id} is the import's status: each read moves it
 //     on, queued → started → finished, or failed with a message when
 //     FailImport scripted it;
-//   - GET /api/requests?task_id=&action=create lists a task's imports.
+//   - GET /api/requests?task_id=&action=create lists a task's imports;
+//   - DELETE /api/tasks/{id} deletes a task: 204, then 404 for it.
 //
 // Errors are Django REST framework style: {"detail": ...} or field lists.
 // The counts per key (CountsFor) are kept per task name for creates
@@ -63,6 +64,9 @@ type CVATTask struct {
 	Import string
 	// RequestID is the import's rq_id.
 	RequestID string
+	// Deleted says the task was deleted; Tasks still lists it, the API
+	// does not.
+	Deleted bool
 }
 
 type cvatRequest struct {
@@ -109,6 +113,14 @@ func (c *CVAT) FailImport(reason string) {
 	c.failImport = append(c.failImport, reason)
 }
 
+// ForgetRequests drops every import request, as CVAT drops finished ones
+// after a while: their status reads answer 404.
+func (c *CVAT) ForgetRequests() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.requests)
+}
+
 // AddTask creates a task directly, as a process that crashed after CVAT's
 // 201 would have left it; it returns the task's id. It is not counted.
 func (c *CVAT) AddTask(name string, project int) int {
@@ -130,11 +142,12 @@ func (c *CVAT) Tasks() []CVATTask {
 	return out
 }
 
-// TasksNamed returns the tasks named name (exactly), in creation order.
+// TasksNamed returns the tasks named name (exactly) and not deleted, in
+// creation order.
 func (c *CVAT) TasksNamed(name string) []CVATTask {
 	var out []CVATTask
 	for _, t := range c.Tasks() {
-		if t.Name == name {
+		if t.Name == name && !t.Deleted {
 			out = append(out, t)
 		}
 	}
@@ -149,7 +162,7 @@ func (c *CVAT) addTask(name string, project int, org string) *CVATTask {
 }
 
 func (c *CVAT) task(id int) *CVATTask {
-	if id < 1 || id > len(c.tasks) {
+	if id < 1 || id > len(c.tasks) || c.tasks[id-1].Deleted {
 		return nil
 	}
 	return c.tasks[id-1]
@@ -223,6 +236,22 @@ func (c *CVAT) handle(r *http.Request, body []byte) reply {
 			return cvatDetail(http.StatusNotFound, "No Task matches the given query.")
 		}
 		return c.attach(t, body)
+	case len(parts) == 3 && parts[0] == "api" && parts[1] == "tasks" && r.Method == http.MethodDelete:
+		id, err := strconv.Atoi(parts[2])
+		t := c.task(id)
+		if err != nil || t == nil {
+			return cvatDetail(http.StatusNotFound, "No Task matches the given query.")
+		}
+		t.Deleted = true
+		c.byName[t.Name]--
+		return reply{status: http.StatusNoContent, outcome: Accepted}
+	case len(parts) == 3 && parts[0] == "api" && parts[1] == "tasks" && r.Method == http.MethodGet:
+		id, err := strconv.Atoi(parts[2])
+		t := c.task(id)
+		if err != nil || t == nil {
+			return cvatDetail(http.StatusNotFound, "No Task matches the given query.")
+		}
+		return reply{status: http.StatusOK, body: taskJSON(t), outcome: Accepted}
 	case path == "/api/requests" && r.Method == http.MethodGet:
 		return c.listRequests(r.URL.Query())
 	case strings.HasPrefix(path, "/api/requests/") && r.Method == http.MethodGet:
@@ -280,6 +309,9 @@ func (c *CVAT) listTasks(q url.Values) reply {
 	var match []*CVATTask
 	name := strings.ToLower(q.Get("name"))
 	for _, t := range c.tasks {
+		if t.Deleted {
+			continue
+		}
 		if name != "" && !strings.Contains(strings.ToLower(t.Name), name) {
 			continue
 		}
@@ -395,7 +427,7 @@ func (c *CVAT) listRequests(q url.Values) reply {
 	var match []*cvatRequest
 	for _, t := range c.tasks {
 		rq := c.requests[t.RequestID]
-		if rq == nil {
+		if rq == nil || t.Deleted {
 			continue
 		}
 		if id := q.Get("task_id"); id != "" && id != strconv.Itoa(t.ID) {
