@@ -136,3 +136,35 @@ func TestRedisLedgerStepsExpire(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkLedgerLookup prices the read every delivery makes: for a sink
+// that saves no step it is the same single MGET as before steps existed
+// (one more key in it); with steps, the JSON object is decoded too. Run:
+//
+//	go test -run '^$' -bench LedgerLookup -benchmem ./pipeline/backend/redis/
+func BenchmarkLedgerLookup(b *testing.B) {
+	srv := redistest.Start(b)
+	l := redisb.NewLedger(srv.Client(b), testPrefix+"bench:", time.Hour)
+	ctx := b.Context()
+	plain := backend.DeliveryKey{ExportID: "exp-1", Sink: "scale", Chunk: 0}
+	stepped := backend.DeliveryKey{ExportID: "exp-1", Sink: "cvat", Chunk: 0}
+	for _, s := range [][2]string{{"cvat.task_id", "4711"}, {"cvat.rq_id", "action=create&target=task&target_id=4711"}} {
+		if err := l.SaveStep(ctx, stepped, s[0], s[1]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, bc := range []struct {
+		name  string
+		key   backend.DeliveryKey
+		steps int
+	}{{"steps=0", plain, 0}, {"steps=2", stepped, 2}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				r, err := l.Lookup(ctx, bc.key)
+				if err != nil || len(r.Steps) != bc.steps {
+					b.Fatalf("Lookup: %+v, %v", r, err)
+				}
+			}
+		})
+	}
+}
