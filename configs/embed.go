@@ -16,3 +16,10 @@ var Schemas embed.FS
 //
 //go:embed payloads/*.json
 var Payloads embed.FS
+
+// ConfigSchema is labelpipe.schema.json: the config's JSON Schema,
+// generated from the config structs (see internal/configdoc), for editors
+// through yaml-language-server. `labelpipe config schema` prints it.
+//
+//go:embed labelpipe.schema.json
+var ConfigSchema []byte

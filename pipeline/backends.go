@@ -10,6 +10,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/labelpipe/labelpipe/pipeline/backend"
+	"github.com/labelpipe/labelpipe/pipeline/resilience"
 )
 
 // openBackends are the backends a pipeline opened, the broker's first.
@@ -103,6 +104,21 @@ func (b *openBackends) breakerStore() gobreaker.SharedDataStore {
 	for _, k := range b.kinds {
 		if s := b.byKind[k].BreakerStore(); s != nil {
 			return s
+		}
+	}
+	return nil
+}
+
+// rateLimiter is the first shared rate limiter an open backend offers
+// (redis); nil keeps every rate limit in this process.
+func (b *openBackends) rateLimiter() resilience.SharedLimiter {
+	for _, k := range b.kinds {
+		if l, ok := b.byKind[k].(interface {
+			SharedLimiter() resilience.SharedLimiter
+		}); ok {
+			if sl := l.SharedLimiter(); sl != nil {
+				return sl
+			}
 		}
 	}
 	return nil

@@ -28,6 +28,10 @@ type Config struct {
 	// JQ bounds every jq program's run: stages, dedupe keys, filters,
 	// transforms, sink bodies and previews.
 	JQ JQLimits `yaml:"jq"`
+	// CustomEvents are event names besides Aquarium's five
+	// (AquariumEvents) that sinks and stages may name, for a caller that
+	// sends its own; any other name is an error.
+	CustomEvents []string `yaml:"custom_events"`
 	// Stages run in order, synchronously with the webhook request.
 	Stages []StageConfig `yaml:"-"`
 	// Sinks each receive every export they subscribe to.
@@ -189,8 +193,10 @@ type RedisConfig struct {
 type TracingConfig struct {
 	// Exporter is none (default), otlp or stdout.
 	Exporter string `yaml:"exporter"`
-	// Endpoint is the OTLP endpoint (host:port for grpc, URL for http);
-	// empty uses OTEL_EXPORTER_OTLP_ENDPOINT or the SDK default.
+	// Endpoint is the OTLP receiver: a URL like OTEL_EXPORTER_OTLP_ENDPOINT
+	// (http://127.0.0.1:4317 for grpc, http://127.0.0.1:4318 for http,
+	// whose bare URL means its /v1/traces; https:// for TLS) or host:port.
+	// Empty uses OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT or the SDK default.
 	Endpoint string `yaml:"endpoint"`
 	// Protocol is grpc (default) or http.
 	Protocol string `yaml:"protocol"`
@@ -206,6 +212,12 @@ type TracingConfig struct {
 	// from a caller.
 	CallerContext string `yaml:"caller_context"`
 }
+
+// Log levels and formats.
+var (
+	LogLevels  = []string{"debug", "info", "warn", "error"}
+	LogFormats = []string{"text", "json"}
+)
 
 // LogConfig configures the daemon's logger.
 type LogConfig struct {
@@ -358,3 +370,11 @@ type FieldError = field.Error
 
 // FieldErr builds a *FieldError.
 func FieldErr(path, format string, args ...any) error { return field.Errorf(path, format, args...) }
+
+// DefaultConfig is a config with every default set and no stages or
+// sinks: what an empty section means. The config's JSON Schema and
+// reference take their defaults from it.
+func DefaultConfig() Config { return defaultConfig() }
+
+// DefaultSinkConfig is a sink's common keys with their defaults.
+func DefaultSinkConfig() SinkConfig { return defaultSink() }

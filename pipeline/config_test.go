@@ -106,6 +106,17 @@ func TestConfigErrors(t *testing.T) {
 			`:14:14: environment variable LP_TEST_UNSET_KEY is not set`,
 			`:15:17: sinks[2] "label_studio": project_id: must be the project's numeric id`,
 		},
+		// Issue 12, observations 3 and 4: what run rejected or silently
+		// ignored, validate reports.
+		"events-and-log": {
+			`:5:10: log: level: unknown level "inf" (want debug, info, warn, error)`,
+			`:6:11: log: format: unknown format "jsn" (want text or json)`,
+			`:7:32: custom_events[1]: "model-trained" is declared twice`,
+			`stages[0] "schema": schema: unknown built-in schema "issue-exportd" (known: issue-exported`,
+			`:11:30: stages[0] "schema": events[1]: unknown event "dataset-completed" (did you mean "dataset-complete"?)`,
+			`:16:14: sinks[0] "archive": events[0]: unknown event "issue_exported" (did you mean "issue-exported"?); Aquarium sends issue-exported, issues-created, issue-update, dataset-complete, dataset-failed; declare any other in custom_events`,
+			`:20:29: sinks[1] "models": events[1]: unknown event "model-trainde" (did you mean "model-trained"?)`,
+		},
 		"server-limits": {
 			`:5:23: server: max_inflight_bytes: must be ≥ max_body_bytes`,
 		},
@@ -371,17 +382,12 @@ func TestBuildErrors(t *testing.T) {
 		{
 			name:  "schema file missing",
 			stage: `{type: schema, schema: schemas/missing.json}`,
-			want:  []string{`build.yaml:5:5: stages[0] "schema": `, "missing.json"},
+			want:  []string{`build.yaml:5:28: stages[0] "schema": schema: `, "missing.json"},
 		},
 		{
 			name:  "schema file is not JSON",
 			stage: `{type: schema, schema: ` + strconv.Quote(notJSON) + `}`,
 			want:  []string{`stages[0] "schema": `, "not valid JSON"},
-		},
-		{
-			name:  "unknown built-in schema",
-			stage: `{type: schema, schema: issue-deleted}`,
-			want:  []string{`stages[0] "schema": `, `unknown built-in schema "issue-deleted"`},
 		},
 		{
 			name: "file sink cannot be opened",

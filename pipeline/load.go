@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -24,7 +25,34 @@ type LoadOption func(*loadOptions)
 
 type loadOptions struct {
 	allowUnsetEnv bool
+	placeholders  bool
+	lookupEnv     func(string) (string, bool)
 	registry      *Registry
+}
+
+// LookupEnv makes ${VAR} read variables through lookup instead of the
+// process environment; validate --env-file and --no-env use it.
+func LookupEnv(lookup func(name string) (string, bool)) LoadOption {
+	return func(o *loadOptions) { o.lookupEnv = lookup }
+}
+
+// EnvPlaceholders replaces an unset ${VAR} without a default by a
+// placeholder, EnvPlaceholder(VAR), instead of reporting an error, so that
+// a config's shape can be checked without its secrets.
+func EnvPlaceholders() LoadOption { return func(o *loadOptions) { o.placeholders = true } }
+
+// EnvPlaceholder is what EnvPlaceholders puts in place of ${name}: long
+// enough to pass as a token, and safe in a URL, a header and a jq string.
+func EnvPlaceholder(name string) string {
+	return "placeholder-" + strings.ToLower(strings.ReplaceAll(name, "_", "-"))
+}
+
+// IsEnvPlaceholder reports whether s is a value EnvPlaceholders put in
+// place of an unset variable, so that a type's check of a value's form
+// (a numeric id, say) can let it pass: only its presence is known.
+func IsEnvPlaceholder(s string) bool {
+	rest, ok := strings.CutPrefix(s, "placeholder-")
+	return ok && rest != "" && strings.Trim(rest, "abcdefghijklmnopqrstuvwxyz0123456789-") == ""
 }
 
 // AllowUnsetEnv leaves an unset ${VAR} without a default as written
@@ -70,7 +98,11 @@ func ParseConfig(name string, data []byte, opts ...LoadOption) (*Config, error) 
 		l.add(nil, "", "config is empty")
 		return nil, l.errs
 	}
-	ast.Walk(&envExpander{l: l, allowUnset: lo.allowUnsetEnv}, f.Docs[0].Body)
+	lookup := lo.lookupEnv
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	ast.Walk(&envExpander{l: l, allowUnset: lo.allowUnsetEnv, placeholders: lo.placeholders, lookup: lookup}, f.Docs[0].Body)
 	root, ok := f.Docs[0].Body.(*ast.MappingNode)
 	if !ok {
 		l.add(f.Docs[0].Body, "", "config must be a mapping")
@@ -87,10 +119,21 @@ func ParseConfig(name string, data []byte, opts ...LoadOption) (*Config, error) 
 			cfg.Stages = l.stages(mv.Value)
 		case "sinks":
 			cfg.Sinks = l.sinks(mv.Value)
+		case "custom_events":
+			one := *root
+			one.Values = []*ast.MappingValueNode{mv}
+			var v struct {
+				CustomEvents []string `yaml:"custom_events"`
+			}
+			if err := yaml.NodeToValue(&one, &v, yaml.Strict()); err != nil {
+				l.decodeErr(mv, "custom_events", err)
+			} else {
+				cfg.CustomEvents = v.CustomEvents
+			}
 		default:
 			dst, ok := sections[key]
 			if !ok {
-				l.add(mv.Key, "", fmt.Sprintf("unknown key %q (want server, admin, broker, redis, tracing, log, jq, stages or sinks)", key))
+				l.add(mv.Key, "", fmt.Sprintf("unknown key %q (want server, admin, broker, redis, tracing, log, jq, custom_events, stages or sinks)", key))
 				continue
 			}
 			if m, ok := mv.Value.(*ast.MappingNode); ok {
@@ -157,6 +200,10 @@ func (c *Config) resolve(l *loader, reg *Registry) {
 		s.Options = t.Config()
 		l.decodeOptions(s.node, map[string]bool{"type": true, "name": true}, s.Options, s.path, s.label())
 		c.checkKeyStore(l, reg, s)
+		if en, ok := s.Options.(EventNamer); ok {
+			field, events := en.EventNames()
+			l.checkEvents(c.knownEvents(), s.path, s.label(), field, events)
+		}
 	}
 	for i := range c.Sinks {
 		s := &c.Sinks[i]
@@ -212,7 +259,12 @@ func (c *Config) checkKeyStore(l *loader, reg *Registry, s *StageConfig) {
 // its entry in the file, so that it reads like every other config error.
 func (c *Config) entryError(path, label string, err error) error {
 	l := &loader{file: c.file, root: c.root}
-	l.at(path, label, "", err.Error())
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		l.at(path+"."+fe.Field, label, fe.Field, fe.Msg)
+	} else {
+		l.at(path, label, "", err.Error())
+	}
 	l.errs[0].Err = err
 	return l.errs
 }
@@ -478,12 +530,27 @@ func (l *loader) check(c *Config) {
 	default:
 		l.at("tracing.protocol", "tracing", "protocol", fmt.Sprintf("unknown protocol %q (want grpc or http)", c.Tracing.Protocol))
 	}
+	if err := CheckOTLPEndpoint(c.Tracing.Endpoint, c.Tracing.Protocol); err != nil {
+		l.at("tracing.endpoint", "tracing", "endpoint", err.Error())
+	}
 	if r := c.Tracing.SampleRatio; r != nil && (*r < 0 || *r > 1) {
 		l.at("tracing.sample_ratio", "tracing", "sample_ratio", "must be between 0 and 1")
 	}
+	l.checkLog(c.Log)
+	for i, ev := range c.CustomEvents {
+		at := fmt.Sprintf("custom_events[%d]", i)
+		switch {
+		case ev == "":
+			l.at(at, at, "", "is empty")
+		case slices.Contains(c.CustomEvents[:i], ev):
+			l.at(at, at, "", fmt.Sprintf("%q is declared twice", ev))
+		}
+	}
+	known := c.knownEvents()
 	for i := range c.Sinks {
 		s := &c.Sinks[i]
 		l.validation(s.path, s.label(), s.Config.Validate())
+		l.checkEvents(known, s.path, s.label(), "events", s.Events)
 	}
 	if len(c.Sinks) == 0 {
 		l.add(nil, "sinks", "at least one sink is required")
@@ -652,8 +719,10 @@ func scalar(m *ast.MappingNode, key string) string {
 // It works on the parsed document, so a secret holding YAML syntax cannot
 // change the document's shape.
 type envExpander struct {
-	l          *loader
-	allowUnset bool
+	l            *loader
+	allowUnset   bool
+	placeholders bool
+	lookup       func(string) (string, bool)
 }
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
@@ -691,17 +760,20 @@ func (v *envExpander) expand(s *ast.StringNode, pos func(at int) (line, col int)
 	s.Value = envRef.ReplaceAllStringFunc(s.Value, func(ref string) string {
 		at++
 		m := envRef.FindStringSubmatch(ref)
-		if val, ok := os.LookupEnv(m[1]); ok && val != "" {
+		if val, ok := v.lookup(m[1]); ok && val != "" {
 			return val
 		}
 		if m[2] != "" {
 			return m[3]
 		}
+		if v.placeholders {
+			return EnvPlaceholder(m[1])
+		}
 		if v.allowUnset {
 			// Left as written, so a preview shows what is missing.
 			return ref
 		}
-		msg := fmt.Sprintf("environment variable %s is not set (use ${%s:-default} for a default)", m[1], m[1])
+		msg := fmt.Sprintf("environment variable %s is not set (set it, or, unless it is a secret, give it a default: ${%s:-default})", m[1], m[1])
 		if pos != nil {
 			if line, col := pos(at); line > 0 {
 				v.l.errs = append(v.l.errs, &ConfigError{File: v.l.file, Line: line, Col: col, Msg: msg})
@@ -711,6 +783,17 @@ func (v *envExpander) expand(s *ast.StringNode, pos func(at int) (line, col int)
 		v.l.add(s, "", msg)
 		return ""
 	})
+}
+
+// checkLog refuses a log level or format the daemon would not know,
+// rather than let it fall back to a default unnoticed.
+func (l *loader) checkLog(c LogConfig) {
+	if !slices.Contains(LogLevels, strings.ToLower(c.Level)) {
+		l.at("log.level", "log", "level", fmt.Sprintf("unknown level %q (want %s)", c.Level, strings.Join(LogLevels, ", ")))
+	}
+	if !slices.Contains(LogFormats, strings.ToLower(c.Format)) {
+		l.at("log.format", "log", "format", fmt.Sprintf("unknown format %q (want %s)", c.Format, strings.Join(LogFormats, " or ")))
+	}
 }
 
 func (l *loader) checkServerLimits(c *ServerConfig) {

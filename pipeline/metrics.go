@@ -132,9 +132,13 @@ func newInstruments(mp metric.MeterProvider, sinks []*builtSink, bodies *bodyBud
 	must(e)
 	_, e = m.Int64ObservableGauge("labelpipe.sink.breaker_state",
 		metric.WithDescription("Circuit breaker state: 0 closed, 1 half-open, 2 open."),
+		// The policy's state, as /api/sinks shows it: with a shared breaker
+		// that is the shared state, which another replica or this one
+		// before a restart may have moved; the transitions this process
+		// made itself would say closed after a restart.
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
 			for _, s := range sinks {
-				o.Observe(s.breaker.Load(), metric.WithAttributes(attribute.String("sink", s.cfg.Name)))
+				o.Observe(breakerGauge(s.policy.State()), metric.WithAttributes(attribute.String("sink", s.cfg.Name)))
 			}
 			return nil
 		}))

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -117,9 +118,8 @@ type builtSink struct {
 	filter  *JQ
 	policy  *resilience.Policy
 	log     *slog.Logger
-	breaker atomic.Int64 // breakerGauge of the state, for the gauge
-	topic   string       // sink.<name>
-	backlog backlog      // keeps the sink's queue within queue:
+	topic   string  // sink.<name>
+	backlog backlog // keeps the sink's queue within queue:
 }
 
 // New builds a pipeline from a loaded config. On failure it closes
@@ -187,10 +187,13 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 	if err = p.openBackends(); err != nil {
 		return nil, err
 	}
-	if err = p.buildStages(); err != nil {
-		return nil, err
+	// Every stage's and sink's build errors, all at once.
+	stageErr, sinkErr := p.buildStages(), p.buildSinks()
+	var ce, se ConfigErrors
+	if errors.As(stageErr, &ce) && errors.As(sinkErr, &se) {
+		return nil, append(ce, se...)
 	}
-	if err = p.buildSinks(); err != nil {
+	if err = cmp.Or(stageErr, sinkErr); err != nil {
 		return nil, err
 	}
 	if p.metrics, err = newInstruments(opts.MeterProvider, p.sinks, p.bodies, p.dlqLen, p.sinkQueue); err != nil {
@@ -214,27 +217,43 @@ func (p *Pipeline) env(kind, name string) Env {
 	}
 }
 
+// buildStages builds every stage; it reports every stage that fails to
+// build, not only the first.
 func (p *Pipeline) buildStages() error {
+	var errs ConfigErrors
 	for _, sc := range p.cfg.Stages {
 		t, _ := p.opts.Registry.Stage(sc.Type)
 		env := p.env("stage", sc.Name)
 		s, err := t.Build(sc.Options, env)
 		if err != nil {
-			return p.cfg.entryError(sc.path, sc.label(), err)
+			var ce ConfigErrors
+			errors.As(p.cfg.entryError(sc.path, sc.label(), err), &ce)
+			errs = append(errs, ce...)
+			continue
 		}
 		p.stages = append(p.stages, builtStage{cfg: sc, stage: s, log: env.Logger})
+	}
+	if len(errs) > 0 {
+		return errs
 	}
 	return nil
 }
 
+// buildSinks builds every sink; it reports every sink that fails to
+// build, not only the first.
 func (p *Pipeline) buildSinks() error {
 	breakers := p.backends.breakerStore()
+	limiter := p.backends.rateLimiter()
+	var errs ConfigErrors
 	for _, sc := range p.cfg.Sinks {
 		t, _ := p.opts.Registry.Sink(sc.Type)
 		env := p.env("sink", sc.Name)
 		s, err := t.Build(sc.Options, env)
 		if err != nil {
-			return p.cfg.entryError(sc.path, sc.label(), err)
+			var ce ConfigErrors
+			errors.As(p.cfg.entryError(sc.path, sc.label(), err), &ce)
+			errs = append(errs, ce...)
+			continue
 		}
 		bs := &builtSink{cfg: sc, sink: s, log: env.Logger,
 			slots: make(chan struct{}, sc.MaxInFlight), topic: backend.TopicSink(sc.Name)}
@@ -244,12 +263,15 @@ func (p *Pipeline) buildSinks() error {
 				return fmt.Errorf("sink %q: filter: %w", sc.Name, err)
 			}
 		}
+		if sc.RateLimit.Shared && limiter == nil {
+			env.Logger.Warn("rate_limit.shared: no backend shares rate limits (use broker.type redis); this replica keeps its own")
+		}
 		bs.policy, err = resilience.New(sc.Config, resilience.Options{
-			Name:   sc.Name,
-			Logger: env.Logger,
-			Store:  breakers,
+			Name:    sc.Name,
+			Logger:  env.Logger,
+			Store:   breakers,
+			Limiter: limiter,
 			OnStateChange: func(from, to gobreaker.State) {
-				bs.breaker.Store(breakerGauge(to))
 				env.Logger.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
 			},
 		})
@@ -260,6 +282,9 @@ func (p *Pipeline) buildSinks() error {
 		for _, ev := range sc.Events {
 			p.events[ev] = true
 		}
+	}
+	if len(errs) > 0 {
+		return errs
 	}
 	return nil
 }

@@ -57,7 +57,8 @@ func Preview(ctx context.Context, cfg *Config, opts Options, body []byte, header
 
 func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header) *PreviewReport {
 	ctx = WithJQLimits(ctx, p.cfg.JQ)
-	rep := &PreviewReport{}
+	// Empty lists, not null: a refused payload reaches no sink.
+	rep := &PreviewReport{Stages: []StageVerdict{}, Sinks: []SinkPreview{}}
 	e := &Export{ID: "preview-" + watermill.NewShortUUID(), ReceivedAt: time.Now(), Header: header, Body: body}
 	if header == nil {
 		e.Header = http.Header{}
@@ -68,7 +69,9 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 	}
 	tr := &trial{noHeaders: header == nil}
 	err := p.ingress(ctx, e, tr)
-	rep.Stages = tr.verdicts
+	if tr.verdicts != nil {
+		rep.Stages = tr.verdicts
+	}
 	if err != nil {
 		code, a, _ := stageAnswer(err)
 		return stop(code, a)
@@ -102,4 +105,16 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 		rep.Sinks = append(rep.Sinks, sp)
 	}
 	return rep
+}
+
+// Check builds cfg's stages and sinks offline, as Preview does, and closes
+// them: it finds what only building finds (a schema file that is missing
+// or broken, a certificate that does not load) without touching anything
+// outside the process. validate uses it, so that it rejects what run would.
+func Check(cfg *Config, opts Options) error {
+	p, err := newPipeline(cfg, opts, true)
+	if err != nil {
+		return err
+	}
+	return p.Close()
 }

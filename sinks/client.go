@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -364,4 +365,13 @@ func encodeJSON(buf *bytes.Buffer, v any) error {
 	}
 	buf.Truncate(buf.Len() - 1) // Encode's newline
 	return nil
+}
+
+// envRefEscaped is a ${VAR} left unset in a preview, as a URL escapes it.
+var envRefEscaped = regexp.MustCompile(`\$%7B([A-Za-z_][A-Za-z0-9_]*)%7D`)
+
+// describeURL is the URL a preview shows: redacted, with a ${VAR} the
+// preview left unset shown as written rather than URL-escaped.
+func describeURL(u *url.URL) string {
+	return envRefEscaped.ReplaceAllString(redact.URL(u), "$${$1}")
 }

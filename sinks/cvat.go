@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -75,7 +76,7 @@ func (c *CVATConfig) Validate() error {
 	switch id := strings.TrimSpace(c.ProjectID); {
 	case id == "":
 		errs = append(errs, pipeline.FieldErr("project_id", "is required"))
-	case unexpanded.MatchString(id): // a preview without the variable: shown as is
+	case unexpanded.MatchString(id), pipeline.IsEnvPlaceholder(id): // checked without its variable (preview, validate --no-env)
 	default:
 		if n, err := strconv.Atoi(id); err != nil || n < 1 {
 			errs = append(errs, pipeline.FieldErr("project_id", "must be the project's numeric id"))
@@ -148,12 +149,14 @@ func (s *CVAT) Render(ctx context.Context, payload any, _ map[string]any) ([][]b
 	if err != nil {
 		return nil, err
 	}
+	sk := s.skips(iss.ID)
+	defer sk.flush(ctx)
 	var files []string
 	seen := map[string]bool{}
 	for i := range iss.Elements {
 		el := &iss.Elements[i]
 		if el.Image == "" {
-			s.skip(ctx, iss.ID, el, SkipNoImage)
+			sk.add(el, SkipNoImage)
 			continue
 		}
 		if !seen[el.Image] {
@@ -534,7 +537,7 @@ func (s *CVAT) Describe(r *pipeline.Request) map[string]any {
 		if st.body == nil {
 			delete(d, "body")
 		}
-		d["url"] = placeholders.Replace(d["url"].(string))
+		d["url"] = queryEnvRef.ReplaceAllString(placeholders.Replace(d["url"].(string)), "$${$1}")
 		out = append(out, d)
 	}
 	first := out[0]
@@ -544,8 +547,12 @@ func (s *CVAT) Describe(r *pipeline.Request) map[string]any {
 	return first
 }
 
-// placeholders shows the ids a preview cannot know as {id} and {rq_id}.
-var placeholders = strings.NewReplacer("%7Bid%7D", "{id}", "%7Brq_id%7D", "{rq_id}")
+// placeholders shows the ids a preview cannot know as {id} and {rq_id},
+// and queryEnvRef a ${VAR} the preview left unset in a query as written.
+var (
+	placeholders = strings.NewReplacer("%7Bid%7D", "{id}", "%7Brq_id%7D", "{rq_id}")
+	queryEnvRef  = regexp.MustCompile(`%24%7B([A-Za-z_][A-Za-z0-9_]*)%7D`)
+)
 
 var (
 	_ pipeline.Sink      = (*CVAT)(nil)

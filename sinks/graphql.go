@@ -274,7 +274,7 @@ func (s *GraphQL) Describe(r *pipeline.Request) map[string]any {
 	}
 	return map[string]any{
 		"method":  http.MethodPost,
-		"url":     redact.URL(req.URL),
+		"url":     describeURL(req.URL),
 		"headers": redactHeaders(req.Header),
 		"body":    describeBody(r.Body),
 	}

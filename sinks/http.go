@@ -172,7 +172,7 @@ func (s *HTTP) Describe(r *pipeline.Request) map[string]any {
 	}
 	return map[string]any{
 		"method":  s.cfg.Method,
-		"url":     redact.URL(req.URL),
+		"url":     describeURL(req.URL),
 		"headers": headers,
 		"body":    describeBody(r.Body),
 	}

@@ -21,7 +21,8 @@ import (
 
 // LabelboxConfig configures the labelbox preset. It queues an export's
 // frames for labeling in a Labelbox project: one createBatchV2 per
-// 100,000 frames, with the export's unique frame_ids as global keys.
+// 100,000 frames, with the export's unique frame_ids, sorted, as global
+// keys.
 //
 //   - name: labelbox
 //     type: labelbox
@@ -139,20 +140,23 @@ func (s *Labelbox) Render(ctx context.Context, payload any, export map[string]an
 	if err != nil {
 		return nil, err
 	}
+	sk := s.skips(iss.ID)
+	defer sk.flush(ctx)
 	seen := map[string]bool{}
 	var keys []string
 	for i := range iss.Elements {
 		el := &iss.Elements[i]
 		switch {
 		case el.Image == "":
-			s.skip(ctx, iss.ID, el, SkipNoImage)
+			sk.add(el, SkipNoImage)
 		case el.FrameID == "" || len(el.FrameID) > labelboxGlobalKeyLen:
-			s.skip(ctx, iss.ID, el, SkipNoKey)
+			sk.add(el, SkipNoKey)
 		case !seen[el.FrameID]:
 			seen[el.FrameID] = true
 			keys = append(keys, el.FrameID)
 		}
 	}
+	slices.Sort(keys) // the same keys make the same batches, whatever the order
 	exportKey := cmp.Or(str(export["key"]), str(export["id"]))
 	var out [][]byte
 	for chunk, i := 0, 0; i < len(keys); chunk, i = chunk+1, i+LabelboxBatchRows {

@@ -51,7 +51,7 @@ func (c *LabelStudioConfig) Validate() error {
 	switch id := strings.TrimSpace(c.ProjectID); {
 	case id == "":
 		errs = append(errs, pipeline.FieldErr("project_id", "is required"))
-	case unexpanded.MatchString(id): // a preview without the variable: shown as is
+	case unexpanded.MatchString(id), pipeline.IsEnvPlaceholder(id): // checked without its variable (preview, validate --no-env)
 	default:
 		if n, err := strconv.Atoi(id); err != nil || n < 1 {
 			errs = append(errs, pipeline.FieldErr("project_id", "must be the project's numeric id"))
@@ -88,6 +88,8 @@ func (s *LabelStudio) Render(ctx context.Context, payload any, export map[string
 	if err != nil {
 		return nil, err
 	}
+	sk := s.skips(iss.ID)
+	defer sk.flush(ctx)
 	exportKey := cmp.Or(str(export["key"]), str(export["id"]))
 	var out [][]byte
 	var buf bytes.Buffer
@@ -103,13 +105,13 @@ func (s *LabelStudio) Render(ctx context.Context, payload any, export map[string
 	for i := range iss.Elements {
 		el := &iss.Elements[i]
 		if el.Image == "" {
-			s.skip(ctx, iss.ID, el, SkipNoImage)
+			sk.add(el, SkipNoImage)
 			continue
 		}
 		var task bytes.Buffer
 		if err := encodeJSON(&task, map[string]any{
 			"data": map[string]any{"image": el.Image},
-			"meta": map[string]any{"aquarium_project": iss.Project, "issue_id": iss.ID, "export_key": exportKey,
+			"meta": map[string]any{"aquarium_project": iss.Project, "issue_id": iss.ID, "export_id": str(export["id"]), "export_key": exportKey,
 				"dataset": el.Dataset, "frame_id": el.FrameID, "element_id": el.ID, "element_type": el.Type},
 		}); err != nil {
 			return nil, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -161,11 +162,34 @@ const (
 	SkipNoKey = "no_key"
 )
 
-// skip records that an element is not sent to this vendor, and why.
-func (p *preset) skip(ctx context.Context, issueID string, el *Element, reason string) {
-	p.log.InfoContext(ctx, "element skipped for this vendor", "vendor", p.vendor, "issue_id", issueID,
-		"element_id", el.ID, "frame_id", el.FrameID, "reason", reason)
-	p.skipped.Add(ctx, 1, metric.WithAttributes(attribute.String("sink", p.name), attribute.String("reason", reason)))
+// skips collects the elements one Render leaves out, so that a large
+// lidar-only export is one log line per reason, not one per element.
+type skips struct {
+	p     *preset
+	issue string
+	ids   map[string][]string // element ids by reason
+}
+
+// skips starts collecting the elements of issueID left out; flush
+// records them.
+func (p *preset) skips(issueID string) *skips {
+	return &skips{p: p, issue: issueID, ids: map[string][]string{}}
+}
+
+// add notes that el is not sent to this vendor, and why.
+func (s *skips) add(el *Element, reason string) {
+	s.ids[reason] = append(s.ids[reason], el.ID)
+}
+
+// flush logs each reason once, with the first element ids, and counts
+// them in labelpipe.sink.elements.skipped.
+func (s *skips) flush(ctx context.Context) {
+	for _, reason := range slices.Sorted(maps.Keys(s.ids)) {
+		ids := s.ids[reason]
+		s.p.log.InfoContext(ctx, "elements skipped for this vendor", "vendor", s.p.vendor, "issue_id", s.issue,
+			"reason", reason, "count", len(ids), "element_ids", ids[:min(len(ids), 10)])
+		s.p.skipped.Add(ctx, int64(len(ids)), metric.WithAttributes(attribute.String("sink", s.p.name), attribute.String("reason", reason)))
+	}
 }
 
 // hold waits until the vendor's pause (see pause) is over, or returns a
@@ -220,7 +244,7 @@ func (p *preset) paceFrom(err error) error {
 func describe(req *http.Request, body []byte) map[string]any {
 	return map[string]any{
 		"method":  req.Method,
-		"url":     redact.URL(req.URL),
+		"url":     describeURL(req.URL),
 		"headers": redactHeaders(req.Header),
 		"body":    describeBody(body),
 	}

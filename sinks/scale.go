@@ -76,11 +76,18 @@ type Scale struct {
 	*preset
 	cfg ScaleConfig
 
-	// mu guards batches (created) and done (each batch's delivered tasks,
-	// by chunk, until it is finalized).
+	// mu guards batches and done (each batch's delivered tasks, by
+	// chunk, until it is finalized).
 	mu      sync.Mutex
-	batches map[string]bool
+	batches map[string]*scaleBatch
 	done    map[string]map[int]bool
+}
+
+// scaleBatch is a batch this sink creates: the export's tasks wait for
+// the one creating it rather than each asking Scale.
+type scaleBatch struct {
+	mu      sync.Mutex
+	created bool
 }
 
 // NewScale builds a scale preset from a validated config.
@@ -89,7 +96,7 @@ func NewScale(c *ScaleConfig, env pipeline.Env) (*Scale, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Scale{preset: p, cfg: *c, batches: map[string]bool{}, done: map[string]map[int]bool{}}, nil
+	return &Scale{preset: p, cfg: *c, batches: map[string]*scaleBatch{}, done: map[string]map[int]bool{}}, nil
 }
 
 // scaleTask is the body of one task.
@@ -110,6 +117,8 @@ func (s *Scale) Render(ctx context.Context, payload any, export map[string]any) 
 	if err != nil {
 		return nil, err
 	}
+	sk := s.skips(iss.ID)
+	defer sk.flush(ctx)
 	exportKey := cmp.Or(str(export["key"]), str(export["id"]))
 	var batch string
 	if s.cfg.Batch != "" {
@@ -120,10 +129,10 @@ func (s *Scale) Render(ctx context.Context, payload any, export map[string]any) 
 		el := &iss.Elements[i]
 		switch {
 		case el.Image == "":
-			s.skip(ctx, iss.ID, el, SkipNoImage)
+			sk.add(el, SkipNoImage)
 			continue
 		case len(el.Labels) == 0:
-			s.skip(ctx, iss.ID, el, SkipNoLabels)
+			sk.add(el, SkipNoLabels)
 			continue
 		}
 		t := scaleTask{
@@ -176,9 +185,15 @@ func (s *Scale) Send(ctx context.Context, r *pipeline.Request) error {
 // ensureBatch creates the batch once; a 409 means it exists.
 func (s *Scale) ensureBatch(ctx context.Context, name string) error {
 	s.mu.Lock()
-	known := s.batches[name]
+	b := s.batches[name]
+	if b == nil {
+		b = &scaleBatch{}
+		s.batches[name] = b
+	}
 	s.mu.Unlock()
-	if known {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.created {
 		return nil
 	}
 	var buf bytes.Buffer
@@ -186,9 +201,7 @@ func (s *Scale) ensureBatch(ctx context.Context, name string) error {
 	if err := s.post(ctx, "/v1/batches", buf.Bytes()); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.batches[name] = true
-	s.mu.Unlock()
+	b.created = true
 	return nil
 }
 

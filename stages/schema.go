@@ -62,8 +62,12 @@ func SchemaDefaults() *SchemaConfig {
 // Validate checks the config without I/O; build reads the schema.
 func (c *SchemaConfig) Validate() error {
 	var errs []error
-	if c.Schema == "" {
+	switch {
+	case c.Schema == "":
 		errs = append(errs, pipeline.FieldErr("schema", "is required (a built-in name such as issue-exported, or a path to a JSON Schema file)"))
+	case isBuiltinName(c.Schema) && !slices.Contains(BuiltinSchemas(), c.Schema):
+		// The built-ins are inside the binary: checking a name is no I/O.
+		errs = append(errs, pipeline.FieldErr("schema", "%s", unknownBuiltin(c.Schema)))
 	}
 	if len(c.Events) == 0 {
 		errs = append(errs, pipeline.FieldErr("events", "must list at least one event"))
@@ -77,6 +81,15 @@ func (c *SchemaConfig) Validate() error {
 		errs = append(errs, pipeline.FieldErr("max_violations", "must be ≥ 1"))
 	}
 	return errors.Join(errs...)
+}
+
+// EventNames names the events option, so that the loader checks each one
+// is an event Aquarium sends or a declared custom event.
+func (c *SchemaConfig) EventNames() (string, []string) { return "events", c.Events }
+
+// unknownBuiltin says that name is no built-in schema.
+func unknownBuiltin(name string) string {
+	return fmt.Sprintf("unknown built-in schema %q (known: %s; or give a path to a .json file)", name, strings.Join(BuiltinSchemas(), ", "))
 }
 
 // BuiltinSchemas lists the names the schema stage knows without a file.
@@ -99,7 +112,8 @@ func isBuiltinName(s string) bool {
 func buildSchema(c *SchemaConfig, env pipeline.Env) (pipeline.Stage, error) {
 	sch, doc, err := compileSchema(c.Schema, env)
 	if err != nil {
-		return nil, err
+		// Named by its field, so that the error points at schema:.
+		return nil, pipeline.FieldErr("schema", "%s", err.Error())
 	}
 	label := c.Schema
 	if !isBuiltinName(label) {
@@ -124,7 +138,7 @@ func compileSchema(name string, env pipeline.Env) (*jsonschema.Schema, any, erro
 	if isBuiltinName(name) {
 		b, err := configs.Schemas.ReadFile("schemas/" + name + ".json")
 		if err != nil {
-			return nil, nil, fmt.Errorf("unknown built-in schema %q (known: %s; or give a path to a .json file)", name, strings.Join(BuiltinSchemas(), ", "))
+			return nil, nil, errors.New(unknownBuiltin(name))
 		}
 		data, url, what = b, "mem:///labelpipe/schemas/"+name+".json", "built-in schema "+name
 	} else {

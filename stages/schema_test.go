@@ -203,10 +203,10 @@ func TestSchemaFromFile(t *testing.T) {
 	bad := []struct {
 		name, opts, want string
 	}{
-		{"missing file", "schema: nope.json", "read schema file: open " + filepath.Join(dir, "nope.json")},
-		{"not JSON", "schema: broken.json", "schema file " + filepath.Join(dir, "broken.json") + " is not valid JSON"},
-		{"not a schema", "schema: notaschema.json", "schema file " + filepath.Join(dir, "notaschema.json") + " is not a valid JSON Schema"},
-		{"unknown built-in", "schema: issue-created", `unknown built-in schema "issue-created" (known: issue-exported; or give a path to a .json file)`},
+		// Each names the schema field, so that the loader points at it.
+		{"missing file", "schema: nope.json", "schema: read schema file: open " + filepath.Join(dir, "nope.json")},
+		{"not JSON", "schema: broken.json", "schema: schema file " + filepath.Join(dir, "broken.json") + " is not valid JSON"},
+		{"not a schema", "schema: notaschema.json", "schema: schema file " + filepath.Join(dir, "notaschema.json") + " is not a valid JSON Schema"},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
@@ -228,6 +228,9 @@ func TestSchemaValidate(t *testing.T) {
 		{"empty schema", `schema: ""`, []string{"schema: is required (a built-in name such as issue-exported, or a path to a JSON Schema file)"}},
 		{"no events", "events: []", []string{"events: must list at least one event"}},
 		{"empty event", `events: [issue-exported, ""]`, []string{"events[1]: is empty"}},
+		// The built-ins are in the binary: a misspelled name is caught
+		// without I/O, by validate as by run.
+		{"unknown built-in", "schema: issue-exportd", []string{`schema: unknown built-in schema "issue-exportd" (known: issue-exported; or give a path to a .json file)`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -47,6 +48,7 @@ func TestHelpIsOnStdoutAndExitsZero(t *testing.T) {
 		"run": "labelpipe run [flags]", "validate": "labelpipe validate [flags]",
 		"preview": "labelpipe preview PAYLOAD.json [flags]", "send": "labelpipe send PAYLOAD.json [flags]",
 		"bench": "labelpipe bench [flags]", "dlq": "labelpipe dlq [command]", "version": "labelpipe version [flags]",
+		"config": "labelpipe config [command]", "config schema": "labelpipe config schema [flags]",
 	}
 	var tests []cliCase
 	tests = append(tests,
@@ -55,7 +57,8 @@ func TestHelpIsOnStdoutAndExitsZero(t *testing.T) {
 		cliCase{name: "help", args: []string{"help"}, wantStdout: []string{"Usage:"}, emptyStderr: true},
 	)
 	for c, usage := range cmds {
-		for _, args := range [][]string{{c, "-h"}, {c, "--help"}, {"help", c}} {
+		words := strings.Fields(c)
+		for _, args := range [][]string{append(slices.Clone(words), "-h"), append(slices.Clone(words), "--help"), append([]string{"help"}, words...)} {
 			tests = append(tests, cliCase{name: strings.Join(args, " "), args: args,
 				wantStdout: []string{"\n  " + usage + "\n", "Examples:\n  labelpipe " + c}, emptyStderr: true})
 		}

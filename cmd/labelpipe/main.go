@@ -114,8 +114,7 @@ Exit codes: 0 success, 1 failure, 2 a usage error.`,
 			return usageErrorf("completion needs a shell: bash, zsh, fish or powershell")
 		}
 	}
-	// The tracing half of issue 12 registers here:
-	// root.AddCommand(newTraceCmd()) // cmd/labelpipe/trace.go
+	root.AddCommand(newTraceCmd())
 	return root
 }
 

@@ -15,7 +15,8 @@ import (
 )
 
 type previewOptions struct {
-	config, secret, header string
+	config  string
+	signing signing
 }
 
 func newPreviewCmd() *cobra.Command {
@@ -33,13 +34,14 @@ code is 1 if the webhook would refuse the payload.`,
 		Args:              onePayload,
 		ValidArgsFunction: jsonFiles,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.signing.check(); err != nil {
+				return err
+			}
 			return code(previewPayload(o, args[0], cmd.OutOrStdout(), cmd.ErrOrStderr()))
 		},
 	}
-	fs := cmd.Flags()
-	addConfigFlag(fs, cmd, &o.config)
-	fs.StringVar(&o.secret, "secret", "", "X-Aquarium-Secret to check (default: secret stages are skipped)")
-	fs.StringVar(&o.header, "secret-header", "X-Aquarium-Secret", "header that carries --secret")
+	addConfigFlag(cmd.Flags(), cmd, &o.config)
+	o.signing.flags(cmd, "", "the webhook secret to present, signed as --scheme says (default: secret stages are skipped)")
 	return cmd
 }
 
@@ -58,10 +60,13 @@ func previewPayload(o previewOptions, payload string, stdout, stderr io.Writer) 
 		return exitFailed
 	}
 	var h http.Header
-	if o.secret != "" {
+	if o.signing.secret != "" {
 		h = http.Header{}
-		h.Set(o.header, o.secret)
 		h.Set("Content-Type", "application/json")
+		if err := o.signing.sign(h, body); err != nil {
+			fmt.Fprintln(stderr, "labelpipe preview: --secret:", err)
+			return exitFailed
+		}
 	}
 	rep, err := pipeline.Preview(context.Background(), cfg, pipeline.Options{Registry: reg}, body, h)
 	if err != nil {

@@ -54,6 +54,9 @@ func runDaemon(cfgPath string, stdout, stderr io.Writer) int {
 		return exitFailed
 	}
 	logger := newLogger(stderr, cfg.Log)
+	for _, w := range cfg.Warnings() {
+		logger.Warn(w)
+	}
 	// go-redis logs dial failures itself; send them to the same logger.
 	redis.SetLogger(redisLogger{logger.With("component", "redis")})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -131,9 +134,8 @@ func replicaID() string {
 
 func newLogger(w io.Writer, c pipeline.LogConfig) *slog.Logger {
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
-		level = slog.LevelInfo
-	}
+	// The loader has refused any other level than debug, info, warn, error.
+	_ = level.UnmarshalText([]byte(c.Level))
 	opts := &slog.HandlerOptions{Level: level}
 	if strings.EqualFold(c.Format, "json") {
 		return slog.New(slog.NewJSONHandler(w, opts))
@@ -158,13 +160,19 @@ func loadConfig(path string, w io.Writer, opts ...pipeline.LoadOption) (*pipelin
 }
 
 // printConfigError prints every config error on its own line.
+// An unset variable gets a hint: validate can check the config without
+// its secrets.
 func printConfigError(w io.Writer, err error) {
 	var ce pipeline.ConfigErrors
 	if errors.As(err, &ce) {
+		hint := ""
 		for _, e := range ce {
 			fmt.Fprintln(w, e)
+			if strings.HasPrefix(e.Msg, "environment variable ") {
+				hint = "; to check it without its secrets: labelpipe validate --no-env, or --env-file FILE"
+			}
 		}
-		fmt.Fprintf(w, "%d error(s) in the config\n", len(ce))
+		fmt.Fprintf(w, "%d error(s) in the config%s\n", len(ce), hint)
 		return
 	}
 	fmt.Fprintln(w, "labelpipe:", err)

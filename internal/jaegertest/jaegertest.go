@@ -119,29 +119,40 @@ func CacheDir() (string, error) {
 // needed. A file lock lets test binaries of several packages share one build.
 func Binary(t testing.TB) string {
 	t.Helper()
-	dir, err := CacheDir()
+	path, err := Build(t.Logf)
 	if err != nil {
-		t.Fatalf("jaegertest: %v", err)
-	}
-	path := filepath.Join(dir, "jaeger-"+Version)
-	if isExecutable(path) {
-		return path
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatalf("jaegertest: %v", err)
-	}
-	unlock, err := lockFile(path + ".lock")
-	if err != nil {
-		t.Fatalf("jaegertest: %v", err)
-	}
-	defer unlock()
-	if isExecutable(path) { // another process built it while we waited
-		return path
-	}
-	if err := build(t, path); err != nil {
 		t.Fatalf("jaegertest: %v", err)
 	}
 	return path
+}
+
+// Build returns the path of the cached Jaeger binary, building it first if
+// needed (logging its progress with logf). A file lock lets several
+// processes share one build.
+func Build(logf func(format string, args ...any)) (string, error) {
+	dir, err := CacheDir()
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "jaeger-"+Version)
+	if isExecutable(path) {
+		return path, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	unlock, err := lockFile(path + ".lock")
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if isExecutable(path) { // another process built it while we waited
+		return path, nil
+	}
+	if err := build(logf, path); err != nil {
+		return "", err
+	}
+	return path, nil
 }
 
 func isExecutable(path string) bool {
@@ -151,7 +162,7 @@ func isExecutable(path string) bool {
 
 // build compiles Jaeger into a temporary file and renames it into place,
 // so an interrupted build never leaves a broken binary in the cache.
-func build(t testing.TB, path string) error {
+func build(logf func(format string, args ...any), path string) error {
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
 		return errors.New("cannot locate the jaegertest source to find its tools module")
@@ -176,7 +187,7 @@ func build(t testing.TB, path string) error {
 	// into another build list.
 	cmd.Env = append(os.Environ(), "GOWORK=off")
 	cmd.Stdout, cmd.Stderr = &out, &out
-	t.Logf("jaegertest: building Jaeger %s into %s (first run only; takes several minutes)", Version, path)
+	logf("jaegertest: building Jaeger %s into %s (first run only; takes several minutes)", Version, path)
 	began := time.Now()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start go build: %w", err)
@@ -191,13 +202,13 @@ func build(t testing.TB, path string) error {
 			if err != nil {
 				return fmt.Errorf("go build jaeger %s in %s: %w\n%s", Version, tools, err, testutil.Tail(out.String(), 40))
 			}
-			t.Logf("jaegertest: built Jaeger in %s", time.Since(began).Round(time.Second))
+			logf("jaegertest: built Jaeger in %s", time.Since(began).Round(time.Second))
 			if err := os.Rename(tmp, path); err != nil {
 				return fmt.Errorf("cache jaeger binary: %w", err)
 			}
 			return nil
 		case <-tick.C:
-			t.Logf("jaegertest: still building Jaeger (%s)", time.Since(began).Round(time.Second))
+			logf("jaegertest: still building Jaeger (%s)", time.Since(began).Round(time.Second))
 		}
 	}
 }
@@ -215,7 +226,7 @@ func start(t testing.TB, bin string) (*Jaeger, error) {
 		client: &http.Client{Timeout: 5 * time.Second},
 	}
 	cfgPath := filepath.Join(j.dir, "jaeger.yaml")
-	if err := os.WriteFile(cfgPath, []byte(config(j.otlpGRPC, j.otlpHTTP, j.query, ports[3])), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(Config(j.otlpGRPC, j.otlpHTTP, j.query, ports[3])), 0o600); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(filepath.Join(j.dir, "jaeger.log"))
@@ -248,10 +259,11 @@ func start(t testing.TB, bin string) (*Jaeger, error) {
 	return j, nil
 }
 
-// config is a minimal Jaeger v2 config: OTLP in, memory storage, query
-// API out. Jaeger's own metrics and self-tracing are off so that it opens
-// no other ports and sends nothing anywhere.
-func config(otlpGRPC, otlpHTTP, query, queryGRPC string) string {
+// Config is a minimal Jaeger v2 config: OTLP in (gRPC and HTTP), memory
+// storage, the query API out (HTTP and gRPC), each on the host:port given.
+// Jaeger's own metrics and self-tracing are off so that it opens no other
+// ports and sends nothing anywhere.
+func Config(otlpGRPC, otlpHTTP, query, queryGRPC string) string {
 	return fmt.Sprintf(`service:
   extensions: [jaeger_storage, jaeger_query]
   pipelines:

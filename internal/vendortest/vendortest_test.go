@@ -528,3 +528,81 @@ func TestCVAT(t *testing.T) {
 		t.Fatalf("without X-Organization: %d, want 403", status)
 	}
 }
+
+// FailGlobalKeys: the batch is created without the failed keys, which
+// the answer lists in failedDataRowIds, for as many batches as asked.
+func TestLabelboxFailedDataRowIDs(t *testing.T) {
+	lb := vendortest.NewLabelbox(t, "k")
+	lb.FailGlobalKeys(1, "f2")
+	auth := map[string]string{"Authorization": "Bearer k"}
+	for i, want := range [][]any{{"f2"}, {}} {
+		vars := map[string]any{"projectId": "p", "input": map[string]any{"name": "b" + string(rune('0'+i)), "globalKeys": []string{"f1", "f2"}}}
+		status, _, ans := call(t, http.MethodPost, lb.Endpoint(), auth, gql(createBatch, vars))
+		if status != 200 {
+			t.Fatalf("status %d: %v", status, ans)
+		}
+		got := ans["data"].(map[string]any)["project"].(map[string]any)["createBatchV2"].(map[string]any)["failedDataRowIds"]
+		if b, _ := json.Marshal(got); string(b) != string(must(json.Marshal(want))) {
+			t.Errorf("batch %d: failedDataRowIds %s, want %v", i, b, want)
+		}
+	}
+	bs := lb.Batches("p")
+	if len(bs) != 2 || strings.Join(bs[0].GlobalKeys, ",") != "f1" || strings.Join(bs[1].GlobalKeys, ",") != "f1,f2" {
+		t.Errorf("batches %+v", bs)
+	}
+}
+
+// RequireBatches: a task must name a batch that exists and is open.
+func TestScaleRequireBatches(t *testing.T) {
+	sc := vendortest.NewScale(t, "k")
+	sc.RequireBatches()
+	r, _ := http.NewRequest(http.MethodGet, "http://x", nil)
+	r.SetBasicAuth("k", "")
+	auth := map[string]string{"Authorization": r.Header.Get("Authorization")}
+	task := func(uid string) string {
+		return `{"project":"p","batch":"b1","attachment":"https://img/a.jpg","unique_id":"` + uid + `","geometries":{"box":{"objects_to_annotate":["car"]}}}`
+	}
+	steps := []struct {
+		path, body string
+		status     int
+	}{
+		{"/v1/task/imageannotation", task("t1"), 400}, // no batch yet
+		{"/v1/batches", `{"project":"p","name":"b1"}`, 200},
+		{"/v1/task/imageannotation", task("t1"), 200},
+		{"/v1/batches/b1/finalize", `{}`, 200},
+		{"/v1/task/imageannotation", task("t2"), 400}, // finalized
+		{"/v1/task/imageannotation", task("t1"), 409}, // exists: still a 409
+	}
+	for i, st := range steps {
+		if status, _, ans := call(t, http.MethodPost, sc.URL+st.path, auth, st.body); status != st.status {
+			t.Errorf("step %d %s: %d %v, want %d", i, st.path, status, ans, st.status)
+		}
+	}
+	if n := len(sc.Tasks()); n != 1 {
+		t.Errorf("%d tasks, want 1", n)
+	}
+}
+
+// AnswerNext answers as told, without acting.
+func TestAnswerNext(t *testing.T) {
+	ls := vendortest.NewLabelStudio(t, "tok")
+	ls.AnswerNext(1, 201, map[string]any{"task_count": 99})
+	body := `[{"data":{"image":"https://img/a.jpg"}}]`
+	auth := map[string]string{"Authorization": "Token tok"}
+	if status, _, ans := call(t, http.MethodPost, ls.ImportURL(1), auth, body); status != 201 || ans["task_count"] != float64(99) {
+		t.Fatalf("%d %v", status, ans)
+	}
+	if n := len(ls.Tasks(1)); n != 0 {
+		t.Fatalf("%d tasks imported by a scripted answer", n)
+	}
+	if status, _, ans := call(t, http.MethodPost, ls.ImportURL(1), auth, body); status != 201 || ans["task_count"] != float64(1) {
+		t.Fatalf("then %d %v, want the real answer", status, ans)
+	}
+}
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
+}

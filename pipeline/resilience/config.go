@@ -29,6 +29,11 @@ type RateLimit struct {
 	// Burst is how many attempts may start at once; default 1 when
 	// PerSecond is set.
 	Burst int `yaml:"burst"`
+	// Shared makes every replica draw from one bucket, kept in Redis, so
+	// that N replicas together keep a vendor's limit rather than N times
+	// it. Without a redis backend, or while Redis is down, each process
+	// keeps its own bucket. Default false.
+	Shared bool `yaml:"shared"`
 }
 
 // Retry is exponential backoff with full jitter.
@@ -102,6 +107,9 @@ func (c Config) Validate() error {
 	}
 	if c.RateLimit.Burst < 0 {
 		bad("rate_limit.burst", "must be ≥ 0")
+	}
+	if c.RateLimit.Shared && c.RateLimit.PerSecond == 0 {
+		bad("rate_limit.shared", "needs rate_limit.per_second")
 	}
 	if c.Retry.MaxAttempts < 1 {
 		bad("retry.max_attempts", "must be ≥ 1")

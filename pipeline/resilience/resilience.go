@@ -48,6 +48,17 @@ type Options struct {
 	// It runs while the breaker is locked: it must be quick and must not
 	// call State.
 	OnStateChange func(from, to gobreaker.State)
+	// Limiter, when set and rate_limit.shared is, keeps the rate limit's
+	// bucket where every replica draws from it (Redis). While it fails,
+	// the process's own bucket applies.
+	Limiter SharedLimiter
+}
+
+// SharedLimiter is a rate limit bucket shared between replicas.
+type SharedLimiter interface {
+	// Reserve takes a token from sink's bucket of perSecond with burst,
+	// or says how long to wait before asking again (0: go now).
+	Reserve(ctx context.Context, sink string, perSecond float64, burst int) (time.Duration, error)
 }
 
 // Attempt describes one attempt to the function Do runs.
@@ -76,6 +87,7 @@ type Policy struct {
 	log      *slog.Logger
 	onChange func(from, to gobreaker.State)
 	limiter  *rate.Limiter // nil: unlimited
+	shared   SharedLimiter // nil: the limiter alone
 	br       breaker
 
 	mu sync.Mutex
@@ -107,6 +119,9 @@ func New(cfg Config, opts Options) (*Policy, error) {
 			burst = 1
 		}
 		p.limiter = rate.NewLimiter(rate.Limit(cfg.RateLimit.PerSecond), burst)
+		if cfg.RateLimit.Shared {
+			p.shared = opts.Limiter
+		}
 	}
 	settings := p.settings()
 	if opts.Store == nil {
@@ -192,7 +207,10 @@ func (p *Policy) changedCh() <-chan struct{} {
 }
 
 // State is the breaker's state: closed, half-open or open.
-func (p *Policy) State() gobreaker.State { return p.br.state() }
+func (p *Policy) State() gobreaker.State { return p.br.state(context.Background()) }
+
+// StateContext is State, reading a shared store (when it must) in ctx.
+func (p *Policy) StateContext(ctx context.Context) gobreaker.State { return p.br.state(ctx) }
 
 // Do runs attempt until it succeeds, fails permanently, or
 // retry.max_attempts / retry.max_elapsed are spent.
@@ -300,7 +318,7 @@ func (p *Policy) admit(ctx context.Context) (admission, time.Duration, error) {
 		// Take the channel before asking, so that a probe finishing in
 		// between still wakes us.
 		ch := p.changedCh()
-		adm, until, err := p.br.allow()
+		adm, until, err := p.br.allow(ctx)
 		if err == nil {
 			return adm, waited, nil
 		}
@@ -336,6 +354,26 @@ func (p *Policy) waitBreaker(ctx context.Context, ch <-chan struct{}, until time
 func (p *Policy) waitRate(ctx context.Context) error {
 	if p.limiter == nil {
 		return nil
+	}
+	if p.shared != nil {
+		for {
+			d, err := p.shared.Reserve(ctx, p.name, p.cfg.RateLimit.PerSecond, max(1, p.cfg.RateLimit.Burst))
+			if err != nil {
+				if ctx.Err() != nil {
+					return context.Cause(ctx)
+				}
+				// The shared bucket is out of reach: this process's own
+				// keeps the pace meanwhile.
+				p.log.Warn("shared rate limit unavailable; using this replica's own", "error", err)
+				break
+			}
+			if d == 0 {
+				return nil
+			}
+			if err := sleep(ctx, d); err != nil {
+				return err
+			}
+		}
 	}
 	r := p.limiter.Reserve()
 	d := r.Delay()
@@ -464,8 +502,9 @@ type admission struct {
 type breaker interface {
 	// allow admits one attempt, or refuses it with gobreaker.ErrOpenState
 	// (until is when the open period ends) or ErrTooManyRequests.
-	allow() (adm admission, until time.Time, err error)
-	state() gobreaker.State
+	// The store calls it makes for them are made in ctx.
+	allow(ctx context.Context) (adm admission, until time.Time, err error)
+	state(ctx context.Context) gobreaker.State
 }
 
 // localBreaker keeps the state in this process.
@@ -474,7 +513,7 @@ type localBreaker struct {
 	p  *Policy
 }
 
-func (b *localBreaker) allow() (admission, time.Time, error) {
+func (b *localBreaker) allow(context.Context) (admission, time.Time, error) {
 	st := b.cb.State()
 	done, err := b.cb.Allow()
 	if err != nil {
@@ -499,4 +538,4 @@ func (b *localBreaker) allow() (admission, time.Time, error) {
 	return adm, time.Time{}, nil
 }
 
-func (b *localBreaker) state() gobreaker.State { return b.cb.State() }
+func (b *localBreaker) state(context.Context) gobreaker.State { return b.cb.State() }

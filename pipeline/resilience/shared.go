@@ -1,6 +1,7 @@
 package resilience
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"sync"
@@ -108,17 +109,40 @@ func (b *sharedBreaker) init() error {
 	return nil
 }
 
+// ContextStore is a Store whose calls can carry the caller's context, so
+// that the shared breaker's bookkeeping for a delivery (its store reads,
+// lock and writes) is traced inside that delivery's trace rather than as
+// traces of their own. Options.Store may implement it.
+type ContextStore interface {
+	gobreaker.SharedDataStore
+	// WithContext returns the store making its calls with ctx's values
+	// (its deadline and cancellation are the store's business).
+	WithContext(ctx context.Context) gobreaker.SharedDataStore
+}
+
+// storeFor is the store making its calls in ctx, when it can.
+func (b *sharedBreaker) storeFor(ctx context.Context) gobreaker.SharedDataStore {
+	if cs, ok := b.store.(ContextStore); ok && ctx != nil {
+		return cs.WithContext(ctx)
+	}
+	return b.store
+}
+
 // locked runs fn holding rec and the store's lock.
-func (b *sharedBreaker) locked(fn func() error) error {
+func (b *sharedBreaker) locked(ctx context.Context, fn func() error) error {
 	b.rec.Lock()
 	defer b.rec.Unlock()
-	return b.withStoreLock(fn)
+	return b.withStoreLock(ctx, fn)
 }
 
 // withStoreLock runs fn holding the store's lock, then adopts what fn
-// wrote (or else read) as the view. The caller holds rec.
-func (b *sharedBreaker) withStoreLock(fn func() error) error {
-	if err := b.lock(); err != nil {
+// wrote (or else read) as the view. The caller holds rec. The store calls,
+// fn's through held included, are made in ctx.
+func (b *sharedBreaker) withStoreLock(ctx context.Context, fn func() error) error {
+	st := b.storeFor(ctx)
+	b.held.SharedDataStore = st
+	defer func() { b.held.SharedDataStore = b.store }()
+	if err := b.lock(st); err != nil {
 		return err
 	}
 	b.held.read, b.held.written = nil, nil
@@ -130,7 +154,7 @@ func (b *sharedBreaker) withStoreLock(fn func() error) error {
 	if s, derr := decode(last); derr == nil {
 		b.adopt(s, time.Now()) // stamped after the write: later reads see it
 	}
-	if uerr := b.store.Unlock(b.lockKey); uerr != nil && err == nil {
+	if uerr := st.Unlock(b.lockKey); uerr != nil && err == nil {
 		err = uerr
 	}
 	return err
@@ -138,14 +162,14 @@ func (b *sharedBreaker) withStoreLock(fn func() error) error {
 
 // lock takes the store's lock, waiting for another holder but not for a
 // store that is down.
-func (b *sharedBreaker) lock() error {
+func (b *sharedBreaker) lock(st gobreaker.SharedDataStore) error {
 	deadline := time.Now().Add(lockTimeout)
 	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
-		err := b.store.Lock(b.lockKey)
+		err := st.Lock(b.lockKey)
 		if err == nil {
 			return nil
 		}
-		if _, gerr := b.store.GetData(b.key); gerr != nil {
+		if _, gerr := st.GetData(b.key); gerr != nil {
 			return err // the store is down, not busy
 		}
 		if time.Now().Add(wait).After(deadline) {
@@ -218,19 +242,19 @@ func (b *sharedBreaker) trusted(now time.Time) (gobreaker.SharedState, bool) {
 }
 
 // current returns the view, read afresh unless it may be trusted.
-func (b *sharedBreaker) current() (gobreaker.SharedState, error) {
+func (b *sharedBreaker) current(ctx context.Context) (gobreaker.SharedState, error) {
 	if s, ok := b.trusted(time.Now()); ok {
 		return s, nil
 	}
-	return b.refresh()
+	return b.refresh(ctx)
 }
 
 // refresh reads the shared state into the view, once for all callers
-// arriving while the read is under way.
-func (b *sharedBreaker) refresh() (gobreaker.SharedState, error) {
+// arriving while the read is under way (in the first one's ctx).
+func (b *sharedBreaker) refresh(ctx context.Context) (gobreaker.SharedState, error) {
 	v, err, _ := b.reads.Do("", func() (any, error) {
 		at := time.Now()
-		data, err := b.store.GetData(b.key)
+		data, err := b.storeFor(ctx).GetData(b.key)
 		if err != nil {
 			return gobreaker.SharedState{}, err
 		}
@@ -241,7 +265,7 @@ func (b *sharedBreaker) refresh() (gobreaker.SharedState, error) {
 			return b.adopt(s, at), nil
 		case errors.Is(err, gobreaker.ErrNoSharedState):
 			// Lost (a Redis flush or failover): write a fresh closed state.
-			err = b.locked(b.init)
+			err = b.locked(ctx, b.init)
 			return b.viewCopy(), err
 		}
 		return gobreaker.SharedState{}, err
@@ -257,14 +281,14 @@ func (b *sharedBreaker) viewCopy() gobreaker.SharedState {
 
 // expire lets gobreaker move an open state past its expiry to half-open,
 // under the store's lock, and returns the state then.
-func (b *sharedBreaker) expire() (gobreaker.SharedState, error) {
+func (b *sharedBreaker) expire(ctx context.Context) (gobreaker.SharedState, error) {
 	b.rec.Lock()
 	defer b.rec.Unlock()
 	// Waiters wake together at the expiry; the first one moves it.
 	if s := b.viewCopy(); s.State != gobreaker.StateOpen || time.Now().Before(s.Expiry) {
 		return s, nil
 	}
-	err := b.withStoreLock(func() error {
+	err := b.withStoreLock(ctx, func() error {
 		return b.run(func(dcb *gobreaker.DistributedCircuitBreaker[struct{}]) error {
 			_, err := dcb.State()
 			return err
@@ -288,10 +312,10 @@ func (b *sharedBreaker) storeOK() {
 	}
 }
 
-func (b *sharedBreaker) allow() (admission, time.Time, error) {
-	s, err := b.current()
+func (b *sharedBreaker) allow(ctx context.Context) (admission, time.Time, error) {
+	s, err := b.current(ctx)
 	if err == nil && s.State == gobreaker.StateOpen && !time.Now().Before(s.Expiry) {
-		s, err = b.expire() // current read it afresh: it is still open
+		s, err = b.expire(ctx) // current read it afresh: it is still open
 	}
 	if err != nil {
 		return b.storeFailed(err)
@@ -307,21 +331,21 @@ func (b *sharedBreaker) allow() (admission, time.Time, error) {
 			// another replica's probe settles it first.
 			return admission{}, time.Now().Add(b.syncEvery), gobreaker.ErrTooManyRequests
 		}
-		record := b.recorder(gobreaker.StateHalfOpen, s.Generation)
+		record := b.recorder(ctx, gobreaker.StateHalfOpen, s.Generation)
 		return admission{state: gobreaker.StateHalfOpen, done: func(outcome error) {
 			record(outcome)
 			<-b.probe
 			b.p.broadcast()
 		}}, time.Time{}, nil
 	default:
-		return admission{state: gobreaker.StateClosed, done: b.recorder(gobreaker.StateClosed, s.Generation)}, time.Time{}, nil
+		return admission{state: gobreaker.StateClosed, done: b.recorder(ctx, gobreaker.StateClosed, s.Generation)}, time.Time{}, nil
 	}
 }
 
 // recorder returns a func that counts an attempt's outcome in the shared
 // state, unless it changes nothing or the breaker has moved on since the
 // attempt was admitted in state adm, generation gen.
-func (b *sharedBreaker) recorder(adm gobreaker.State, gen uint64) func(error) {
+func (b *sharedBreaker) recorder(ctx context.Context, adm gobreaker.State, gen uint64) func(error) {
 	return func(outcome error) {
 		if outcome != nil && errors.Is(outcome, errExcluded) {
 			return
@@ -333,7 +357,7 @@ func (b *sharedBreaker) recorder(adm gobreaker.State, gen uint64) func(error) {
 			return s.State == gobreaker.StateClosed && s.Counts.ConsecutiveFailures == 0
 		}
 		if noop {
-			if s, err := b.current(); err == nil && quiet(s) {
+			if s, err := b.current(ctx); err == nil && quiet(s) {
 				return
 			}
 		}
@@ -346,7 +370,7 @@ func (b *sharedBreaker) recorder(adm gobreaker.State, gen uint64) func(error) {
 			return
 		}
 		ran := false
-		err := b.withStoreLock(func() error {
+		err := b.withStoreLock(ctx, func() error {
 			return b.run(func(dcb *gobreaker.DistributedCircuitBreaker[struct{}]) error {
 				_, err := dcb.Execute(func() (struct{}, error) {
 					// Runs under the store's lock, on the state just read.
@@ -381,8 +405,8 @@ func moved(cur gobreaker.SharedState, adm gobreaker.State, gen uint64) bool {
 	return adm == gobreaker.StateHalfOpen && cur.Generation != gen
 }
 
-func (b *sharedBreaker) state() gobreaker.State {
-	s, err := b.current()
+func (b *sharedBreaker) state(ctx context.Context) gobreaker.State {
+	s, err := b.current(ctx)
 	if err != nil {
 		s = b.viewCopy()
 	}

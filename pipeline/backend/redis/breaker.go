@@ -37,14 +37,28 @@ var ErrBreakerLocked = errors.New("breaker store: lock is held")
 type BreakerStore struct {
 	client goredis.UniversalClient
 	prefix string
+	// ctx carries the caller's values (its span, so that the commands are
+	// traced in the delivery they serve); never its cancellation.
+	ctx   context.Context
+	locks *lockTokens
+}
 
+type lockTokens struct {
 	mu     sync.Mutex
 	tokens map[string]string // lock key -> our token while we hold it
 }
 
 // NewBreakerStore shares circuit-breaker state through Redis.
 func NewBreakerStore(client goredis.UniversalClient, prefix string) gobreaker.SharedDataStore {
-	return &BreakerStore{client: client, prefix: prefix, tokens: map[string]string{}}
+	return &BreakerStore{client: client, prefix: prefix, ctx: context.Background(), locks: &lockTokens{tokens: map[string]string{}}}
+}
+
+// WithContext returns the store making its commands with ctx's values
+// (resilience.ContextStore); the locks it holds are the store's.
+func (s *BreakerStore) WithContext(ctx context.Context) gobreaker.SharedDataStore {
+	c := *s
+	c.ctx = context.WithoutCancel(ctx)
+	return &c
 }
 
 // Lock takes the named lock, polling for up to breakerLockWait.
@@ -52,7 +66,7 @@ func (s *BreakerStore) Lock(name string) error {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	token := hex.EncodeToString(b[:])
-	ctx, cancel := context.WithTimeout(context.Background(), breakerLockWait)
+	ctx, cancel := context.WithTimeout(s.ctx, breakerLockWait)
 	defer cancel()
 	held := false // someone else had it at least once
 	for wait := 2 * time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
@@ -65,9 +79,9 @@ func (s *BreakerStore) Lock(name string) error {
 		}
 		held = true
 		if ok {
-			s.mu.Lock()
-			s.tokens[name] = token
-			s.mu.Unlock()
+			s.locks.mu.Lock()
+			s.locks.tokens[name] = token
+			s.locks.mu.Unlock()
 			return nil
 		}
 		t := time.NewTimer(wait)
@@ -84,14 +98,14 @@ func (s *BreakerStore) Lock(name string) error {
 // us is not an error: the state was already written, and failing here
 // would turn a finished vendor request into a failure.
 func (s *BreakerStore) Unlock(name string) error {
-	s.mu.Lock()
-	token, ok := s.tokens[name]
-	delete(s.tokens, name)
-	s.mu.Unlock()
+	s.locks.mu.Lock()
+	token, ok := s.locks.tokens[name]
+	delete(s.locks.tokens, name)
+	s.locks.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, redisOpTimeout)
 	defer cancel()
 	if err := unlockScript.Run(ctx, s.client, []string{s.prefix + name}, token).Err(); err != nil {
 		return fmt.Errorf("breaker store: unlock %s: %w", name, err)
@@ -106,7 +120,7 @@ return 0
 
 // GetData returns the stored state, or nothing when there is none.
 func (s *BreakerStore) GetData(name string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, redisOpTimeout)
 	defer cancel()
 	data, err := s.client.Get(ctx, s.prefix+name).Bytes()
 	if errors.Is(err, goredis.Nil) {
@@ -121,7 +135,7 @@ func (s *BreakerStore) GetData(name string) ([]byte, error) {
 // SetData stores the state without expiry: gobreaker fails Execute when
 // the state is missing.
 func (s *BreakerStore) SetData(name string, data []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, redisOpTimeout)
 	defer cancel()
 	if err := s.client.Set(ctx, s.prefix+name, data, 0).Err(); err != nil {
 		return fmt.Errorf("breaker store: set %s: %w", name, err)

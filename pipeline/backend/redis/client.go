@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/extra/redisotel/v9"
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
@@ -33,6 +34,7 @@ const startPingTimeout = time.Second
 // not ready, and recovers when Redis comes back. The one PING made here is
 // only logged; logger may be nil.
 func NewClient(ctx context.Context, cfg pipeline.RedisConfig, tp trace.TracerProvider, mp metric.MeterProvider, logger *slog.Logger) (goredis.UniversalClient, error) {
+	bridgeLogs(logger)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -48,8 +50,20 @@ func NewClient(ctx context.Context, cfg pipeline.RedisConfig, tp trace.TracerPro
 		}
 		return nil, fmt.Errorf("redis.url %s: %w", redact.String(cfg.URL), err)
 	}
+	// Debian's Redis 7.0 answers CLIENT SETINFO with an error, which
+	// became an ERROR span on every new connection of every trace; the
+	// library name and version it would set are not worth that.
+	opt.DisableIdentity = true
+	// Likewise CLIENT MAINT_NOTIFICATIONS, which go-redis tries on every
+	// connection unless told not to (a Redis Enterprise feature; older
+	// servers answer it with an error span). A URL that sets it wins.
+	if opt.MaintNotificationsConfig == nil {
+		opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	}
 	client := goredis.NewClient(opt)
-	var topts []redisotel.TracingOption
+	// EVALSHA is traced by scriptSpans instead, which does not count
+	// NOSCRIPT as an error.
+	topts := []redisotel.TracingOption{redisotel.WithCommandFilter(isEvalSha)}
 	if tp != nil {
 		topts = append(topts, redisotel.WithTracerProvider(tp))
 	}
@@ -57,6 +71,7 @@ func NewClient(ctx context.Context, cfg pipeline.RedisConfig, tp trace.TracerPro
 		_ = client.Close()
 		return nil, fmt.Errorf("redis tracing: %w", err)
 	}
+	client.AddHook(newScriptSpans(tp, opt))
 	var mopts []redisotel.MetricsOption
 	if mp != nil {
 		mopts = append(mopts, redisotel.WithMeterProvider(mp))

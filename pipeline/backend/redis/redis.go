@@ -22,6 +22,7 @@ import (
 
 	"github.com/labelpipe/labelpipe/pipeline"
 	"github.com/labelpipe/labelpipe/pipeline/backend"
+	"github.com/labelpipe/labelpipe/pipeline/resilience"
 )
 
 // Kind is the name the redis backend is registered under.
@@ -146,6 +147,12 @@ func (b *Backend) DedupeStore(prefix string, ttl, hold time.Duration) (backend.D
 // BreakerStore shares each sink's breaker state between replicas.
 func (b *Backend) BreakerStore() gobreaker.SharedDataStore {
 	return NewBreakerStore(b.client, b.cfg.KeyPrefix)
+}
+
+// SharedLimiter shares sinks' rate limits (rate_limit.shared) between
+// the replicas on this Redis.
+func (b *Backend) SharedLimiter() resilience.SharedLimiter {
+	return NewRateLimiter(b.client, b.cfg.KeyPrefix)
 }
 
 // Close closes the broker, then the client if the backend owns it.
