@@ -399,6 +399,7 @@ func TestQuickstartFileSinksMatchThePresets(t *testing.T) {
   - {name: labelbox_preset, type: labelbox, api_key: k, project_id: demo-labelbox-project}
   - {name: scale_preset, type: scale, api_key: k, project: aquarium-relabel}
   - {name: label_studio_preset, type: label_studio, url: "http://127.0.0.1:1", api_key: k, project_id: 1}
+  - {name: cvat_preset, type: cvat, api_key: k, project_id: 1}
 `
 	dir := filepath.Join(t.TempDir(), "configs")
 	cfg, err := pipeline.ParseConfig(filepath.Join(dir, "labelpipe.yaml"), []byte(text))
@@ -429,7 +430,7 @@ func TestQuickstartFileSinksMatchThePresets(t *testing.T) {
 					bodies[s.Name] = append(bodies[s.Name], v)
 				}
 			}
-			for _, vendor := range []string{"labelbox", "scale", "label_studio"} {
+			for _, vendor := range []string{"labelbox", "scale", "label_studio", "cvat"} {
 				file, preset := bodies[vendor], bodies[vendor+"_preset"]
 				if len(preset) == 0 {
 					t.Errorf("%s: the preset sends nothing", vendor)

@@ -509,8 +509,8 @@ func (s *CVAT) request(ctx context.Context, method string, u *url.URL, body []by
 }
 
 // Describe says what Send does with r on its first attempt, the token
-// redacted: the task lookup and create, then (in "then") the attach and
-// the status reads.
+// redacted: the request carrying r's rendered body is the attach; the
+// task lookup and create come "before" it, the status reads "then".
 func (s *CVAT) Describe(r *pipeline.Request) map[string]any {
 	ctx := context.Background()
 	name := s.TaskName(r)
@@ -522,8 +522,8 @@ func (s *CVAT) Describe(r *pipeline.Request) map[string]any {
 		u      *url.URL
 		body   []byte
 	}{
-		{http.MethodPost, s.endpoint("/api/tasks"), s.taskBody(name)},
 		{http.MethodGet, lookup, nil},
+		{http.MethodPost, s.endpoint("/api/tasks"), s.taskBody(name)},
 		{http.MethodPost, s.endpoint("/api/tasks/{id}/data/"), r.Body},
 		{http.MethodGet, s.endpoint("/api/requests/{rq_id}"), nil},
 	}
@@ -540,11 +540,11 @@ func (s *CVAT) Describe(r *pipeline.Request) map[string]any {
 		d["url"] = queryEnvRef.ReplaceAllString(placeholders.Replace(d["url"].(string)), "$${$1}")
 		out = append(out, d)
 	}
-	first := out[0]
-	first["task_name"] = name
-	first["before"] = []map[string]any{out[1]}
-	first["then"] = out[2:]
-	return first
+	attach := out[2]
+	attach["task_name"] = name
+	attach["before"] = out[:2]
+	attach["then"] = out[3:]
+	return attach
 }
 
 // placeholders shows the ids a preview cannot know as {id} and {rq_id},
