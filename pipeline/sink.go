@@ -120,6 +120,12 @@ type DeliveryError struct {
 	Msg string
 	// Answer is the start of the vendor's answer body, for the DLQ entry.
 	Answer string
+	// InProgress says the vendor took the work and is still doing it (an
+	// asynchronous import the attempt ran out of time to follow): the
+	// next attempt follows it. With Retry set, it spends no retry budget
+	// (max_attempts, max_elapsed) and does not count against the breaker,
+	// so the sink must bound how long it reports it.
+	InProgress bool
 }
 
 func (e *DeliveryError) Error() string {
@@ -134,3 +140,7 @@ func (e *DeliveryError) Retryable() bool { return e.Retry }
 
 // RetryAfter is the wait the vendor asked for.
 func (e *DeliveryError) RetryAfter() time.Duration { return e.After }
+
+// Pending reports whether the vendor is still doing the work (see
+// InProgress); only a retryable error can be.
+func (e *DeliveryError) Pending() bool { return e.InProgress && e.Retry }

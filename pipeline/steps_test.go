@@ -255,3 +255,30 @@ func TestCVATRestartBetweenStepsMakesOneTask(t *testing.T) {
 
 // stepperlessHarness starts a harness on the built-in registry.
 func stepperlessHarness(t *testing.T, cfg string) *harness { t.Helper(); return startHarness(t, cfg) }
+
+// An import that takes many attempts to follow is delivered, however small
+// the retry budget: following it spends none, nor does it trip the
+// breaker.
+func TestCVATSlowImportSpendsNoRetryBudget(t *testing.T) {
+	c := vendortest.NewCVAT(t, "cvat-token", 3)
+	c.SlowImports(20) // about 2s of status reads; an attempt lasts 150ms
+	h := startHarness(t, head("")+fmt.Sprintf(`  - {name: cvat, type: cvat, url: %q, api_key: cvat-token, project_id: 3, timeout: 150ms,
+     retry: {max_attempts: 2, initial_interval: 1ms, max_interval: 5ms, max_elapsed: 1s}, breaker: {consecutive_failures: 2}}
+`, c.URL))
+	body, _ := samplePayload(t, "issue-frames.json")
+	h.accept(body)
+	h.eventually(20*time.Second, "the slow import", func() bool {
+		tasks := c.Tasks()
+		return len(tasks) == 1 && tasks[0].Import == "finished"
+	})
+	h.eventually(5*time.Second, "the delivery to finish", func() bool { return h.sink("cvat").QueueDepth == 0 })
+	if n := h.sink("cvat").DLQ; n != 0 {
+		t.Fatalf("%d dead letters: %+v", n, h.deadLetters("cvat"))
+	}
+	if s := h.sink("cvat").Breaker; s != "closed" {
+		t.Errorf("breaker %s, want closed", s)
+	}
+	if k := c.CountsFor(vendortest.CVATAttachKey(c.Tasks()[0].Name)); k.Requests != 1 {
+		t.Errorf("%d attaches, want 1", k.Requests)
+	}
+}

@@ -45,7 +45,8 @@ import (
 //     or failed. A failed import is not retried: it goes to the DLQ with
 //     CVAT's reason. A replay of that dead letter deletes the task (CVAT
 //     takes a task's data once) and starts over. An import still running
-//     when the attempt ends is followed by the next attempt.
+//     when the attempt ends is followed by the next attempt, which spends
+//     no retry budget (DeliveryError.InProgress), up to cvatFollowLimit.
 //
 // An element without an image (lidar only) is not sent; it is logged and
 // counted. Images several elements share (a frame and its crops) are sent
@@ -103,6 +104,9 @@ const (
 	// cvatStepImport is the import's rq_id; "" when it must be attached
 	// again (CVAT forgot a request whose task got no data).
 	cvatStepImport = "cvat.rq_id"
+	// cvatStepSince is when the import was first followed (Unix
+	// milliseconds), for cvatFollowLimit.
+	cvatStepSince = "cvat.import_since"
 	// cvatStepFailed is the rq_id of an import that failed. Such a request
 	// went to the DLQ; a replay finds it set and starts over: the task,
 	// whose data cannot be attached again, is deleted and made anew.
@@ -114,6 +118,10 @@ const (
 const (
 	cvatPollMin = 50 * time.Millisecond
 	cvatPollMax = 2 * time.Second
+	// cvatFollowLimit bounds how long an import is followed across
+	// attempts: an attempt that ends while it runs spends no retry budget
+	// (DeliveryError.InProgress), so this is what ends a stuck one.
+	cvatFollowLimit = 6 * time.Hour
 	// cvatListPages bounds a lookup's pages (100 results each), and
 	// cvatListBytes one page's answer (a task is about 2 KiB of JSON).
 	cvatListPages = 20
@@ -231,7 +239,12 @@ func (s *CVAT) Send(ctx context.Context, r *pipeline.Request) error {
 		}
 		s.checkpoint(ctx, r, cvatStepImport, rq)
 	}
-	return s.paceFrom(s.follow(ctx, r, task, rq))
+	since, err := strconv.ParseInt(stepOr(r, cvatStepSince, ""), 10, 64)
+	if err != nil {
+		since = time.Now().UnixMilli()
+		s.checkpoint(ctx, r, cvatStepSince, strconv.FormatInt(since, 10))
+	}
+	return s.paceFrom(s.follow(ctx, r, task, rq, time.UnixMilli(since)))
 }
 
 // startOver deletes the task of an import that failed, so that a replay
@@ -249,10 +262,18 @@ func (s *CVAT) startOver(ctx context.Context, r *pipeline.Request) error {
 		}
 		s.log.InfoContext(ctx, "replaying a failed CVAT import: deleted its task to make it anew", "task", task)
 	}
-	for _, step := range []string{cvatStepTask, cvatStepImport, cvatStepFailed} {
+	for _, step := range []string{cvatStepTask, cvatStepImport, cvatStepSince, cvatStepFailed} {
 		s.checkpoint(ctx, r, step, "")
 	}
 	return nil
+}
+
+// stepOr is r's step name, or def when it was never saved.
+func stepOr(r *pipeline.Request, name, def string) string {
+	if v, ok := r.Step(name); ok {
+		return v
+	}
+	return def
 }
 
 // checkpoint saves a step. A ledger that fails costs only a lookup after
@@ -396,7 +417,7 @@ func (s *CVAT) attach(ctx context.Context, task string, body []byte) (string, er
 
 // follow reads the import's status until it finished or failed, or the
 // attempt ends.
-func (s *CVAT) follow(ctx context.Context, r *pipeline.Request, task, rq string) error {
+func (s *CVAT) follow(ctx context.Context, r *pipeline.Request, task, rq string, since time.Time) error {
 	wait := cvatPollMin
 	var t *time.Timer
 	for {
@@ -442,7 +463,13 @@ func (s *CVAT) follow(ctx context.Context, r *pipeline.Request, task, rq string)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-			return &pipeline.DeliveryError{Retry: true,
+			if d := time.Since(since); d > cvatFollowLimit {
+				return &pipeline.DeliveryError{Status: resp.status, Answer: answer(resp.body),
+					Msg: fmt.Sprintf("cvat: import into task %s still %s after %s; check the task in CVAT before replaying", task, st.Status, d.Round(time.Minute))}
+			}
+			// Not a failure: the next attempt follows it, spending no
+			// retry budget.
+			return &pipeline.DeliveryError{Retry: true, InProgress: true, After: cvatPollMax,
 				Msg: fmt.Sprintf("cvat: import into task %s still %s when the attempt ended; the next attempt follows it", task, st.Status)}
 		}
 		wait = min(2*wait, cvatPollMax)

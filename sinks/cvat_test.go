@@ -500,3 +500,29 @@ func TestCVATPresetImportForgottenByCVAT(t *testing.T) {
 		t.Errorf("%d attaches, want 1", k.Requests)
 	}
 }
+
+// An import that outlasts the attempt is in progress, not failed: the
+// error is retryable and Pending (it spends no retry budget), and the
+// next attempt follows the same import to its end.
+func TestCVATPresetSlowImportIsInProgress(t *testing.T) {
+	c := vendortest.NewCVAT(t, cvatToken, 3)
+	c.SlowImports(1_000_000)
+	b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+	r := resumed(t, memory.NewLedger(time.Hour), b.render(t, mixedIssue("iss-13"))[0])
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	de := wantDeliveryError(t, b.sink.Send(ctx, r), true, "still started when the attempt ended")
+	if !de.Pending() {
+		t.Errorf("%v is not pending: it would spend the retry budget", de)
+	}
+	c.SlowImports(1)
+	if err := b.sink.Send(t.Context(), r); err != nil {
+		t.Fatal(err)
+	}
+	if tasks := c.Tasks(); len(tasks) != 1 || tasks[0].Import != "finished" {
+		t.Fatalf("tasks %+v, want one, imported", tasks)
+	}
+	if k := c.CountsFor(vendortest.CVATAttachKey(cvatName)); k.Requests != 1 {
+		t.Errorf("%d attaches, want 1", k.Requests)
+	}
+}

@@ -46,6 +46,8 @@ type CVAT struct {
 	requests   map[string]*cvatRequest
 	failImport []string // reasons of the next imports to fail
 	pageSize   int
+	// startedReads is how many status reads an import stays started.
+	startedReads int
 }
 
 // CVATTask is a task the fake holds.
@@ -88,7 +90,7 @@ func CVATAttachKey(name string) string { return "attach\x00" + name }
 // NewCVAT starts a fake CVAT that accepts token and holds the given
 // projects. With tb set it is closed when the test ends.
 func NewCVAT(tb testing.TB, token string, projects ...int) *CVAT {
-	c := &CVAT{token: token, projects: map[int]bool{}, byName: map[string]int{}, requests: map[string]*cvatRequest{}, pageSize: 10}
+	c := &CVAT{token: token, projects: map[int]bool{}, byName: map[string]int{}, requests: map[string]*cvatRequest{}, pageSize: 10, startedReads: 1}
 	for _, p := range projects {
 		c.projects[p] = true
 	}
@@ -111,6 +113,15 @@ func (c *CVAT) FailImport(reason string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.failImport = append(c.failImport, reason)
+}
+
+// SlowImports makes each import stay started for n status reads (1 by
+// default) before it finishes or fails: a large import that outlasts an
+// attempt.
+func (c *CVAT) SlowImports(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.startedReads = max(n, 1)
 }
 
 // ForgetRequests drops every import request, as CVAT drops finished ones
@@ -406,6 +417,9 @@ func (c *CVAT) advance(rq *cvatRequest) {
 	case "queued":
 		rq.status = "started"
 	case "started":
+		if rq.reads <= c.startedReads {
+			break
+		}
 		rq.status = "finished"
 		if rq.reason != "" {
 			rq.status = "failed"
