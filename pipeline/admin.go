@@ -5,8 +5,6 @@ import (
 	"net/http"
 	"strconv"
 	"time"
-
-	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
 // AdminHandler serves the admin API:
@@ -14,11 +12,16 @@ import (
 //	GET  /healthz                 the process is up
 //	GET  /readyz                  exports can be accepted now (broker/Redis reachable); "warnings" lists how accepted work could still be lost, "degraded" the sinks whose queue is full
 //	GET  /metrics                 Prometheus metrics, when a handler was injected
-//	GET  /api/sinks               each sink's breaker state, queue depth and DLQ size
+//	GET  /api/sinks               each sink's breaker state, queue depth, DLQ size, pause, rate and last error
+//	POST /api/sinks/{sink}/pause  hold the sink's queue: no attempts, no dead letters, no retry budget spent
+//	POST /api/sinks/{sink}/resume deliver again
+//	POST /api/sinks/{sink}/breaker/reset  close the sink's breaker (the shared one too)
 //	GET  /api/dlq?sink=NAME       dead letters (limit=N, default 100)
-//	POST /api/dlq/{sink}/replay   requeue dead letters; body {"ids": [...]} or empty for all
+//	POST /api/dlq/{sink}/replay   requeue dead letters: all, or those a filter picks (see replayFilter); answers replayed/total, or a job with async
+//	GET  /api/dlq/replays/{job}   a replay's progress
 //	DELETE /api/dlq/{sink}        purge dead letters; ?id=... for some
 //	GET  /debug/pprof/...         Go profiles, when admin.pprof is true
+//	GET  /                        the status console (see console.go)
 //
 // Dead letters hold vendors' answers and replays spend vendor quota, so
 // everything but the two probes is guarded (see adminGuard): the Host
@@ -59,18 +62,10 @@ func (p *Pipeline) AdminHandler() http.Handler {
 		mux.Handle("GET /metrics", p.opts.Metrics)
 	}
 	mux.HandleFunc("GET /api/sinks", func(w http.ResponseWriter, r *http.Request) {
-		var out []map[string]any
+		now := time.Now()
+		out := []map[string]any{}
 		for _, s := range p.sinks {
-			q := p.sinkQueue(r.Context(), s)
-			age := 0.0
-			if !q.Oldest.IsZero() {
-				age = time.Since(q.Oldest).Seconds()
-			}
-			out = append(out, map[string]any{
-				"name": s.cfg.Name, "type": s.cfg.Type, "events": s.cfg.Events,
-				"breaker": s.policy.State().String(), "queue_depth": q.Depth, "oldest_pending_seconds": age,
-				"in_flight_here": len(s.slots), "dlq": p.dlqLen(r.Context(), s.cfg.Name),
-			})
+			out = append(out, p.sinkView(r.Context(), s, now))
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
@@ -88,34 +83,21 @@ func (p *Pipeline) AdminHandler() http.Handler {
 			}
 			sinks = []*builtSink{s}
 		}
-		out := []*backend.DeadLetter{}
+		out := []deadLetterView{}
 		for _, s := range sinks {
 			es, err := p.dlq.List(r.Context(), s.cfg.Name, limit)
 			if err != nil {
 				writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error()})
 				return
 			}
-			out = append(out, es...)
+			for _, d := range es {
+				out = append(out, p.deadLetterView(d))
+			}
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
-	mux.HandleFunc("POST /api/dlq/{sink}/replay", func(w http.ResponseWriter, r *http.Request) {
-		var body struct {
-			IDs []string `json:"ids"`
-		}
-		if r.ContentLength != 0 {
-			if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
-				writeJSON(w, http.StatusBadRequest, map[string]any{"error": "body must be {\"ids\": [...]} or empty: " + err.Error()})
-				return
-			}
-		}
-		n, err := p.Replay(r.Context(), r.PathValue("sink"), body.IDs)
-		if err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]any{"error": err.Error(), "replayed": n})
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"replayed": n})
-	})
+	p.mountOps(mux)
+	p.mountConsole(mux)
 	mux.HandleFunc("DELETE /api/dlq/{sink}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("sink")
 		if _, ok := p.byName[name]; !ok {
@@ -129,7 +111,7 @@ func (p *Pipeline) AdminHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"purged": len(taken)})
 	})
-	return newAdminGuard(&p.cfg.Admin, p.adminSum, mux)
+	return newAdminGuard(&p.cfg.Admin, p.adminSum, p.sessions, p.log.With("component", "admin"), mux)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -4,14 +4,17 @@ package pipeline
 // Caddy's admin endpoint (Host and Origin checks), plus a bearer token.
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // adminGuard wraps the admin API. In order:
@@ -25,24 +28,34 @@ import (
 //  3. A cross-origin browser request that changes something gets 403
 //     (http.CrossOriginProtection): a page an operator happens to open
 //     cannot replay dead letters with a "simple" text/plain POST.
-//  4. With admin.token set, changes always need Authorization: Bearer,
-//     and reads need it unless they come from a loopback peer; else 401.
+//  4. The console's page, its static files, its session status and its
+//     sign-in form pass: they hold no data, and signing in is how a
+//     browser gets a credential.
+//  5. With admin.token set, changes always need a credential, and reads
+//     need it unless they come from a loopback peer; else 401. The
+//     credential is Authorization: Bearer <token>, or the console's
+//     session cookie (got by posting the token to /console/session).
 //     Without a token (only allowed on a loopback admin.addr), only
 //     loopback peers are answered: the handler may be mounted, or its
 //     listener handed over, where the config cannot see.
+//
+// The handler behind it finds who called in the request's context
+// (adminWho), for the log of what operators did.
 type adminGuard struct {
 	next  http.Handler
 	hosts map[string]bool
 	// sum is the token's SHA-256; compared in constant time. Hashing
 	// first keeps the comparison's time independent of the length, too.
 	// It is swapped when Reload re-reads admin.token_file.
-	sum   *atomic.Pointer[[sha256.Size]byte]
-	token bool
-	cop   *http.CrossOriginProtection
+	sum      *atomic.Pointer[[sha256.Size]byte]
+	token    bool
+	cop      *http.CrossOriginProtection
+	sessions *sessions
+	log      *slog.Logger
 }
 
-func newAdminGuard(c *AdminConfig, sum *atomic.Pointer[[sha256.Size]byte], next http.Handler) *adminGuard {
-	g := &adminGuard{next: next, hosts: map[string]bool{}, cop: http.NewCrossOriginProtection(), sum: sum}
+func newAdminGuard(c *AdminConfig, sum *atomic.Pointer[[sha256.Size]byte], ss *sessions, log *slog.Logger, next http.Handler) *adminGuard {
+	g := &adminGuard{next: next, hosts: map[string]bool{}, cop: http.NewCrossOriginProtection(), sum: sum, sessions: ss, log: log}
 	g.token = sum.Load() != nil
 	if host, _, err := net.SplitHostPort(c.Addr); err == nil && host != "" {
 		g.hosts[normalHost(host)] = true
@@ -66,35 +79,78 @@ func (g *adminGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := g.cop.Check(r); err != nil {
+		// Worth a line: a page the operator opened tried to change something.
+		g.log.WarnContext(r.Context(), "admin API refused a cross-origin change", "method", r.Method, "path", r.URL.Path,
+			"origin", r.Header.Get("Origin"), "sec_fetch_site", r.Header.Get("Sec-Fetch-Site"), "peer", r.RemoteAddr)
 		writeJSON(w, http.StatusForbidden, map[string]any{"error": "cross-origin requests that change something are refused by the admin API (" + err.Error() + "); call it from curl or labelpipe, not from a web page"})
 		return
 	}
+	if consolePublic(r) {
+		g.next.ServeHTTP(w, r)
+		return
+	}
 	local := loopbackPeer(r)
+	who, authorized := g.credential(r)
 	switch {
 	case !g.token && !local:
 		writeJSON(w, http.StatusForbidden, map[string]any{"error": "without admin.token the admin API answers only on loopback; set admin.token or admin.token_file to call it from elsewhere"})
 		return
-	case g.token && (!safe || !local) && !g.authorized(r):
+	case g.token && (!safe || !local) && !authorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="labelpipe admin"`)
 		why := "reads from another machine"
 		if !safe {
 			why = "changes"
 		}
 		writeJSON(w, http.StatusUnauthorized, map[string]any{"error": "missing or wrong admin token: " + why +
-			" need the header Authorization: Bearer <admin.token>"})
+			" need the header Authorization: Bearer <admin.token> (or, in the console, signing in)"})
 		return
 	}
+	if !authorized {
+		who = "loopback without a token"
+	}
+	r = r.WithContext(context.WithValue(r.Context(), adminWhoKey{}, who+" from "+r.RemoteAddr))
 	g.next.ServeHTTP(w, r)
 }
 
-func (g *adminGuard) authorized(r *http.Request) bool {
-	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return false
+// consolePublic reports whether r is for the console's page, its static
+// files, its session status or its sign-in and sign-out forms: what a
+// browser needs before it has a credential. None of it holds data.
+func consolePublic(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		return r.URL.Path == "/" || strings.HasPrefix(r.URL.Path, "/console/")
+	case http.MethodPost:
+		return r.URL.Path == "/console/session" || r.URL.Path == "/console/signout"
 	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	return false
+}
+
+// adminWhoKey is the request context key of who called the admin API.
+type adminWhoKey struct{}
+
+// adminWho says who made an admin request: the credential and the peer.
+func adminWho(r *http.Request) string {
+	who, _ := r.Context().Value(adminWhoKey{}).(string)
+	return who
+}
+
+// credential reports whether r carries the admin token (a bearer header)
+// or a console session made with it, and names which.
+func (g *adminGuard) credential(r *http.Request) (string, bool) {
 	want := g.sum.Load()
-	return want != nil && subtle.ConstantTimeCompare(sum[:], want[:]) == 1
+	if want == nil {
+		return "", false
+	}
+	if scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " "); ok && strings.EqualFold(scheme, "Bearer") {
+		sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+		if subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
+			return "admin token", true
+		}
+	}
+	if g.sessions != nil {
+		return g.sessions.valid(r, want, time.Now())
+	}
+	return "", false
 }
 
 // hostAllowed reports whether a Host header may reach the admin API. An

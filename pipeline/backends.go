@@ -109,6 +109,18 @@ func (b *openBackends) breakerStore() gobreaker.SharedDataStore {
 	return nil
 }
 
+// pauseStore is the broker's backend's shared pause store, when it has
+// one: pauses follow the queues. nil keeps them in this process.
+func (b *openBackends) pauseStore() backend.PauseStore {
+	if len(b.kinds) == 0 {
+		return nil
+	}
+	if ps, ok := b.byKind[b.kinds[0]].(backend.Pauser); ok {
+		return ps.PauseStore()
+	}
+	return nil
+}
+
 // rateLimiter is the first shared rate limiter an open backend offers
 // (redis); nil keeps every rate limit in this process.
 func (b *openBackends) rateLimiter() resilience.SharedLimiter {

@@ -133,6 +133,10 @@ type AdminConfig struct {
 	// and Addr's host are always allowed; any other name gets 421, which
 	// is what stops a DNS rebinding page from reading the API.
 	AllowedHosts []string `yaml:"allowed_hosts"`
+	// TraceURL links each dead letter to its trace, in the console and in
+	// /api/dlq: a URL with {trace_id} where the trace id goes, e.g.
+	// http://jaeger:16686/trace/{trace_id}. Default none.
+	TraceURL string `yaml:"trace_url"`
 
 	// fileToken is TokenFile's content, read while loading.
 	fileToken string

@@ -41,6 +41,9 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 				p.shutdown.delivered.Add(1)
 			}
 			p.metrics.deliveries.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "outcome", outcome))
+			if outcome == "delivered" {
+				s.stats.delivered(time.Now())
+			}
 		}
 
 		release, err := p.lease(ctx, s, req)
@@ -202,6 +205,7 @@ func (p *Pipeline) attempts(ctx context.Context, s *builtSink, req *Request, rec
 			}
 			as.RecordError(err)
 			as.SetStatus(codes.Error, err.Error())
+			s.stats.failed(err, time.Now())
 			s.log.InfoContext(ctx, "attempt failed", "export", req.ExportID, "chunk", req.Chunk, "attempt", a.N, "err", err)
 		}
 		p.metrics.attempts.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "result", result))

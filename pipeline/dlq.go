@@ -68,6 +68,7 @@ func (p *Pipeline) deadLetter(ctx context.Context, s *builtSink, msg *message.Me
 		// Not stored anywhere yet: nack so the broker keeps it.
 		return fmt.Errorf("dead-letter for sink %s: %w", s.cfg.Name, err)
 	}
+	s.stats.failed(cause, time.Now())
 	level := slog.LevelError
 	if e.quiet {
 		level = slog.LevelDebug
@@ -118,6 +119,12 @@ func ReplayDeadLetters(ctx context.Context, dlq backend.DLQ, pub message.Publish
 	if err != nil {
 		return 0, fmt.Errorf("take dead letters: %w", err)
 	}
+	return replayEntries(ctx, dlq, pub, sink, entries, progress)
+}
+
+// replayEntries publishes dead letters already taken from dlq back with
+// pub, and puts back those it could not.
+func replayEntries(ctx context.Context, dlq backend.DLQ, pub message.Publisher, sink string, entries []*backend.DeadLetter, progress func(int)) (int, error) {
 	for i, d := range entries {
 		m := d.Message
 		if m == nil {
@@ -130,7 +137,10 @@ func ReplayDeadLetters(ctx context.Context, dlq backend.DLQ, pub message.Publish
 		if topic == "" {
 			topic = backend.TopicSink(sink)
 		}
-		delete(m.Metadata, backend.MetaReplayTopic)
+		if _, ok := m.Metadata[backend.MetaReplayTopic]; ok {
+			m = m.Copy() // a listing may be reading the stored one
+			delete(m.Metadata, backend.MetaReplayTopic)
+		}
 		if err := pub.Publish(topic, m); err != nil {
 			// Put back what was not replayed, so nothing is lost.
 			for _, rest := range entries[i:] {

@@ -193,13 +193,21 @@ func TestRedeliveryAfterDeliveryIsNotSentAgain(t *testing.T) {
   - {name: held, type: http, url: "` + slow.URL + `", max_in_flight: 1, queue: {max_requests: 1, on_full: backpressure}, retry: {max_attempts: 1000, initial_interval: 1ms, max_interval: 1ms}, breaker: {consecutive_failures: 1000}}
 `
 	first := startHarness(t, cfg)
-	// Two: the first fills the held sink's queue, the second's fan-out
-	// waits for room in it. A third could wait behind the second's
-	// fan-out, not reaching even the fast sink.
-	const exports = 2
-	for range exports {
+	// Three: the first is under way at the held vendor (max_in_flight 1),
+	// so of the other two one fills the held sink's queue and the other's
+	// fan-out waits for room in it, having queued the fast sink's request.
+	// Sent only once the first is under way: before that, the first could
+	// still sit in the queue and a later one fit behind it unnoticed.
+	const exports = 3
+	for i := range exports {
 		body, _ := samplePayload(t, "issue-frames.json")
 		first.accept(body)
+		if i == 0 {
+			first.eventually(10*time.Second, "the first export to be under way at the held vendor", func() bool {
+				_, n, _ := slow.counts()
+				return n == 1
+			})
+		}
 	}
 	first.eventually(10*time.Second, "the held sink's queue to be full and the fast sink to have every export", func() bool {
 		got, _, _ := fast.counts()

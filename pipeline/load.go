@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -873,6 +874,15 @@ func (l *loader) checkAdmin(a *AdminConfig, dir string) {
 		if h == "" || strings.ContainsAny(h, "/*@ \t") {
 			l.at(fmt.Sprintf("admin.allowed_hosts[%d]", i), "admin", fmt.Sprintf("allowed_hosts[%d]", i),
 				fmt.Sprintf("%q is not a host name (want e.g. labelpipe-admin.internal; no scheme, path or wildcard)", h))
+		}
+	}
+	if a.TraceURL != "" {
+		u, err := url.Parse(strings.ReplaceAll(a.TraceURL, "{trace_id}", "x"))
+		switch {
+		case !strings.Contains(a.TraceURL, "{trace_id}"):
+			l.at("admin.trace_url", "admin", "trace_url", fmt.Sprintf("%q has no {trace_id} (want e.g. http://jaeger:16686/trace/{trace_id})", a.TraceURL))
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			l.at("admin.trace_url", "admin", "trace_url", fmt.Sprintf("%q is not an http(s) URL (want e.g. http://jaeger:16686/trace/{trace_id})", a.TraceURL))
 		}
 	}
 	if a.Addr == "" || a.Token != "" || a.TokenFile != "" {

@@ -136,9 +136,9 @@ func newInstruments(mp metric.MeterProvider, sinks []*builtSink, bodies *bodyBud
 		// that is the shared state, which another replica or this one
 		// before a restart may have moved; the transitions this process
 		// made itself would say closed after a restart.
-		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+		metric.WithInt64Callback(func(ctx context.Context, o metric.Int64Observer) error {
 			for _, s := range sinks {
-				o.Observe(breakerGauge(s.policy.State()), metric.WithAttributes(attribute.String("sink", s.cfg.Name)))
+				o.Observe(breakerGauge(s.policy.StateContext(ctx)), metric.WithAttributes(attribute.String("sink", s.cfg.Name)))
 			}
 			return nil
 		}))

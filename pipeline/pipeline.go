@@ -85,6 +85,11 @@ type Pipeline struct {
 	tls     struct{ server, admin *tlsFiles }
 	// adminSum is the admin token's SHA-256 (nil: no token); Reload swaps it.
 	adminSum *atomic.Pointer[[sha256.Size]byte]
+	// pauses says which sinks an operator paused; sessions are the
+	// console's signed-in browsers; replays the replay jobs under way.
+	pauses   *pauses
+	sessions *sessions
+	replays  *replayJobs
 
 	draining  atomic.Bool
 	runCancel context.CancelFunc
@@ -118,8 +123,9 @@ type builtSink struct {
 	filter  *JQ
 	policy  *resilience.Policy
 	log     *slog.Logger
-	topic   string  // sink.<name>
-	backlog backlog // keeps the sink's queue within queue:
+	topic   string    // sink.<name>
+	backlog backlog   // keeps the sink's queue within queue:
+	stats   sinkStats // recent deliveries and the last error, for the console
 }
 
 // New builds a pipeline from a loaded config. On failure it closes
@@ -168,6 +174,8 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		p.clients.trusted = append(p.clients.trusted, pf)
 	}
 	p.adminSum = adminToken(&cfg.Admin)
+	p.sessions = newSessions()
+	p.replays = &replayJobs{byID: map[string]*replayJob{}}
 	if p.tls.server, err = newTLSFiles("server", cfg.Server.TLS, cfg.dir); err != nil {
 		return nil, err
 	}
@@ -243,6 +251,7 @@ func (p *Pipeline) buildStages() error {
 // build, not only the first.
 func (p *Pipeline) buildSinks() error {
 	breakers := p.backends.breakerStore()
+	p.pauses = newPauses(p.backends.pauseStore(), p.log.With("component", "pauses"))
 	limiter := p.backends.rateLimiter()
 	var errs ConfigErrors
 	for _, sc := range p.cfg.Sinks {
@@ -271,6 +280,7 @@ func (p *Pipeline) buildSinks() error {
 			Logger:  env.Logger,
 			Store:   breakers,
 			Limiter: limiter,
+			Gate:    p.pauseGate(bs),
 			OnStateChange: func(from, to gobreaker.State) {
 				env.Logger.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
 			},

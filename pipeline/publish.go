@@ -46,6 +46,10 @@ func (p *Pipeline) publishMsgs(ctx context.Context, topic string, msgs ...*messa
 	}
 	for _, m := range msgs {
 		p.prop.Inject(ctx, metadataCarrier(m.Metadata))
+		// A broker that writes with the message's context (Redis: XADD)
+		// traces it under this span, not as a trace of its own. Only the
+		// span is taken from ctx: never the request's cancellation.
+		m.SetContext(trace.ContextWithSpan(m.Context(), span))
 	}
 	if err := p.broker.Publish(topic, msgs...); err != nil {
 		span.RecordError(err)

@@ -103,6 +103,7 @@ Exit codes: 0 success, 1 failure, 2 a usage error.`,
 		newDLQCmd(),
 		newBenchCmd(),
 		newConfigCmd(),
+		newTestCmd(),
 		newVersionCmd(),
 	)
 	// completion bash|zsh|fish|powershell is cobra's; an unknown shell or

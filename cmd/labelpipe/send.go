@@ -72,11 +72,19 @@ webhook-signature; the secret is whsec_...).`,
 			if err := o.signing.check(); err != nil {
 				return err
 			}
+			if o.url == "" {
+				o.url = envOr("LABELPIPE_URL", "http://127.0.0.1:8080/webhook")
+			}
+			if o.signing.secret == "" {
+				o.signing.secret = envOr("AQ_WEBHOOK_SECRET", "dev-secret")
+			}
 			return code(sendPayload(o, args[0], cmd.OutOrStdout(), cmd.ErrOrStderr()))
 		},
 	}
-	cmd.Flags().StringVar(&o.url, "url", envOr("LABELPIPE_URL", "http://127.0.0.1:8080/webhook"), "webhook URL (env LABELPIPE_URL)")
-	o.signing.flags(cmd, envOr("AQ_WEBHOOK_SECRET", "dev-secret"), "the webhook secret (env AQ_WEBHOOK_SECRET)")
+	// The defaults from the environment are read when send runs, so that
+	// help never shows a secret.
+	cmd.Flags().StringVar(&o.url, "url", "", "webhook URL (default $LABELPIPE_URL, else http://127.0.0.1:8080/webhook)")
+	o.signing.flags(cmd, "", "the webhook secret (default $AQ_WEBHOOK_SECRET, else dev-secret, the quickstart's)")
 	return cmd
 }
 

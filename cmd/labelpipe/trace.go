@@ -20,7 +20,7 @@ func newTraceCmd() *cobra.Command {
 		jaeger, color, service string
 		all                    bool
 		width                  int
-		timeout                time.Duration
+		timeout, wait          time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "trace ID",
@@ -57,13 +57,16 @@ unset); --color always|never overrides.`,
 			default:
 				return usageErrorf("--color %q: want auto, always or never", color)
 			}
+			if wait < 0 {
+				return usageErrorf("--wait %s: must be ≥ 0", wait)
+			}
 			if width < 10 || width > 400 {
 				return usageErrorf("--width %d: want 10 to 400", width)
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
 			err := waterfall.Print(ctx, cmd.OutOrStdout(), jaeger, args[0], waterfall.Options{
-				Color: useColor, BarWidth: width, All: all,
+				Color: useColor, BarWidth: width, All: all, Wait: wait,
 				Client: &waterfall.Client{Service: service},
 			})
 			if err != nil {
@@ -86,6 +89,7 @@ unset); --color always|never overrides.`,
 	fs.StringVar(&service, "service", "labelpipe", "service.name an export id is searched under")
 	fs.BoolVar(&all, "all", false, "show every Redis command span")
 	fs.IntVar(&width, "width", 40, "width of the time axis in characters")
+	fs.DurationVar(&wait, "wait", 10*time.Second, "keep asking this long while Jaeger does not have the trace yet (spans arrive in batches, seconds after the 202)")
 	fs.DurationVar(&timeout, "timeout", 30*time.Second, "give up on Jaeger after this long")
 	_ = cmd.RegisterFlagCompletionFunc("color", cobra.FixedCompletions([]string{"auto", "always", "never"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -48,6 +49,12 @@ type Options struct {
 	// It runs while the breaker is locked: it must be quick and must not
 	// call State.
 	OnStateChange func(from, to gobreaker.State)
+	// Gate, when set, is called before each attempt and blocks while the
+	// sink must not be tried (an operator paused it). Like an open
+	// breaker, the time it blocks spends no retry budget: it counts
+	// towards neither retry.max_attempts nor retry.max_elapsed, and is
+	// reported in Attempt.BreakerWait. An error (ctx ended) stops Do.
+	Gate func(ctx context.Context) error
 	// Limiter, when set and rate_limit.shared is, keeps the rate limit's
 	// bucket where every replica draws from it (Redis). While it fails,
 	// the process's own bucket applies.
@@ -86,8 +93,9 @@ type Policy struct {
 	cfg      Config
 	log      *slog.Logger
 	onChange func(from, to gobreaker.State)
-	limiter  *rate.Limiter // nil: unlimited
-	shared   SharedLimiter // nil: the limiter alone
+	gate     func(ctx context.Context) error // nil: never held
+	limiter  *rate.Limiter                   // nil: unlimited
+	shared   SharedLimiter                   // nil: the limiter alone
 	br       breaker
 
 	mu sync.Mutex
@@ -108,6 +116,7 @@ func New(cfg Config, opts Options) (*Policy, error) {
 		cfg:      cfg,
 		log:      opts.Logger,
 		onChange: opts.OnStateChange,
+		gate:     opts.Gate,
 		changed:  make(chan struct{}),
 	}
 	if p.log == nil {
@@ -125,7 +134,9 @@ func New(cfg Config, opts Options) (*Policy, error) {
 	}
 	settings := p.settings()
 	if opts.Store == nil {
-		p.br = &localBreaker{cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](settings), p: p}
+		lb := &localBreaker{settings: settings, p: p}
+		lb.cb.Store(gobreaker.NewTwoStepCircuitBreaker[struct{}](settings))
+		p.br = lb
 		return p, nil
 	}
 	sb := &sharedBreaker{
@@ -321,6 +332,14 @@ func (p *Policy) Resume(ctx context.Context, prior Progress, save func(Progress)
 func (p *Policy) admit(ctx context.Context) (admission, time.Duration, error) {
 	var waited time.Duration
 	for {
+		if p.gate != nil {
+			t0 := time.Now()
+			err := p.gate(ctx)
+			waited += time.Since(t0)
+			if err != nil {
+				return admission{}, waited, err
+			}
+		}
 		if err := p.waitRate(ctx); err != nil {
 			return admission{}, waited, err
 		}
@@ -522,17 +541,23 @@ type breaker interface {
 	// The store calls it makes for them are made in ctx.
 	allow(ctx context.Context) (adm admission, until time.Time, err error)
 	state(ctx context.Context) gobreaker.State
+	// reset closes the breaker and forgets its counts.
+	reset(ctx context.Context) error
 }
 
 // localBreaker keeps the state in this process.
 type localBreaker struct {
-	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
-	p  *Policy
+	// cb is replaced whole by a reset; an attempt admitted by the old one
+	// reports its outcome there, where it no longer counts.
+	cb       atomic.Pointer[gobreaker.TwoStepCircuitBreaker[struct{}]]
+	settings gobreaker.Settings
+	p        *Policy
 }
 
 func (b *localBreaker) allow(context.Context) (admission, time.Time, error) {
-	st := b.cb.State()
-	done, err := b.cb.Allow()
+	cb := b.cb.Load()
+	st := cb.State()
+	done, err := cb.Allow()
 	if err != nil {
 		var until time.Time
 		if errors.Is(err, gobreaker.ErrOpenState) {
@@ -555,4 +580,4 @@ func (b *localBreaker) allow(context.Context) (admission, time.Time, error) {
 	return adm, time.Time{}, nil
 }
 
-func (b *localBreaker) state(context.Context) gobreaker.State { return b.cb.State() }
+func (b *localBreaker) state(context.Context) gobreaker.State { return b.cb.Load().State() }

@@ -50,14 +50,14 @@ type lockTokens struct {
 
 // NewBreakerStore shares circuit-breaker state through Redis.
 func NewBreakerStore(client goredis.UniversalClient, prefix string) gobreaker.SharedDataStore {
-	return &BreakerStore{client: client, prefix: prefix, ctx: context.Background(), locks: &lockTokens{tokens: map[string]string{}}}
+	return &BreakerStore{client: client, prefix: prefix, ctx: quiet(context.Background()), locks: &lockTokens{tokens: map[string]string{}}}
 }
 
 // WithContext returns the store making its commands with ctx's values
 // (resilience.ContextStore); the locks it holds are the store's.
 func (s *BreakerStore) WithContext(ctx context.Context) gobreaker.SharedDataStore {
 	c := *s
-	c.ctx = context.WithoutCancel(ctx)
+	c.ctx = quiet(context.WithoutCancel(ctx)) // traced when ctx carries a span
 	return &c
 }
 

@@ -145,7 +145,7 @@ func (b *Broker) maybeTrim(stream string, n int64) {
 	if after/b.trimEvery == (after-n)/b.trimEvery {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	ctx, cancel := context.WithTimeout(quiet(context.Background()), redisOpTimeout)
 	defer cancel()
 	// A failed trim only delays trimming; the publish itself succeeded.
 	if err := trimScript.Run(ctx, b.client, []string{stream}, b.cfg.MaxLen).Err(); err != nil {
@@ -280,7 +280,7 @@ func (b *Broker) heartbeat() {
 		if len(keys) == 0 {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+		ctx, cancel := context.WithTimeout(quiet(context.Background()), redisOpTimeout)
 		_, err := b.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 			for _, k := range keys {
 				p.Set(ctx, k, b.replica, b.cfg.ClaimIdle)
@@ -308,7 +308,7 @@ func (b *Broker) Drain(context.Context) error { return nil }
 
 // Ready pings Redis.
 func (b *Broker) Ready(ctx context.Context) error {
-	if err := b.client.Ping(ctx).Err(); err != nil {
+	if err := b.client.Ping(quiet(ctx)).Err(); err != nil {
 		return fmt.Errorf("redis: %w", err)
 	}
 	return nil
@@ -316,7 +316,7 @@ func (b *Broker) Ready(ctx context.Context) error {
 
 // Risks reads the server's persistence and eviction settings.
 func (b *Broker) Risks(ctx context.Context) []string {
-	d, err := CheckDurability(ctx, b.client)
+	d, err := CheckDurability(quiet(ctx), b.client)
 	if err != nil {
 		return []string{"cannot tell whether redis persists queued exports: " + err.Error()}
 	}
@@ -510,7 +510,7 @@ func (w *worker) shouldClaim(p goredis.XPendingExt) bool {
 		_, held := w.held.Load(p.ID)
 		return !held
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	ctx, cancel := context.WithTimeout(quiet(context.Background()), redisOpTimeout)
 	defer cancel()
 	n, err := w.client.Exists(ctx, w.b.aliveKey(w.stream, w.group, p.Consumer)).Result()
 	return err == nil && n == 0
@@ -520,7 +520,7 @@ func (w *worker) shouldClaim(p goredis.XPendingExt) bool {
 // restart without persistence) it recreates it.
 func (w *worker) onReadError(err error) bool {
 	if strings.HasPrefix(err.Error(), "NOGROUP") {
-		ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+		ctx, cancel := context.WithTimeout(quiet(context.Background()), redisOpTimeout)
 		defer cancel()
 		_ = w.client.XGroupCreateMkStream(ctx, w.stream, w.group, "0").Err()
 	}
@@ -542,7 +542,7 @@ func (w *worker) Close() error {
 		delete(w.b.alive, key)
 		w.b.mu.Unlock()
 		if w.started.Load() {
-			ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+			ctx, cancel := context.WithTimeout(quiet(context.Background()), redisOpTimeout)
 			defer cancel()
 			_ = w.client.Del(ctx, key).Err() // best effort: it expires anyway
 		}
@@ -648,6 +648,7 @@ var (
 // is the first pending one, or else the first after the last delivered.
 // Stream ids start with their publish time in milliseconds.
 func (b *Broker) QueueStats(ctx context.Context, topic, group string) (backend.QueueStat, error) {
+	ctx = quiet(ctx) // scrapes and admission checks: traced only inside an export's span
 	stream := b.cfg.Prefix + topic
 	groups, err := b.client.XInfoGroups(ctx, stream).Result()
 	if err != nil {

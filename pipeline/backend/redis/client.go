@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/extra/redisotel/v9"
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
@@ -62,11 +63,12 @@ func NewClient(ctx context.Context, cfg pipeline.RedisConfig, tp trace.TracerPro
 	}
 	client := goredis.NewClient(opt)
 	// EVALSHA is traced by scriptSpans instead, which does not count
-	// NOSCRIPT as an error.
-	topts := []redisotel.TracingOption{redisotel.WithCommandFilter(isEvalSha)}
-	if tp != nil {
-		topts = append(topts, redisotel.WithTracerProvider(tp))
+	// NOSCRIPT as an error; housekeeping is not traced (quiet).
+	if tp == nil {
+		tp = otel.GetTracerProvider()
 	}
+	tp = quietTracerProvider{tp: tp}
+	topts := []redisotel.TracingOption{redisotel.WithCommandFilter(isEvalSha), redisotel.WithTracerProvider(tp)}
 	if err := redisotel.InstrumentTracing(client, topts...); err != nil {
 		_ = client.Close()
 		return nil, fmt.Errorf("redis tracing: %w", err)
@@ -81,7 +83,7 @@ func NewClient(ctx context.Context, cfg pipeline.RedisConfig, tp trace.TracerPro
 		return nil, fmt.Errorf("redis metrics: %w", err)
 	}
 
-	pctx, cancel := context.WithTimeout(ctx, startPingTimeout)
+	pctx, cancel := context.WithTimeout(quiet(ctx), startPingTimeout)
 	defer cancel()
 	if err := client.Ping(pctx).Err(); err != nil {
 		logger.Warn("redis is not reachable yet; not ready until it is", "redis", redact.String(cfg.URL), "err", err)

@@ -110,7 +110,7 @@ func (b *Backend) Broker() (backend.Broker, error) {
 // when that cannot be told. A Redis that is down only makes the daemon not
 // ready, unless persistence is required.
 func (b *Backend) checkDurability() error {
-	ctx, cancel := context.WithTimeout(context.Background(), startPingTimeout)
+	ctx, cancel := context.WithTimeout(quiet(context.Background()), startPingTimeout)
 	defer cancel()
 	require := b.cfg.Broker.RequirePersistence
 	d, err := CheckDurability(ctx, b.client)

@@ -2,6 +2,7 @@ package waterfall
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -23,6 +24,10 @@ type Options struct {
 	// Client reads the trace; nil means a Client for the queryURL given to
 	// Print.
 	Client *Client
+	// Wait is how long Print keeps asking while Jaeger does not have the
+	// trace yet: a daemon exports its spans in batches, seconds after the
+	// 202. Zero asks once.
+	Wait time.Duration
 }
 
 // Print fetches the trace named by id (a trace id, or an export id whose
@@ -37,15 +42,41 @@ func Print(ctx context.Context, w io.Writer, queryURL, id string, opt Options) e
 		cc.BaseURL = queryURL
 		c = &cc
 	}
-	traceID, err := c.Resolve(ctx, id)
-	if err != nil {
+	var tr *Trace
+	err := untilFound(ctx, opt.Wait, func() error {
+		traceID, err := c.Resolve(ctx, id)
+		if err != nil {
+			return err
+		}
+		tr, err = c.Trace(ctx, traceID)
 		return err
-	}
-	tr, err := c.Trace(ctx, traceID)
+	})
 	if err != nil {
 		return err
 	}
 	return Render(w, tr, opt)
+}
+
+// pollEvery is how often Print asks again for a trace not found yet.
+const pollEvery = 250 * time.Millisecond
+
+// untilFound calls fetch until it succeeds, fails otherwise than with
+// ErrNotFound, or wait has passed.
+func untilFound(ctx context.Context, wait time.Duration, fetch func() error) error {
+	deadline := time.Now().Add(wait)
+	t := time.NewTicker(pollEvery)
+	defer t.Stop()
+	for {
+		err := fetch()
+		if !errors.Is(err, ErrNotFound) || !time.Now().Before(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-t.C:
+		}
+	}
 }
 
 // ANSI styles.
@@ -111,6 +142,9 @@ func Render(w io.Writer, tr *Trace, opt Options) error {
 	if errs > 0 {
 		p.printf("  %s", p.style(bold+red, fmt.Sprintf("%d error%s", errs, plural(errs))))
 	}
+	if n := tr.Orphans(); n > 0 {
+		p.printf("\n%s", p.style(bold+red, fmt.Sprintf("%d span%s whose parent is not in Jaeger (not exported yet, or lost): shown at the top level", n, plural(n))))
+	}
 	if svcs := tr.Services(); len(svcs) > 1 {
 		p.printf("\nservices: %s", strings.Join(svcs, ", "))
 	}
@@ -143,6 +177,9 @@ func describe(s *Span, depth int, opt Options) line {
 	}
 	if s.Parent == nil || s.Parent.Service != s.Service {
 		fmt.Fprintf(&b, " (%s)", s.Service)
+	}
+	if s.Parent == nil && s.ParentID != "" && !isZeroID(s.ParentID) {
+		fmt.Fprintf(&b, " (parent %s missing)", s.ParentID)
 	}
 	a := s.Attrs
 	var details []string

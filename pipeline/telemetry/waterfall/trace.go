@@ -228,6 +228,17 @@ func (tr *Trace) Errors() int {
 	return n
 }
 
+// Orphans counts the spans whose parent is not in the trace.
+func (tr *Trace) Orphans() int {
+	n := 0
+	for _, r := range tr.Roots {
+		if r.ParentID != "" && !isZeroID(r.ParentID) {
+			n++
+		}
+	}
+	return n
+}
+
 // ExportID is the export the trace carries, if any span names one.
 func (tr *Trace) ExportID() string {
 	for _, s := range tr.Spans {

@@ -13,9 +13,15 @@ import (
 	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/configs"
@@ -161,6 +167,9 @@ func TestPrintRealTrace(t *testing.T) {
 	if m := regexp.MustCompile(`(\d+) errors?`).FindStringSubmatch(lines[0]); m == nil || m[1] == "0" {
 		t.Errorf("heading %q does not count the failed attempt", lines[0])
 	}
+	if strings.Contains(text, "whose parent is not in Jaeger") || strings.Contains(text, "missing)") {
+		t.Errorf("spans without their parent in a whole trace")
+	}
 	if strings.Contains(text, "\x1b[") {
 		t.Errorf("ANSI escapes without Color")
 	}
@@ -292,5 +301,60 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		<-tick.C
+	}
+}
+
+// notFoundSignal is a transport that closes first404 after Jaeger first
+// answers 404, so that a test knows the trace was asked for before it
+// existed.
+type notFoundSignal struct {
+	first404 chan struct{}
+	once     sync.Once
+}
+
+func (n *notFoundSignal) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(r)
+	if err == nil && resp.StatusCode == http.StatusNotFound {
+		n.once.Do(func() { close(n.first404) })
+	}
+	return resp, err
+}
+
+// The daemon exports spans in batches, seconds after the 202: with Wait,
+// Print keeps asking for a trace Jaeger does not have yet, and prints it
+// once it arrives; without, it says at once that there is none.
+func TestPrintWaitsForTheTrace(t *testing.T) {
+	j := jaegertest.Start(t)
+	exp, err := otlptracehttp.New(t.Context(), otlptracehttp.WithEndpointURL(j.OTLPHTTP()+"/v1/traces"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp),
+		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", "labelpipe"))))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	_, root := tp.Tracer("test").Start(context.Background(), "POST /webhook")
+	traceID := root.SpanContext().TraceID().String()
+
+	if err := waterfall.Print(t.Context(), io.Discard, j.QueryURL(), traceID, waterfall.Options{}); !errors.Is(err, waterfall.ErrNotFound) {
+		t.Fatalf("without Wait: %v, want ErrNotFound", err)
+	}
+	sig := &notFoundSignal{first404: make(chan struct{})}
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- waterfall.Print(t.Context(), &out, j.QueryURL(), traceID, waterfall.Options{
+			Wait: time.Minute, Client: &waterfall.Client{HTTP: &http.Client{Transport: sig}}})
+	}()
+	select {
+	case <-sig.first404:
+	case err := <-done:
+		t.Fatalf("Print returned before Jaeger had the trace: %v", err)
+	}
+	root.End() // exported synchronously
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "trace "+traceID) || !strings.Contains(out.String(), "POST /webhook") {
+		t.Fatalf("printed:\n%s", out.String())
 	}
 }
