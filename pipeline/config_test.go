@@ -61,7 +61,7 @@ func TestConfigErrors(t *testing.T) {
 		},
 		"unknown-types": {
 			`:7:11: stages[1] "sigv4": unknown stage type "sigv4" (known: dedupe, filter, rate_limit, schema, secret, transform)`,
-			`:13:11: sinks[1] "kafka": unknown sink type "kafka" (known: file, graphql, http, label_studio, labelbox, scale)`,
+			`:13:11: sinks[1] "kafka": unknown sink type "kafka" (known: cvat, file, graphql, http, label_studio, labelbox, scale)`,
 		},
 		"env": {
 			`:7:15: environment variable LP_TEST_UNSET_SECRET is not set`,
