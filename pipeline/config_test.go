@@ -61,7 +61,7 @@ func TestConfigErrors(t *testing.T) {
 		},
 		"unknown-types": {
 			`:7:11: stages[1] "sigv4": unknown stage type "sigv4" (known: dedupe, filter, rate_limit, schema, secret, transform)`,
-			`:13:11: sinks[1] "kafka": unknown sink type "kafka" (known: file, graphql, http, label_studio, labelbox, scale)`,
+			`:13:11: sinks[1] "kafka": unknown sink type "kafka" (known: cvat, file, graphql, http, label_studio, labelbox, scale)`,
 		},
 		"env": {
 			`:7:15: environment variable LP_TEST_UNSET_SECRET is not set`,
@@ -335,9 +335,9 @@ func TestConfigDefaults(t *testing.T) {
 // the variables to set, each where it is used.
 func TestShippedConfigs(t *testing.T) {
 	for _, v := range []string{"AQ_WEBHOOK_SECRET", "LABELBOX_API_KEY", "LABELBOX_PROJECT_ID", "SCALE_API_KEY",
-		"SCALE_PROJECT", "LABEL_STUDIO_PROJECT_ID", "LABEL_STUDIO_API_KEY",
+		"SCALE_PROJECT", "LABEL_STUDIO_PROJECT_ID", "LABEL_STUDIO_API_KEY", "CVAT_TOKEN", "CVAT_PROJECT_ID",
 		// With defaults in the configs; a developer's shell must not change the result.
-		"LABELPIPE_ADDR", "LABELPIPE_ADMIN_ADDR", "LABELPIPE_ADMIN_TOKEN", "REDIS_URL", "LABELPIPE_TRACING"} {
+		"LABELPIPE_ADDR", "LABELPIPE_ADMIN_ADDR", "LABELPIPE_ADMIN_TOKEN", "REDIS_URL", "LABELPIPE_TRACING", "CVAT_URL"} {
 		t.Setenv(v, "")
 	}
 	if _, err := pipeline.LoadConfig("../configs/labelpipe.yaml", pipeline.ResolveWith(builtin.Registry())); err != nil {

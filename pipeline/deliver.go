@@ -59,6 +59,15 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			finish("skipped")
 			return nil
 		}
+		// The steps a multi-step sink checkpointed came with the Lookup;
+		// Resume only points SaveStep at the ledger (no copy when none).
+		req.ledger = p.ledger
+		if rec.Steps != nil {
+			req.steps = rec.Steps // the ledger's Lookup returned a map of our own
+			if span.IsRecording() {
+				span.AddEvent("resumed after checkpointed steps", trace.WithAttributes(attribute.Int("labelpipe.steps", len(rec.Steps))))
+			}
+		}
 
 		attempts, err := p.attempts(ctx, s, req, rec)
 		if span.IsRecording() {

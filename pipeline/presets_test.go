@@ -18,7 +18,7 @@ import (
 	"github.com/labelpipe/labelpipe/pipeline"
 )
 
-// The vendor presets (sink types labelbox, scale, label_studio) in one
+// The vendor presets (sink types labelbox, scale, label_studio, cvat) in one
 // pipeline, against the fake vendors, with failures injected: every
 // element reaches every vendor, and repeats are only the vendors'
 // idempotent answers.
@@ -105,7 +105,7 @@ func genExport(t *testing.T, i int) *presetExport {
 
 // presetVendor is one row of the combined test: a preset's sink entry,
 // the failures injected into its fake, and the check that every element
-// got there. A CVAT row is added the same way.
+// got there.
 type presetVendor struct {
 	name string
 	sink string
@@ -130,6 +130,7 @@ func TestPresetsDeliverEveryElementToEveryVendor(t *testing.T) {
 	sc := vendortest.NewScale(t, scaleKey)
 	sc.RequireBatches()
 	ls := vendortest.NewLabelStudio(t, lsToken)
+	cv := vendortest.NewCVAT(t, "cvat-token", 3)
 	policy := fmt.Sprintf(`
     timeout: 300ms
     max_in_flight: %d
@@ -274,6 +275,58 @@ func TestPresetsDeliverEveryElementToEveryVendor(t *testing.T) {
 					twice, total, 100*float64(twice)/float64(max(total, 1)), ls.Accepted(), imports, ls.Duplicates())
 			},
 		},
+		{
+			name: "cvat",
+			sink: fmt.Sprintf("  - name: cvat\n    type: cvat\n    url: %q\n    api_key: cvat-token\n    project_id: 3", cv.URL),
+			srv:  cv.Server,
+			inject: func() {
+				cv.FailNext(2, 503, "")
+				cv.FailNext(1, 429, "1")
+				cv.FailNext(1, 500, "")
+			},
+			injected: 4,
+			done: func(exs []*presetExport) bool {
+				finished := 0
+				for _, tk := range cv.Tasks() {
+					if tk.Import == "finished" {
+						finished++
+					}
+				}
+				return finished >= countIf(exs, func(e *presetExport) bool { return len(e.frames) > 0 })
+			},
+			check: func(t *testing.T, exs []*presetExport) {
+				want := 0
+				for _, e := range exs {
+					if len(e.frames) == 0 {
+						continue
+					}
+					want++
+					name := "aquarium " + e.key + ".cvat.0"
+					tasks := cv.TasksNamed(name)
+					if len(tasks) != 1 {
+						t.Errorf("cvat: %d tasks named %s, want 1", len(tasks), name)
+						continue
+					}
+					var images []string
+					for _, f := range e.frames {
+						images = append(images, "https://img.example/"+f+".jpg")
+					}
+					got := slices.Sorted(slices.Values(tasks[0].RemoteFiles))
+					if tasks[0].Import != "finished" || !slices.Equal(got, images) {
+						t.Errorf("cvat: task %s import %q with %v, want finished with %v", name, tasks[0].Import, got, images)
+					}
+					for _, k := range []string{vendortest.CVATTaskKey(name), vendortest.CVATAttachKey(name)} {
+						if c := cv.CountsFor(k); c.Accepted != 1 || c.Duplicates != 0 {
+							t.Errorf("cvat: %q: %+v, want done once, never repeated", k, c)
+						}
+					}
+				}
+				if n := len(cv.Tasks()); n != want {
+					t.Errorf("cvat: %d tasks, want %d (one per export with an image)", n, want)
+				}
+				t.Logf("cvat: %d tasks, %d requests, %d repeats (second tasks or attaches)", len(cv.Tasks()), cv.RequestCount(), cv.Duplicates())
+			},
+		},
 	}
 
 	cfg := head(`  - {type: dedupe, store: memory, ttl: 1h}`)
@@ -346,6 +399,7 @@ func TestQuickstartFileSinksMatchThePresets(t *testing.T) {
   - {name: labelbox_preset, type: labelbox, api_key: k, project_id: demo-labelbox-project}
   - {name: scale_preset, type: scale, api_key: k, project: aquarium-relabel}
   - {name: label_studio_preset, type: label_studio, url: "http://127.0.0.1:1", api_key: k, project_id: 1}
+  - {name: cvat_preset, type: cvat, api_key: k, project_id: 1}
 `
 	dir := filepath.Join(t.TempDir(), "configs")
 	cfg, err := pipeline.ParseConfig(filepath.Join(dir, "labelpipe.yaml"), []byte(text))
@@ -376,7 +430,7 @@ func TestQuickstartFileSinksMatchThePresets(t *testing.T) {
 					bodies[s.Name] = append(bodies[s.Name], v)
 				}
 			}
-			for _, vendor := range []string{"labelbox", "scale", "label_studio"} {
+			for _, vendor := range []string{"labelbox", "scale", "label_studio", "cvat"} {
 				file, preset := bodies[vendor], bodies[vendor+"_preset"]
 				if len(preset) == 0 {
 					t.Errorf("%s: the preset sends nothing", vendor)

@@ -81,16 +81,16 @@ func TestPreviewQuickstart(t *testing.T) {
 	tests := []previewCase{
 		{name: "frames", payload: "issue-frames.json", header: aquariumHeader("dev-secret"),
 			wantStatus: 202, wantAnswer: "accepted", wantVerdicts: passed,
-			wantRequests: map[string]int{"labelbox": 1, "scale": 3, "label_studio": 1}},
+			wantRequests: map[string]int{"labelbox": 1, "scale": 3, "label_studio": 1, "cvat": 1}},
 		{name: "crops", payload: "issue-crops.json", header: aquariumHeader("dev-secret"),
 			wantStatus: 202, wantAnswer: "accepted", wantVerdicts: passed,
-			wantRequests: map[string]int{"labelbox": 1, "scale": 2, "label_studio": 1}},
+			wantRequests: map[string]int{"labelbox": 1, "scale": 2, "label_studio": 1, "cvat": 1}},
 		{name: "mixed spelling", payload: "issue-mixed-spelling.json", header: aquariumHeader("dev-secret"),
 			wantStatus: 202, wantAnswer: "accepted", wantVerdicts: passed,
-			wantRequests: map[string]int{"labelbox": 1, "scale": 2, "label_studio": 1}},
+			wantRequests: map[string]int{"labelbox": 1, "scale": 2, "label_studio": 1, "cvat": 1}},
 		{name: "10 elements", payload: "issue-10-elements.json", header: aquariumHeader("dev-secret"),
 			wantStatus: 202, wantAnswer: "accepted", wantVerdicts: passed,
-			wantRequests: map[string]int{"labelbox": 1, "scale": 10, "label_studio": 1}},
+			wantRequests: map[string]int{"labelbox": 1, "scale": 10, "label_studio": 1, "cvat": 1}},
 		{name: "test payload", payload: "test-payload.json", header: aquariumHeader("dev-secret"),
 			wantStatus: 200, wantAnswer: "ignored", wantVerdicts: passed,
 			wantRequests: map[string]int{}},
@@ -99,7 +99,7 @@ func TestPreviewQuickstart(t *testing.T) {
 			wantRequests: map[string]int{}, wantViolation: "/issue"},
 		{name: "no headers: the secret is not checked", payload: "issue-frames.json",
 			wantStatus: 202, wantAnswer: "accepted", wantVerdicts: []string{"secret:skipped", "schema:passed", "dedupe:passed"},
-			wantRequests: map[string]int{"labelbox": 1, "scale": 3, "label_studio": 1}},
+			wantRequests: map[string]int{"labelbox": 1, "scale": 3, "label_studio": 1, "cvat": 1}},
 		{name: "wrong secret", payload: "issue-frames.json", header: aquariumHeader("nope"),
 			wantStatus: 401, wantVerdicts: []string{"secret:rejected"}, wantRequests: map[string]int{}},
 	}
@@ -149,8 +149,8 @@ func TestPreviewQuickstart(t *testing.T) {
 
 	// Nothing was written: the file sinks only opened their files.
 	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(cfg.File())), "out", "*.jsonl"))
-	if len(matches) != 3 {
-		t.Errorf("want the three quickstart sink files opened under the copy, found %v", matches)
+	if len(matches) != 4 {
+		t.Errorf("want the four quickstart sink files opened under the copy, found %v", matches)
 	}
 	for _, m := range matches {
 		if st, err := os.Stat(m); err != nil || st.Size() != 0 {
@@ -214,10 +214,13 @@ func TestPreviewRedactsSecrets(t *testing.T) {
 		"LABELBOX_API_KEY":     "lb-apikey-0002",
 		"SCALE_API_KEY":        "scale-apikey-0003",
 		"LABEL_STUDIO_API_KEY": "ls-apitoken-0004",
+		"CVAT_TOKEN":           "cvat-token-0005",
 	}
 	for k, v := range keys {
 		t.Setenv(k, v)
 	}
+	t.Setenv("CVAT_URL", "")
+	t.Setenv("CVAT_PROJECT_ID", "3")
 	t.Setenv("LABELBOX_PROJECT_ID", "lb-project")
 	t.Setenv("SCALE_PROJECT", "relabel")
 	t.Setenv("LABEL_STUDIO_PROJECT_ID", "42")
@@ -249,6 +252,7 @@ func TestPreviewRedactsSecrets(t *testing.T) {
 		"labelbox":     "https://api.labelbox.com/graphql",
 		"scale":        "https://api.scale.com/v1/task/imageannotation",
 		"label_studio": "http://127.0.0.1:8081/api/projects/42/import",
+		"cvat":         "https://app.cvat.ai/api/tasks/{id}/data/", // after the task lookup and create
 	}
 	for _, s := range rep.Sinks {
 		if len(s.Requests) == 0 {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/labelpipe/labelpipe/pipeline/backend"
@@ -25,6 +26,56 @@ type Request struct {
 	Chunk, Chunks int
 	// Body is the rendered request body (JSON).
 	Body []byte
+
+	// steps are the request's checkpointed steps (Step, SaveStep), and
+	// ledger where SaveStep keeps them; nil ledger keeps them in r alone.
+	steps  map[string]string
+	ledger backend.Ledger
+}
+
+// Step returns the value saved for step name of a multi-step delivery
+// (create a task, then attach files): by an earlier attempt, or by a
+// process that sent the request before a restart, since the engine loads
+// the request's delivery record before the first attempt. ok is false
+// when the step was never saved.
+//
+// Send's calls for one request never overlap, so a sink needs no lock
+// around Step and SaveStep.
+func (r *Request) Step(name string) (value string, ok bool) {
+	value, ok = r.steps[name]
+	return value, ok
+}
+
+// SaveStep checkpoints step name of a multi-step delivery in the request's
+// delivery record (backend.Ledger.SaveStep), so that a retry, a redelivery
+// to another replica and a restart see it with Step and skip the work it
+// stands for. Call it as soon as the vendor confirmed the step. The value
+// is kept in r even when the ledger fails, for the attempts this process
+// still makes; the error says the checkpoint may not survive a restart.
+// Steps expire with the record (backend.LedgerTTL). A sink that saves no
+// step costs the engine nothing: the steps are read by the Lookup every
+// delivery makes.
+func (r *Request) SaveStep(ctx context.Context, name, value string) error {
+	if r.steps == nil {
+		r.steps = map[string]string{}
+	}
+	r.steps[name] = value
+	if r.ledger == nil {
+		return nil
+	}
+	if err := r.ledger.SaveStep(context.WithoutCancel(ctx), r.Key(), name, value); err != nil {
+		return fmt.Errorf("checkpoint %s of %s: %w", name, r.Key(), err)
+	}
+	return nil
+}
+
+// Resume ties r's steps to l, starting from rec, r's record as l.Lookup
+// returned it: Step then returns rec.Steps and SaveStep writes to l. The
+// engine does this before delivering; an embedder or a test that calls a
+// sink's Send itself can too. rec.Steps is not changed.
+func (r *Request) Resume(l backend.Ledger, rec backend.DeliveryRecord) {
+	r.ledger = l
+	r.steps = maps.Clone(rec.Steps)
 }
 
 // Key names the request's delivery record: (export id, sink, chunk).
@@ -69,6 +120,12 @@ type DeliveryError struct {
 	Msg string
 	// Answer is the start of the vendor's answer body, for the DLQ entry.
 	Answer string
+	// InProgress says the vendor took the work and is still doing it (an
+	// asynchronous import the attempt ran out of time to follow): the
+	// next attempt follows it. With Retry set, it spends no retry budget
+	// (max_attempts, max_elapsed) and does not count against the breaker,
+	// so the sink must bound how long it reports it.
+	InProgress bool
 }
 
 func (e *DeliveryError) Error() string {
@@ -83,3 +140,7 @@ func (e *DeliveryError) Retryable() bool { return e.Retry }
 
 // RetryAfter is the wait the vendor asked for.
 func (e *DeliveryError) RetryAfter() time.Duration { return e.After }
+
+// Pending reports whether the vendor is still doing the work (see
+// InProgress); only a retryable error can be.
+func (e *DeliveryError) Pending() bool { return e.InProgress && e.Retry }

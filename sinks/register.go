@@ -25,7 +25,9 @@ func Register(r *pipeline.Registry) {
 	r.RegisterSink("label_studio", pipeline.NewSinkType(
 		"import an export's elements as Label Studio tasks, 1,000 per import",
 		LabelStudioDefaults, build(NewLabelStudio)))
-	// cvat: registered here too, by sinks/cvat.go's author.
+	r.RegisterSink("cvat", pipeline.NewSinkType(
+		"create a CVAT task per export, attach its images as remote_files and follow the import (checkpointed steps)",
+		CVATDefaults, build(NewCVAT)))
 }
 
 // build adapts a typed constructor, so that a failed build returns a nil

@@ -18,7 +18,7 @@ func registry() *pipeline.Registry {
 
 func TestRegisterTypes(t *testing.T) {
 	r := registry()
-	if got := strings.Join(r.SinkTypes(), ","); got != "file,graphql,http,label_studio,labelbox,scale" {
+	if got := strings.Join(r.SinkTypes(), ","); got != "cvat,file,graphql,http,label_studio,labelbox,scale" {
 		t.Fatalf("sink types %s", got)
 	}
 }

@@ -64,7 +64,7 @@ func TestCommands(t *testing.T) {
 		{"unknown command", []string{"deploy"}, 2, nil, []string{`unknown command "deploy"`, "for usage"}},
 		{"help", []string{"help"}, 0, []string{"labelpipe run", "labelpipe validate", "labelpipe preview", "labelpipe send"}, nil},
 		{"version", []string{"version"}, 0, []string{"labelpipe dev"}, nil},
-		{"validate the quickstart", []string{"validate", "-c", cfg}, 0, []string{"ok (3 stages, 3 sinks, broker memory)"}, nil},
+		{"validate the quickstart", []string{"validate", "-c", cfg}, 0, []string{"ok (3 stages, 4 sinks, broker memory)"}, nil},
 		{"validate a missing file", []string{"validate", "-c", filepath.Join(t.TempDir(), "nope.yaml")}, 1, nil, []string{"nope.yaml"}},
 		{"validate with a bad flag", []string{"validate", "--nope"}, 2, nil, []string{"unknown flag: --nope"}},
 		{"preview without a payload", []string{"preview", "-c", cfg}, 2, nil, []string{"preview needs a payload file"}},
@@ -170,9 +170,9 @@ func TestPreview(t *testing.T) {
 		wantRequests map[string]int
 	}{
 		{"frames", []string{payloads + "issue-frames.json"}, 0, 202,
-			"secret:skipped schema:passed dedupe:passed", map[string]int{"labelbox": 1, "scale": 3, "label_studio": 1}},
+			"secret:skipped schema:passed dedupe:passed", map[string]int{"labelbox": 1, "scale": 3, "label_studio": 1, "cvat": 1}},
 		{"with the secret", []string{"--secret", "dev-secret", payloads + "issue-10-elements.json"}, 0, 202,
-			"secret:passed schema:passed dedupe:passed", map[string]int{"labelbox": 1, "scale": 10, "label_studio": 1}},
+			"secret:passed schema:passed dedupe:passed", map[string]int{"labelbox": 1, "scale": 10, "label_studio": 1, "cvat": 1}},
 		{"wrong secret", []string{"--secret", "guess", payloads + "issue-frames.json"}, 1, 401,
 			"secret:rejected", map[string]int{}},
 		{"schema violation", []string{payloads + "invalid-missing-issue.json"}, 1, 422,
@@ -245,10 +245,12 @@ func TestPreviewVendorsRedactsKeys(t *testing.T) {
 		"LABELBOX_API_KEY":     "lb-apikey-0002",
 		"SCALE_API_KEY":        "scale-apikey-0003",
 		"LABEL_STUDIO_API_KEY": "ls-apitoken-0004",
+		"CVAT_TOKEN":           "cvat-token-0005",
 	}
 	for k, v := range keys {
 		t.Setenv(k, v)
 	}
+	t.Setenv("CVAT_PROJECT_ID", "3")
 	t.Setenv("REDIS_URL", "redis://127.0.0.1:1/0") // nothing listens there
 	code, stdout, stderr := labelpipe(t, "preview", "-c", "../../configs/vendors.yaml", "--secret", keys["AQ_WEBHOOK_SECRET"],
 		payloads+"issue-crops.json")
@@ -261,9 +263,10 @@ func TestPreviewVendorsRedactsKeys(t *testing.T) {
 		}
 	}
 	// One request to Labelbox, one Scale task per element (2), one Label
-	// Studio import: each with its Authorization redacted.
-	if n := strings.Count(stdout, `"Authorization": "REDACTED"`); n != 4 {
-		t.Errorf("%d redacted Authorization headers, want 4:\n%s", n, stdout)
+	// Studio import, and CVAT's four (lookup, create, attach, status):
+	// each with its Authorization redacted.
+	if n := strings.Count(stdout, `"Authorization": "REDACTED"`); n != 8 {
+		t.Errorf("%d redacted Authorization headers, want 8:\n%s", n, stdout)
 	}
 }
 

@@ -115,10 +115,10 @@ func TestValidateWithoutSecrets(t *testing.T) {
 	names := clearVendorEnv(t)
 	const vendors = "../../configs/vendors.yaml"
 	cliCase{args: []string{"validate", "-c", vendors}, wantCode: 1, emptyStdout: true,
-		wantStderr: []string{"environment variable AQ_WEBHOOK_SECRET is not set", "7 error(s) in the config; to check it without its secrets: labelpipe validate --no-env, or --env-file FILE"}}.check(t)
-	cliCase{args: []string{"validate", "-c", vendors, "--no-env"}, wantStdout: []string{"ok (3 stages, 3 sinks, broker redis)"}}.check(t)
+		wantStderr: []string{"environment variable AQ_WEBHOOK_SECRET is not set", "9 error(s) in the config; to check it without its secrets: labelpipe validate --no-env, or --env-file FILE"}}.check(t)
+	cliCase{args: []string{"validate", "-c", vendors, "--no-env"}, wantStdout: []string{"ok (3 stages, 4 sinks, broker redis)"}}.check(t)
 	cliCase{args: []string{"validate", "-c", vendors, "--env-file", "../../configs/vendors.env.example"},
-		wantStdout: []string{"ok (3 stages, 3 sinks, broker redis)"}}.check(t)
+		wantStdout: []string{"ok (3 stages, 4 sinks, broker redis)"}}.check(t)
 	// The file wins over the environment, and a missing file is an error.
 	cliCase{args: []string{"validate", "-c", vendors, "--env-file", filepath.Join(t.TempDir(), "nope.env")}, wantCode: 1,
 		wantStderr: []string{"--env-file: open"}}.check(t)

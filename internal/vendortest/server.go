@@ -126,6 +126,8 @@ type Server struct {
 	script     []failure
 	down       *failure
 	latency    time.Duration
+	// latencyOn, when set, limits latency to the requests it matches.
+	latencyOn func(method, path string) bool
 	// latencyChanged is closed and replaced by SetLatency, so that held
 	// requests re-check.
 	latencyChanged chan struct{}
@@ -169,7 +171,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.arrived++
 	s.notify()
 	s.mu.Unlock()
-	s.delay(time.Now())
+	s.delay(r, time.Now())
 	s.acting.Lock()
 	rep := s.injected()
 	if rep == nil {
@@ -193,10 +195,13 @@ func (s *Server) settled() func() {
 // delay holds a request that arrived at start for the current latency.
 // Like a real server, it finishes the work even if the client gave up:
 // that is how a timed-out attempt can still have created a task.
-func (s *Server) delay(start time.Time) {
+func (s *Server) delay(r *http.Request, start time.Time) {
 	for {
 		s.mu.Lock()
 		remaining := time.Until(start.Add(s.latency))
+		if s.latencyOn != nil && !s.latencyOn(r.Method, r.URL.Path) {
+			remaining = 0
+		}
 		changed := s.latencyChanged
 		s.mu.Unlock()
 		if remaining <= 0 {
@@ -399,10 +404,16 @@ func (s *Server) SetUp() {
 // SetLatency delays every answer by d after the request arrived (0 for
 // none). It applies to requests already held too: lowering it releases
 // them. A request whose client gives up meanwhile is still carried out.
-func (s *Server) SetLatency(d time.Duration) {
+func (s *Server) SetLatency(d time.Duration) { s.SetLatencyOn(d, nil) }
+
+// SetLatencyOn is SetLatency for the requests match accepts (all when
+// match is nil): a multi-step vendor's one step can hang while the others
+// answer.
+func (s *Server) SetLatencyOn(d time.Duration, match func(method, path string) bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.latency = d
+	s.latencyOn = match
 	close(s.latencyChanged)
 	s.latencyChanged = make(chan struct{})
 }

@@ -445,6 +445,90 @@ func TestCountsPerKey(t *testing.T) {
 	}
 }
 
+// The fake CVAT enforces auth and shapes, answers as CVAT does, and
+// follows an import queued → started → finished (or failed) one status
+// read at a time. Each row runs on the state the rows before it left.
+func TestCVAT(t *testing.T) {
+	c := vendortest.NewCVAT(t, "cv-token", 3)
+	auth := map[string]string{"Authorization": "Bearer cv-token"}
+	rq := "action=create&target=task&target_id=1"
+	files := `{"image_quality":70,"remote_files":["https://img/a.jpg","https://img/b.jpg"]}`
+	tests := []struct {
+		name    string
+		method  string
+		path    string
+		headers map[string]string
+		body    string
+		status  int
+		has     string
+	}{
+		{"no auth", "POST", "/api/tasks", nil, `{"name":"t","project_id":3}`, 401, "not provided"},
+		{"token is not bearer", "POST", "/api/tasks", map[string]string{"Authorization": "Token cv-token"}, `{"name":"t","project_id":3}`, 401, "Invalid token"},
+		{"no name", "POST", "/api/tasks", auth, `{"project_id":3}`, 400, `"name"`},
+		{"unknown project", "POST", "/api/tasks", auth, `{"name":"t","project_id":9}`, 400, "does not exist"},
+		{"unknown field", "POST", "/api/tasks", auth, `{"name":"t","project_id":3,"remote_files":[]}`, 400, "remote_files"},
+		{"create", "POST", "/api/tasks", auth, `{"name":"aquarium k.cvat.0","project_id":3}`, 201, `"id":1`},
+		{"list by substring", "GET", "/api/tasks?name=K.CVAT&project_id=3", auth, "", 200, `"count":1`},
+		{"list other project", "GET", "/api/tasks?name=k.cvat&project_id=4", auth, "", 200, `"count":0`},
+		{"data without slash", "POST", "/api/tasks/1/data", auth, files, 404, "data/"},
+		{"data of no task", "POST", "/api/tasks/7/data/", auth, files, 404, "No Task"},
+		{"no remote files", "POST", "/api/tasks/1/data/", auth, `{"image_quality":70,"remote_files":[]}`, 400, "remote_files"},
+		{"bad quality", "POST", "/api/tasks/1/data/", auth, `{"image_quality":101,"remote_files":["https://img/a.jpg"]}`, 400, "image_quality"},
+		{"not a URL", "POST", "/api/tasks/1/data/", auth, `{"image_quality":70,"remote_files":["/etc/passwd"]}`, 400, "valid URL"},
+		{"attach", "POST", "/api/tasks/1/data/", auth, files, 202, "target_id=1"},
+		{"attach again", "POST", "/api/tasks/1/data/", auth, files, 400, "more data"},
+		{"queued → started", "GET", "/api/requests/" + rq, auth, "", 200, `"status":"started"`},
+		{"started → finished", "GET", "/api/requests/" + rq, auth, "", 200, `"status":"finished"`},
+		{"finished stays", "GET", "/api/requests/" + rq, auth, "", 200, `"status":"finished"`},
+		{"the task's imports", "GET", "/api/requests?task_id=1&action=create", auth, "", 200, "target_id=1"},
+		{"no request", "GET", "/api/requests/nope", auth, "", 404, "Not found"},
+		{"read the task", "GET", "/api/tasks/1", auth, "", 200, `"size":2`},
+		{"delete the task", "DELETE", "/api/tasks/1", auth, "", 204, ""},
+		{"deleted is gone", "GET", "/api/tasks/1", auth, "", 404, "No Task"},
+		{"deleted is not listed", "GET", "/api/tasks?name=k.cvat", auth, "", 200, `"count":0`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, _, ans := call(t, tt.method, c.URL+tt.path, tt.headers, tt.body)
+			raw, _ := json.Marshal(ans)
+			if status != tt.status || !strings.Contains(string(raw), tt.has) {
+				t.Fatalf("answer %d %s, want %d containing %q", status, raw, tt.status, tt.has)
+			}
+		})
+	}
+	if k := c.CountsFor(vendortest.CVATTaskKey("aquarium k.cvat.0")); k.Requests != 1 || k.Accepted != 1 {
+		t.Errorf("creates %+v", k)
+	}
+	if k := c.CountsFor(vendortest.CVATAttachKey("aquarium k.cvat.0")); k.Requests != 6 || k.Accepted != 1 || k.Duplicates != 1 {
+		t.Errorf("attaches %+v, want 6 requests (4 refused), 1 accepted, 1 repeat", k)
+	}
+
+	// A second task of a name is made, as CVAT makes it, and counted as a
+	// repeat; a scripted import failure carries its reason.
+	c.FailImport("Cannot fetch https://img/a.jpg")
+	for range 2 {
+		if status, _, _ := call(t, "POST", c.URL+"/api/tasks", auth, `{"name":"dup","project_id":3}`); status != 201 {
+			t.Fatalf("create: %d", status)
+		}
+	}
+	if k := c.CountsFor(vendortest.CVATTaskKey("dup")); k.Accepted != 1 || k.Duplicates != 1 || len(c.TasksNamed("dup")) != 2 {
+		t.Fatalf("dup: %+v, %d tasks", k, len(c.TasksNamed("dup")))
+	}
+	_, _, ans := call(t, "POST", c.URL+"/api/tasks/2/data/", auth, files)
+	id, _ := ans["rq_id"].(string)
+	var last map[string]any
+	for range 3 {
+		_, _, last = call(t, "GET", c.URL+"/api/requests/"+id, auth, "")
+	}
+	if last["status"] != "failed" || last["message"] != "Cannot fetch https://img/a.jpg" {
+		t.Fatalf("failed import: %v", last)
+	}
+	c.RequireOrg("acme")
+	if status, _, _ := call(t, "GET", c.URL+"/api/tasks", auth, ""); status != 403 {
+		t.Fatalf("without X-Organization: %d, want 403", status)
+	}
+}
+
 // FailGlobalKeys: the batch is created without the failed keys, which
 // the answer lists in failedDataRowIds, for as many batches as asked.
 func TestLabelboxFailedDataRowIDs(t *testing.T) {

@@ -32,11 +32,13 @@
 //     dedupe key rather than the arrival id, so that an export accepted
 //     again after such a crash maps to the same vendor task.
 //   - One delivery record per (export, sink, chunk), named by DeliveryKey
-//     and owned by the backend's Ledger. Today a record only says
-//     "delivered". The attempt count that must survive restarts, the step
-//     checkpoints of multi-step vendors (create a task, then attach
-//     files) and the state an export history shows are to be fields of the
-//     same record, not stores of their own.
+//     and owned by the backend's Ledger. It says whether the request was
+//     delivered, how far its retries got (so that the retry budget holds
+//     across restarts) and the steps a multi-step sink checkpointed
+//     (create a task, then attach files: DeliveryRecord.Steps), so that a
+//     retry or a restart resumes after the last finished step. The state
+//     an export history shows is to be a field of the same record, not a
+//     store of its own.
 //   - Admission and queue statistics belong to the broker. A broker that
 //     buffers in process bounds the exports waiting for the fan-out and
 //     makes the webhook wait (Admit); one that keeps its queue elsewhere
@@ -232,17 +234,26 @@ func (k DeliveryKey) String() string {
 }
 
 // Ledger keeps one delivery record per (export, sink, chunk): whether the
-// request succeeded, so that a redelivery after a crash skips it, and how
-// far its retries got, so that retry.max_attempts and retry.max_elapsed
-// mean what they say across restarts. Records expire after LedgerTTL.
+// request succeeded, so that a redelivery after a crash skips it; how far
+// its retries got, so that retry.max_attempts and retry.max_elapsed mean
+// what they say across restarts; and the steps a multi-step sink finished,
+// so that a retry or a restart does not repeat them. Records expire after
+// LedgerTTL.
 type Ledger interface {
-	// Lookup returns key's record; the zero record when there is none.
+	// Lookup returns key's record, its steps included, in one read; the
+	// zero record when there is none.
 	Lookup(ctx context.Context, key DeliveryKey) (DeliveryRecord, error)
 	// Record marks key's request as delivered, and ends a lease on it.
 	Record(ctx context.Context, key DeliveryKey) error
 	// SaveAttempts records how far key's retries got (its Attempts,
-	// Spent and Elapsed; Delivered is ignored).
+	// Spent and Elapsed; Delivered and Steps are ignored).
 	SaveAttempts(ctx context.Context, key DeliveryKey, r DeliveryRecord) error
+	// SaveStep sets step name of key's record to value, keeping its other
+	// steps, and renews the steps' expiry to LedgerTTL (the ledger's ttl)
+	// from now. Steps outlive Record until that expiry, so that a delivered
+	// record still tells what its steps made (a vendor's task id), and
+	// they never reset the attempts.
+	SaveStep(ctx context.Context, key DeliveryKey, name, value string) error
 	// Lease makes the caller the only one, across every process sharing
 	// the ledger, sending key's request: two copies of one request on the
 	// broker (a redelivery next to its original after a restart) must not
@@ -265,6 +276,10 @@ type DeliveryRecord struct {
 	// spent trying, not time no process was trying (a restart, an outage
 	// of the daemon) nor time behind an open breaker.
 	Elapsed time.Duration
+	// Steps are the checkpoints a multi-step sink saved (SaveStep), by
+	// step name; nil when none was saved. Lookup returns a map of the
+	// caller's own: changing it changes nothing in the ledger.
+	Steps map[string]string
 }
 
 // LedgerTTL is how long a delivery record is kept: longer than any message

@@ -278,7 +278,7 @@ func (p *Policy) Resume(ctx context.Context, prior Progress, save func(Progress)
 		began := time.Now()
 		err = attempt(ctx, Attempt{N: n, BreakerState: adm.state, Backoff: backoff, RetryAfter: honoured, BreakerWait: breakerWait})
 		outcome := err
-		if err != nil && ctx.Err() != nil {
+		if err != nil && (ctx.Err() != nil || pending(err)) {
 			outcome = fmt.Errorf("%w: %w", errExcluded, err)
 		}
 		adm.done(outcome)
@@ -292,7 +292,16 @@ func (p *Policy) Resume(ctx context.Context, prior Progress, save func(Progress)
 		if !retryable(err) {
 			return n, &Error{Kind: ErrPermanent, Attempts: n, Elapsed: time.Since(start), Last: err}
 		}
-		if adm.state == gobreaker.StateHalfOpen {
+		if pending(err) {
+			// The vendor took the work and is still doing it (an
+			// asynchronous import): not a failure. The next attempt
+			// follows it after the first interval (or the vendor's
+			// Retry-After); it spends neither an attempt of
+			// max_attempts nor time of max_elapsed, and the breaker did
+			// not count it. The sink bounds how long it follows.
+			backoff, honoured = p.backoff(1, err)
+			free += time.Since(began) + backoff
+		} else if adm.state == gobreaker.StateHalfOpen {
 			// The failed probe re-opened the breaker: like the open
 			// period, it spends nothing. The backoff (not grown by it)
 			// still applies, so that a probe whose outcome the store
@@ -497,6 +506,14 @@ func retryable(err error) bool {
 		return r.Retryable()
 	}
 	return true
+}
+
+// pending reports whether err says the vendor is still doing the work
+// (Pending() true, as pipeline.DeliveryError says for an import that is
+// still running), which is neither a failure nor a success.
+func pending(err error) bool {
+	var p interface{ Pending() bool }
+	return errors.As(err, &p) && p.Pending()
 }
 
 func retryAfter(err error) time.Duration {

@@ -625,3 +625,58 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// pendingErr is an attempt error that says the vendor is still at work,
+// as a pipeline.DeliveryError with InProgress does.
+type pendingErr struct{ vendorErr }
+
+func (e *pendingErr) Pending() bool { return true }
+
+// An attempt whose vendor is still doing the work (an asynchronous import
+// being followed) spends no retry budget and does not count against the
+// breaker: far more of them than max_attempts and consecutive_failures
+// allow still end in success, the breaker never leaves closed, and a real
+// failure afterwards still has the whole budget.
+func TestPendingSpendsNoBudget(t *testing.T) {
+	for _, st := range []struct {
+		name  string
+		store func() gobreaker.SharedDataStore
+	}{
+		{"local", func() gobreaker.SharedDataStore { return nil }},
+		{"shared", func() gobreaker.SharedDataStore { return newMemStore() }},
+	} {
+		t.Run(st.name, func(t *testing.T) {
+			c := fastConfig()
+			c.Retry = resilience.Retry{MaxAttempts: 3, InitialInterval: time.Millisecond, MaxInterval: 2 * time.Millisecond,
+				MaxElapsed: 10 * time.Second}
+			c.Breaker.ConsecutiveFailures = 3
+			ch, onChange := transitions()
+			p := newPolicy(t, c, resilience.Options{Name: "cvat", Store: st.store(), OnStateChange: onChange})
+			pend := &pendingErr{vendorErr{retry: true}}
+			// 10 pending attempts, then 2 failures: the third attempt of
+			// max_attempts 3 succeeds, and the breaker (3 in a row) stays
+			// closed.
+			s := &script{errs: append(repeat(pend, 10), errRetry, errRetry)}
+			var saved []resilience.Progress
+			n, err := p.Resume(t.Context(), resilience.Progress{}, func(pr resilience.Progress) { saved = append(saved, pr) }, s.attempt)
+			if err != nil || n != 13 {
+				t.Fatalf("Resume = %d, %v; want success on attempt 13", n, err)
+			}
+			if last := saved[len(saved)-1]; last.Spent != 2 || last.Attempts != 12 {
+				t.Errorf("progress %+v, want 12 attempts of which 2 spent", last)
+			}
+			select {
+			case tr := <-ch:
+				t.Errorf("breaker moved %v: pending attempts are not failures", tr)
+			default:
+			}
+
+			// The same with 3 real failures is exhausted: pending is what
+			// made the difference.
+			s = &script{errs: repeat(errRetry, 3)}
+			if _, err := p.Resume(t.Context(), resilience.Progress{}, nil, s.attempt); !errors.Is(err, resilience.ErrExhausted) {
+				t.Errorf("3 failures with max_attempts 3: %v, want exhausted", err)
+			}
+		})
+	}
+}

@@ -2,6 +2,8 @@ package backendtest
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +22,11 @@ import (
 //     ctx ended without a release (a holder that died); with
 //     SharedAcrossInstances a lease taken through one instance holds
 //     against another.
+//   - Steps: a step saved with SaveStep is in the next Lookup, with every
+//     other step of the request and its attempts; steps saved at once all
+//     stay; they are per request, survive a SaveAttempts and a Record, and
+//     (SharedAcrossInstances) are seen by another instance, as by a
+//     process started after a crash between two steps.
 //   - SharedAcrossInstances: a record made through one backend is seen
 //     through another on the same storage, both ways.
 func TestLedger(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
@@ -27,6 +34,7 @@ func TestLedger(t *testing.T, f Features, newBackend Constructor, reopen Reopene
 	t.Run("Record", func(t *testing.T) { testLedgerRecord(t, newBackend) })
 	t.Run("Attempts", func(t *testing.T) { testLedgerAttempts(t, f, newBackend, reopen) })
 	t.Run("Lease", func(t *testing.T) { testLedgerLease(t, f, newBackend, reopen) })
+	t.Run("Steps", func(t *testing.T) { testLedgerSteps(t, f, newBackend, reopen) })
 	if f.SharedAcrossInstances {
 		t.Run("SharedAcrossInstances", func(t *testing.T) { testLedgerShared(t, f, newBackend, reopen) })
 	}
@@ -110,7 +118,7 @@ func testLedgerAttempts(t *testing.T, f Features, newBackend Constructor, reopen
 	lookup := func(l backend.Ledger, k backend.DeliveryKey, want backend.DeliveryRecord) {
 		t.Helper()
 		got, err := l.Lookup(ctx, k)
-		if err != nil || got != want {
+		if err != nil || !sameRecord(got, want) {
 			t.Fatalf("Lookup(%s) = %+v, %v; want %+v", k, got, err, want)
 		}
 	}
@@ -213,4 +221,90 @@ func testLedgerLease(t *testing.T, f Features, newBackend Constructor, reopen Re
 			t.Fatalf("lease of a holder that is gone still held after %v (ttl %v)", 10*ttl, ttl)
 		}
 	}
+}
+
+// sameRecord compares two records, steps included (a nil and an empty
+// Steps are the same).
+func sameRecord(a, b backend.DeliveryRecord) bool {
+	return a.Delivered == b.Delivered && a.Attempts == b.Attempts && a.Spent == b.Spent &&
+		a.Elapsed == b.Elapsed && maps.Equal(a.Steps, b.Steps)
+}
+
+func testLedgerSteps(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
+	ctx := t.Context()
+	b := newBackend(t)
+	l := openLedger(t, b)
+	key := backend.DeliveryKey{ExportID: "export-s", Sink: "cvat", Chunk: 0}
+	other := backend.DeliveryKey{ExportID: "export-s", Sink: "cvat", Chunk: 1}
+	lookup := func(l backend.Ledger, k backend.DeliveryKey, want backend.DeliveryRecord) {
+		t.Helper()
+		got, err := l.Lookup(ctx, k)
+		if err != nil || !sameRecord(got, want) {
+			t.Fatalf("Lookup(%s) = %+v, %v; want %+v", k, got, err, want)
+		}
+	}
+	save := func(l backend.Ledger, k backend.DeliveryKey, name, value string) {
+		t.Helper()
+		if err := l.SaveStep(ctx, k, name, value); err != nil {
+			t.Fatalf("SaveStep(%s, %q, %q): %v", k, name, value, err)
+		}
+	}
+	lookup(l, key, backend.DeliveryRecord{})
+	if r, _ := l.Lookup(ctx, key); r.Steps != nil {
+		t.Fatalf("a record without steps has Steps %#v, want nil", r.Steps)
+	}
+
+	// A step, then another: both kept; saving one again replaces it. Values
+	// are kept byte for byte, JSON-looking, quoted or empty ones included.
+	save(l, key, "task_id", "41")
+	lookup(l, key, backend.DeliveryRecord{Steps: map[string]string{"task_id": "41"}})
+	if r, _ := l.Lookup(ctx, key); r.Steps != nil {
+		r.Steps["task_id"] = "changed by the caller" // the caller's own map
+	}
+	lookup(l, key, backend.DeliveryRecord{Steps: map[string]string{"task_id": "41"}})
+	save(l, key, "request_id", `{"rq":"a/b\"c"} ü`)
+	save(l, key, "task_id", "42")
+	save(l, key, "empty", "")
+	steps := map[string]string{"task_id": "42", "request_id": `{"rq":"a/b\"c"} ü`, "empty": ""}
+	lookup(l, key, backend.DeliveryRecord{Steps: steps})
+	lookup(l, other, backend.DeliveryRecord{})
+
+	// Steps and attempts are one record: neither erases the other.
+	tries := backend.DeliveryRecord{Attempts: 3, Spent: 2, Elapsed: 700 * time.Millisecond}
+	if err := l.SaveAttempts(ctx, key, tries); err != nil {
+		t.Fatal(err)
+	}
+	both := tries
+	both.Steps = steps
+	lookup(l, key, both)
+	save(l, key, "attached", "yes")
+	steps = maps.Clone(steps)
+	steps["attached"] = "yes"
+	both.Steps = steps
+	lookup(l, key, both)
+
+	// Steps saved at once, by two copies or two goroutines, all stay.
+	const n = 16
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if err := l.SaveStep(ctx, other, fmt.Sprintf("s%d", i), fmt.Sprint(i)); err != nil {
+				t.Errorf("SaveStep: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	r, err := l.Lookup(ctx, other)
+	if err != nil || len(r.Steps) != n {
+		t.Fatalf("after %d concurrent SaveSteps Lookup has %d steps (%v): %v", n, len(r.Steps), err, r.Steps)
+	}
+
+	// A process started after a crash between two steps sees them.
+	if f.SharedAcrossInstances {
+		lookup(reopen(t, b).Ledger(), key, both)
+	}
+
+	// Delivered: the steps stay (what the vendor made), attempts go.
+	record(t, l, key)
+	lookup(l, key, backend.DeliveryRecord{Delivered: true, Steps: steps})
 }

@@ -2,6 +2,7 @@ package memory
 
 import (
 	"context"
+	"maps"
 	"sync"
 	"time"
 
@@ -16,6 +17,9 @@ type Ledger struct {
 	// tries holds the retry progress of requests not yet delivered; it is
 	// dropped when they are, and expires with the same ttl.
 	tries map[backend.DeliveryKey]progress
+	// steps holds the checkpointed steps of requests, delivered or not,
+	// until ttl after the last one was saved.
+	steps map[backend.DeliveryKey]stepSet
 	// earliest is no later than the first expiry in seen: before it a
 	// sweep would delete nothing, so none is made.
 	earliest time.Time
@@ -32,7 +36,12 @@ type lease struct {
 // NewLedger returns an empty ledger keeping records for ttl.
 func NewLedger(ttl time.Duration) *Ledger {
 	return &Ledger{ttl: ttl, seen: map[backend.DeliveryKey]time.Time{}, tries: map[backend.DeliveryKey]progress{},
-		leases: map[backend.DeliveryKey]*lease{}}
+		leases: map[backend.DeliveryKey]*lease{}, steps: map[backend.DeliveryKey]stepSet{}}
+}
+
+type stepSet struct {
+	values  map[string]string
+	expires time.Time
 }
 
 type progress struct {
@@ -45,28 +54,61 @@ func (l *Ledger) Lookup(_ context.Context, key backend.DeliveryKey) (backend.Del
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
+	var r backend.DeliveryRecord
+	if st, ok := l.steps[key]; ok {
+		if now.After(st.expires) {
+			delete(l.steps, key)
+		} else {
+			r.Steps = maps.Clone(st.values) // SaveStep changes the ledger's own
+		}
+	}
 	if exp, ok := l.seen[key]; ok {
 		if now.After(exp) {
 			delete(l.seen, key)
 		} else {
-			return backend.DeliveryRecord{Delivered: true}, nil
+			r.Delivered = true
+			return r, nil
 		}
 	}
 	if p, ok := l.tries[key]; ok {
 		if now.After(p.expires) {
 			delete(l.tries, key)
 		} else {
-			return p.DeliveryRecord, nil
+			r.Attempts, r.Spent, r.Elapsed = p.Attempts, p.Spent, p.Elapsed
 		}
 	}
-	return backend.DeliveryRecord{}, nil
+	return r, nil
+}
+
+// SaveStep sets one step of key's record and renews its steps' expiry.
+// Now and then it sweeps the steps past their ttl, so that the map does
+// not grow without bound.
+func (l *Ledger) SaveStep(_ context.Context, key backend.DeliveryKey, name, value string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if n := len(l.steps); n > 0 && n%4096 == 0 {
+		for k, st := range l.steps {
+			if now.After(st.expires) {
+				delete(l.steps, k)
+			}
+		}
+	}
+	st, ok := l.steps[key]
+	if !ok || now.After(st.expires) {
+		st.values = map[string]string{}
+	}
+	st.values[name] = value
+	st.expires = now.Add(l.ttl)
+	l.steps[key] = st
+	return nil
 }
 
 // SaveAttempts records key's retry progress.
 func (l *Ledger) SaveAttempts(_ context.Context, key backend.DeliveryKey, r backend.DeliveryRecord) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	r.Delivered = false
+	r.Delivered, r.Steps = false, nil
 	l.tries[key] = progress{DeliveryRecord: r, expires: time.Now().Add(l.ttl)}
 	return nil
 }

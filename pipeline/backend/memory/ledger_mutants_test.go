@@ -37,3 +37,30 @@ func TestLedgerSweepsExpiredRecordsAt4096(t *testing.T) {
 		t.Errorf("%d records after the sweep at 4096, want 1 (the expired ones gone)", after)
 	}
 }
+
+// Steps expire ttl after they were saved: Lookup then has none, and a step
+// saved afterwards starts a fresh set rather than reviving the old ones.
+func TestLedgerStepsExpire(t *testing.T) {
+	l := NewLedger(time.Nanosecond)
+	key := backend.DeliveryKey{ExportID: "e", Sink: "cvat"}
+	if err := l.SaveStep(t.Context(), key, "task_id", "1"); err != nil {
+		t.Fatal(err)
+	}
+	last := time.Now().Add(time.Nanosecond)
+	for !time.Now().After(last) { // spin on the clock, no sleep
+	}
+	if r, _ := l.Lookup(t.Context(), key); r.Steps != nil {
+		t.Fatalf("expired steps still looked up: %v", r.Steps)
+	}
+	l.mu.Lock() // expired, yet not swept by a Lookup
+	l.steps[key] = stepSet{values: map[string]string{"task_id": "1"}, expires: time.Now().Add(-time.Second)}
+	l.mu.Unlock()
+	if err := l.SaveStep(t.Context(), key, "attached", "yes"); err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if got := l.steps[key].values; len(got) != 1 || got["attached"] != "yes" {
+		t.Fatalf("steps %v, want only the one saved after the others expired", got)
+	}
+}

@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -15,13 +16,16 @@ import (
 
 // Ledger keeps, per request (backend.DeliveryKey) and shared by all
 // replicas, <prefix>attempts:<key> while it is being retried and
-// <prefix>delivered:<key> once it succeeded, both expiring after ttl, and
+// <prefix>delivered:<key> once it succeeded, both expiring after ttl;
+// <prefix>steps:<key>, a JSON object of the steps a multi-step sink
+// checkpointed, expiring ttl after the last step was saved; and
 // <prefix>lease:<key> while one copy of the request is being sent (the
 // holder's random token, PX the lease's ttl).
 type Ledger struct {
 	client goredis.UniversalClient
 	prefix string // of the delivered keys
 	tries  string // of the attempts keys
+	steps  string // of the steps keys
 	leases string // of the lease keys
 	ttl    time.Duration
 	held   sync.Map // lease key -> *heldLease, the leases this process holds
@@ -29,7 +33,8 @@ type Ledger struct {
 
 // NewLedger remembers deliveries for ttl; ttl ≤ 0 keeps them forever.
 func NewLedger(client goredis.UniversalClient, prefix string, ttl time.Duration) *Ledger {
-	return &Ledger{client: client, prefix: prefix + "delivered:", tries: prefix + "attempts:", leases: prefix + "lease:", ttl: max(ttl, 0)}
+	return &Ledger{client: client, prefix: prefix + "delivered:", tries: prefix + "attempts:", steps: prefix + "steps:",
+		leases: prefix + "lease:", ttl: max(ttl, 0)}
 }
 
 // renewLease and releaseLease touch a lease only while the token is still
@@ -104,14 +109,23 @@ func (h *heldLease) end() bool {
 	return true
 }
 
-// Lookup reads the delivered key and the attempts key in one round trip.
+// Lookup reads the delivered, attempts and steps keys in one round trip.
+// A sink that saves no step costs one more key in that MGET, nothing else.
 func (l *Ledger) Lookup(ctx context.Context, key backend.DeliveryKey) (backend.DeliveryRecord, error) {
 	k := key.String()
-	vs, err := l.client.MGet(ctx, l.prefix+k, l.tries+k).Result()
+	vs, err := l.client.MGet(ctx, l.prefix+k, l.tries+k, l.steps+k).Result()
 	if err != nil {
 		return backend.DeliveryRecord{}, fmt.Errorf("ledger: %w", err)
 	}
 	var r backend.DeliveryRecord
+	if s, ok := vs[2].(string); ok {
+		if err := json.Unmarshal([]byte(s), &r.Steps); err != nil {
+			return backend.DeliveryRecord{}, fmt.Errorf("ledger: steps of %s: %w", k, err)
+		}
+		if len(r.Steps) == 0 {
+			r.Steps = nil // cjson writes an empty object as {}; never saved empty, but be exact
+		}
+	}
 	if vs[0] != nil {
 		r.Delivered = true
 		return r, nil
@@ -136,8 +150,31 @@ func (l *Ledger) SaveAttempts(ctx context.Context, key backend.DeliveryKey, r ba
 	return nil
 }
 
+// saveStep merges one step into the steps key's JSON object and sets its
+// expiry, atomically, so that two steps saved at once both stay.
+var saveStep = goredis.NewScript(`
+local cur = redis.call("GET", KEYS[1])
+local steps = {}
+if cur then steps = cjson.decode(cur) end
+steps[ARGV[1]] = ARGV[2]
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  return redis.call("SET", KEYS[1], cjson.encode(steps), "PX", ttl)
+end
+return redis.call("SET", KEYS[1], cjson.encode(steps))`)
+
+// SaveStep sets one step under <prefix>steps:<key> in one round trip;
+// only a sink that checkpoints pays it.
+func (l *Ledger) SaveStep(ctx context.Context, key backend.DeliveryKey, name, value string) error {
+	if err := saveStep.Run(ctx, l.client, []string{l.steps + key.String()}, name, value, l.ttl.Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("ledger: save step %s: %w", name, err)
+	}
+	return nil
+}
+
 // Record sets the delivered key and drops the attempts and lease keys, in
 // one round trip. A copy that then takes the lease sees the delivered key.
+// The steps key stays until its own expiry.
 func (l *Ledger) Record(ctx context.Context, key backend.DeliveryKey) error {
 	k := key.String()
 	if h, ok := l.held.LoadAndDelete(l.leases + k); ok {

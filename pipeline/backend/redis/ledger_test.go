@@ -79,3 +79,92 @@ func TestRedisLedgerErrorsWhenRedisIsDown(t *testing.T) {
 		t.Fatal("Record without redis gave no error")
 	}
 }
+
+// A request's steps expire ttl after the last one was saved, delivered or
+// not; with ttl 0 they are kept.
+func TestRedisLedgerStepsExpire(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	for _, tc := range []struct {
+		name string
+		ttl  time.Duration
+	}{
+		{"expire after ttl", 300 * time.Millisecond},
+		{"zero ttl keeps", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			prefix := testPrefix + "steps " + tc.name + ":"
+			l := redisb.NewLedger(rdb, prefix, tc.ttl)
+			key := backend.DeliveryKey{ExportID: "exp-1", Sink: "cvat", Chunk: 0}
+			if err := l.SaveStep(ctx, key, "task_id", "7"); err != nil {
+				t.Fatal(err)
+			}
+			if err := l.Record(ctx, key); err != nil {
+				t.Fatal(err)
+			}
+			if r, err := l.Lookup(ctx, key); err != nil || !r.Delivered || r.Steps["task_id"] != "7" {
+				t.Fatalf("after SaveStep and Record: %+v, %v", r, err)
+			}
+			pttl := rdb.PTTL(ctx, prefix+"steps:exp-1.cvat.0").Val()
+			if tc.ttl == 0 {
+				if pttl != -1 {
+					t.Fatalf("pttl %s, want none", pttl)
+				}
+				return
+			}
+			if pttl <= 0 || pttl > tc.ttl {
+				t.Fatalf("pttl %s, want in (0, %s]", pttl, tc.ttl)
+			}
+			deadline := time.After(5 * time.Second)
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				r, err := l.Lookup(ctx, key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.Steps == nil {
+					return
+				}
+				select {
+				case <-deadline:
+					t.Fatal("steps did not expire")
+				case <-tick.C:
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkLedgerLookup prices the read every delivery makes: for a sink
+// that saves no step it is the same single MGET as before steps existed
+// (one more key in it); with steps, the JSON object is decoded too. Run:
+//
+//	go test -run '^$' -bench LedgerLookup -benchmem ./pipeline/backend/redis/
+func BenchmarkLedgerLookup(b *testing.B) {
+	srv := redistest.Start(b)
+	l := redisb.NewLedger(srv.Client(b), testPrefix+"bench:", time.Hour)
+	ctx := b.Context()
+	plain := backend.DeliveryKey{ExportID: "exp-1", Sink: "scale", Chunk: 0}
+	stepped := backend.DeliveryKey{ExportID: "exp-1", Sink: "cvat", Chunk: 0}
+	for _, s := range [][2]string{{"cvat.task_id", "4711"}, {"cvat.rq_id", "action=create&target=task&target_id=4711"}} {
+		if err := l.SaveStep(ctx, stepped, s[0], s[1]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, bc := range []struct {
+		name  string
+		key   backend.DeliveryKey
+		steps int
+	}{{"steps=0", plain, 0}, {"steps=2", stepped, 2}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				r, err := l.Lookup(ctx, bc.key)
+				if err != nil || len(r.Steps) != bc.steps {
+					b.Fatalf("Lookup: %+v, %v", r, err)
+				}
+			}
+		})
+	}
+}
