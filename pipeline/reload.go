@@ -124,15 +124,7 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 	start := time.Now()
 	var res ReloadResult
 	fail := func(err error) (ReloadResult, error) {
-		var ce ConfigErrors
-		if errors.As(err, &ce) {
-			for _, e := range ce {
-				p.log.Error("config reload: invalid config", "err", e.Error())
-			}
-		} else {
-			p.log.Error("config reload: invalid config", "err", err)
-		}
-		p.log.Error("config reload refused; the running config stays", "file", next.file, "errors", max(len(ce), 1))
+		p.refuse(next.file, err)
 		return res, err
 	}
 	if err := Check(next, Options{Registry: p.opts.Registry}); err != nil {
@@ -267,6 +259,31 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 	}
 	p.log.Info("config reloaded", "stages_swapped", res.Stages, "stages", names, "sinks_changed", res.Changed, "took", res.Took.String())
 	return res, nil
+}
+
+// ReloadFile loads path (with opts, as LoadConfig takes them) and reloads
+// it: see ReloadConfig. A file that does not load is refused the same way.
+func (p *Pipeline) ReloadFile(path string, opts ...LoadOption) (ReloadResult, error) {
+	opts = append([]LoadOption{ResolveWith(p.opts.Registry)}, opts...)
+	next, err := LoadConfig(path, opts...)
+	if err != nil {
+		p.refuse(path, err)
+		return ReloadResult{}, err
+	}
+	return p.ReloadConfig(next)
+}
+
+// refuse logs every error of a refused config.
+func (p *Pipeline) refuse(file string, err error) {
+	var ce ConfigErrors
+	if errors.As(err, &ce) {
+		for _, e := range ce {
+			p.log.Error("config reload: invalid config", "err", e.Error())
+		}
+	} else {
+		p.log.Error("config reload: invalid config", "err", err)
+	}
+	p.log.Error("config reload refused; the running config stays", "file", file, "errors", max(len(ce), 1))
 }
 
 func (p *Pipeline) logRestart(keys []string) {

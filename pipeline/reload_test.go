@@ -1,0 +1,296 @@
+package pipeline_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/labelpipe/labelpipe/internal/vendortest"
+	"github.com/labelpipe/labelpipe/pipeline"
+)
+
+// reloadTo parses cfgText as the harness's config file and reloads it.
+func (h *harness) reloadTo(cfgText string) (pipeline.ReloadResult, error) {
+	h.t.Helper()
+	cfg, err := pipeline.ParseConfig(filepath.Join(h.dir, "labelpipe.yaml"), []byte(cfgText))
+	if err != nil {
+		return pipeline.ReloadResult{}, err
+	}
+	return h.p.ReloadConfig(cfg)
+}
+
+// mustReload reloads cfgText and requires it to be taken.
+func (h *harness) mustReload(cfgText string) pipeline.ReloadResult {
+	h.t.Helper()
+	res, err := h.reloadTo(cfgText)
+	if err != nil {
+		h.t.Fatalf("reload: %v", err)
+	}
+	return res
+}
+
+// reloadScale is a pipeline with one Scale sink at url; extra goes into
+// the sink.
+func reloadScale(stages, url, extra string) string {
+	return head(stages) + scaleSink(url, "\n    max_in_flight: 8"+extra)
+}
+
+func TestReloadInvalidConfigKeepsTheOldOne(t *testing.T) {
+	sc := vendortest.NewScale(t, scaleKey)
+	good := reloadScale("", sc.TaskURL(), "")
+	h := startHarness(t, good)
+	file := filepath.Join(h.dir, "labelpipe.yaml")
+
+	for _, tc := range []struct{ name, text string }{
+		// Errors the loader finds: a jq program that does not compile and
+		// a negative timeout.
+		{"load", strings.Replace(reloadScale("", sc.TaskURL(), "\n    filter: '.issue | | .x'\n    timeout: -1s"),
+			"max_body_bytes: 65536", "max_body_bytes: 65536, read_timeout: -5s", 1)},
+		// An error only building finds (validate's offline check).
+		{"build", strings.Replace(good, "schema: issue-exported", "schema: no-such-schema", 1)},
+	} {
+		mark := len(h.logs.String())
+		if err := os.WriteFile(file, []byte(tc.text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := h.p.ReloadFile(file)
+		if err == nil {
+			t.Fatalf("%s: reload of an invalid config succeeded", tc.name)
+		}
+		var ce pipeline.ConfigErrors
+		if !errors.As(err, &ce) {
+			ce = pipeline.ConfigErrors{{Msg: err.Error()}}
+		}
+		if tc.name == "load" && len(ce) < 2 {
+			t.Errorf("load: %d errors, want every one (at least 2): %v", len(ce), err)
+		}
+		logs := h.logs.String()[mark:]
+		if n := strings.Count(logs, "config reload: invalid config"); n != len(ce) {
+			t.Errorf("%s: %d invalid-config lines logged, want one per error (%d):\n%s", tc.name, n, len(ce), logs)
+		}
+		for _, e := range ce {
+			if !strings.Contains(logs, strings.ReplaceAll(e.Msg, `"`, `\"`)) {
+				t.Errorf("%s: error %q not logged:\n%s", tc.name, e.Msg, logs)
+			}
+		}
+		if !strings.Contains(logs, "config reload refused; the running config stays") {
+			t.Errorf("%s: no refusal logged:\n%s", tc.name, logs)
+		}
+	}
+
+	// The old config still serves: schema issue-exported, the Scale sink.
+	body, issue := samplePayload(t, "issue-frames.json")
+	h.accept(body)
+	h.eventually(10*time.Second, "Scale's tasks", func() bool { return len(scaleTasksOf(sc, issue)) == 3 })
+}
+
+func TestReloadStagesTakeEffectOnTheNextWebhook(t *testing.T) {
+	sc := vendortest.NewScale(t, scaleKey)
+	h := startHarness(t, reloadScale("", sc.TaskURL(), ""))
+	body, _ := samplePayload(t, "issue-frames.json")
+	h.accept(body)
+
+	next := strings.Replace(reloadScale(`  - {type: filter, expr: '.project != "skip_me"'}`, sc.TaskURL(), ""),
+		`secrets: ["`+hookOldSecret+`", "`+hookSecret+`"]`, `secrets: ["rotated-secret"]`, 1)
+	res := h.mustReload(next)
+	if !res.Stages || len(res.Changed) != 0 || len(res.NeedsRestart) != 0 {
+		t.Fatalf("reload result %+v, want stages swapped and nothing else", res)
+	}
+	if a := h.send(hookReq{secret: hookSecret, body: body}); a.Code != http.StatusUnauthorized {
+		t.Errorf("old secret after the reload: %d %s, want 401", a.Code, a.Raw)
+	}
+	body, issue := samplePayload(t, "issue-frames.json")
+	if a := h.send(hookReq{secret: "rotated-secret", body: body}); a.Code != http.StatusAccepted {
+		t.Fatalf("new secret after the reload: %d %s, want 202", a.Code, a.Raw)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["project"] = "skip_me"
+	skip, _ := json.Marshal(doc)
+	if a := h.send(hookReq{secret: "rotated-secret", body: skip}); a.Status != "filtered" {
+		t.Errorf("export the new filter stage drops: %d %s, want filtered", a.Code, a.Raw)
+	}
+	h.eventually(10*time.Second, "Scale's tasks", func() bool { return len(scaleTasksOf(sc, issue)) == 3 })
+}
+
+// A changed sink finishes its requests under way with the old config and
+// sends the next ones with the new, on the same queue; an unchanged sink
+// is left alone.
+func TestReloadChangedSinkOnEveryBroker(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			oldSc, newSc := vendortest.NewScale(t, scaleKey), vendortest.NewScale(t, scaleKey)
+			ls := vendortest.NewLabelStudio(t, lsToken)
+			cfg := func(url string) string {
+				return onBroker(t, broker, reloadScale("", url, "")+labelStudioSink(ls, ""))
+			}
+			first := cfg(oldSc.TaskURL())
+			h := startHarness(t, first)
+
+			oldSc.SetLatency(time.Hour) // held until released below
+			body, held := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			// On Redis a consumer may hold the other chunks behind the
+			// one in flight: they are queued, not in flight, and go with
+			// the new config.
+			waitFake(t, "the first export's requests at the old Scale", func(ctx context.Context) error { return oldSc.WaitArrived(ctx, 1) })
+
+			// The same config but the Scale sink's url, on the same broker.
+			next := strings.Replace(first, oldSc.TaskURL(), newSc.TaskURL(), 1)
+			res := h.mustReload(next)
+			if !slices.Equal(res.Changed, []string{"scale"}) || res.Stages || len(res.NeedsRestart) != 0 {
+				t.Fatalf("reload result %+v, want only sink scale changed", res)
+			}
+
+			body, after := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the next export at the new Scale", func() bool { return len(scaleTasksOf(newSc, after)) == 3 })
+			h.eventually(10*time.Second, "both exports at Label Studio", func() bool {
+				return len(lsTasksOf(ls, held)) == 3 && len(lsTasksOf(ls, after)) == 3
+			})
+			if n := len(scaleTasksOf(oldSc, after)); n != 0 {
+				t.Errorf("%d of the next export's tasks went to the old Scale", n)
+			}
+
+			oldSc.SetLatency(0) // the requests under way finish with the old config
+			h.eventually(10*time.Second, "the held export's tasks", func() bool {
+				return len(scaleTasksOf(oldSc, held))+len(scaleTasksOf(newSc, held)) == 3
+			})
+			if n := len(scaleTasksOf(oldSc, held)); n == 0 {
+				t.Errorf("the requests in flight at the reload did not finish at the old Scale")
+			}
+			if broker == "memory" && len(scaleTasksOf(oldSc, held)) != 3 {
+				t.Errorf("memory: %d of the held export's 3 requests at the old Scale, want all (all were in flight)", len(scaleTasksOf(oldSc, held)))
+			}
+			if s := h.sink("scale"); s.QueueDepth != 0 || s.DLQ != 0 {
+				t.Errorf("scale after the reload: %+v, want an empty queue and DLQ", s)
+			}
+		})
+	}
+}
+
+func TestReloadReportsKeysThatNeedARestart(t *testing.T) {
+	sc := vendortest.NewScale(t, scaleKey)
+	ls := vendortest.NewLabelStudio(t, lsToken)
+	first := reloadScale("", sc.TaskURL(), "")
+	h := startHarness(t, first)
+
+	next := strings.Replace(first, "max_body_bytes: 65536", "max_body_bytes: 1024", 1)
+	next = strings.Replace(next, "broker: {type: memory}", "broker: {type: memory, fanout_workers: 2}", 1)
+	next = strings.Replace(next, "max_in_flight: 8", "max_in_flight: 2", 1)
+	next += labelStudioSink(ls, "")
+	res := h.mustReload(next)
+	want := []string{"server", "broker", "sinks: label_studio added", "sinks.scale.max_in_flight"}
+	for _, k := range want {
+		if !slices.Contains(res.NeedsRestart, k) {
+			t.Errorf("needs a restart: %q missing from %q", k, res.NeedsRestart)
+		}
+	}
+	logs := h.logs.String()
+	for _, k := range want {
+		if !strings.Contains(logs, fmt.Sprintf("change needs a restart; left as it was\" key=%q", k)) &&
+			!strings.Contains(logs, "change needs a restart; left as it was\" key="+k) {
+			t.Errorf("no needs-a-restart log line for %q:\n%s", k, logs)
+		}
+	}
+	// Left as they were: a body of 2 KiB is still within 65536 bytes.
+	body, issue := samplePayload(t, "issue-frames.json")
+	if len(body) <= 1024 {
+		t.Fatalf("sample body is %d bytes; the test needs one over 1024", len(body))
+	}
+	h.accept(body)
+	h.eventually(10*time.Second, "Scale's tasks", func() bool { return len(scaleTasksOf(sc, issue)) == 3 })
+	if len(ls.Tasks(lsProject)) != 0 {
+		t.Errorf("the sink added by the reload got requests: it needs a restart")
+	}
+}
+
+// Webhooks keep coming while the stages and a sink are reloaded again
+// and again; every accepted export reaches the vendor.
+func TestReloadUnderLoadLosesNoExport(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			sc := vendortest.NewScale(t, scaleKey)
+			cfg := func(gen int) string {
+				stages := ""
+				if gen%2 == 1 {
+					stages = `  - {type: filter, expr: '.project != "skip_me"'}`
+				}
+				return reloadScale(stages, sc.TaskURL(), fmt.Sprintf("\n    headers: {X-Config-Gen: \"%d\"}", gen))
+			}
+			base := onBroker(t, broker, cfg(0))
+			onSame := func(gen int) string { // keeps the broker and redis of base
+				c := cfg(gen)
+				i, j := strings.Index(base, "broker:"), strings.Index(base, "stages:")
+				return strings.Replace(c, "broker: {type: memory}\n", base[i:j], 1)
+			}
+			h := startHarness(t, base)
+
+			const exports, reloads = 40, 6
+			var mu sync.Mutex
+			var accepted []string
+			sent := make(chan struct{})
+			go func() {
+				defer close(sent)
+				for i := 0; i < exports; i++ {
+					body, issue := samplePayload(t, "issue-frames.json")
+					a := h.send(hookReq{secret: hookSecret, body: body})
+					if a.Code == http.StatusAccepted {
+						mu.Lock()
+						accepted = append(accepted, issue)
+						mu.Unlock()
+					} else {
+						t.Errorf("export %d: %d %s", i, a.Code, a.Raw)
+					}
+				}
+			}()
+			var took []time.Duration
+			for gen := 1; gen <= reloads; gen++ {
+				// Each reload once a few more exports are in: they
+				// interleave with the webhooks.
+				h.eventually(20*time.Second, "exports accepted", func() bool {
+					mu.Lock()
+					defer mu.Unlock()
+					return len(accepted) >= gen*exports/(reloads+1)
+				})
+				res := h.mustReload(onSame(gen))
+				if !slices.Equal(res.Changed, []string{"scale"}) || len(res.NeedsRestart) != 0 {
+					t.Fatalf("reload %d: %+v", gen, res)
+				}
+				took = append(took, res.Took)
+			}
+			<-sent
+			if len(accepted) != exports {
+				t.Fatalf("%d of %d exports accepted", len(accepted), exports)
+			}
+			waitFake(t, "every export's tasks", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 3*exports) })
+			lost := 0
+			for _, issue := range accepted {
+				if n := len(scaleTasksOf(sc, issue)); n != 3 {
+					lost++
+					t.Errorf("issue %s: %d tasks at Scale, want 3", issue, n)
+				}
+			}
+			gens := map[string]int{}
+			for _, r := range sc.Requests() {
+				gens[r.Header.Get("X-Config-Gen")]++
+			}
+			t.Logf("%s: exports sent %d, accepted %d, lost %d; requests by config generation %v; reload took %v",
+				broker, exports, len(accepted), lost, gens, took)
+			if gens[fmt.Sprint(reloads)] == 0 {
+				t.Errorf("no request carried the last config's header: %v", gens)
+			}
+		})
+	}
+}
