@@ -203,19 +203,34 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 		swaps = append(swaps, swap{s, ng})
 	}
 
-	// Stages: a new chain when any stage changed.
+	// Stages: a new chain when any stage changed. An unchanged stage is
+	// carried over as it is built: a dedupe stage keeps what it has seen.
 	var nc *chain
+	var dropped []builtStage // the old chain's stages the new one does not keep
 	if !stagesSame(cur.stages, next.Stages) {
-		var stages []builtStage
+		var stages, fresh []builtStage
+		kept := map[int]bool{}
 		for _, sc := range next.Stages {
+			if i := slices.IndexFunc(cur.stages, func(s builtStage) bool { return stageSame(s, sc) }); i >= 0 && !kept[i] {
+				kept[i] = true
+				stages = append(stages, cur.stages[i])
+				continue
+			}
 			t, _ := p.opts.Registry.Stage(sc.Type)
 			e := p.env("stage", sc.Name)
 			st, err := t.Build(sc.Options, e)
 			if err != nil {
-				closeStages(stages)
+				closeStages(fresh)
 				return fail(fmt.Errorf("stage %q: %w", sc.Name, err))
 			}
-			stages = append(stages, builtStage{cfg: sc, stage: st, log: e.Logger})
+			bs := builtStage{cfg: sc, stage: st, log: e.Logger}
+			stages = append(stages, bs)
+			fresh = append(fresh, bs)
+		}
+		for i, s := range cur.stages {
+			if !kept[i] {
+				dropped = append(dropped, s)
+			}
 		}
 		nc = &chain{stages: stages}
 	}
@@ -240,8 +255,7 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 		cur.refs.cleanup = func() {} // the stages live on in nc
 	} else {
 		res.Stages = true
-		stages := cur.stages
-		cur.refs.cleanup = func() { closeStages(stages) }
+		cur.refs.cleanup = func() { closeStages(dropped) }
 	}
 	nc.events = map[string]bool{}
 	for _, s := range p.sinks {
@@ -338,7 +352,9 @@ func sinkSame(a, b SinkConfig) bool {
 }
 
 func stagesSame(cur []builtStage, next []StageConfig) bool {
-	return slices.EqualFunc(cur, next, func(s builtStage, n StageConfig) bool {
-		return s.cfg.Name == n.Name && s.cfg.Type == n.Type && reflect.DeepEqual(s.cfg.Options, n.Options)
-	})
+	return slices.EqualFunc(cur, next, stageSame)
+}
+
+func stageSame(s builtStage, n StageConfig) bool {
+	return s.cfg.Name == n.Name && s.cfg.Type == n.Type && reflect.DeepEqual(s.cfg.Options, n.Options)
 }

@@ -95,22 +95,28 @@ func TestReloadInvalidConfigKeepsTheOldOne(t *testing.T) {
 
 func TestReloadStagesTakeEffectOnTheNextWebhook(t *testing.T) {
 	sc := vendortest.NewScale(t, scaleKey)
-	h := startHarness(t, reloadScale("", sc.TaskURL(), ""))
-	body, _ := samplePayload(t, "issue-frames.json")
-	h.accept(body)
+	const dedupe = `  - {type: dedupe, store: memory, ttl: 1h}`
+	h := startHarness(t, reloadScale(dedupe, sc.TaskURL(), ""))
+	first, _ := samplePayload(t, "issue-frames.json")
+	firstID := h.accept(first).ID
 
-	next := strings.Replace(reloadScale(`  - {type: filter, expr: '.project != "skip_me"'}`, sc.TaskURL(), ""),
+	next := strings.Replace(reloadScale(dedupe+"\n"+`  - {type: filter, expr: '.project != "skip_me"'}`, sc.TaskURL(), ""),
 		`secrets: ["`+hookOldSecret+`", "`+hookSecret+`"]`, `secrets: ["rotated-secret"]`, 1)
 	res := h.mustReload(next)
 	if !res.Stages || len(res.Changed) != 0 || len(res.NeedsRestart) != 0 {
 		t.Fatalf("reload result %+v, want stages swapped and nothing else", res)
 	}
-	if a := h.send(hookReq{secret: hookSecret, body: body}); a.Code != http.StatusUnauthorized {
+	if a := h.send(hookReq{secret: hookSecret, body: first}); a.Code != http.StatusUnauthorized {
 		t.Errorf("old secret after the reload: %d %s, want 401", a.Code, a.Raw)
 	}
 	body, issue := samplePayload(t, "issue-frames.json")
 	if a := h.send(hookReq{secret: "rotated-secret", body: body}); a.Code != http.StatusAccepted {
 		t.Fatalf("new secret after the reload: %d %s, want 202", a.Code, a.Raw)
+	}
+	// The dedupe stage did not change: it is carried over with what it
+	// has seen.
+	if a := h.send(hookReq{secret: "rotated-secret", body: first}); a.Status != "duplicate" || a.ID != firstID {
+		t.Errorf("the first export again after the reload: %d %s, want duplicate of %s", a.Code, a.Raw, firstID)
 	}
 	var doc map[string]any
 	if err := json.Unmarshal(body, &doc); err != nil {
