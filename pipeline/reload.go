@@ -248,7 +248,7 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 		old.refs.cleanup = func() { closeSink(old) }
 		old.refs.retire()
 		res.Changed = append(res.Changed, sw.s.cfg.Name)
-		sw.s.log.Info("sink reloaded; requests under way finish with the previous config", "sink", sw.s.cfg.Name)
+		sw.s.log.Info("sink reloaded; requests under way finish with the previous config")
 	}
 	if nc == nil {
 		nc = &chain{stages: cur.stages}

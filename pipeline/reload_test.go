@@ -326,3 +326,36 @@ func TestReloadUnderLoadLosesNoExport(t *testing.T) {
 		})
 	}
 }
+
+// A reload leaves a sink's breaker as it is: an unchanged sink's, and a
+// changed sink's whose retry, breaker and rate_limit did not change.
+func TestReloadKeepsBreakerState(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+			const policy = `
+    retry: {max_attempts: 1000, initial_interval: 5ms, max_interval: 20ms, max_elapsed: 0s}
+    breaker: {consecutive_failures: 2, open_timeout: 1h}`
+			first := onBroker(t, broker, head("")+scaleSink(sc.TaskURL(), policy)+labelStudioSink(ls, policy))
+			h := startHarness(t, first)
+			sc.SetDown(http.StatusServiceUnavailable)
+			ls.SetDown(http.StatusServiceUnavailable)
+			body, _ := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "both breakers open", func() bool {
+				return h.sink("scale").Breaker == "open" && h.sink("label_studio").Breaker == "open"
+			})
+
+			next := strings.Replace(first, "conflict_is_success: true", "conflict_is_success: true\n    headers: {X-Reloaded: \"1\"}", 1)
+			res := h.mustReload(next)
+			if !slices.Equal(res.Changed, []string{"scale"}) {
+				t.Fatalf("reload result %+v, want sink scale changed", res)
+			}
+			for _, name := range []string{"scale", "label_studio"} {
+				if s := h.sink(name); s.Breaker != "open" {
+					t.Errorf("%s after the reload: breaker %q, want open still", name, s.Breaker)
+				}
+			}
+		})
+	}
+}
