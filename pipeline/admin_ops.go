@@ -360,6 +360,9 @@ func (p *Pipeline) sinkView(ctx context.Context, s *builtSink, now time.Time) ma
 	}
 	pz, paused := p.pauses.get(ctx, s.cfg.Name)
 	v["paused"] = paused
+	if s.removed.Load() {
+		v["removed"] = true // by a reload: its queue is still delivered
+	}
 	if paused {
 		v["paused_by"], v["paused_at"] = pz.By, pz.At
 	}

@@ -43,7 +43,7 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 	}
 	var full []refused
 	for _, s := range p.sinks {
-		if only != "" && s.cfg.Name != only {
+		if (only != "" && s.cfg.Name != only) || s.removed.Load() {
 			continue
 		}
 		msgs, err := p.render(ctx, s, msg.Metadata, payload)

@@ -125,7 +125,10 @@ type builtSink struct {
 	slots chan struct{}
 	// gen is what a reload may change: the sink's options, filter,
 	// events, timeout and resilience policy.
-	gen     atomic.Pointer[sinkGen]
+	gen atomic.Pointer[sinkGen]
+	// removed: a reload took the sink out of the config. The fan-out
+	// queues nothing more for it; what its queue holds is still delivered.
+	removed atomic.Bool
 	log     *slog.Logger
 	topic   string    // sink.<name>
 	backlog backlog   // keeps the sink's queue within queue:

@@ -84,6 +84,9 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 	md := e.withKey()
 	rep.Answer.Status, rep.Answer.Body = http.StatusAccepted, answer{Status: "accepted", ID: e.ID, Key: e.key}
 	for _, s := range p.sinks {
+		if s.removed.Load() {
+			continue
+		}
 		g, drop := s.take()
 		bodies, skip, err := g.bodies(ctx, md, e.Payload)
 		drop()

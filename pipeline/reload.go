@@ -107,6 +107,10 @@ type ReloadResult struct {
 	Stages bool
 	// Changed names the sinks that now run a new config.
 	Changed []string
+	// Removed names the sinks a reload took out: they take no new
+	// exports, and what their queues hold is still delivered. Restored
+	// names removed sinks the config has again.
+	Removed, Restored []string
 	// NeedsRestart lists the changed keys that were left as they were.
 	NeedsRestart []string
 	// Took is how long the check and the swap took.
@@ -157,15 +161,22 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 			res.NeedsRestart = append(res.NeedsRestart, fmt.Sprintf("sinks: %s added", sc.Name))
 		}
 	}
+	var remove, restore []*builtSink
 	breakers, limiter := p.backends.breakerStore(), p.backends.rateLimiter()
 	for _, s := range p.sinks {
 		sc, ok := nextSinks[s.cfg.Name]
 		if !ok {
-			res.NeedsRestart = append(res.NeedsRestart, fmt.Sprintf("sinks: %s removed", s.cfg.Name))
+			if !s.removed.Load() {
+				remove = append(remove, s)
+			}
 			continue
 		}
 		g := s.cur()
-		if sinkSame(g.cfg, sc) {
+		same := sinkSame(g.cfg, sc)
+		if s.removed.Load() && (same || (sc.Type == s.cfg.Type && sc.MaxInFlight == s.cfg.MaxInFlight && sc.Queue == s.cfg.Queue)) {
+			restore = append(restore, s)
+		}
+		if same {
 			continue
 		}
 		var keep []string
@@ -234,7 +245,7 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 		}
 		nc = &chain{stages: stages}
 	}
-	if nc == nil && len(swaps) == 0 {
+	if nc == nil && len(swaps) == 0 && len(remove) == 0 && len(restore) == 0 {
 		res.Took = time.Since(start)
 		p.logRestart(res.NeedsRestart)
 		p.log.Info("config reloaded; nothing changed that can change live", "took", res.Took.String())
@@ -250,6 +261,16 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 		res.Changed = append(res.Changed, sw.s.cfg.Name)
 		sw.s.log.Info("sink reloaded; requests under way finish with the previous config")
 	}
+	for _, s := range remove {
+		s.removed.Store(true)
+		res.Removed = append(res.Removed, s.cfg.Name)
+		s.log.Warn("sink removed by a reload: it takes no new exports; what its queue holds is still delivered")
+	}
+	for _, s := range restore {
+		s.removed.Store(false)
+		res.Restored = append(res.Restored, s.cfg.Name)
+		s.log.Info("sink back in the config: it takes new exports again")
+	}
 	if nc == nil {
 		nc = &chain{stages: cur.stages}
 		cur.refs.cleanup = func() {} // the stages live on in nc
@@ -259,6 +280,9 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 	}
 	nc.events = map[string]bool{}
 	for _, s := range p.sinks {
+		if s.removed.Load() {
+			continue
+		}
 		for _, ev := range s.cur().cfg.Events {
 			nc.events[ev] = true
 		}
@@ -271,7 +295,8 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 	for i, s := range nc.stages {
 		names[i] = s.cfg.Name
 	}
-	p.log.Info("config reloaded", "stages_swapped", res.Stages, "stages", names, "sinks_changed", res.Changed, "took", res.Took.String())
+	p.log.Info("config reloaded", "stages_swapped", res.Stages, "stages", names, "sinks_changed", res.Changed,
+		"sinks_removed", res.Removed, "sinks_restored", res.Restored, "took", res.Took.String())
 	return res, nil
 }
 

@@ -359,3 +359,49 @@ func TestReloadKeepsBreakerState(t *testing.T) {
 		})
 	}
 }
+
+// A removed sink takes no new exports, and what its queue holds is still
+// delivered, never dropped; put back, it takes new exports again.
+func TestReloadRemovedSinkOnEveryBroker(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+			const policy = `
+    retry: {max_attempts: 100000, initial_interval: 5ms, max_interval: 20ms, max_elapsed: 0s}
+    breaker: {consecutive_failures: 100000}`
+			withLS := onBroker(t, broker, head("")+scaleSink(sc.TaskURL(), "")+labelStudioSink(ls, policy))
+			i, j := strings.Index(withLS, "  - name: label_studio"), strings.Index(withLS, "retry: {max_attempts: 100000")
+			lsEnd := j + strings.Index(withLS[j:], "consecutive_failures: 100000}") + len("consecutive_failures: 100000}")
+			without := withLS[:i] + withLS[lsEnd:]
+			h := startHarness(t, withLS)
+
+			ls.SetDown(http.StatusServiceUnavailable) // the export waits in label_studio's queue
+			body, queued := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			waitFake(t, "label_studio's failed attempts", func(ctx context.Context) error { return ls.WaitRequests(ctx, 2) })
+
+			res := h.mustReload(without)
+			if !slices.Equal(res.Removed, []string{"label_studio"}) || len(res.NeedsRestart) != 0 {
+				t.Fatalf("reload result %+v, want label_studio removed", res)
+			}
+			body, during := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the next export at Scale", func() bool { return len(scaleTasksOf(sc, during)) == 3 })
+
+			ls.SetUp()
+			h.eventually(10*time.Second, "the queued export delivered by the removed sink", func() bool { return len(lsTasksOf(ls, queued)) == 3 })
+			h.eventually(10*time.Second, "label_studio's queue to empty", func() bool { return h.sink("label_studio").QueueDepth == 0 })
+			if n := len(lsTasksOf(ls, during)); n != 0 {
+				t.Errorf("the removed sink got %d tasks of an export accepted after its removal", n)
+			}
+
+			res = h.mustReload(withLS)
+			if !slices.Equal(res.Restored, []string{"label_studio"}) {
+				t.Fatalf("reload result %+v, want label_studio restored", res)
+			}
+			body, after := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the export after the sink came back", func() bool { return len(lsTasksOf(ls, after)) == 3 })
+		})
+	}
+}
