@@ -62,9 +62,9 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 
 		// In flight with the sink's config of now: a reload lets it finish
 		// with that one.
-		g, drop := s.take()
+		g := s.take()
 		attempts, err := p.attempts(ctx, s, g, req, rec)
-		drop()
+		g.refs.drop()
 		if span.IsRecording() {
 			span.SetAttributes(attribute.Int("labelpipe.attempts", attempts))
 		}

@@ -79,8 +79,8 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 // render turns one sink's bodies for an export into messages for its
 // topic, each carrying the export's facts and its chunk.
 func (p *Pipeline) render(ctx context.Context, s *builtSink, md message.Metadata, payload any) ([]*message.Message, error) {
-	g, done := s.take()
-	defer done()
+	g := s.take()
+	defer g.refs.drop()
 	bodies, skip, err := g.bodies(ctx, md, payload)
 	if err != nil {
 		return nil, err

@@ -68,8 +68,8 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 		return rep
 	}
 	tr := &trial{noHeaders: header == nil}
-	ch, done := p.takeChain()
-	defer done()
+	ch := p.takeChain()
+	defer ch.refs.drop()
 	err := p.ingress(ctx, ch.stages, e, tr)
 	if tr.verdicts != nil {
 		rep.Stages = tr.verdicts
@@ -87,9 +87,9 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 		if s.removed.Load() {
 			continue
 		}
-		g, drop := s.take()
+		g := s.take()
 		bodies, skip, err := g.bodies(ctx, md, e.Payload)
-		drop()
+		g.refs.drop()
 		sp := SinkPreview{Name: s.cfg.Name, Type: s.cfg.Type, Skipped: skip}
 		if err != nil {
 			sp.Error = err.Error()

@@ -61,13 +61,13 @@ type chain struct {
 	refs   refs
 }
 
-// takeChain returns the current chain, held until the returned func is
-// called.
-func (p *Pipeline) takeChain() (*chain, func()) {
+// takeChain returns the current chain, held until c.refs.drop() (not a
+// returned func: that would cost an allocation per request).
+func (p *Pipeline) takeChain() *chain {
 	for {
 		c := p.chain.Load()
 		if c.refs.hold() {
-			return c, c.refs.drop
+			return c
 		}
 	}
 }
@@ -87,12 +87,12 @@ func newSinkGen(sc SinkConfig, s Sink) *sinkGen { return &sinkGen{cfg: sc, sink:
 func (s *builtSink) cur() *sinkGen { return s.gen.Load() }
 
 // take returns the sink's current generation, held (not closed by a
-// reload) until the returned func is called.
-func (s *builtSink) take() (*sinkGen, func()) {
+// reload) until g.refs.drop().
+func (s *builtSink) take() *sinkGen {
 	for {
 		g := s.gen.Load()
 		if g.refs.hold() {
-			return g, g.refs.drop
+			return g
 		}
 	}
 }

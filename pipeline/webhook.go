@@ -163,8 +163,8 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	id := watermill.NewULID()
 	// One stage chain for the whole request: a reload swaps the chain for
 	// the requests that come after.
-	ch, done := p.takeChain()
-	defer done()
+	ch := p.takeChain()
+	defer ch.refs.drop()
 	stages := ch.stages
 	verified, err := p.checkHeaders(ctx, stages, id, r.Header)
 	if err != nil {
