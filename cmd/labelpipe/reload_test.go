@@ -163,3 +163,54 @@ func waitCount(t *testing.T, log *testutil.LockedBuffer, exited <-chan int, s st
 		}
 	}
 }
+
+// --watch sees a Kubernetes ConfigMap update: the config file is a symlink
+// through ..data, and the update swaps ..data to a new directory.
+func TestWatchFollowsAConfigMapSwap(t *testing.T) {
+	t.Setenv("AQ_WEBHOOK_SECRET", "")
+	src, dir := quickstart(t)
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mount := filepath.Join(dir, "configs", "mount")
+	version := func(name, text string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Join(mount, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(mount, name, "labelpipe.yaml"), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The quickstart's relative paths (../out) resolve from mount/ as
+	// from configs/: one level below the directory that holds out/.
+	text := strings.ReplaceAll(string(data), "../out/", "../../out/")
+	version("..v1", text)
+	if err := os.Symlink("..v1", filepath.Join(mount, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(mount, "labelpipe.yaml")
+	if err := os.Symlink(filepath.Join("..data", "labelpipe.yaml"), cfg); err != nil {
+		t.Fatal(err)
+	}
+
+	var stdout, stderr testutil.LockedBuffer
+	exited := make(chan int, 1)
+	go func() { exited <- run([]string{"run", "-c", cfg, "--watch"}, &stdout, &stderr) }()
+	t.Cleanup(func() {
+		_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+		<-exited
+	})
+	waitLog(t, &stderr, exited, regexp.MustCompile(`(watching the config file)`), "labelpipe running")
+
+	version("..v2", strings.Replace(text, "ttl: 24h", "ttl: 12h", 1))
+	tmp := filepath.Join(mount, "..data_tmp")
+	if err := os.Symlink("..v2", tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(mount, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, &stderr, exited, `msg="config reloaded" stages_swapped=true`, 1)
+}
