@@ -67,13 +67,13 @@ func (p *Pipeline) resetBreaker(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	from, err := s.policy.Reset(r.Context())
+	from, err := s.cur().policy.Reset(r.Context())
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": "reset the shared breaker: " + err.Error()})
 		return
 	}
 	s.log.WarnContext(r.Context(), "circuit breaker reset by an operator", "by", adminWho(r), "from", from.String())
-	writeJSON(w, http.StatusOK, map[string]any{"sink": s.cfg.Name, "breaker": s.policy.StateContext(r.Context()).String(), "was": from.String()})
+	writeJSON(w, http.StatusOK, map[string]any{"sink": s.cfg.Name, "breaker": s.cur().policy.StateContext(r.Context()).String(), "was": from.String()})
 }
 
 // replayFilter picks dead letters to replay. Every field set must match;
@@ -353,13 +353,16 @@ func (p *Pipeline) sinkView(ctx context.Context, s *builtSink, now time.Time) ma
 		age = now.Sub(q.Oldest).Seconds()
 	}
 	v := map[string]any{
-		"name": s.cfg.Name, "type": s.cfg.Type, "events": s.cfg.Events,
-		"breaker": s.policy.StateContext(ctx).String(), "queue_depth": q.Depth, "oldest_pending_seconds": age,
+		"name": s.cfg.Name, "type": s.cfg.Type, "events": s.cur().cfg.Events,
+		"breaker": s.cur().policy.StateContext(ctx).String(), "queue_depth": q.Depth, "oldest_pending_seconds": age,
 		"in_flight_here": len(s.slots), "dlq": p.dlqLen(ctx, s.cfg.Name),
 		"delivered_last_minute_here": s.stats.perMinute(now),
 	}
 	pz, paused := p.pauses.get(ctx, s.cfg.Name)
 	v["paused"] = paused
+	if s.removed.Load() {
+		v["removed"] = true // by a reload: its queue is still delivered
+	}
 	if paused {
 		v["paused_by"], v["paused_at"] = pz.By, pz.At
 	}

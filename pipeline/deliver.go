@@ -69,7 +69,11 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			}
 		}
 
-		attempts, err := p.attempts(ctx, s, req, rec)
+		// In flight with the sink's config of now: a reload lets it finish
+		// with that one.
+		g := s.take()
+		attempts, err := p.attempts(ctx, s, g, req, rec)
+		g.refs.drop()
 		if span.IsRecording() {
 			span.SetAttributes(attribute.Int("labelpipe.attempts", attempts))
 		}
@@ -158,7 +162,7 @@ func (p *Pipeline) handBack(key string) {
 // they would be a good part of a delivery's allocations.
 // rec carries the retries earlier processes made, and each failed attempt
 // is saved to the ledger, so that the retry budget holds across restarts.
-func (p *Pipeline) attempts(ctx context.Context, s *builtSink, req *Request, rec backend.DeliveryRecord) (int, error) {
+func (p *Pipeline) attempts(ctx context.Context, s *builtSink, g *sinkGen, req *Request, rec backend.DeliveryRecord) (int, error) {
 	ctx, span := p.tracer.Start(ctx, "deliver "+s.cfg.Name)
 	defer span.End()
 	if span.IsRecording() {
@@ -175,7 +179,7 @@ func (p *Pipeline) attempts(ctx context.Context, s *builtSink, req *Request, rec
 			s.log.WarnContext(ctx, "could not save the retry progress; a restart would count this request's attempts from zero", "export", req.ExportID, "err", err)
 		}
 	}
-	n, err := s.policy.Resume(ctx, prior, save, func(ctx context.Context, a resilience.Attempt) error {
+	n, err := g.policy.Resume(ctx, prior, save, func(ctx context.Context, a resilience.Attempt) error {
 		ctx, as := p.tracer.Start(ctx, "attempt "+s.cfg.Name)
 		defer as.End()
 		if as.IsRecording() {
@@ -188,9 +192,9 @@ func (p *Pipeline) attempts(ctx context.Context, s *builtSink, req *Request, rec
 		if a.N > 1 {
 			p.metrics.retries.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "", ""))
 		}
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+		ctx, cancel := context.WithTimeout(ctx, g.cfg.Timeout)
 		defer cancel()
-		err := s.sink.Send(ctx, req)
+		err := g.sink.Send(ctx, req)
 		result := "ok"
 		if err != nil {
 			result = "retryable"

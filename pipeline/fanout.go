@@ -43,7 +43,7 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 	}
 	var full []refused
 	for _, s := range p.sinks {
-		if only != "" && s.cfg.Name != only {
+		if (only != "" && s.cfg.Name != only) || s.removed.Load() {
 			continue
 		}
 		msgs, err := p.render(ctx, s, msg.Metadata, payload)
@@ -79,7 +79,9 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 // render turns one sink's bodies for an export into messages for its
 // topic, each carrying the export's facts and its chunk.
 func (p *Pipeline) render(ctx context.Context, s *builtSink, md message.Metadata, payload any) ([]*message.Message, error) {
-	bodies, skip, err := s.bodies(ctx, md, payload)
+	g := s.take()
+	defer g.refs.drop()
+	bodies, skip, err := g.bodies(ctx, md, payload)
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +110,7 @@ func (p *Pipeline) render(ctx context.Context, s *builtSink, md message.Metadata
 // export, given its metadata: what the fan-out queues and what a preview
 // shows. skip says why the sink takes no part, "" when it does. A render
 // error comes with the bodies rendered before it, for the preview.
-func (s *builtSink) bodies(ctx context.Context, md message.Metadata, payload any) (bodies [][]byte, skip string, err error) {
+func (s *sinkGen) bodies(ctx context.Context, md message.Metadata, payload any) (bodies [][]byte, skip string, err error) {
 	event := md.Get(backend.MetaEvent)
 	if !slices.Contains(s.cfg.Events, event) {
 		return nil, fmt.Sprintf("does not subscribe to event %q", event), nil

@@ -29,9 +29,9 @@ type trial struct {
 // stage sees Payload. It returns nil when the export passed every stage,
 // else the stopping stage's error (a Drop among them). tr is nil except in
 // a preview.
-func (p *Pipeline) ingress(ctx context.Context, e *Export, tr *trial) error {
+func (p *Pipeline) ingress(ctx context.Context, stages []builtStage, e *Export, tr *trial) error {
 	decoded := false
-	for _, s := range p.stages {
+	for _, s := range stages {
 		_, raw := s.stage.(RawStage)
 		if raw && tr != nil && tr.noHeaders {
 			tr.verdicts = append(tr.verdicts, StageVerdict{Name: s.cfg.Name, Type: s.cfg.Type,
@@ -147,8 +147,8 @@ func decodePayload(e *Export) error {
 }
 
 // confirm makes final what stages reserved for an export now stored.
-func (p *Pipeline) confirm(ctx context.Context, e *Export) {
-	for _, s := range p.stages {
+func (p *Pipeline) confirm(ctx context.Context, stages []builtStage, e *Export) {
+	for _, s := range stages {
 		if c, ok := s.stage.(Confirmer); ok {
 			if err := c.Confirm(context.WithoutCancel(ctx), e); err != nil {
 				s.log.WarnContext(ctx, "could not confirm reservation; a repeat may be accepted again once it lapses", "export", e.ID, "err", err)
@@ -159,8 +159,8 @@ func (p *Pipeline) confirm(ctx context.Context, e *Export) {
 
 // release gives back what stages reserved for an export that was not
 // accepted, so that the caller's retry is not taken for a duplicate.
-func (p *Pipeline) release(ctx context.Context, e *Export) {
-	for _, s := range p.stages {
+func (p *Pipeline) release(ctx context.Context, stages []builtStage, e *Export) {
+	for _, s := range stages {
 		if r, ok := s.stage.(Releaser); ok {
 			if err := r.Release(context.WithoutCancel(ctx), e); err != nil {
 				s.log.WarnContext(ctx, "could not release reservation; the caller's retry may be taken for a duplicate", "export", e.ID, "err", err)

@@ -138,7 +138,7 @@ func newInstruments(mp metric.MeterProvider, sinks []*builtSink, bodies *bodyBud
 		// made itself would say closed after a restart.
 		metric.WithInt64Callback(func(ctx context.Context, o metric.Int64Observer) error {
 			for _, s := range sinks {
-				o.Observe(breakerGauge(s.policy.StateContext(ctx)), metric.WithAttributes(attribute.String("sink", s.cfg.Name)))
+				o.Observe(breakerGauge(s.cur().policy.StateContext(ctx)), metric.WithAttributes(attribute.String("sink", s.cfg.Name)))
 			}
 			return nil
 		}))

@@ -65,10 +65,14 @@ type Pipeline struct {
 	metrics *instruments
 	opts    Options
 
+	// stages is the build's stage list; requests use chain, which a
+	// reload swaps.
 	stages   []builtStage
+	chain    atomic.Pointer[chain]
 	sinks    []*builtSink
 	byName   map[string]*builtSink
 	events   map[string]bool
+	reloadMu sync.Mutex // one reload at a time
 	backends openBackends
 	broker   backend.Broker
 	system   string // the broker's messaging.system, for spans
@@ -118,10 +122,13 @@ type builtSink struct {
 	cfg SinkConfig
 	// slots bounds the requests under way at once (max_in_flight), whatever
 	// the broker's subscribers do.
-	slots   chan struct{}
-	sink    Sink
-	filter  *JQ
-	policy  *resilience.Policy
+	slots chan struct{}
+	// gen is what a reload may change: the sink's options, filter,
+	// events, timeout and resilience policy.
+	gen atomic.Pointer[sinkGen]
+	// removed: a reload took the sink out of the config. The fan-out
+	// queues nothing more for it; what its queue holds is still delivered.
+	removed atomic.Bool
 	log     *slog.Logger
 	topic   string    // sink.<name>
 	backlog backlog   // keeps the sink's queue within queue:
@@ -264,29 +271,19 @@ func (p *Pipeline) buildSinks() error {
 			errs = append(errs, ce...)
 			continue
 		}
-		bs := &builtSink{cfg: sc, sink: s, log: env.Logger,
+		bs := &builtSink{cfg: sc, log: env.Logger,
 			slots: make(chan struct{}, sc.MaxInFlight), topic: backend.TopicSink(sc.Name)}
+		g := newSinkGen(sc, s)
+		bs.gen.Store(g)
 		p.sinks = append(p.sinks, bs) // appended first so Close closes it
-		if sc.Filter != "" {
-			if bs.filter, err = CompileJQ(sc.Filter); err != nil {
-				return fmt.Errorf("sink %q: filter: %w", sc.Name, err)
-			}
+		if g.filter, err = compileFilter(sc); err != nil {
+			return err
 		}
 		if sc.RateLimit.Shared && limiter == nil {
 			env.Logger.Warn("rate_limit.shared: no backend shares rate limits (use broker.type redis); this replica keeps its own")
 		}
-		bs.policy, err = resilience.New(sc.Config, resilience.Options{
-			Name:    sc.Name,
-			Logger:  env.Logger,
-			Store:   breakers,
-			Limiter: limiter,
-			Gate:    p.pauseGate(bs),
-			OnStateChange: func(from, to gobreaker.State) {
-				env.Logger.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
-			},
-		})
-		if err != nil {
-			return fmt.Errorf("sink %q: %w", sc.Name, err)
+		if g.policy, err = p.newPolicy(bs, sc, breakers, limiter); err != nil {
+			return err
 		}
 		p.byName[sc.Name] = bs
 		for _, ev := range sc.Events {
@@ -296,7 +293,39 @@ func (p *Pipeline) buildSinks() error {
 	if len(errs) > 0 {
 		return errs
 	}
+	p.chain.Store(&chain{stages: p.stages, events: p.events})
 	return nil
+}
+
+func compileFilter(sc SinkConfig) (*JQ, error) {
+	if sc.Filter == "" {
+		return nil, nil
+	}
+	f, err := CompileJQ(sc.Filter)
+	if err != nil {
+		return nil, fmt.Errorf("sink %q: filter: %w", sc.Name, err)
+	}
+	return f, nil
+}
+
+// newPolicy builds sc's resilience policy (rate limit, breaker, retries)
+// for bs.
+func (p *Pipeline) newPolicy(bs *builtSink, sc SinkConfig, breakers gobreaker.SharedDataStore, limiter resilience.SharedLimiter) (*resilience.Policy, error) {
+	log := bs.log
+	pol, err := resilience.New(sc.Config, resilience.Options{
+		Name:    sc.Name,
+		Logger:  log,
+		Store:   breakers,
+		Limiter: limiter,
+		Gate:    p.pauseGate(bs),
+		OnStateChange: func(from, to gobreaker.State) {
+			log.Warn("circuit breaker changed state", "from", from.String(), "to", to.String())
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sink %q: %w", sc.Name, err)
+	}
+	return pol, nil
 }
 
 // handBackGrace is how long deliveries cancelled at the drain deadline
@@ -487,7 +516,7 @@ func (p *Pipeline) stuck(ctx context.Context) bool {
 		if p.sinkQueue(ctx, s).Depth == 0 {
 			continue
 		}
-		if s.policy.State() != gobreaker.StateOpen {
+		if s.cur().policy.State() != gobreaker.StateOpen {
 			return false
 		}
 		waiting = true
@@ -507,14 +536,20 @@ func (p *Pipeline) Close() error {
 		if p.router != nil && p.ran.Load() && !p.router.IsClosed() {
 			errs = append(errs, p.router.Close())
 		}
-		for _, s := range p.stages {
+		stages := p.stages
+		if c := p.chain.Load(); c != nil {
+			stages = c.stages
+		}
+		for _, s := range stages {
 			if c, ok := s.stage.(Closer); ok {
 				errs = append(errs, c.Close())
 			}
 		}
 		for _, s := range p.sinks {
-			if c, ok := s.sink.(Closer); ok {
-				errs = append(errs, c.Close())
+			if g := s.gen.Load(); g != nil {
+				if c, ok := g.sink.(Closer); ok {
+					errs = append(errs, c.Close())
+				}
 			}
 		}
 		errs = append(errs, p.backends.close())

@@ -68,7 +68,9 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 		return rep
 	}
 	tr := &trial{noHeaders: header == nil}
-	err := p.ingress(ctx, e, tr)
+	ch := p.takeChain()
+	defer ch.refs.drop()
+	err := p.ingress(ctx, ch.stages, e, tr)
 	if tr.verdicts != nil {
 		rep.Stages = tr.verdicts
 	}
@@ -76,13 +78,18 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 		code, a, _ := stageAnswer(err)
 		return stop(code, a)
 	}
-	if ev := e.Event(); !p.events[ev] {
+	if ev := e.Event(); !ch.events[ev] {
 		return stop(http.StatusOK, answer{Status: "ignored", Reason: fmt.Sprintf("no sink subscribes to event %q", ev)})
 	}
 	md := e.withKey()
 	rep.Answer.Status, rep.Answer.Body = http.StatusAccepted, answer{Status: "accepted", ID: e.ID, Key: e.key}
 	for _, s := range p.sinks {
-		bodies, skip, err := s.bodies(ctx, md, e.Payload)
+		if s.removed.Load() {
+			continue
+		}
+		g := s.take()
+		bodies, skip, err := g.bodies(ctx, md, e.Payload)
+		g.refs.drop()
 		sp := SinkPreview{Name: s.cfg.Name, Type: s.cfg.Type, Skipped: skip}
 		if err != nil {
 			sp.Error = err.Error()
@@ -90,7 +97,7 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 		for i, b := range bodies {
 			req := &Request{Sink: s.cfg.Name, ExportID: e.ID, ExportKey: md.Get(backend.MetaExportKey), Chunk: i, Chunks: len(bodies), Body: b}
 			var desc map[string]any
-			if d, ok := s.sink.(Describer); ok {
+			if d, ok := g.sink.(Describer); ok {
 				desc = d.Describe(req)
 			} else {
 				desc = map[string]any{}

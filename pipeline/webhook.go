@@ -161,7 +161,12 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	// Whatever the headers can refuse is refused before a byte of the
 	// body is read or any memory is set aside for it.
 	id := watermill.NewULID()
-	verified, err := p.checkHeaders(ctx, id, r.Header)
+	// One stage chain for the whole request: a reload swaps the chain for
+	// the requests that come after.
+	ch := p.takeChain()
+	defer ch.refs.drop()
+	stages := ch.stages
+	verified, err := p.checkHeaders(ctx, stages, id, r.Header)
 	if err != nil {
 		code, a, _ := stageAnswer(err)
 		p.replyUnread(ctx, w, code, a)
@@ -200,34 +205,34 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 		span.SetAttributes(attribute.String("labelpipe.export.id", e.ID), attribute.Int("http.request.body.size", len(body)))
 	}
 
-	if err := p.ingress(ctx, e, nil); err != nil {
+	if err := p.ingress(ctx, stages, e, nil); err != nil {
 		// Not accepted: give back what earlier stages reserved (a dedupe
 		// key), or the caller's retry would be taken for a duplicate.
-		p.release(ctx, e)
+		p.release(ctx, stages, e)
 		p.replyStageError(ctx, w, e, err)
 		return
 	}
-	if ev := e.Event(); !p.events[ev] {
-		p.release(ctx, e)
+	if ev := e.Event(); !ch.events[ev] {
+		p.release(ctx, stages, e)
 		p.reply(ctx, w, http.StatusOK, answer{Status: "ignored", Reason: fmt.Sprintf("no sink subscribes to event %q", ev)})
 		return
 	}
 	failpoint.Hit("before-publish") // reserved by dedupe, not yet stored
-	done, ok := p.broker.Admit(ctx, p.cfg.Broker.QueueWait)
+	admitted, ok := p.broker.Admit(ctx, p.cfg.Broker.QueueWait)
 	if !ok {
-		p.release(ctx, e)
+		p.release(ctx, stages, e)
 		p.unavailable(ctx, w, retryAfterUnavailable, "labelpipe's queue is full (the vendors are slower than the exports arriving); it was not accepted, retry shortly")
 		return
 	}
-	defer done()
+	defer admitted()
 	if err := p.publish(ctx, e); err != nil {
-		p.release(ctx, e)
+		p.release(ctx, stages, e)
 		p.log.ErrorContext(ctx, "durable publish failed", "export", e.ID, "err", err)
 		p.unavailable(ctx, w, retryAfterUnavailable, "could not store the export (broker unavailable); it was not accepted, retry shortly")
 		return
 	}
 	failpoint.Hit("after-publish") // stored, not confirmed nor answered
-	p.confirm(ctx, e)
+	p.confirm(ctx, stages, e)
 	p.log.InfoContext(ctx, "export accepted", "export", e.ID, "event", e.Event())
 	p.reply(ctx, w, http.StatusAccepted, answer{Status: "accepted", ID: e.ID, Key: e.key})
 }
@@ -236,8 +241,8 @@ func (p *Pipeline) serveWebhook(w http.ResponseWriter, r *http.Request) {
 // reports whether the headers alone proved the caller (a header secret);
 // when they cannot (a signature needs the body), the body is read from
 // the unverified budget.
-func (p *Pipeline) checkHeaders(ctx context.Context, id string, h http.Header) (verified bool, err error) {
-	for _, s := range p.stages {
+func (p *Pipeline) checkHeaders(ctx context.Context, stages []builtStage, id string, h http.Header) (verified bool, err error) {
+	for _, s := range stages {
 		if _, raw := s.stage.(RawStage); !raw {
 			break
 		}

@@ -25,29 +25,43 @@ const defaultConfig = "configs/labelpipe.yaml"
 
 func newRunCmd() *cobra.Command {
 	var cfgPath string
+	var watch bool
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the daemon",
 		Long: `Run the daemon: the webhook listener (server.addr), the admin API
 (admin.addr) and every sink's delivery. SIGTERM or SIGINT drains: stop
-accepting, finish what is in flight, then exit 0. SIGHUP re-reads the TLS
-certificates and admin.token_file.
+accepting, finish what is in flight, then exit 0.
+
+SIGHUP reloads: it re-reads the TLS certificates and admin.token_file, and
+the config file. The new config is checked as validate checks it; if it is
+invalid, every error is logged and the running config stays. If it is
+valid, the stages are swapped (a request under way finishes with the old
+ones) and a sink whose config changed continues on the same queue with the
+new config once its requests under way finish. A removed sink takes no
+new exports and still delivers what its queue holds. Keys that cannot
+change live (server, admin, broker, redis, tracing, log, jq,
+custom_events, a sink's type, max_in_flight and queue, and a new sink)
+are logged as needing a restart and left as they were. With --watch a
+change of the config file reloads it too.
 
 Run it as a built binary in production (see go install in the README): 'go
 run' does not pass SIGTERM on to the program it started.`,
 		Example: `  labelpipe run                           # configs/labelpipe.yaml, the quickstart
-  labelpipe run -c configs/vendors.yaml   # Redis and the real vendors`,
+  labelpipe run -c configs/vendors.yaml   # Redis and the real vendors
+  labelpipe run --watch                   # reload when the config file changes`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return code(runDaemon(cfgPath, cmd.OutOrStdout(), cmd.ErrOrStderr()))
+			return code(runDaemon(cfgPath, watch, cmd.OutOrStdout(), cmd.ErrOrStderr()))
 		},
 	}
 	addConfigFlag(cmd.Flags(), cmd, &cfgPath)
+	cmd.Flags().BoolVar(&watch, "watch", false, "reload the config when its file changes, as SIGHUP does")
 	return cmd
 }
 
 // runDaemon runs the pipeline of cfgPath until SIGTERM or SIGINT.
-func runDaemon(cfgPath string, stdout, stderr io.Writer) int {
+func runDaemon(cfgPath string, watch bool, stdout, stderr io.Writer) int {
 	reg := builtin.Registry()
 	cfg, err := loadConfig(cfgPath, stderr, pipeline.ResolveWith(reg))
 	if err != nil {
@@ -95,7 +109,16 @@ func runDaemon(cfgPath string, stdout, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go reloadOn(ctx, hup, p)
+	changed := make(chan struct{}, 1)
+	if watch {
+		stopWatch, err := watchFile(cfgPath, changed, logger)
+		if err != nil {
+			logger.Error("--watch", "err", err)
+			return 1
+		}
+		defer stopWatch()
+	}
+	go reloadOn(ctx, hup, changed, p, cfgPath, logger)
 	if err := p.Run(ctx); err != nil {
 		logger.Error("labelpipe stopped", "err", err)
 		return 1
@@ -103,17 +126,22 @@ func runDaemon(cfgPath string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// reloadOn re-reads the TLS certificates on SIGHUP, so a renewed
-// certificate is served without a restart. A failed reload is logged and
-// the previous certificate stays.
-func reloadOn(ctx context.Context, hup <-chan os.Signal, p *pipeline.Pipeline) {
+// reloadOn reloads on SIGHUP: the TLS certificates, so a renewed
+// certificate is served without a restart, and the config file. It
+// reloads the config file alone when the watcher says it changed. A
+// failed reload is logged and what was running stays.
+func reloadOn(ctx context.Context, hup <-chan os.Signal, changed <-chan struct{}, p *pipeline.Pipeline, cfgPath string, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hup:
+			log.Info("SIGHUP: reloading")
 			_ = p.Reload() // Reload logs the outcome
+		case <-changed:
+			log.Info("config file changed: reloading", "file", cfgPath)
 		}
+		_, _ = p.ReloadFile(cfgPath) // logs the outcome
 	}
 }
 

@@ -1,0 +1,385 @@
+package pipeline
+
+// Live config reload: ReloadConfig checks a new config the way validate
+// does, then swaps what may change while the daemon runs. Stages are one
+// chain, swapped atomically: a request takes the chain once and finishes
+// with it. A sink keeps its queue, subscribers, slots and (unless its
+// resilience settings changed) its breaker; a reload swaps its generation
+// (options, filter, events, timeout, policy), and the old generation is
+// closed once the requests that took it have finished.
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/labelpipe/labelpipe/pipeline/resilience"
+)
+
+// refs counts the users of something a reload may retire, and runs its
+// cleanup once it is retired and unused.
+type refs struct {
+	n       atomic.Int64
+	retired atomic.Bool
+	once    sync.Once
+	cleanup func()
+}
+
+// hold takes a reference; false when r is retired (take the new one).
+func (r *refs) hold() bool {
+	r.n.Add(1)
+	if r.retired.Load() {
+		r.drop()
+		return false
+	}
+	return true
+}
+
+func (r *refs) drop() {
+	if r.n.Add(-1) == 0 && r.retired.Load() {
+		r.once.Do(r.cleanup)
+	}
+}
+
+// retire marks r retired; cleanup runs when its last user drops it.
+func (r *refs) retire() {
+	r.retired.Store(true)
+	if r.n.Load() == 0 {
+		r.once.Do(r.cleanup)
+	}
+}
+
+// chain is the stage chain requests run, with the events some sink
+// subscribes to.
+type chain struct {
+	stages []builtStage
+	events map[string]bool
+	refs   refs
+}
+
+// takeChain returns the current chain, held until c.refs.drop() (not a
+// returned func: that would cost an allocation per request).
+func (p *Pipeline) takeChain() *chain {
+	for {
+		c := p.chain.Load()
+		if c.refs.hold() {
+			return c
+		}
+	}
+}
+
+// sinkGen is what of a sink a reload may change.
+type sinkGen struct {
+	cfg    SinkConfig
+	sink   Sink
+	filter *JQ
+	policy *resilience.Policy
+	refs   refs
+}
+
+func newSinkGen(sc SinkConfig, s Sink) *sinkGen { return &sinkGen{cfg: sc, sink: s} }
+
+// cur is the sink's current generation, for reading its policy or config.
+func (s *builtSink) cur() *sinkGen { return s.gen.Load() }
+
+// take returns the sink's current generation, held (not closed by a
+// reload) until g.refs.drop().
+func (s *builtSink) take() *sinkGen {
+	for {
+		g := s.gen.Load()
+		if g.refs.hold() {
+			return g
+		}
+	}
+}
+
+// RestartKeys are the config keys a reload cannot change; a change to one
+// is reported as needing a restart and left as it was.
+var RestartKeys = []string{"server", "admin", "broker", "redis", "tracing", "log", "jq", "custom_events"}
+
+// ReloadResult says what a reload did.
+type ReloadResult struct {
+	// Stages says whether the stage chain was swapped.
+	Stages bool
+	// Changed names the sinks that now run a new config.
+	Changed []string
+	// Removed names the sinks a reload took out: they take no new
+	// exports, and what their queues hold is still delivered. Restored
+	// names removed sinks the config has again.
+	Removed, Restored []string
+	// NeedsRestart lists the changed keys that were left as they were.
+	NeedsRestart []string
+	// Took is how long the check and the swap took.
+	Took time.Duration
+}
+
+// ReloadConfig checks next the way validate does (every value, then every
+// stage and sink built offline) and, when it is valid, swaps the stages
+// and the changed sinks' configs. When it is not, every error is logged
+// and the running config stays. Keys that cannot change live are logged
+// as needing a restart and keep their running values.
+func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
+	p.reloadMu.Lock()
+	defer p.reloadMu.Unlock()
+	start := time.Now()
+	var res ReloadResult
+	fail := func(err error) (ReloadResult, error) {
+		p.refuse(next.file, err)
+		return res, err
+	}
+	if err := Check(next, Options{Registry: p.opts.Registry}); err != nil {
+		return fail(err)
+	}
+	old := p.cfg
+	res.NeedsRestart = restartDiff(old, next)
+	cur := p.chain.Load()
+
+	// Sinks: which change, and how.
+	type swap struct {
+		s *builtSink
+		g *sinkGen
+	}
+	var swaps []swap
+	var built []*sinkGen // closed if the reload fails
+	defer func() {
+		for _, g := range built {
+			if c, ok := g.sink.(Closer); ok {
+				_ = c.Close()
+			}
+		}
+	}()
+	nextSinks := map[string]SinkConfig{}
+	for _, sc := range next.Sinks {
+		nextSinks[sc.Name] = sc
+	}
+	for _, sc := range next.Sinks {
+		if _, ok := p.byName[sc.Name]; !ok {
+			res.NeedsRestart = append(res.NeedsRestart, fmt.Sprintf("sinks: %s added", sc.Name))
+		}
+	}
+	var remove, restore []*builtSink
+	breakers, limiter := p.backends.breakerStore(), p.backends.rateLimiter()
+	for _, s := range p.sinks {
+		sc, ok := nextSinks[s.cfg.Name]
+		if !ok {
+			if !s.removed.Load() {
+				remove = append(remove, s)
+			}
+			continue
+		}
+		g := s.cur()
+		same := sinkSame(g.cfg, sc)
+		if s.removed.Load() && (same || (sc.Type == s.cfg.Type && sc.MaxInFlight == s.cfg.MaxInFlight && sc.Queue == s.cfg.Queue)) {
+			restore = append(restore, s)
+		}
+		if same {
+			continue
+		}
+		var keep []string
+		if sc.Type != s.cfg.Type {
+			keep = append(keep, "type")
+		}
+		if sc.MaxInFlight != s.cfg.MaxInFlight {
+			keep = append(keep, "max_in_flight")
+		}
+		if sc.Queue != s.cfg.Queue {
+			keep = append(keep, "queue")
+		}
+		if len(keep) > 0 {
+			for _, k := range keep {
+				res.NeedsRestart = append(res.NeedsRestart, fmt.Sprintf("sinks.%s.%s", sc.Name, k))
+			}
+			continue
+		}
+		t, _ := p.opts.Registry.Sink(sc.Type)
+		built1, err := t.Build(sc.Options, p.env("sink", sc.Name))
+		if err != nil {
+			return fail(fmt.Errorf("sink %q: %w", sc.Name, err))
+		}
+		ng := newSinkGen(sc, built1)
+		built = append(built, ng)
+		if ng.filter, err = compileFilter(sc); err != nil {
+			return fail(err)
+		}
+		ng.policy = g.policy // keeps the breaker's state
+		if !reflect.DeepEqual(sc.Config, g.cfg.Config) {
+			if ng.policy, err = p.newPolicy(s, sc, breakers, limiter); err != nil {
+				return fail(err)
+			}
+		}
+		swaps = append(swaps, swap{s, ng})
+	}
+
+	// Stages: a new chain when any stage changed. An unchanged stage is
+	// carried over as it is built: a dedupe stage keeps what it has seen.
+	var nc *chain
+	var dropped []builtStage // the old chain's stages the new one does not keep
+	if !stagesSame(cur.stages, next.Stages) {
+		var stages, fresh []builtStage
+		kept := map[int]bool{}
+		for _, sc := range next.Stages {
+			if i := slices.IndexFunc(cur.stages, func(s builtStage) bool { return stageSame(s, sc) }); i >= 0 && !kept[i] {
+				kept[i] = true
+				stages = append(stages, cur.stages[i])
+				continue
+			}
+			t, _ := p.opts.Registry.Stage(sc.Type)
+			e := p.env("stage", sc.Name)
+			st, err := t.Build(sc.Options, e)
+			if err != nil {
+				closeStages(fresh)
+				return fail(fmt.Errorf("stage %q: %w", sc.Name, err))
+			}
+			bs := builtStage{cfg: sc, stage: st, log: e.Logger}
+			stages = append(stages, bs)
+			fresh = append(fresh, bs)
+		}
+		for i, s := range cur.stages {
+			if !kept[i] {
+				dropped = append(dropped, s)
+			}
+		}
+		nc = &chain{stages: stages}
+	}
+	if nc == nil && len(swaps) == 0 && len(remove) == 0 && len(restore) == 0 {
+		res.Took = time.Since(start)
+		p.logRestart(res.NeedsRestart)
+		p.log.Info("config reloaded; nothing changed that can change live", "took", res.Took.String())
+		return res, nil
+	}
+
+	// Commit: sinks first, so that the chain's events match them.
+	built = nil
+	for _, sw := range swaps {
+		old := sw.s.gen.Swap(sw.g)
+		old.refs.cleanup = func() { closeSink(old) }
+		old.refs.retire()
+		res.Changed = append(res.Changed, sw.s.cfg.Name)
+		sw.s.log.Info("sink reloaded; requests under way finish with the previous config")
+	}
+	for _, s := range remove {
+		s.removed.Store(true)
+		res.Removed = append(res.Removed, s.cfg.Name)
+		s.log.Warn("sink removed by a reload: it takes no new exports; what its queue holds is still delivered")
+	}
+	for _, s := range restore {
+		s.removed.Store(false)
+		res.Restored = append(res.Restored, s.cfg.Name)
+		s.log.Info("sink back in the config: it takes new exports again")
+	}
+	if nc == nil {
+		nc = &chain{stages: cur.stages}
+		cur.refs.cleanup = func() {} // the stages live on in nc
+	} else {
+		res.Stages = true
+		cur.refs.cleanup = func() { closeStages(dropped) }
+	}
+	nc.events = map[string]bool{}
+	for _, s := range p.sinks {
+		if s.removed.Load() {
+			continue
+		}
+		for _, ev := range s.cur().cfg.Events {
+			nc.events[ev] = true
+		}
+	}
+	p.chain.Store(nc)
+	cur.refs.retire()
+	res.Took = time.Since(start)
+	p.logRestart(res.NeedsRestart)
+	names := make([]string, len(nc.stages))
+	for i, s := range nc.stages {
+		names[i] = s.cfg.Name
+	}
+	p.log.Info("config reloaded", "stages_swapped", res.Stages, "stages", names, "sinks_changed", res.Changed,
+		"sinks_removed", res.Removed, "sinks_restored", res.Restored, "took", res.Took.String())
+	return res, nil
+}
+
+// ReloadFile loads path (with opts, as LoadConfig takes them) and reloads
+// it: see ReloadConfig. A file that does not load is refused the same way.
+func (p *Pipeline) ReloadFile(path string, opts ...LoadOption) (ReloadResult, error) {
+	opts = append([]LoadOption{ResolveWith(p.opts.Registry)}, opts...)
+	next, err := LoadConfig(path, opts...)
+	if err != nil {
+		p.refuse(path, err)
+		return ReloadResult{}, err
+	}
+	return p.ReloadConfig(next)
+}
+
+// refuse logs every error of a refused config.
+func (p *Pipeline) refuse(file string, err error) {
+	var ce ConfigErrors
+	if errors.As(err, &ce) {
+		for _, e := range ce {
+			p.log.Error("config reload: invalid config", "err", e.Error())
+		}
+	} else {
+		p.log.Error("config reload: invalid config", "err", err)
+	}
+	p.log.Error("config reload refused; the running config stays", "file", file, "errors", max(len(ce), 1))
+}
+
+func (p *Pipeline) logRestart(keys []string) {
+	for _, k := range keys {
+		p.log.Warn("config reload: change needs a restart; left as it was", "key", k)
+	}
+}
+
+func closeStages(stages []builtStage) {
+	for _, s := range stages {
+		if c, ok := s.stage.(Closer); ok {
+			if err := c.Close(); err != nil {
+				s.log.Warn("close the previous stage", "err", err)
+			}
+		}
+	}
+}
+
+func closeSink(g *sinkGen) {
+	if c, ok := g.sink.(Closer); ok {
+		_ = c.Close()
+	}
+}
+
+// restartDiff lists the top-level keys that differ and cannot change live.
+func restartDiff(old, next *Config) []string {
+	var out []string
+	add := func(key string, a, b any) {
+		if !reflect.DeepEqual(a, b) {
+			out = append(out, key)
+		}
+	}
+	// The admin token is re-read by Reload; compare the rest of admin.
+	oa, na := old.Admin, next.Admin
+	oa.Token, na.Token, oa.fileToken, na.fileToken = "", "", "", ""
+	add("server", old.Server, next.Server)
+	add("admin", oa, na)
+	add("broker", old.Broker, next.Broker)
+	add("redis", old.Redis, next.Redis)
+	add("tracing", old.Tracing, next.Tracing)
+	add("log", old.Log, next.Log)
+	add("jq", old.JQ, next.JQ)
+	add("custom_events", old.CustomEvents, next.CustomEvents)
+	return out
+}
+
+// sinkSame reports whether two sink configs are the same, ignoring where
+// they were written in the file.
+func sinkSame(a, b SinkConfig) bool {
+	a.node, b.node, a.path, b.path = nil, nil, "", ""
+	return reflect.DeepEqual(a, b)
+}
+
+func stagesSame(cur []builtStage, next []StageConfig) bool {
+	return slices.EqualFunc(cur, next, stageSame)
+}
+
+func stageSame(s builtStage, n StageConfig) bool {
+	return s.cfg.Name == n.Name && s.cfg.Type == n.Type && reflect.DeepEqual(s.cfg.Options, n.Options)
+}

@@ -1,0 +1,409 @@
+package pipeline_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/labelpipe/labelpipe/internal/vendortest"
+	"github.com/labelpipe/labelpipe/pipeline"
+)
+
+// reloadTo parses cfgText as the harness's config file and reloads it.
+func (h *harness) reloadTo(cfgText string) (pipeline.ReloadResult, error) {
+	h.t.Helper()
+	cfg, err := pipeline.ParseConfig(filepath.Join(h.dir, "labelpipe.yaml"), []byte(cfgText))
+	if err != nil {
+		return pipeline.ReloadResult{}, err
+	}
+	return h.p.ReloadConfig(cfg)
+}
+
+// mustReload reloads cfgText and requires it to be taken.
+func (h *harness) mustReload(cfgText string) pipeline.ReloadResult {
+	h.t.Helper()
+	res, err := h.reloadTo(cfgText)
+	if err != nil {
+		h.t.Fatalf("reload: %v", err)
+	}
+	return res
+}
+
+// reloadScale is a pipeline with one Scale sink at url; extra goes into
+// the sink.
+func reloadScale(stages, url, extra string) string {
+	return head(stages) + scaleSink(url, "\n    max_in_flight: 8"+extra)
+}
+
+func TestReloadInvalidConfigKeepsTheOldOne(t *testing.T) {
+	sc := vendortest.NewScale(t, scaleKey)
+	good := reloadScale("", sc.TaskURL(), "")
+	h := startHarness(t, good)
+	file := filepath.Join(h.dir, "labelpipe.yaml")
+
+	for _, tc := range []struct{ name, text string }{
+		// Errors the loader finds: a jq program that does not compile and
+		// a negative timeout.
+		{"load", strings.Replace(reloadScale("", sc.TaskURL(), "\n    filter: '.issue | | .x'\n    timeout: -1s"),
+			"max_body_bytes: 65536", "max_body_bytes: 65536, read_timeout: -5s", 1)},
+		// An error only building finds (validate's offline check).
+		{"build", strings.Replace(good, "schema: issue-exported", "schema: no-such-schema", 1)},
+	} {
+		mark := len(h.logs.String())
+		if err := os.WriteFile(file, []byte(tc.text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := h.p.ReloadFile(file)
+		if err == nil {
+			t.Fatalf("%s: reload of an invalid config succeeded", tc.name)
+		}
+		var ce pipeline.ConfigErrors
+		if !errors.As(err, &ce) {
+			ce = pipeline.ConfigErrors{{Msg: err.Error()}}
+		}
+		if tc.name == "load" && len(ce) < 2 {
+			t.Errorf("load: %d errors, want every one (at least 2): %v", len(ce), err)
+		}
+		logs := h.logs.String()[mark:]
+		if n := strings.Count(logs, "config reload: invalid config"); n != len(ce) {
+			t.Errorf("%s: %d invalid-config lines logged, want one per error (%d):\n%s", tc.name, n, len(ce), logs)
+		}
+		for _, e := range ce {
+			if !strings.Contains(logs, strings.ReplaceAll(e.Msg, `"`, `\"`)) {
+				t.Errorf("%s: error %q not logged:\n%s", tc.name, e.Msg, logs)
+			}
+		}
+		if !strings.Contains(logs, "config reload refused; the running config stays") {
+			t.Errorf("%s: no refusal logged:\n%s", tc.name, logs)
+		}
+	}
+
+	// The old config still serves: schema issue-exported, the Scale sink.
+	body, issue := samplePayload(t, "issue-frames.json")
+	h.accept(body)
+	h.eventually(10*time.Second, "Scale's tasks", func() bool { return len(scaleTasksOf(sc, issue)) == 3 })
+}
+
+func TestReloadStagesTakeEffectOnTheNextWebhook(t *testing.T) {
+	sc := vendortest.NewScale(t, scaleKey)
+	const dedupe = `  - {type: dedupe, store: memory, ttl: 1h}`
+	h := startHarness(t, reloadScale(dedupe, sc.TaskURL(), ""))
+	first, _ := samplePayload(t, "issue-frames.json")
+	firstID := h.accept(first).ID
+
+	next := strings.Replace(reloadScale(dedupe+"\n"+`  - {type: filter, expr: '.project != "skip_me"'}`, sc.TaskURL(), ""),
+		`secrets: ["`+hookOldSecret+`", "`+hookSecret+`"]`, `secrets: ["rotated-secret"]`, 1)
+	res := h.mustReload(next)
+	if !res.Stages || len(res.Changed) != 0 || len(res.NeedsRestart) != 0 {
+		t.Fatalf("reload result %+v, want stages swapped and nothing else", res)
+	}
+	if a := h.send(hookReq{secret: hookSecret, body: first}); a.Code != http.StatusUnauthorized {
+		t.Errorf("old secret after the reload: %d %s, want 401", a.Code, a.Raw)
+	}
+	body, issue := samplePayload(t, "issue-frames.json")
+	if a := h.send(hookReq{secret: "rotated-secret", body: body}); a.Code != http.StatusAccepted {
+		t.Fatalf("new secret after the reload: %d %s, want 202", a.Code, a.Raw)
+	}
+	// The dedupe stage did not change: it is carried over with what it
+	// has seen.
+	if a := h.send(hookReq{secret: "rotated-secret", body: first}); a.Status != "duplicate" || a.ID != firstID {
+		t.Errorf("the first export again after the reload: %d %s, want duplicate of %s", a.Code, a.Raw, firstID)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["project"] = "skip_me"
+	skip, _ := json.Marshal(doc)
+	if a := h.send(hookReq{secret: "rotated-secret", body: skip}); a.Status != "filtered" {
+		t.Errorf("export the new filter stage drops: %d %s, want filtered", a.Code, a.Raw)
+	}
+	h.eventually(10*time.Second, "Scale's tasks", func() bool { return len(scaleTasksOf(sc, issue)) == 3 })
+}
+
+// A changed sink finishes its requests under way with the old config and
+// sends the next ones with the new, on the same queue; an unchanged sink
+// is left alone.
+func TestReloadChangedSinkOnEveryBroker(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			oldSc, newSc := vendortest.NewScale(t, scaleKey), vendortest.NewScale(t, scaleKey)
+			ls := vendortest.NewLabelStudio(t, lsToken)
+			cfg := func(url string) string {
+				return onBroker(t, broker, reloadScale("", url, "")+labelStudioSink(ls, ""))
+			}
+			first := cfg(oldSc.TaskURL())
+			h := startHarness(t, first)
+
+			oldSc.SetLatency(time.Hour) // held until released below
+			body, held := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			// On Redis a consumer may hold the other chunks behind the
+			// one in flight: they are queued, not in flight, and go with
+			// the new config. On memory all three are in flight.
+			inFlight := 3
+			if broker == "redis" {
+				inFlight = 1
+			}
+			waitFake(t, "the first export's requests at the old Scale", func(ctx context.Context) error { return oldSc.WaitArrived(ctx, inFlight) })
+
+			// The same config but the Scale sink's url, on the same broker.
+			next := strings.Replace(first, oldSc.TaskURL(), newSc.TaskURL(), 1)
+			res := h.mustReload(next)
+			if !slices.Equal(res.Changed, []string{"scale"}) || res.Stages || len(res.NeedsRestart) != 0 {
+				t.Fatalf("reload result %+v, want only sink scale changed", res)
+			}
+
+			body, after := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			if broker == "redis" {
+				// A Redis consumer whose handler is busy with a held
+				// request holds the message it read next: the next
+				// export may wait behind the held one, reload or not.
+				oldSc.SetLatency(0)
+			}
+			h.eventually(10*time.Second, "the next export at the new Scale", func() bool { return len(scaleTasksOf(newSc, after)) == 3 })
+			h.eventually(10*time.Second, "both exports at Label Studio", func() bool {
+				return len(lsTasksOf(ls, held)) == 3 && len(lsTasksOf(ls, after)) == 3
+			})
+			if n := len(scaleTasksOf(oldSc, after)); n != 0 {
+				t.Errorf("%d of the next export's tasks went to the old Scale", n)
+			}
+
+			oldSc.SetLatency(0) // the requests under way finish with the old config
+			h.eventually(10*time.Second, "the held export's tasks", func() bool {
+				return len(scaleTasksOf(oldSc, held))+len(scaleTasksOf(newSc, held)) == 3
+			})
+			if n := len(scaleTasksOf(oldSc, held)); n < inFlight {
+				t.Errorf("%d of the held export's requests finished at the old Scale; %d were in flight at the reload", n, inFlight)
+			}
+			// Acked just after the vendor answered: wait for the queue.
+			h.eventually(10*time.Second, "scale's queue to empty", func() bool { return h.sink("scale").QueueDepth == 0 })
+			if s := h.sink("scale"); s.DLQ != 0 {
+				t.Errorf("scale after the reload: %+v, want an empty DLQ", s)
+			}
+		})
+	}
+}
+
+func TestReloadReportsKeysThatNeedARestart(t *testing.T) {
+	sc := vendortest.NewScale(t, scaleKey)
+	ls := vendortest.NewLabelStudio(t, lsToken)
+	first := reloadScale("", sc.TaskURL(), "")
+	h := startHarness(t, first)
+
+	next := strings.Replace(first, "max_body_bytes: 65536", "max_body_bytes: 1024", 1)
+	next = strings.Replace(next, "broker: {type: memory}", "broker: {type: memory, fanout_workers: 2}", 1)
+	next = strings.Replace(next, "max_in_flight: 8", "max_in_flight: 2", 1)
+	next += labelStudioSink(ls, "")
+	res := h.mustReload(next)
+	want := []string{"server", "broker", "sinks: label_studio added", "sinks.scale.max_in_flight"}
+	for _, k := range want {
+		if !slices.Contains(res.NeedsRestart, k) {
+			t.Errorf("needs a restart: %q missing from %q", k, res.NeedsRestart)
+		}
+	}
+	logs := h.logs.String()
+	for _, k := range want {
+		if !strings.Contains(logs, fmt.Sprintf("change needs a restart; left as it was\" key=%q", k)) &&
+			!strings.Contains(logs, "change needs a restart; left as it was\" key="+k) {
+			t.Errorf("no needs-a-restart log line for %q:\n%s", k, logs)
+		}
+	}
+	// Left as they were: a body of 2 KiB is still within 65536 bytes.
+	body, issue := samplePayload(t, "issue-frames.json")
+	if len(body) <= 1024 {
+		t.Fatalf("sample body is %d bytes; the test needs one over 1024", len(body))
+	}
+	h.accept(body)
+	h.eventually(10*time.Second, "Scale's tasks", func() bool { return len(scaleTasksOf(sc, issue)) == 3 })
+	if len(ls.Tasks(lsProject)) != 0 {
+		t.Errorf("the sink added by the reload got requests: it needs a restart")
+	}
+}
+
+// Webhooks keep coming while the stages and a sink are reloaded again
+// and again; every accepted export reaches the vendor.
+func TestReloadUnderLoadLosesNoExport(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			sc := vendortest.NewScale(t, scaleKey)
+			cfg := func(gen int) string {
+				stages := ""
+				if gen%2 == 1 {
+					stages = `  - {type: filter, expr: '.project != "skip_me"'}`
+				}
+				return reloadScale(stages, sc.TaskURL(), fmt.Sprintf("\n    headers: {X-Config-Gen: \"%d\"}", gen))
+			}
+			base := onBroker(t, broker, cfg(0))
+			onSame := func(gen int) string { // keeps the broker and redis of base
+				c := cfg(gen)
+				i, j := strings.Index(base, "broker:"), strings.Index(base, "stages:")
+				return strings.Replace(c, "broker: {type: memory}\n", base[i:j], 1)
+			}
+			h := startHarness(t, base)
+			// A vendor that takes a moment: requests are in flight when
+			// the sink's config is swapped.
+			sc.SetLatency(5 * time.Millisecond)
+
+			const exports, reloads = 40, 6
+			var mu sync.Mutex
+			var accepted []string
+			sent := make(chan struct{})
+			// The sender waits for reload k before export k*step: the
+			// reloads interleave with the webhooks, and exports follow
+			// the last one.
+			reloaded := make(chan struct{}, reloads)
+			step := exports / (reloads + 1)
+			go func() {
+				defer close(sent)
+				for i := 0; i < exports; i++ {
+					if i > 0 && i%step == 0 && i/step <= reloads {
+						select {
+						case <-reloaded:
+						case <-t.Context().Done():
+							return
+						}
+					}
+					body, issue := samplePayload(t, "issue-frames.json")
+					a := h.send(hookReq{secret: hookSecret, body: body})
+					if a.Code == http.StatusAccepted {
+						mu.Lock()
+						accepted = append(accepted, issue)
+						mu.Unlock()
+					} else {
+						t.Errorf("export %d: %d %s", i, a.Code, a.Raw)
+					}
+				}
+			}()
+			var took []time.Duration
+			for gen := 1; gen <= reloads; gen++ {
+				// Reload gen once gen*step exports are in; the sender
+				// waits for it there.
+				h.eventually(20*time.Second, "exports accepted", func() bool {
+					mu.Lock()
+					defer mu.Unlock()
+					return len(accepted) >= gen*step
+				})
+				res := h.mustReload(onSame(gen))
+				if !slices.Equal(res.Changed, []string{"scale"}) || len(res.NeedsRestart) != 0 {
+					t.Fatalf("reload %d: %+v", gen, res)
+				}
+				took = append(took, res.Took)
+				reloaded <- struct{}{}
+			}
+			<-sent
+			if len(accepted) != exports {
+				t.Fatalf("%d of %d exports accepted", len(accepted), exports)
+			}
+			waitFake(t, "every export's tasks", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 3*exports) })
+			lost := 0
+			for _, issue := range accepted {
+				if n := len(scaleTasksOf(sc, issue)); n != 3 {
+					lost++
+					t.Errorf("issue %s: %d tasks at Scale, want 3", issue, n)
+				}
+			}
+			gens := map[string]int{}
+			for _, r := range sc.Requests() {
+				gens[r.Header.Get("X-Config-Gen")]++
+			}
+			t.Logf("%s: exports sent %d, accepted %d, lost %d; Scale requests %d, duplicates %d; requests by config generation %v; reload took %v",
+				broker, exports, len(accepted), lost, sc.RequestCount(), sc.Duplicates(), gens, took)
+			if n := sc.RequestCount(); n != 3*exports {
+				t.Errorf("%d requests at Scale, want %d: one per task", n, 3*exports)
+			}
+			if gens[fmt.Sprint(reloads)] == 0 {
+				t.Errorf("no request carried the last config's header: %v", gens)
+			}
+		})
+	}
+}
+
+// A reload leaves a sink's breaker as it is: an unchanged sink's, and a
+// changed sink's whose retry, breaker and rate_limit did not change.
+func TestReloadKeepsBreakerState(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+			const policy = `
+    retry: {max_attempts: 1000, initial_interval: 5ms, max_interval: 20ms, max_elapsed: 0s}
+    breaker: {consecutive_failures: 2, open_timeout: 1h}`
+			first := onBroker(t, broker, head("")+scaleSink(sc.TaskURL(), policy)+labelStudioSink(ls, policy))
+			h := startHarness(t, first)
+			sc.SetDown(http.StatusServiceUnavailable)
+			ls.SetDown(http.StatusServiceUnavailable)
+			body, _ := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "both breakers open", func() bool {
+				return h.sink("scale").Breaker == "open" && h.sink("label_studio").Breaker == "open"
+			})
+
+			next := strings.Replace(first, "conflict_is_success: true", "conflict_is_success: true\n    headers: {X-Reloaded: \"1\"}", 1)
+			res := h.mustReload(next)
+			if !slices.Equal(res.Changed, []string{"scale"}) {
+				t.Fatalf("reload result %+v, want sink scale changed", res)
+			}
+			for _, name := range []string{"scale", "label_studio"} {
+				if s := h.sink(name); s.Breaker != "open" {
+					t.Errorf("%s after the reload: breaker %q, want open still", name, s.Breaker)
+				}
+			}
+		})
+	}
+}
+
+// A removed sink takes no new exports, and what its queue holds is still
+// delivered, never dropped; put back, it takes new exports again.
+func TestReloadRemovedSinkOnEveryBroker(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+			const policy = `
+    retry: {max_attempts: 100000, initial_interval: 5ms, max_interval: 20ms, max_elapsed: 0s}
+    breaker: {consecutive_failures: 100000}`
+			withLS := onBroker(t, broker, head("")+scaleSink(sc.TaskURL(), "")+labelStudioSink(ls, policy))
+			i, j := strings.Index(withLS, "  - name: label_studio"), strings.Index(withLS, "retry: {max_attempts: 100000")
+			lsEnd := j + strings.Index(withLS[j:], "consecutive_failures: 100000}") + len("consecutive_failures: 100000}")
+			without := withLS[:i] + withLS[lsEnd:]
+			h := startHarness(t, withLS)
+
+			ls.SetDown(http.StatusServiceUnavailable) // the export waits in label_studio's queue
+			body, queued := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			waitFake(t, "label_studio's failed attempts", func(ctx context.Context) error { return ls.WaitRequests(ctx, 2) })
+
+			res := h.mustReload(without)
+			if !slices.Equal(res.Removed, []string{"label_studio"}) || len(res.NeedsRestart) != 0 {
+				t.Fatalf("reload result %+v, want label_studio removed", res)
+			}
+			body, during := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the next export at Scale", func() bool { return len(scaleTasksOf(sc, during)) == 3 })
+
+			ls.SetUp()
+			h.eventually(10*time.Second, "the queued export delivered by the removed sink", func() bool { return len(lsTasksOf(ls, queued)) == 3 })
+			h.eventually(10*time.Second, "label_studio's queue to empty", func() bool { return h.sink("label_studio").QueueDepth == 0 })
+			if n := len(lsTasksOf(ls, during)); n != 0 {
+				t.Errorf("the removed sink got %d tasks of an export accepted after its removal", n)
+			}
+
+			res = h.mustReload(withLS)
+			if !slices.Equal(res.Restored, []string{"label_studio"}) {
+				t.Fatalf("reload result %+v, want label_studio restored", res)
+			}
+			body, after := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the export after the sink came back", func() bool { return len(lsTasksOf(ls, after)) == 3 })
+		})
+	}
+}
