@@ -267,14 +267,30 @@ func (p *Policy) Resume(ctx context.Context, prior Progress, save func(Progress)
 		lastErr  error
 		backoff  time.Duration
 		honoured bool
+		// freeSince, when set, is when an excluded attempt (a failed
+		// probe, a pending one) began: everything from then until the
+		// next attempt begins is free, its backoff however long the
+		// sleep really took.
+		freeSince time.Time
 	)
-	elapsed := func() time.Duration { return prior.Elapsed + time.Since(start) - free }
+	elapsed := func() time.Duration {
+		e := prior.Elapsed + time.Since(start) - free
+		if !freeSince.IsZero() {
+			e -= time.Since(freeSince)
+		}
+		return e
+	}
 	for n := prior.Attempts + 1; ; n++ {
 		adm, breakerWait, err := p.admit(ctx)
+		if !freeSince.IsZero() {
+			free += time.Since(freeSince) // the breaker wait included
+			freeSince = time.Time{}
+		} else {
+			free += breakerWait
+		}
 		if err != nil {
 			return n - 1, canceled(err, n-1, lastErr)
 		}
-		free += breakerWait
 		began := time.Now()
 		err = attempt(ctx, Attempt{N: n, BreakerState: adm.state, Backoff: backoff, RetryAfter: honoured, BreakerWait: breakerWait})
 		outcome := err
@@ -300,14 +316,14 @@ func (p *Policy) Resume(ctx context.Context, prior Progress, save func(Progress)
 			// max_attempts nor time of max_elapsed, and the breaker did
 			// not count it. The sink bounds how long it follows.
 			backoff, honoured = p.backoff(1, err)
-			free += time.Since(began) + backoff
+			freeSince = began
 		} else if adm.state == gobreaker.StateHalfOpen {
 			// The failed probe re-opened the breaker: like the open
 			// period, it spends nothing. The backoff (not grown by it)
 			// still applies, so that a probe whose outcome the store
 			// failed to record cannot be repeated at once.
 			backoff, honoured = p.backoff(max(spent, 1), err)
-			free += time.Since(began) + backoff
+			freeSince = began
 		} else {
 			spent++
 			if spent >= p.cfg.Retry.MaxAttempts {
