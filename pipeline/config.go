@@ -53,7 +53,7 @@ type HistoryConfig struct {
 	Enabled bool `yaml:"enabled"`
 	// MaxExports is how many exports are kept, newest first; default 10000.
 	MaxExports int `yaml:"max_exports"`
-	// TTL is how long an export is kept after it was received; default 7d.
+	// TTL is how long an export is kept after it was received; default 168h (7 days).
 	TTL time.Duration `yaml:"ttl"`
 }
 

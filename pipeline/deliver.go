@@ -207,7 +207,7 @@ func (p *Pipeline) attempts(ctx context.Context, s *builtSink, req *Request, rec
 			as.RecordError(err)
 			as.SetStatus(codes.Error, err.Error())
 			s.stats.failed(err, time.Now())
-			p.noteState(ctx, msg, s.cfg.Name, req.Chunk, backend.StateDelivering, err)
+			p.noteState(ctx, msg, s.cfg.Name, req.Chunk, a.N, backend.StateDelivering, err)
 			s.log.InfoContext(ctx, "attempt failed", "export", req.ExportID, "chunk", req.Chunk, "attempt", a.N, "err", err)
 		}
 		p.metrics.attempts.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "result", result))

@@ -100,12 +100,12 @@ func (h *exportHistory) save(ctx context.Context, p *Pipeline, msg *message.Mess
 // noteState records a request's state after a failure: a failed attempt
 // (delivering) or a dead letter. Deliveries write nothing here: the
 // ledger's record says delivered.
-func (p *Pipeline) noteState(ctx context.Context, msg *message.Message, sink string, chunk int, state string, cause error) {
+func (p *Pipeline) noteState(ctx context.Context, msg *message.Message, sink string, chunk, attempts int, state string, cause error) {
 	if p.history == nil {
 		return
 	}
 	r := requestOf(msg)
-	s := backend.RequestState{Sink: sink, Chunk: chunk, Chunks: r.Chunks, State: state, Generation: r.Generation, Error: cause.Error()}
+	s := backend.RequestState{Sink: sink, Chunk: chunk, Chunks: r.Chunks, State: state, Generation: r.Generation, Attempts: attempts, Error: cause.Error()}
 	if chunk >= 0 {
 		r.Sink, r.Chunk = sink, chunk
 		s.IdempotencyKey = r.IdempotencyKey()
@@ -158,14 +158,14 @@ func (p *Pipeline) view(ctx context.Context, e *backend.ExportEntry, full bool) 
 		v.TraceURL = strings.ReplaceAll(p.cfg.Admin.TraceURL, "{trace_id}", e.TraceID)
 	}
 	for _, s := range e.Requests {
-		rv := RequestView{RequestState: s}
+		rv := RequestView{RequestState: s, Attempts: s.Attempts}
 		if s.Chunk >= 0 {
 			r := Request{Sink: s.Sink, ExportID: e.ID, Chunk: s.Chunk, Generation: s.Generation}
 			rec, err := p.ledger.Lookup(ctx, r.Key())
 			if err != nil {
 				return nil, err
 			}
-			rv.Attempts, rv.Steps = rec.Attempts, rec.Steps
+			rv.Attempts, rv.Steps = max(rec.Attempts, s.Attempts), rec.Steps
 			if rec.Delivered {
 				rv.State = backend.StateDelivered
 			}

@@ -43,9 +43,12 @@ type RequestState struct {
 	State  string `json:"state"`
 	// Generation is the delivery generation the state is of; the ledger
 	// record of generation g > 0 is under DeliveryKey{ExportID: id~g<g>}.
-	Generation int    `json:"generation,omitempty"`
-	Status     int    `json:"status,omitempty"`
-	Error      string `json:"error,omitempty"`
+	Generation int `json:"generation,omitempty"`
+	// Attempts is the attempts made when the state was saved; the
+	// ledger's record has them while the request is retried.
+	Attempts int    `json:"attempts,omitempty"`
+	Status   int    `json:"status,omitempty"`
+	Error    string `json:"error,omitempty"`
 	// IdempotencyKey is the key the vendor receives.
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
 }
