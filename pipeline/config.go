@@ -55,6 +55,11 @@ type HistoryConfig struct {
 	MaxExports int `yaml:"max_exports"`
 	// TTL is how long an export is kept after it was received; default 168h (7 days).
 	TTL time.Duration `yaml:"ttl"`
+	// MaxPayloadBytes is the largest export body kept for a resend;
+	// default 262144 (256 KiB). A larger export is listed all the same,
+	// but cannot be resent. The history holds up to max_exports times
+	// this in the worst case, in memory or in Redis.
+	MaxPayloadBytes int64 `yaml:"max_payload_bytes"`
 }
 
 // ServerConfig is the webhook listener.
@@ -331,7 +336,7 @@ func defaultConfig() Config {
 		Redis:   RedisConfig{KeyPrefix: "labelpipe:"},
 		Log:     LogConfig{Level: "info", Format: "text"},
 		JQ:      DefaultJQLimits(),
-		History: HistoryConfig{Enabled: true, MaxExports: 10000, TTL: 7 * 24 * time.Hour},
+		History: HistoryConfig{Enabled: true, MaxExports: 10000, TTL: 7 * 24 * time.Hour, MaxPayloadBytes: 256 << 10},
 	}
 }
 

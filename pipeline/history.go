@@ -88,6 +88,9 @@ func (h *exportHistory) save(ctx context.Context, p *Pipeline, msg *message.Mess
 	e := &backend.ExportEntry{ID: md.Get(backend.MetaExportID), Event: md.Get(backend.MetaEvent), Project: md.Get(backend.MetaProject),
 		IssueID: md.Get(backend.MetaIssueID), Key: md.Get(backend.MetaExportKey), Payload: msg.Payload,
 		Generation: generation(md), Requests: h.reqs}
+	if int64(len(e.Payload)) > p.cfg.History.MaxPayloadBytes {
+		e.Payload, e.PayloadDropped = nil, true
+	}
 	e.ReceivedAt, _ = receivedAt(md)
 	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
 		e.TraceID = sc.TraceID().String()
@@ -332,6 +335,10 @@ func (p *Pipeline) resendExport(w http.ResponseWriter, r *http.Request) {
 	}
 	if !ok {
 		writeJSON(w, http.StatusNotFound, map[string]any{"error": "no export " + r.PathValue("id") + " in the history"})
+		return
+	}
+	if e.PayloadDropped {
+		writeJSON(w, http.StatusConflict, map[string]any{"error": "export " + e.ID + " was larger than history.max_payload_bytes: its body was not kept, so it cannot be resent; send it again from Aquarium"})
 		return
 	}
 	gen := e.Generation + 1

@@ -198,3 +198,23 @@ func TestExportHistoryOff(t *testing.T) {
 		t.Errorf("GET /api/exports with the history off = %d, want 404", code)
 	}
 }
+
+// An export larger than history.max_payload_bytes is listed but its body
+// is not kept: a resend says so and sends nothing.
+func TestExportHistoryPayloadBound(t *testing.T) {
+	sc := vendortest.NewScale(t, scaleKey)
+	h := startHarness(t, strings.Replace(head(""), "broker: {type: memory}", "broker: {type: memory}\nhistory: {max_payload_bytes: 10}", 1)+
+		scaleSink(sc.TaskURL(), fastPolicy))
+	body, issue := samplePayload(t, "issue-frames.json")
+	a := h.accept(body)
+	waitFake(t, "scale's three tasks", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 3) })
+	if got := h.exports("issue_id=" + url.QueryEscape(issue)); len(got) != 1 || got[0].ID != a.ID {
+		t.Fatalf("exports of %s = %+v, want %s", issue, got, a.ID)
+	}
+	if code := h.resend(a.ID, ""); code != http.StatusConflict {
+		t.Errorf("resend of an export whose body was not kept = %d, want 409", code)
+	}
+	if n := sc.RequestCount(); n != 3 {
+		t.Errorf("scale got %d requests, want the first 3 only", n)
+	}
+}

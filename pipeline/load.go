@@ -494,6 +494,9 @@ func (l *loader) check(c *Config) {
 	if c.History.TTL <= 0 {
 		l.at("history.ttl", "history", "ttl", "must be > 0")
 	}
+	if c.History.MaxPayloadBytes < 0 {
+		l.at("history.max_payload_bytes", "history", "max_payload_bytes", "must be ≥ 0 (0: keep no body, no resend)")
+	}
 	if c.JQ.Timeout <= 0 {
 		l.at("jq.timeout", "jq", "timeout", "must be > 0")
 	}

@@ -27,6 +27,9 @@ type ExportEntry struct {
 	Key        string    `json:"export_key,omitempty"`
 	// Payload is the export as it was published, for a resend.
 	Payload []byte `json:"payload,omitempty"`
+	// PayloadDropped says the export was too large to keep for a resend
+	// (history.max_payload_bytes).
+	PayloadDropped bool `json:"payload_dropped,omitempty"`
 	// Generation counts resends; 0 for the first delivery.
 	Generation int `json:"generation,omitempty"`
 	// Requests are the export's requests by "<sink>.<chunk>" (a chunk of
