@@ -14,7 +14,8 @@ import (
 
 // History keeps, shared by all replicas, <prefix>history, a sorted set of
 // export ids by received time (unix ms), and <prefix>history:<id>, a hash
-// per export: field "e" the export's JSON, and "r:<sink>.<chunk>" each
+// per export: field "e" the export's JSON, "p" its body (for a resend),
+// and "r:<sink>.<chunk>" each
 // request's state (JSON), expiring ttl after the export was received.
 // The sorted set is trimmed to maxExports in batches (the hashes of the
 // trimmed exports deleted with them); Scan never shows more than
@@ -46,14 +47,17 @@ var setState = goredis.NewScript(`if redis.call("EXISTS", KEYS[1]) == 1 then ret
 func (h *History) Add(ctx context.Context, e *backend.ExportEntry) error {
 	rs := e.Requests
 	c := *e
-	c.Requests = nil
+	c.Requests, c.Payload = nil, nil // the payload goes raw in "p", not base64 in JSON
 	b, err := json.Marshal(&c)
 	if err != nil {
 		return err
 	}
 	k := h.prefix + e.ID
-	vals := make([]any, 0, 2+2*len(rs))
+	vals := make([]any, 0, 4+2*len(rs))
 	vals = append(vals, "e", b)
+	if e.Payload != nil {
+		vals = append(vals, "p", e.Payload)
+	}
 	for f, s := range rs {
 		sb, err := json.Marshal(s)
 		if err != nil {
@@ -121,6 +125,9 @@ func decodeEntry(m map[string]string) (*backend.ExportEntry, error) {
 	var e backend.ExportEntry
 	if err := json.Unmarshal([]byte(m["e"]), &e); err != nil {
 		return nil, err
+	}
+	if p, ok := m["p"]; ok {
+		e.Payload = []byte(p)
 	}
 	for f, v := range m {
 		if len(f) < 2 || f[:2] != "r:" {
