@@ -85,6 +85,17 @@ func (h *exportHistory) save(ctx context.Context, p *Pipeline, msg *message.Mess
 		return
 	}
 	md := msg.Metadata
+	if md.Get(backend.MetaOnlySink) != "" || generation(md) > 0 {
+		// A replay of a render failure, or a resend: a sink that renders
+		// now supersedes its earlier dead-lettered render (chunk -1).
+		for _, s := range h.reqs {
+			if k := backend.HistoryKey(s.Sink, -1); s.Chunk >= 0 {
+				if _, ok := h.reqs[k]; !ok {
+					h.reqs[k] = backend.RequestState{Sink: s.Sink, Chunk: -1, State: stateSuperseded}
+				}
+			}
+		}
+	}
 	e := &backend.ExportEntry{ID: md.Get(backend.MetaExportID), Event: md.Get(backend.MetaEvent), Project: md.Get(backend.MetaProject),
 		IssueID: md.Get(backend.MetaIssueID), Key: md.Get(backend.MetaExportKey), Payload: msg.Payload,
 		Generation: generation(md), Requests: h.reqs}
@@ -148,6 +159,10 @@ type RequestView struct {
 	Steps map[string]string `json:"steps,omitempty"`
 }
 
+// stateSuperseded marks a render failure (chunk -1) that a later render
+// of the same sink replaced; it is not shown.
+const stateSuperseded = "superseded"
+
 // stateRank orders states from least to most settled, for a sink's
 // summary: a sink is as far as its least advanced request.
 var stateRank = map[string]int{backend.StateDeadLettered: 0, backend.StateDelivering: 1, backend.StateQueued: 2,
@@ -161,6 +176,9 @@ func (p *Pipeline) view(ctx context.Context, e *backend.ExportEntry, full bool) 
 		v.TraceURL = strings.ReplaceAll(p.cfg.Admin.TraceURL, "{trace_id}", e.TraceID)
 	}
 	for _, s := range e.Requests {
+		if s.State == stateSuperseded {
+			continue
+		}
 		rv := RequestView{RequestState: s, Attempts: s.Attempts}
 		if s.Chunk >= 0 {
 			r := Request{Sink: s.Sink, ExportID: e.ID, Chunk: s.Chunk, Generation: s.Generation}
