@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -14,9 +15,10 @@ import (
 
 // History keeps, shared by all replicas, <prefix>history, a sorted set of
 // export ids by received time (unix ms), and <prefix>history:<id>, a hash
-// per export: field "e" the export's JSON, "p" its body (for a resend),
-// and "r:<sink>.<chunk>" each
-// request's state (JSON), expiring ttl after the export was received.
+// per export: field "e" the export's JSON and "r:<sink>.<chunk>" each
+// request's state (JSON), and <prefix>history:<id>:body, the export's
+// body for a resend (read by Get only, so that listing does not carry the
+// bodies), both expiring ttl after the export was received.
 // The sorted set is trimmed to maxExports in batches (the hashes of the
 // trimmed exports deleted with them); Scan never shows more than
 // maxExports.
@@ -55,9 +57,7 @@ func (h *History) Add(ctx context.Context, e *backend.ExportEntry) error {
 	k := h.prefix + e.ID
 	vals := make([]any, 0, 4+2*len(rs))
 	vals = append(vals, "e", b)
-	if e.Payload != nil {
-		vals = append(vals, "p", e.Payload)
-	}
+
 	for f, s := range rs {
 		sb, err := json.Marshal(s)
 		if err != nil {
@@ -69,8 +69,14 @@ func (h *History) Add(ctx context.Context, e *backend.ExportEntry) error {
 	var card *goredis.IntCmd
 	_, err = h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		p.HSet(ctx, k, vals...)
+		if e.Payload != nil {
+			p.Set(ctx, k+":body", e.Payload, 0)
+		}
 		if h.ttl > 0 {
 			p.PExpireAt(ctx, k, e.ReceivedAt.Add(h.ttl))
+			if e.Payload != nil {
+				p.PExpireAt(ctx, k+":body", e.ReceivedAt.Add(h.ttl))
+			}
 			p.ZRemRangeByScore(ctx, h.index, "-inf", "("+strconv.FormatInt(now.Add(-h.ttl).UnixMilli(), 10))
 		}
 		p.ZAdd(ctx, h.index, goredis.Z{Score: float64(e.ReceivedAt.UnixMilli()), Member: e.ID})
@@ -94,7 +100,7 @@ func (h *History) trim(ctx context.Context, n int) error {
 	}
 	_, err = h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for _, id := range ids {
-			p.Del(ctx, h.prefix+id)
+			p.Del(ctx, h.prefix+id, h.prefix+id+":body")
 		}
 		m := make([]any, len(ids))
 		for i, id := range ids {
@@ -126,9 +132,6 @@ func decodeEntry(m map[string]string) (*backend.ExportEntry, error) {
 	if err := json.Unmarshal([]byte(m["e"]), &e); err != nil {
 		return nil, err
 	}
-	if p, ok := m["p"]; ok {
-		e.Payload = []byte(p)
-	}
 	for f, v := range m {
 		if len(f) < 2 || f[:2] != "r:" {
 			continue
@@ -147,16 +150,25 @@ func decodeEntry(m map[string]string) (*backend.ExportEntry, error) {
 
 // Get reads one export's hash.
 func (h *History) Get(ctx context.Context, id string) (*backend.ExportEntry, bool, error) {
-	m, err := h.client.HGetAll(ctx, h.prefix+id).Result()
-	if err != nil {
+	var all *goredis.MapStringStringCmd
+	var body *goredis.StringCmd
+	_, err := h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		all = p.HGetAll(ctx, h.prefix+id)
+		body = p.Get(ctx, h.prefix+id+":body")
+		return nil
+	})
+	if err != nil && !errors.Is(err, goredis.Nil) {
 		return nil, false, fmt.Errorf("history: %w", err)
 	}
-	if m["e"] == "" {
+	if all.Val()["e"] == "" {
 		return nil, false, nil
 	}
-	e, err := decodeEntry(m)
+	e, err := decodeEntry(all.Val())
 	if err != nil {
 		return nil, false, fmt.Errorf("history: export %s: %w", id, err)
+	}
+	if b, err := body.Bytes(); err == nil {
+		e.Payload = b
 	}
 	return e, true, nil
 }
