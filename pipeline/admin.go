@@ -97,6 +97,7 @@ func (p *Pipeline) AdminHandler() http.Handler {
 		writeJSON(w, http.StatusOK, out)
 	})
 	p.mountOps(mux)
+	p.mountHistory(mux)
 	p.mountConsole(mux)
 	mux.HandleFunc("DELETE /api/dlq/{sink}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("sink")

@@ -60,6 +60,7 @@ func (p *Pipeline) openBackends() error {
 		return fmt.Errorf("broker %s: %w", brokerKind, err)
 	}
 	p.dlq, p.ledger = b.DLQ(), b.Ledger()
+	p.openHistory(b)
 	p.system = p.broker.Info().System
 	return nil
 }

@@ -28,6 +28,9 @@ type Config struct {
 	// JQ bounds every jq program's run: stages, dedupe keys, filters,
 	// transforms, sink bodies and previews.
 	JQ JQLimits `yaml:"jq"`
+	// History keeps a record of every accepted export and its requests'
+	// states, for the admin API's /api/exports and the console.
+	History HistoryConfig `yaml:"history"`
 	// CustomEvents are event names besides Aquarium's five
 	// (AquariumEvents) that sinks and stages may name, for a caller that
 	// sends its own; any other name is an error.
@@ -41,6 +44,22 @@ type Config struct {
 	dir      string
 	root     *ast.File
 	resolved bool
+}
+
+// HistoryConfig bounds the export history: in Redis on the redis broker,
+// shared by every replica, in memory on the memory broker.
+type HistoryConfig struct {
+	// Enabled keeps the history; default true.
+	Enabled bool `yaml:"enabled"`
+	// MaxExports is how many exports are kept, newest first; default 10000.
+	MaxExports int `yaml:"max_exports"`
+	// TTL is how long an export is kept after it was received; default 168h (7 days).
+	TTL time.Duration `yaml:"ttl"`
+	// MaxPayloadBytes is the largest export body kept for a resend;
+	// default 262144 (256 KiB). A larger export is listed all the same,
+	// but cannot be resent. The history holds up to max_exports times
+	// this in the worst case, in memory or in Redis.
+	MaxPayloadBytes int64 `yaml:"max_payload_bytes"`
 }
 
 // ServerConfig is the webhook listener.
@@ -314,9 +333,10 @@ func defaultConfig() Config {
 		Admin: AdminConfig{Addr: "127.0.0.1:9090"},
 		Broker: BrokerConfig{Type: "memory", Prefix: "labelpipe:", ClaimIdle: 60 * time.Second, MaxLen: 10000, FanoutWorkers: 4,
 			MaxPending: 128, QueueWait: 10 * time.Second},
-		Redis: RedisConfig{KeyPrefix: "labelpipe:"},
-		Log:   LogConfig{Level: "info", Format: "text"},
-		JQ:    DefaultJQLimits(),
+		Redis:   RedisConfig{KeyPrefix: "labelpipe:"},
+		Log:     LogConfig{Level: "info", Format: "text"},
+		JQ:      DefaultJQLimits(),
+		History: HistoryConfig{Enabled: true, MaxExports: 10000, TTL: 7 * 24 * time.Hour, MaxPayloadBytes: 256 << 10},
 	}
 }
 

@@ -108,6 +108,10 @@ func sinkRow(sink, cell string) string {
 	return strings.TrimSpace(fmt.Sprintf(`#sinks tbody tr[data-sink=%q] %s`, sink, cell))
 }
 
+func exportSink(export, sink string) string {
+	return fmt.Sprintf(`#exports-list tr[data-export-row=%q] li[data-sink=%q]`, export, sink)
+}
+
 func dlqRow(export string) string { return fmt.Sprintf(`#dlq tbody tr[data-export=%q]`, export) }
 
 // The console in a real browser, against a running pipeline and fake
@@ -152,9 +156,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if !disabled {
 		t.Errorf("the pause button is enabled before signing in")
 	}
-	if p := c.text("#exports .placeholder"); !strings.Contains(p, "not recorded yet") {
-		t.Errorf("the recent exports panel says %q, want the placeholder", p)
-	}
+	c.waitFor("the empty export history", `!document.querySelector('#exports-empty').hidden`)
 	c.screenshot("01-sinks")
 
 	// The vendor goes down: the first export is dead-lettered after its
@@ -272,6 +274,22 @@ func TestConsoleInBrowser(t *testing.T) {
 	waitFake(t, "both exports at the vendor", func(ctx context.Context) error { return ls.WaitAccepted(ctx, 2) })
 	c.screenshot("04-replayed-delivered")
 
+	// Recent exports: A is listed with label_studio delivered; its row
+	// opens its requests; a resend to Scale from the page delivers again
+	// with the same idempotency keys (Scale answers "already done").
+	c.waitFor("A delivered in recent exports", fmt.Sprintf(`document.querySelector('%s')?.textContent === "label_studio: delivered"`, exportSink(a.ID, "label_studio")))
+	c.do("open A", chromedp.Click(chromedp.CSS(fmt.Sprintf(`#exports-list tr[data-export-row=%q] button[data-action="open"]`, a.ID))))
+	c.waitFor("A's requests", fmt.Sprintf(`document.querySelector('#export-detail')?.dataset.export === %q && document.querySelectorAll('#export-requests tbody tr').length === 4`, a.ID))
+	scaleBefore := sc.RequestCount()
+	c.do("resend A to scale", chromedp.SetValue(chromedp.CSS("#resend-sink"), "scale"), chromedp.Click(chromedp.CSS("#resend-same")))
+	c.waitFor("the resend's answer", `document.querySelector('#status').textContent.includes("generation 1")`)
+	waitFake(t, "scale's resent requests", func(ctx context.Context) error { return sc.WaitRequests(ctx, scaleBefore+3) })
+	c.waitFor("generation 1 shown", `[...document.querySelectorAll('#export-requests td.generation')].filter(td => td.textContent === "1").length === 3`)
+	if d := sc.Duplicates(); d != 3 {
+		t.Errorf("scale counted %d duplicates after the resend, want 3 (same idempotency keys)", d)
+	}
+	c.screenshot("05-export-resent")
+
 	// Pause from the page: the next export waits in the queue; resume,
 	// from the keyboard, delivers it.
 	c.do("pause", chromedp.Click(chromedp.CSS(sinkRow("label_studio", `button[data-action="pause"]`))))
@@ -282,7 +300,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if n := ls.Accepted(); n != 2 {
 		t.Errorf("vendor accepted %d imports while paused, want still 2", n)
 	}
-	c.screenshot("05-paused")
+	c.screenshot("06-paused")
 	c.do("resume from the keyboard", chromedp.Focus(chromedp.CSS(sinkRow("label_studio", `button[data-action="resume"]`))),
 		chromedp.KeyEvent(kb.Enter))
 	c.waitFor("three deliveries", fmt.Sprintf(`document.querySelector('%s')?.textContent === "3"`, sinkRow("label_studio", "td.rate")))

@@ -31,6 +31,7 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			ExportKey: msg.Metadata.Get(backend.MetaExportKey), Body: msg.Payload}
 		req.Chunk, _ = strconv.Atoi(msg.Metadata.Get(backend.MetaChunk))
 		req.Chunks, _ = strconv.Atoi(msg.Metadata.Get(backend.MetaChunks))
+		req.Generation = generation(msg.Metadata)
 		key := req.Key()
 		if span.IsRecording() {
 			span.SetAttributes(attribute.String("labelpipe.sink", s.cfg.Name), attribute.Int("labelpipe.chunk", req.Chunk),
@@ -72,7 +73,7 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 		// In flight with the sink's config of now: a reload lets it finish
 		// with that one.
 		g := s.take()
-		attempts, err := p.attempts(ctx, s, g, req, rec)
+		attempts, err := p.attempts(ctx, s, g, req, rec, msg)
 		g.refs.drop()
 		if span.IsRecording() {
 			span.SetAttributes(attribute.Int("labelpipe.attempts", attempts))
@@ -162,7 +163,7 @@ func (p *Pipeline) handBack(key string) {
 // they would be a good part of a delivery's allocations.
 // rec carries the retries earlier processes made, and each failed attempt
 // is saved to the ledger, so that the retry budget holds across restarts.
-func (p *Pipeline) attempts(ctx context.Context, s *builtSink, g *sinkGen, req *Request, rec backend.DeliveryRecord) (int, error) {
+func (p *Pipeline) attempts(ctx context.Context, s *builtSink, g *sinkGen, req *Request, rec backend.DeliveryRecord, msg *message.Message) (int, error) {
 	ctx, span := p.tracer.Start(ctx, "deliver "+s.cfg.Name)
 	defer span.End()
 	if span.IsRecording() {
@@ -210,6 +211,7 @@ func (p *Pipeline) attempts(ctx context.Context, s *builtSink, g *sinkGen, req *
 			as.RecordError(err)
 			as.SetStatus(codes.Error, err.Error())
 			s.stats.failed(err, time.Now())
+			p.noteState(ctx, msg, s.cfg.Name, req.Chunk, a.N, backend.StateDelivering, err)
 			s.log.InfoContext(ctx, "attempt failed", "export", req.ExportID, "chunk", req.Chunk, "attempt", a.N, "err", err)
 		}
 		p.metrics.attempts.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "result", result))

@@ -69,6 +69,7 @@ func (p *Pipeline) deadLetter(ctx context.Context, s *builtSink, msg *message.Me
 		return fmt.Errorf("dead-letter for sink %s: %w", s.cfg.Name, err)
 	}
 	s.stats.failed(cause, time.Now())
+	p.noteState(ctx, msg, s.cfg.Name, chunk, attempts, backend.StateDeadLettered, cause)
 	level := slog.LevelError
 	if e.quiet {
 		level = slog.LevelDebug

@@ -42,20 +42,29 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 		use  queueUse
 	}
 	var full []refused
+	// Every sink renders first, so that the history has the export's
+	// requests before any of them can be delivered or fail.
+	var hist exportHistory
+	var rendered []refused
 	for _, s := range p.sinks {
 		if (only != "" && s.cfg.Name != only) || s.removed.Load() {
 			continue
 		}
 		msgs, err := p.render(ctx, s, msg.Metadata, payload)
+		hist.note(s, msgs, err)
 		if err != nil {
 			if err := p.deadLetter(ctx, s, msg, -1, 0, err, withTopic(backend.TopicExports)); err != nil {
 				return err
 			}
 			continue
 		}
-		if len(msgs) == 0 {
-			continue
+		if len(msgs) > 0 {
+			rendered = append(rendered, refused{s: s, msgs: msgs})
 		}
+	}
+	hist.save(ctx, p, msg)
+	for _, r := range rendered {
+		s, msgs := r.s, r.msgs
 		if use, ok := p.take(ctx, s, msgs, false); !ok {
 			full = append(full, refused{s, msgs, use})
 			continue
@@ -93,10 +102,13 @@ func (p *Pipeline) render(ctx context.Context, s *builtSink, md message.Metadata
 	for i, b := range bodies {
 		// The message id names this acceptance (export id), so two
 		// acceptances of the same export never share one on the broker.
-		req := Request{Sink: s.cfg.Name, ExportID: md.Get(backend.MetaExportID), Chunk: i, Chunks: len(bodies)}
+		req := Request{Sink: s.cfg.Name, ExportID: md.Get(backend.MetaExportID), Chunk: i, Chunks: len(bodies), Generation: generation(md)}
 		m := message.NewMessage(req.Key().String(), b)
 		for _, k := range []string{backend.MetaExportID, backend.MetaExportKey, backend.MetaReceivedAt, backend.MetaEvent, backend.MetaProject, backend.MetaIssueID} {
 			m.Metadata.Set(k, md.Get(k))
+		}
+		if g := md.Get(backend.MetaGeneration); g != "" {
+			m.Metadata.Set(backend.MetaGeneration, g)
 		}
 		m.Metadata.Set(backend.MetaSink, s.cfg.Name)
 		m.Metadata.Set(backend.MetaChunk, strconv.Itoa(i))

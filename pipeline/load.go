@@ -111,7 +111,7 @@ func ParseConfig(name string, data []byte, opts ...LoadOption) (*Config, error) 
 	}
 	sections := map[string]any{
 		"server": &cfg.Server, "admin": &cfg.Admin, "broker": &cfg.Broker,
-		"redis": &cfg.Redis, "tracing": &cfg.Tracing, "log": &cfg.Log, "jq": &cfg.JQ,
+		"redis": &cfg.Redis, "tracing": &cfg.Tracing, "log": &cfg.Log, "jq": &cfg.JQ, "history": &cfg.History,
 	}
 	for _, mv := range root.Values {
 		key := mv.Key.String()
@@ -487,6 +487,15 @@ func (l *loader) check(c *Config) {
 	}
 	if c.Broker.MaxPending < 1 {
 		l.at("broker.max_pending", "broker", "max_pending", "must be ≥ 1")
+	}
+	if c.History.MaxExports < 1 {
+		l.at("history.max_exports", "history", "max_exports", "must be ≥ 1")
+	}
+	if c.History.TTL <= 0 {
+		l.at("history.ttl", "history", "ttl", "must be > 0")
+	}
+	if c.History.MaxPayloadBytes < 0 {
+		l.at("history.max_payload_bytes", "history", "max_payload_bytes", "must be ≥ 0 (0: keep no body, no resend)")
 	}
 	if c.JQ.Timeout <= 0 {
 		l.at("jq.timeout", "jq", "timeout", "must be > 0")

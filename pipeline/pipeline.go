@@ -78,6 +78,7 @@ type Pipeline struct {
 	system   string // the broker's messaging.system, for spans
 	dlq      backend.DLQ
 	ledger   backend.Ledger
+	history  backend.History // nil: history off
 	router   *message.Router
 	// offline: built for a preview; touches nothing outside the process.
 	offline bool

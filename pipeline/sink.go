@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strconv"
 	"time"
 
 	"github.com/labelpipe/labelpipe/pipeline/backend"
@@ -24,6 +25,10 @@ type Request struct {
 	// Chunk is the 0-based index of this request among the export's
 	// requests to this sink; Chunks is how many there are.
 	Chunk, Chunks int
+	// Generation is the export's delivery generation: 0 for its first
+	// delivery, g for the g-th resend (backend.MetaGeneration). Each
+	// generation has its own delivery record.
+	Generation int
 	// Body is the rendered request body (JSON).
 	Body []byte
 
@@ -79,8 +84,14 @@ func (r *Request) Resume(l backend.Ledger, rec backend.DeliveryRecord) {
 }
 
 // Key names the request's delivery record: (export id, sink, chunk).
+// A resend's generation g > 0 names a record of its own, with export id
+// "<export id>~g<g>", so that it is delivered again.
 func (r *Request) Key() backend.DeliveryKey {
-	return backend.DeliveryKey{ExportID: r.ExportID, Sink: r.Sink, Chunk: r.Chunk}
+	id := r.ExportID
+	if r.Generation > 0 {
+		id += "~g" + strconv.Itoa(r.Generation)
+	}
+	return backend.DeliveryKey{ExportID: id, Sink: r.Sink, Chunk: r.Chunk}
 }
 
 // IdempotencyKey is "<export key>.<sink>.<chunk>": derived from what the

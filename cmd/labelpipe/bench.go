@@ -60,6 +60,7 @@ failed.`,
 	fs.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "give up waiting for deliveries after this long (> 0)")
 	fs.DurationVar(&o.VendorLatency, "vendor-latency", 0, "latency each fake vendor adds to every request (≥ 0)")
 	fs.IntVar(&o.MaxInFlight, "max-in-flight", 8, "the daemon's max_in_flight for each sink (≥ 1)")
+	fs.BoolVar(&o.NoHistory, "no-history", false, "turn the daemon's export history off (history.enabled: false), to measure its cost")
 	fs.StringVar(&b.fault, "fault", "", "the first vendor misbehaves once the load starts: down=DURATION (503s), hang, or slow=DURATION (per request)")
 	fs.IntVar(&b.rounds, "rounds", 1, "run this many rounds (with --baseline, each pairs labelpipe and the forwarder) and report the median ratios (≥ 1)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write the daemon's CPU profile during the run to this file")

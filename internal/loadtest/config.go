@@ -33,6 +33,9 @@ func daemonConfig(addr, admin string, o Options, vendorURLs []string) string {
 	} else {
 		b.WriteString("broker: {type: memory}\n")
 	}
+	if o.NoHistory {
+		b.WriteString("history: {enabled: false}\n")
+	}
 	b.WriteString("stages:\n  - {type: secret, secrets: [" + secret + "]}\n  - {type: schema, schema: issue-exported}\n  - {type: dedupe, store: memory, ttl: 1h}\nsinks:\n")
 	for i, u := range vendorURLs {
 		body, _ := json.Marshal(sinkBodies[i])

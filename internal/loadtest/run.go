@@ -36,6 +36,9 @@ type Options struct {
 	RedisURL string
 	// MaxInFlight is the daemon's max_in_flight for each of its three sinks.
 	MaxInFlight int
+	// NoHistory turns the daemon's export history off (history.enabled),
+	// to measure what it costs.
+	NoHistory bool
 	// Timeout bounds the wait, after the last export was answered, for
 	// every accepted export to reach every vendor.
 	Timeout time.Duration

@@ -316,3 +316,9 @@ type Hold struct {
 
 // ErrHoldLost is Confirm's error when the export no longer holds the key.
 var ErrHoldLost = errors.New("dedupe key is no longer held by this export")
+
+// MetaGeneration, on an exports or sink message, is the delivery
+// generation of a resend (1, 2, …); absent for the first delivery. A
+// request of generation g has its own delivery record, so it is delivered
+// again even though the first generation's record says done.
+const MetaGeneration = "generation"

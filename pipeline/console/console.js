@@ -3,7 +3,7 @@
 // vendors' answers, which must never be taken for markup.
 "use strict";
 
-const state = { session: null, pollMs: 1000, timer: null };
+const state = { session: null, pollMs: 1000, timer: null, export: null, exportQuery: "" };
 
 function $(sel) { return document.querySelector(sel); }
 
@@ -162,6 +162,118 @@ function renderDLQ(entries) {
   $("#dlq-empty").hidden = entries.length > 0;
 }
 
+// renderExports lists the export history, newest first, with each sink's
+// state; a row's button opens the export.
+function renderExports(list) {
+  const tbody = $("#exports-list tbody");
+  const keep = new Set();
+  list.forEach((e, i) => {
+    keep.add(e.id);
+    const tr = row(tbody, e.id, 6, "data-export-row");
+    if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i]); // newest first, as listed
+    const c = tr.children;
+    cell(c[0], new Date(e.received_at).toLocaleString());
+    if (!c[1].querySelector("button")) {
+      const b = document.createElement("button");
+      const id = e.id;
+      b.type = "button";
+      b.dataset.action = "open";
+      b.textContent = id;
+      b.setAttribute("aria-label", `Open export ${id}`);
+      b.addEventListener("click", () => openExport(id));
+      c[1].appendChild(b);
+    }
+    cell(c[2], e.issue_id || "—", "issue");
+    cell(c[3], e.project || "—");
+    let ul = c[4].querySelector("ul");
+    if (!ul) { ul = document.createElement("ul"); ul.className = "sink-states"; c[4].appendChild(ul); }
+    const names = Object.keys(e.sinks || {}).sort();
+    while (ul.children.length > names.length) ul.lastChild.remove();
+    names.forEach((name, i) => {
+      let li = ul.children[i];
+      if (!li) { li = document.createElement("li"); ul.appendChild(li); }
+      li.dataset.sink = name;
+      cell(li, `${name}: ${e.sinks[name]}`, `state-${e.sinks[name]}`);
+    });
+    traceCell(c[5], e);
+  });
+  prune(tbody, "data-export-row", keep);
+  $("#exports-empty").hidden = list.length > 0;
+}
+
+function traceCell(td, e) {
+  if (e.trace_url) {
+    let a = td.querySelector("a");
+    if (!a) { a = document.createElement("a"); a.rel = "noreferrer noopener"; a.target = "_blank"; td.appendChild(a); }
+    a.href = e.trace_url;
+    a.textContent = `trace ${e.trace_id.slice(0, 8)}`;
+  } else {
+    cell(td, e.trace_id ? e.trace_id.slice(0, 8) : "—");
+  }
+}
+
+async function openExport(id) {
+  state.export = id;
+  await refreshExport();
+}
+
+// refreshExport shows the open export's requests: each sink and chunk
+// with its state, generation, attempts and the vendor's last answer.
+async function refreshExport() {
+  if (!state.export) return;
+  const r = await getJSON(`/api/exports/${encodeURIComponent(state.export)}`);
+  const box = $("#export-detail");
+  if (!r.ok) { box.hidden = true; return; }
+  const e = r.body;
+  box.hidden = false;
+  box.dataset.export = e.id;
+  cell($("#export-detail-h"), `Export ${e.id}`);
+  cell($("#export-detail-meta"), `Issue ${e.issue_id || "—"}, project ${e.project || "—"}, ${e.event}, received ${new Date(e.received_at).toLocaleString()}` +
+    (e.generation ? `; resent ${e.generation} time(s)` : ""));
+  const tbody = $("#export-requests tbody");
+  const keep = new Set();
+  for (const q of e.requests || []) {
+    const key = `${q.sink}.${q.chunk}`;
+    keep.add(key);
+    const tr = row(tbody, key, 8, "data-request");
+    const c = tr.children;
+    cell(c[0], q.sink);
+    cell(c[1], q.chunk < 0 ? "—" : `${q.chunk + 1} of ${q.chunks || 1}`, "num");
+    cell(c[2], q.state, `state state-${q.state}`);
+    cell(c[3], q.generation || 0, "num generation");
+    cell(c[4], q.attempts || 0, "num");
+    cell(c[5], q.status || "—", "num status");
+    cell(c[6], q.error || "—", "error");
+    cell(c[7], q.idempotency_key || "—", "key");
+  }
+  prune(tbody, "data-request", keep);
+  const sel = $("#resend-sink");
+  for (const name of Object.keys(e.sinks || {}).sort()) {
+    if (![...sel.options].some(o => o.value === name)) {
+      const o = document.createElement("option");
+      o.value = name; o.textContent = name;
+      sel.appendChild(o);
+    }
+  }
+}
+
+async function resend(fresh) {
+  const id = state.export;
+  if (!id) return;
+  const sink = $("#resend-sink").value;
+  const to = sink || "every sink";
+  if (fresh) {
+    if (!confirm(`Resend export ${id} to ${to} as NEW work, with new idempotency keys? The vendor will create it again.`)) return;
+    if (!confirm(`Really create export ${id} again at ${to}? This cannot be undone.`)) return;
+  }
+  const body = {};
+  if (sink) body.sink = sink;
+  if (fresh) body.fresh = true;
+  const ans = await post(`/api/exports/${encodeURIComponent(id)}/resend`, body);
+  if (ans) say(`Export ${id} resent to ${to} (generation ${ans.generation}${fresh ? ", new work" : ""})`);
+  await refresh();
+}
+
 async function control(path, done) {
   const ans = await post(path);
   if (ans) say(done);
@@ -216,9 +328,12 @@ async function refresh() {
     const s = await getJSON("/console/session");
     if (s.body) renderSession(s.body);
     if (!state.session || !state.session.can_read) return;
-    const [sinks, dlq] = await Promise.all([getJSON("/api/sinks"), getJSON("/api/dlq?limit=200")]);
+    const [sinks, dlq, exps] = await Promise.all([getJSON("/api/sinks"), getJSON("/api/dlq?limit=200"),
+      getJSON("/api/exports?limit=50" + state.exportQuery)]);
     if (sinks.ok) renderSinks(sinks.body);
     if (dlq.ok) renderDLQ(dlq.body);
+    if (exps.ok) renderExports(exps.body.exports);
+    await refreshExport();
     document.body.dataset.updated = String(Date.now());
   } catch (e) {
     say(`Cannot reach the admin API: ${e}`, true);
@@ -239,6 +354,16 @@ document.addEventListener("DOMContentLoaded", () => {
     const sink = $("#f-sink").value;
     if (confirm(`Replay every dead letter of ${sink}?`)) replay(sink, {});
   });
+  $("#exports-filter").addEventListener("submit", ev => {
+    ev.preventDefault();
+    const q = new URLSearchParams();
+    if ($("#x-issue").value.trim()) q.set("issue_id", $("#x-issue").value.trim());
+    if ($("#x-state").value) q.set("state", $("#x-state").value);
+    state.exportQuery = q.toString() ? "&" + q.toString() : "";
+    refresh();
+  });
+  $("#resend").addEventListener("submit", ev => { ev.preventDefault(); resend(false); });
+  $("#resend-fresh").addEventListener("click", () => resend(true));
   signInOutcome();
   loop();
 });

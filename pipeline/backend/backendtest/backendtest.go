@@ -103,6 +103,9 @@ func Run(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
 	t.Run("Ledger", func(t *testing.T) { TestLedger(t, f, newBackend, reopen) })
 	t.Run("DedupeStore", func(t *testing.T) { TestDedupeStore(t, f, newBackend, reopen) })
 	t.Run("BreakerStore", func(t *testing.T) { TestBreakerStore(t, f, newBackend, reopen) })
+	if _, ok := newBackend(t).(backend.HistoryBackend); ok {
+		t.Run("History", func(t *testing.T) { TestHistory(t, f, newBackend, reopen) })
+	}
 }
 
 // checkSetup fails a suite whose features ask for what the arguments

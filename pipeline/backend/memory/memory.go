@@ -46,8 +46,9 @@ type Backend struct {
 	dlq    *DLQ
 	ledger *Ledger
 
-	mu     sync.Mutex
-	broker *Broker
+	mu      sync.Mutex
+	broker  *Broker
+	history *History
 }
 
 // New returns an empty backend; logger may be nil.
@@ -97,3 +98,14 @@ func (b *Backend) Close() error {
 }
 
 var _ backend.Backend = (*Backend)(nil)
+
+// History returns the backend's export history, made on the first call
+// with these bounds.
+func (b *Backend) History(maxExports int, ttl time.Duration) backend.History {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.history == nil {
+		b.history = NewHistory(maxExports, ttl)
+	}
+	return b.history
+}

@@ -174,3 +174,8 @@ func (b *Backend) Close() error {
 }
 
 var _ backend.Backend = (*Backend)(nil)
+
+// History keeps the export history in this Redis, shared by every replica.
+func (b *Backend) History(maxExports int, ttl time.Duration) backend.History {
+	return NewHistory(b.client, b.cfg.KeyPrefix, maxExports, ttl)
+}

@@ -1,0 +1,82 @@
+package backend
+
+import (
+	"context"
+	"time"
+)
+
+// Request states an export history shows. Delivered is not stored in the
+// history: it is read from the request's delivery record (Ledger), so that
+// the happy path writes nothing besides the record it already writes.
+const (
+	StateQueued       = "queued"
+	StateDelivering   = "delivering"
+	StateDelivered    = "delivered"
+	StateDeadLettered = "dead_lettered"
+	StateSkipped      = "skipped"
+)
+
+// ExportEntry is one accepted export as the history keeps it.
+type ExportEntry struct {
+	ID         string    `json:"id"`
+	ReceivedAt time.Time `json:"received_at"`
+	Event      string    `json:"event"`
+	Project    string    `json:"project,omitempty"`
+	IssueID    string    `json:"issue_id,omitempty"`
+	TraceID    string    `json:"trace_id,omitempty"`
+	Key        string    `json:"export_key,omitempty"`
+	// Payload is the export as it was published, for a resend.
+	Payload []byte `json:"payload,omitempty"`
+	// PayloadDropped says the export was too large to keep for a resend
+	// (history.max_payload_bytes).
+	PayloadDropped bool `json:"payload_dropped,omitempty"`
+	// Generation counts resends; 0 for the first delivery.
+	Generation int `json:"generation,omitempty"`
+	// Requests are the export's requests by "<sink>.<chunk>" (a chunk of
+	// -1: the sink skipped or could not render it). Delivered and attempts
+	// are not here: they are the ledger's.
+	Requests map[string]RequestState `json:"requests,omitempty"`
+}
+
+// RequestState is what the history adds to a request's delivery record.
+type RequestState struct {
+	Sink   string `json:"sink"`
+	Chunk  int    `json:"chunk"`
+	Chunks int    `json:"chunks,omitempty"`
+	State  string `json:"state"`
+	// Generation is the delivery generation the state is of; the ledger
+	// record of generation g > 0 is under DeliveryKey{ExportID: id~g<g>}.
+	Generation int `json:"generation,omitempty"`
+	// Attempts is the attempts made when the state was saved; the
+	// ledger's record has them while the request is retried.
+	Attempts int    `json:"attempts,omitempty"`
+	Status   int    `json:"status,omitempty"`
+	Error    string `json:"error,omitempty"`
+	// IdempotencyKey is the key the vendor receives.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
+}
+
+// HistoryKey is a request's field in ExportEntry.Requests.
+func HistoryKey(sink string, chunk int) string {
+	return DeliveryKey{Sink: sink, Chunk: chunk}.String()[1:]
+}
+
+// History keeps the index of accepted exports and the request states the
+// delivery records lack, bounded by count and age.
+type History interface {
+	// Add stores e (its Requests included), replacing an entry of the
+	// same id but keeping its other requests' states.
+	Add(ctx context.Context, e *ExportEntry) error
+	// SetState sets one request's state, if the export is still kept.
+	SetState(ctx context.Context, id string, s RequestState) error
+	// Get returns the export with id; ok is false when it is not kept.
+	Get(ctx context.Context, id string) (e *ExportEntry, ok bool, err error)
+	// Scan calls fn with the exports received in [since, until] (zero:
+	// unbounded), newest first, until fn returns false.
+	Scan(ctx context.Context, since, until time.Time, fn func(*ExportEntry) bool) error
+}
+
+// HistoryBackend is a Backend that keeps an export history.
+type HistoryBackend interface {
+	History(maxExports int, ttl time.Duration) History
+}

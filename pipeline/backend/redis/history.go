@@ -1,0 +1,241 @@
+package redis
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/labelpipe/labelpipe/pipeline/backend"
+)
+
+// History keeps, shared by all replicas, <prefix>history, a sorted set of
+// export ids by received time (unix ms), and <prefix>history:<id>, a hash
+// per export: field "e" the export's JSON and "r:<sink>.<chunk>" each
+// request's state (JSON), and <prefix>history:<id>:body, the export's
+// body for a resend (read by Get only, so that listing does not carry the
+// bodies), both expiring ttl after the export was received.
+// The sorted set is trimmed to maxExports in batches (the hashes of the
+// trimmed exports deleted with them); Scan never shows more than
+// maxExports.
+type History struct {
+	client goredis.UniversalClient
+	index  string
+	prefix string
+	max    int
+	ttl    time.Duration
+}
+
+// NewHistory keeps up to maxExports exports for ttl (≤ 0: no age bound).
+func NewHistory(client goredis.UniversalClient, keyPrefix string, maxExports int, ttl time.Duration) *History {
+	return &History{client: client, index: keyPrefix + "history", prefix: keyPrefix + "history:", max: max(maxExports, 1), ttl: ttl}
+}
+
+// trimBatch is how far past max the index may grow before it is trimmed,
+// so that trimming costs one round trip per batch of exports.
+func (h *History) trimBatch() int { return max(1, h.max/64) }
+
+// setState sets a request's state only while the export's hash exists, so
+// that a late state never leaves a hash without expiry.
+var setState = goredis.NewScript(`if redis.call("EXISTS", KEYS[1]) == 1 then return redis.call("HSET", KEYS[1], ARGV[1], ARGV[2]) end return 0`)
+
+// Add writes the export and its requests, sets the expiry, drops what aged
+// out of the index and reads its size, in one round trip; one more when
+// the index is a batch over the bound.
+func (h *History) Add(ctx context.Context, e *backend.ExportEntry) error {
+	rs := e.Requests
+	c := *e
+	c.Requests, c.Payload = nil, nil // the payload goes raw in "p", not base64 in JSON
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return err
+	}
+	k := h.prefix + e.ID
+	vals := make([]any, 0, 4+2*len(rs))
+	vals = append(vals, "e", b)
+
+	for f, s := range rs {
+		sb, err := json.Marshal(s)
+		if err != nil {
+			return err
+		}
+		vals = append(vals, "r:"+f, sb)
+	}
+	now := time.Now()
+	var card *goredis.IntCmd
+	_, err = h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		p.HSet(ctx, k, vals...)
+		if e.Payload != nil {
+			p.Set(ctx, k+":body", e.Payload, 0)
+		}
+		if h.ttl > 0 {
+			p.PExpireAt(ctx, k, e.ReceivedAt.Add(h.ttl))
+			if e.Payload != nil {
+				p.PExpireAt(ctx, k+":body", e.ReceivedAt.Add(h.ttl))
+			}
+			p.ZRemRangeByScore(ctx, h.index, "-inf", "("+strconv.FormatInt(now.Add(-h.ttl).UnixMilli(), 10))
+		}
+		p.ZAdd(ctx, h.index, goredis.Z{Score: float64(e.ReceivedAt.UnixMilli()), Member: e.ID})
+		card = p.ZCard(ctx, h.index)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("history: %w", err)
+	}
+	if over := int(card.Val()) - h.max; over >= h.trimBatch() {
+		return h.trim(ctx, over)
+	}
+	return nil
+}
+
+// trim drops the n oldest exports.
+func (h *History) trim(ctx context.Context, n int) error {
+	ids, err := h.client.ZRange(ctx, h.index, 0, int64(n-1)).Result()
+	if err != nil || len(ids) == 0 {
+		return err
+	}
+	_, err = h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for _, id := range ids {
+			p.Del(ctx, h.prefix+id, h.prefix+id+":body")
+		}
+		m := make([]any, len(ids))
+		for i, id := range ids {
+			m[i] = id
+		}
+		p.ZRem(ctx, h.index, m...)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("history trim: %w", err)
+	}
+	return nil
+}
+
+// SetState sets one request's state while the export is kept.
+func (h *History) SetState(ctx context.Context, id string, s backend.RequestState) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	if err := setState.Run(ctx, h.client, []string{h.prefix + id}, "r:"+backend.HistoryKey(s.Sink, s.Chunk), b).Err(); err != nil {
+		return fmt.Errorf("history: %w", err)
+	}
+	return nil
+}
+
+func decodeEntry(m map[string]string) (*backend.ExportEntry, error) {
+	var e backend.ExportEntry
+	if err := json.Unmarshal([]byte(m["e"]), &e); err != nil {
+		return nil, err
+	}
+	for f, v := range m {
+		if len(f) < 2 || f[:2] != "r:" {
+			continue
+		}
+		var s backend.RequestState
+		if err := json.Unmarshal([]byte(v), &s); err != nil {
+			return nil, err
+		}
+		if e.Requests == nil {
+			e.Requests = map[string]backend.RequestState{}
+		}
+		e.Requests[f[2:]] = s
+	}
+	return &e, nil
+}
+
+// Get reads one export's hash.
+func (h *History) Get(ctx context.Context, id string) (*backend.ExportEntry, bool, error) {
+	var all *goredis.MapStringStringCmd
+	var body *goredis.StringCmd
+	_, err := h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		all = p.HGetAll(ctx, h.prefix+id)
+		body = p.Get(ctx, h.prefix+id+":body")
+		return nil
+	})
+	if err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, false, fmt.Errorf("history: %w", err)
+	}
+	if all.Val()["e"] == "" {
+		return nil, false, nil
+	}
+	e, err := decodeEntry(all.Val())
+	if err != nil {
+		return nil, false, fmt.Errorf("history: export %s: %w", id, err)
+	}
+	if b, err := body.Bytes(); err == nil {
+		e.Payload = b
+	}
+	return e, true, nil
+}
+
+// Scan reads the index newest first, at most max ids, and the hashes in
+// pipelined batches.
+func (h *History) Scan(ctx context.Context, since, until time.Time, fn func(*backend.ExportEntry) bool) error {
+	lo, hi := "-inf", "+inf"
+	if h.ttl > 0 {
+		lo = strconv.FormatInt(time.Now().Add(-h.ttl).UnixMilli(), 10)
+	}
+	if !since.IsZero() {
+		lo = strconv.FormatInt(max(since.UnixMilli(), atoi64(lo)), 10)
+	}
+	if !until.IsZero() {
+		hi = strconv.FormatInt(until.UnixMilli(), 10)
+	}
+	// Only the max newest ids count, whatever is left to trim.
+	newest, err := h.client.ZRevRangeWithScores(ctx, h.index, int64(h.max-1), int64(h.max-1)).Result()
+	if err != nil {
+		return fmt.Errorf("history: %w", err)
+	}
+	if len(newest) == 1 {
+		lo = strconv.FormatInt(max(int64(newest[0].Score), atoi64(lo)), 10)
+	}
+	const batch = 100
+	for off := int64(0); ; off += batch {
+		ids, err := h.client.ZRevRangeByScore(ctx, h.index, &goredis.ZRangeBy{Min: lo, Max: hi, Offset: off, Count: batch}).Result()
+		if err != nil {
+			return fmt.Errorf("history: %w", err)
+		}
+		if len(ids) == 0 {
+			return nil
+		}
+		cmds := make([]*goredis.MapStringStringCmd, len(ids))
+		if _, err := h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+			for i, id := range ids {
+				cmds[i] = p.HGetAll(ctx, h.prefix+id)
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("history: %w", err)
+		}
+		for _, c := range cmds {
+			if c.Val()["e"] == "" {
+				continue // expired or trimmed meanwhile
+			}
+			e, err := decodeEntry(c.Val())
+			if err != nil {
+				return fmt.Errorf("history: %w", err)
+			}
+			if !fn(e) {
+				return nil
+			}
+		}
+		if len(ids) < batch {
+			return nil
+		}
+	}
+}
+
+func atoi64(s string) int64 {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return -1 << 62
+	}
+	return n
+}
+
+var _ backend.History = (*History)(nil)

@@ -1,0 +1,220 @@
+package pipeline_test
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/labelpipe/labelpipe/internal/vendortest"
+	"github.com/labelpipe/labelpipe/pipeline"
+)
+
+// exportView is the part of /api/exports the tests read.
+type exportView struct {
+	ID         string            `json:"id"`
+	IssueID    string            `json:"issue_id"`
+	TraceID    string            `json:"trace_id"`
+	Generation int               `json:"generation"`
+	Sinks      map[string]string `json:"sinks"`
+	Requests   []struct {
+		Sink           string `json:"sink"`
+		Chunk          int    `json:"chunk"`
+		State          string `json:"state"`
+		Generation     int    `json:"generation"`
+		Status         int    `json:"status"`
+		Error          string `json:"error"`
+		IdempotencyKey string `json:"idempotency_key"`
+		Attempts       int    `json:"attempts"`
+	} `json:"requests"`
+}
+
+func (h *harness) exports(query string) []exportView {
+	h.t.Helper()
+	var out struct {
+		Exports []exportView `json:"exports"`
+	}
+	if code := h.adminDo(http.MethodGet, "/api/exports?"+query, nil, &out); code != http.StatusOK {
+		h.t.Fatalf("GET /api/exports?%s: %d", query, code)
+	}
+	return out.Exports
+}
+
+func (h *harness) export(id string) exportView {
+	h.t.Helper()
+	var v exportView
+	if code := h.adminDo(http.MethodGet, "/api/exports/"+url.PathEscape(id), nil, &v); code != http.StatusOK {
+		h.t.Fatalf("GET /api/exports/%s: %d", id, code)
+	}
+	return v
+}
+
+func (h *harness) resend(id, body string) int {
+	h.t.Helper()
+	var out map[string]any
+	return h.adminDo(http.MethodPost, "/api/exports/"+url.PathEscape(id)+"/resend", strings.NewReader(body), &out)
+}
+
+// "Did export X reach Scale?" is one GET given the Aquarium issue id, on
+// both brokers: each sink's state, per request its idempotency key, a dead
+// letter's status. A resend to Scale delivers again with the same
+// idempotency key, so Scale answers "already done" and makes no second
+// task; a fresh resend makes new ones. A resend from another origin
+// changes nothing.
+func TestExportHistory(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			sc := vendortest.NewScale(t, scaleKey)
+			ls := vendortest.NewLabelStudio(t, lsToken)
+			h := startHarness(t, onBroker(t, broker, head("")+scaleSink(sc.TaskURL(), fastPolicy)+labelStudioSink(ls, `
+    retry: {max_attempts: 2, initial_interval: 5ms, max_interval: 20ms, max_elapsed: 0s}
+    breaker: {consecutive_failures: 50, open_timeout: 200ms}`)+`  - {name: archive, type: file, path: out/archive.jsonl, filter: 'false'}
+`))
+			ls.SetDown(http.StatusServiceUnavailable)
+			body, issue := samplePayload(t, "issue-frames.json")
+			a := h.accept(body)
+			waitFake(t, "scale's three tasks", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 3) })
+			h.waitDeadLetters("label_studio", 1)
+
+			var got []exportView
+			h.eventually(10*time.Second, "scale delivered in the history", func() bool {
+				got = h.exports("issue_id=" + url.QueryEscape(issue) + "&sink=scale")
+				return len(got) == 1 && got[0].Sinks["scale"] == "delivered"
+			})
+			v := got[0]
+			if v.ID != a.ID || v.TraceID != a.TraceID || v.Sinks["archive"] != "skipped" || v.Sinks["label_studio"] != "dead_lettered" {
+				t.Fatalf("export = %+v, want %s (trace %s) with archive skipped and label_studio dead_lettered", v, a.ID, a.TraceID)
+			}
+			if other := h.exports("issue_id=nope"); len(other) != 0 {
+				t.Errorf("issue_id=nope lists %+v", other)
+			}
+			if dl := h.exports("state=dead_lettered&sink=label_studio"); len(dl) != 1 {
+				t.Errorf("state=dead_lettered&sink=label_studio lists %d exports, want 1", len(dl))
+			}
+			if dl := h.exports("state=dead_lettered&sink=scale"); len(dl) != 0 {
+				t.Errorf("state=dead_lettered&sink=scale lists %d exports, want 0", len(dl))
+			}
+			if later := h.exports("since=" + url.QueryEscape(time.Now().Add(time.Hour).Format(time.RFC3339))); len(later) != 0 {
+				t.Errorf("since an hour from now lists %d exports", len(later))
+			}
+
+			full := h.export(a.ID)
+			keys := map[string]bool{}
+			for _, r := range full.Requests {
+				switch r.Sink {
+				case "scale":
+					if r.State != "delivered" || r.IdempotencyKey == "" {
+						t.Errorf("scale request %+v, want delivered with an idempotency key", r)
+					}
+					keys[r.IdempotencyKey] = true
+				case "label_studio":
+					if r.State != "dead_lettered" || r.Status != http.StatusServiceUnavailable || r.Attempts != 2 {
+						t.Errorf("label studio request %+v, want dead_lettered, status 503, 2 attempts", r)
+					}
+				}
+			}
+			if len(keys) != 3 {
+				t.Fatalf("scale's idempotency keys = %v, want 3 distinct", keys)
+			}
+
+			// Cross-origin: refused, nothing resent.
+			if ans := h.adminCall(adminCall{method: http.MethodPost, path: "/api/exports/" + a.ID + "/resend",
+				header: map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"}}); ans.code != http.StatusForbidden {
+				t.Errorf("cross-origin resend = %d %s, want 403", ans.code, ans.raw)
+			}
+			if g := h.export(a.ID).Generation; g != 0 {
+				t.Errorf("generation after a refused resend = %d, want 0", g)
+			}
+
+			// Resend to Scale: delivered again, same keys: duplicates, no new task.
+			if code := h.resend(a.ID, `{"sink": "scale"}`); code != http.StatusAccepted {
+				t.Fatalf("resend = %d, want 202", code)
+			}
+			waitFake(t, "scale's resent requests", func(ctx context.Context) error { return sc.WaitRequests(ctx, 6) })
+			h.eventually(10*time.Second, "the resend delivered", func() bool {
+				v := h.export(a.ID)
+				return v.Generation == 1 && v.Sinks["scale"] == "delivered"
+			})
+			if n, d := len(scaleTasksOf(sc, issue)), sc.Duplicates(); n != 3 || d != 3 {
+				t.Errorf("after a resend scale has %d tasks and %d duplicates, want 3 and 3", n, d)
+			}
+			for _, r := range h.export(a.ID).Requests {
+				if r.Sink == "scale" && (!keys[r.IdempotencyKey] || r.Generation != 1) {
+					t.Errorf("resent scale request %+v, want generation 1 with the first key", r)
+				}
+				if r.Sink == "label_studio" && r.State != "dead_lettered" {
+					t.Errorf("label studio request %+v changed by a resend to scale", r)
+				}
+			}
+
+			// Label Studio is back: a resend to it delivers what was dead-lettered.
+			ls.SetUp()
+			if code := h.resend(a.ID, `{"sink": "label_studio"}`); code != http.StatusAccepted {
+				t.Fatalf("resend to label_studio = %d, want 202", code)
+			}
+			h.eventually(10*time.Second, "label studio delivered", func() bool {
+				return h.export(a.ID).Sinks["label_studio"] == "delivered"
+			})
+
+			// Fresh: new keys, new work.
+			if code := h.resend(a.ID, `{"sink": "scale", "fresh": true}`); code != http.StatusAccepted {
+				t.Fatalf("fresh resend = %d, want 202", code)
+			}
+			waitFake(t, "scale's fresh tasks", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 6) })
+			if n := len(scaleTasksOf(sc, issue)); n != 6 {
+				t.Errorf("after a fresh resend scale has %d tasks, want 6", n)
+			}
+			if code := h.resend("no-such-export", ""); code != http.StatusNotFound {
+				t.Errorf("resend of an unknown export = %d, want 404", code)
+			}
+		})
+	}
+}
+
+// The history is shared by the replicas on one Redis: an export accepted
+// by one is listed, with its sinks' states, by another.
+func TestExportHistorySharedOnRedis(t *testing.T) {
+	sc := vendortest.NewScale(t, scaleKey)
+	cfg := onBroker(t, "redis", head("")+scaleSink(sc.TaskURL(), fastPolicy))
+	h := startHarness(t, cfg)
+	body, issue := samplePayload(t, "issue-frames.json")
+	a := h.accept(body)
+	waitFake(t, "scale's three tasks", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 3) })
+	second := newHarnessWith(t, cfg, func(o *pipeline.Options) { o.ReplicaID = "other" })
+	second.eventually(10*time.Second, "the other replica to see the export delivered", func() bool {
+		got := second.exports("issue_id=" + url.QueryEscape(issue))
+		return len(got) == 1 && got[0].ID == a.ID && got[0].Sinks["scale"] == "delivered"
+	})
+}
+
+// history.enabled: false keeps nothing and says so.
+func TestExportHistoryOff(t *testing.T) {
+	h := startHarness(t, strings.Replace(head(""), "broker: {type: memory}", "broker: {type: memory}\nhistory: {enabled: false}", 1)+
+		`  - {name: archive, type: file, path: out/archive.jsonl}
+`)
+	if code := h.adminDo(http.MethodGet, "/api/exports", nil, nil); code != http.StatusNotFound {
+		t.Errorf("GET /api/exports with the history off = %d, want 404", code)
+	}
+}
+
+// An export larger than history.max_payload_bytes is listed but its body
+// is not kept: a resend says so and sends nothing.
+func TestExportHistoryPayloadBound(t *testing.T) {
+	sc := vendortest.NewScale(t, scaleKey)
+	h := startHarness(t, strings.Replace(head(""), "broker: {type: memory}", "broker: {type: memory}\nhistory: {max_payload_bytes: 10}", 1)+
+		scaleSink(sc.TaskURL(), fastPolicy))
+	body, issue := samplePayload(t, "issue-frames.json")
+	a := h.accept(body)
+	waitFake(t, "scale's three tasks", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 3) })
+	if got := h.exports("issue_id=" + url.QueryEscape(issue)); len(got) != 1 || got[0].ID != a.ID {
+		t.Fatalf("exports of %s = %+v, want %s", issue, got, a.ID)
+	}
+	if code := h.resend(a.ID, ""); code != http.StatusConflict {
+		t.Errorf("resend of an export whose body was not kept = %d, want 409", code)
+	}
+	if n := sc.RequestCount(); n != 3 {
+		t.Errorf("scale got %d requests, want the first 3 only", n)
+	}
+}
