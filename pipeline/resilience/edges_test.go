@@ -1,0 +1,245 @@
+package resilience_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/labelpipe/labelpipe/pipeline/resilience"
+)
+
+// TestErrorSaysWhatEndedIt: Do's error names how many attempts were made
+// (one "attempt", several "attempts"), why it stopped, and wraps both the
+// reason and the last attempt's error.
+func TestErrorSaysWhatEndedIt(t *testing.T) {
+	errPaused := errors.New("paused")
+	tests := []struct {
+		name        string
+		maxAttempts int
+		errs        []error
+		gate        func(context.Context) error
+		cancel      bool // the attempt cancels the caller's ctx
+		wantN       int
+		wantIs      []error
+		wantNotIs   []error
+		want        []string
+		dont        []string
+	}{
+		{name: "exhausted after one attempt", maxAttempts: 1, errs: []error{errRetry}, wantN: 1,
+			wantIs: []error{resilience.ErrExhausted, errRetry},
+			want:   []string{"retries exhausted after 1 attempt in ", ": vendor said no"}, dont: []string{"attempts", "max_elapsed"}},
+		{name: "exhausted after two attempts", maxAttempts: 2, errs: repeat(errRetry, 2), wantN: 2,
+			wantIs: []error{resilience.ErrExhausted, errRetry},
+			want:   []string{"retries exhausted after 2 attempts in "}, dont: []string{"max_elapsed"}},
+		{name: "permanent", maxAttempts: 3, errs: []error{errPerm}, wantN: 1,
+			wantIs: []error{resilience.ErrPermanent, errPerm},
+			want:   []string{"permanent failure after 1 attempt in "}, dont: []string{"attempts"}},
+		{name: "gate refuses the first attempt", maxAttempts: 3, gate: func(context.Context) error { return errPaused }, wantN: 0,
+			wantIs: []error{errPaused}, wantNotIs: []error{resilience.ErrExhausted, resilience.ErrPermanent, errRetry},
+			want: []string{"delivery stopped after 0 attempts: paused"}, dont: []string{"last error"}},
+		{name: "cancelled during an attempt", maxAttempts: 3, errs: []error{errRetry}, cancel: true, wantN: 1,
+			wantIs: []error{context.Canceled, errRetry}, wantNotIs: []error{resilience.ErrExhausted, resilience.ErrPermanent},
+			want: []string{"delivery stopped after 1 attempts: context canceled (last error: vendor said no)"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := fastConfig()
+			c.Retry.MaxAttempts = tt.maxAttempts
+			p := newPolicy(t, c, resilience.Options{Gate: tt.gate})
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			s := &script{errs: tt.errs}
+			n, err := p.Do(ctx, func(ctx context.Context, a resilience.Attempt) error {
+				if tt.cancel {
+					cancel()
+				}
+				return s.attempt(ctx, a)
+			})
+			if n != tt.wantN || err == nil {
+				t.Fatalf("Do = %d, %v; want %d attempts and an error", n, err, tt.wantN)
+			}
+			for _, target := range tt.wantIs {
+				if !errors.Is(err, target) {
+					t.Errorf("error %q does not wrap %v", err, target)
+				}
+			}
+			for _, target := range tt.wantNotIs {
+				if errors.Is(err, target) {
+					t.Errorf("error %q wraps %v", err, target)
+				}
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			for _, d := range tt.dont {
+				if strings.Contains(err.Error(), d) {
+					t.Errorf("error %q says %q", err, d)
+				}
+			}
+		})
+	}
+}
+
+// TestRateLimitBurst: rate_limit.burst attempts start at once (1 when it is
+// 0), the next one waits for a token, and a caller whose ctx ends while it
+// waits makes no attempt.
+func TestRateLimitBurst(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		burst  int
+		atOnce int
+	}{
+		{"burst unset", 0, 1},
+		{"burst 1", 1, 1},
+		{"burst 3", 3, 3},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := fastConfig()
+			// One token every 100s: only the burst can go within the test.
+			c.RateLimit = resilience.RateLimit{PerSecond: 0.01, Burst: tt.burst}
+			p := newPolicy(t, c, resilience.Options{})
+			for i := range tt.atOnce {
+				ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+				_, err := p.Do(ctx, func(context.Context, resilience.Attempt) error { return nil })
+				cancel()
+				if err != nil {
+					t.Fatalf("attempt %d of a burst of %d: %v", i+1, tt.atOnce, err)
+				}
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+			defer cancel()
+			var attempted atomic.Bool
+			n, err := p.Do(ctx, func(context.Context, resilience.Attempt) error { attempted.Store(true); return nil })
+			if n != 0 || attempted.Load() || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("attempt past the burst = %d, %v (attempted %v); want it held until its ctx ended, no attempt", n, err, attempted.Load())
+			}
+		})
+	}
+}
+
+// TestFailureRatioCountsValidOutcomes: failure_ratio is failures over the
+// requests whose outcome counts; cancelled attempts are not requests.
+func TestFailureRatioCountsValidOutcomes(t *testing.T) {
+	const excluded = "excluded" // the caller cancels during the attempt
+	tests := []struct {
+		name     string
+		ratio    float64
+		min      uint32
+		outcomes []any // nil, errRetry or excluded
+		want     []gobreaker.State
+	}{
+		{"below the ratio, then at it", 0.5, 3, []any{nil, nil, errRetry, errRetry},
+			[]gobreaker.State{gobreaker.StateClosed, gobreaker.StateClosed, gobreaker.StateClosed, gobreaker.StateOpen}},
+		{"cancelled attempts are not requests", 1, 1, []any{excluded, excluded, errRetry},
+			[]gobreaker.State{gobreaker.StateClosed, gobreaker.StateClosed, gobreaker.StateOpen}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := fastConfig()
+			c.Retry.MaxAttempts = 1
+			c.Breaker = resilience.Breaker{FailureRatio: tt.ratio, MinRequests: tt.min, Interval: time.Minute, OpenTimeout: time.Minute}
+			p := newPolicy(t, c, resilience.Options{})
+			for i, o := range tt.outcomes {
+				ctx, cancel := context.WithCancel(t.Context())
+				_, _ = p.Do(ctx, func(ctx context.Context, _ resilience.Attempt) error {
+					if o == excluded {
+						cancel()
+						return ctx.Err()
+					}
+					err, _ := o.(error)
+					return err
+				})
+				cancel()
+				if st := p.State(); st != tt.want[i] {
+					t.Fatalf("after outcome %d (%v): State = %q, want %q", i+1, o, st, tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+// TestBackoffCeilingDoubles: the backoff before attempt n is jittered over
+// initial_interval·2^(n-2), capped at max_interval; many samples show both
+// that it stays under that ceiling and that it reaches past the previous one.
+func TestBackoffCeilingDoubles(t *testing.T) {
+	const initial, maxInterval = time.Millisecond, 8 * time.Millisecond
+	c := fastConfig()
+	c.Retry = resilience.Retry{MaxAttempts: 7, InitialInterval: initial, MaxInterval: maxInterval}
+	p := newPolicy(t, c, resilience.Options{})
+	ceil := func(n int) time.Duration { return min(initial<<(n-2), maxInterval) }
+	largest := map[int]time.Duration{} // by attempt number
+	for range 25 {
+		s := &script{errs: repeat(errRetry, 6)}
+		if _, err := p.Do(t.Context(), s.attempt); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range s.seen[1:] {
+			if a.Backoff < 0 || a.Backoff > ceil(a.N) {
+				t.Fatalf("attempt %d waited %v, want within [0, %v]", a.N, a.Backoff, ceil(a.N))
+			}
+			largest[a.N] = max(largest[a.N], a.Backoff)
+		}
+	}
+	// Each sample is past half its ceiling with probability 1/2: 25 samples
+	// that all stay under it happen once in 2^25.
+	for n := 2; n <= 7; n++ {
+		if largest[n] <= ceil(n)/2 {
+			t.Errorf("attempt %d never waited more than %v in 25 tries (ceiling %v): the ceiling did not grow", n, largest[n], ceil(n))
+		}
+	}
+}
+
+// TestBackoffOfOneNanosecond: the smallest valid interval works.
+func TestBackoffOfOneNanosecond(t *testing.T) {
+	c := fastConfig()
+	c.Retry = resilience.Retry{MaxAttempts: 5, InitialInterval: 1, MaxInterval: 1}
+	p := newPolicy(t, c, resilience.Options{})
+	s := &script{errs: repeat(errRetry, 4)}
+	if n, err := p.Do(t.Context(), s.attempt); n != 5 || err != nil {
+		t.Fatalf("Do = %d, %v; want success on the 5th attempt", n, err)
+	}
+	for _, a := range s.seen[1:] {
+		if a.Backoff < 0 || a.Backoff > 1 {
+			t.Fatalf("attempt %d waited %v, want at most 1ns", a.N, a.Backoff)
+		}
+	}
+}
+
+// TestOpenBreakerWaitEndsAtItsExpiry: a caller behind an open breaker
+// sleeps until the open period ends and then probes: one wake-up, not a
+// poll. The gate, called before each try for admission, counts them.
+func TestOpenBreakerWaitEndsAtItsExpiry(t *testing.T) {
+	const open = 100 * time.Millisecond
+	c := fastConfig()
+	c.Retry.MaxAttempts = 1
+	c.Breaker.ConsecutiveFailures = 1
+	c.Breaker.OpenTimeout = open
+	var tries atomic.Int32
+	p := newPolicy(t, c, resilience.Options{Gate: func(context.Context) error { tries.Add(1); return nil }})
+	for round := range 3 {
+		if _, err := p.Do(t.Context(), func(context.Context, resilience.Attempt) error { return errRetry }); !errors.Is(err, resilience.ErrExhausted) {
+			t.Fatalf("round %d: tripping Do = %v", round, err)
+		}
+		if st := p.State(); st != gobreaker.StateOpen {
+			t.Fatalf("round %d: State = %q after a failure, want open", round, st)
+		}
+		tries.Store(0)
+		var got resilience.Attempt
+		if _, err := p.Do(t.Context(), func(_ context.Context, a resilience.Attempt) error { got = a; return nil }); err != nil {
+			t.Fatalf("round %d: Do = %v", round, err)
+		}
+		if got.BreakerState != gobreaker.StateHalfOpen || got.BreakerWait <= 0 {
+			t.Fatalf("round %d: attempt %+v, want a half-open probe after a wait", round, got)
+		}
+		if n := tries.Load(); n != 2 {
+			t.Fatalf("round %d: %d tries for admission, want 2 (refused while open, then the probe at its expiry)", round, n)
+		}
+	}
+}
