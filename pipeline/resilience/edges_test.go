@@ -243,3 +243,72 @@ func TestOpenBreakerWaitEndsAtItsExpiry(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedProbeBackoffIsNotSavedAsSpent: the progress saved after failed
+// half-open probes counts neither the probes nor the backoff after them,
+// so a request resumed elsewhere still has its max_elapsed budget.
+func TestFailedProbeBackoffIsNotSavedAsSpent(t *testing.T) {
+	const (
+		wait   = 100 * time.Millisecond // every failure's Retry-After, so every backoff
+		probes = 4
+	)
+	c := fastConfig()
+	c.Retry = resilience.Retry{MaxAttempts: 100, InitialInterval: time.Millisecond, MaxInterval: wait, MaxElapsed: time.Hour}
+	c.Breaker.ConsecutiveFailures = 1
+	c.Breaker.OpenTimeout = 20 * time.Millisecond // over before each backoff is
+	p := newPolicy(t, c, resilience.Options{})
+	var saved []resilience.Progress
+	s := &script{errs: repeat(&vendorErr{retry: true, after: wait}, 1+probes)}
+	n, err := p.Resume(t.Context(), resilience.Progress{}, func(pr resilience.Progress) { saved = append(saved, pr) }, s.attempt)
+	if n != probes+2 || err != nil {
+		t.Fatalf("Resume = %d, %v; want success on the probe after %d failed ones", n, err, probes)
+	}
+	for _, a := range s.seen[1:] {
+		if a.BreakerState != gobreaker.StateHalfOpen {
+			t.Fatalf("attempt %d in state %q, want every attempt after the trip a probe", a.N, a.BreakerState)
+		}
+	}
+	if len(saved) != probes+1 {
+		t.Fatalf("saved %d times, want after each of the %d failures", len(saved), probes+1)
+	}
+	// Only the first failure's backoff was spent; each failed probe and its
+	// backoff would add another 2·wait were they counted.
+	for i, pr := range saved {
+		if pr.Elapsed < 0 || pr.Elapsed > wait+wait/2 {
+			t.Errorf("progress %d: %+v, want Elapsed at most %v (one counted backoff)", i+1, pr, wait+wait/2)
+		}
+	}
+	if last := saved[len(saved)-1]; last.Spent != 1 || last.Attempts != probes+1 {
+		t.Errorf("last progress %+v, want %d attempts of which 1 spent", last, probes+1)
+	}
+}
+
+// TestDefaultSyncIntervalTrustsAQuietView: with sync_interval unset a
+// replica does not read the store before every attempt while the breaker
+// is closed and quiet (it trusts its view for the default 250ms).
+func TestDefaultSyncIntervalTrustsAQuietView(t *testing.T) {
+	c := fastConfig()
+	c.Retry.MaxAttempts = 1
+	c.Breaker = resilience.Breaker{ConsecutiveFailures: 3, OpenTimeout: time.Minute}
+	store := newMemStore()
+	ps, cs := replicas(t, c, func() gobreaker.SharedDataStore { return store }, resilience.Options{})
+	p := ps[0]
+	if _, err := p.Do(t.Context(), func(context.Context, resilience.Attempt) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	cs[0].reset()
+	start := time.Now()
+	const runs = 10
+	for range runs {
+		if _, err := p.Do(t.Context(), func(context.Context, resilience.Attempt) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each sync interval may cost one read; ten quick successes far fewer
+	// than ten.
+	el := time.Since(start)
+	if most := int64(el/(250*time.Millisecond)) + 1; cs[0].gets.Load() > most || cs[0].sets.Load() != 0 {
+		t.Fatalf("%d quiet successes in %v made %d reads, %d writes; want at most %d reads, no writes",
+			runs, el, cs[0].gets.Load(), cs[0].sets.Load(), most)
+	}
+}
