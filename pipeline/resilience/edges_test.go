@@ -312,3 +312,58 @@ func TestDefaultSyncIntervalTrustsAQuietView(t *testing.T) {
 			runs, el, cs[0].gets.Load(), cs[0].sets.Load(), most)
 	}
 }
+
+// TestSharedBreakerWaitsForABusyLock: while another holder has the
+// store's lock, recording an outcome retries the lock with a growing pause
+// (not a spin, not giving up at once) and records it once the lock is free.
+func TestSharedBreakerWaitsForABusyLock(t *testing.T) {
+	const lockKey = "gobreaker:mutex:labelbox"
+	c := fastConfig()
+	c.Retry.MaxAttempts = 1
+	c.Breaker = resilience.Breaker{ConsecutiveFailures: 3, OpenTimeout: time.Minute, SyncInterval: time.Minute}
+	store := newMemStore()
+	ps, cs := replicas(t, c, func() gobreaker.SharedDataStore { return store }, resilience.Options{})
+	p := ps[0]
+	if st := p.State(); st != gobreaker.StateClosed {
+		t.Fatalf("State = %q on a new breaker", st)
+	}
+	if err := store.Lock(lockKey); err != nil {
+		t.Fatal(err)
+	}
+	cs[0].reset()
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.Do(t.Context(), func(context.Context, resilience.Attempt) error { return errRetry })
+		done <- err
+	}()
+	// Let it find the lock busy a few times, then free it.
+	deadline := time.Now().Add(5 * time.Second)
+	for cs[0].locks.Load() < 3 {
+		select {
+		case err := <-done:
+			t.Fatalf("Do = %v after %d lock tries: it gave up on a busy lock", err, cs[0].locks.Load())
+		case <-time.After(time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d lock tries in 5s", cs[0].locks.Load())
+		}
+	}
+	if err := store.Unlock(lockKey); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, resilience.ErrExhausted) {
+			t.Fatalf("Do = %v, want the failure", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Do still waiting for a free lock")
+	}
+	// 5ms, 10ms, 20ms... apart: the lock was free by the 4th or 5th try.
+	if n := cs[0].locks.Load(); n > 8 {
+		t.Errorf("%d lock tries, want a few (with a growing pause between them)", n)
+	}
+	if st := sharedState(t, store); st.Counts.ConsecutiveFailures != 1 {
+		t.Errorf("shared counts %+v, want the failure recorded once the lock was free", st.Counts)
+	}
+}
