@@ -367,3 +367,146 @@ func TestSharedBreakerWaitsForABusyLock(t *testing.T) {
 		t.Errorf("shared counts %+v, want the failure recorded once the lock was free", st.Counts)
 	}
 }
+
+// waitFor polls cond every millisecond for up to 5s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestSharedBreakerProbesOnlyAfterReadingTheStore: a replica that last saw
+// the breaker half-open, with no probe of its own out, reads the store
+// before probing: another replica's failed probe has re-opened it, and no
+// attempt goes out until that open period ends.
+func TestSharedBreakerProbesOnlyAfterReadingTheStore(t *testing.T) {
+	const open = time.Second
+	c := fastConfig()
+	c.Retry.MaxAttempts = 10
+	c.Breaker = resilience.Breaker{ConsecutiveFailures: 1, OpenTimeout: open, SyncInterval: open}
+	a, b, store := sharedPair(t, c)
+	probing, release := make(chan struct{}), make(chan struct{})
+	aDone := make(chan error, 1)
+	go func() {
+		_, err := a.Do(t.Context(), func(_ context.Context, at resilience.Attempt) error {
+			switch at.N {
+			case 1:
+				return errRetry // trips it
+			case 2: // the probe, failing once released
+				close(probing)
+				<-release
+				return errRetry
+			}
+			return nil
+		})
+		aDone <- err
+	}()
+	select {
+	case <-probing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("A never probed")
+	}
+	if st := b.State(); st != gobreaker.StateHalfOpen {
+		t.Fatalf("B sees %q while A probes, want half-open", st)
+	}
+	close(release)
+	waitFor(t, "A's failed probe to re-open the breaker", func() bool { return sharedState(t, store).State == gobreaker.StateOpen })
+	var got resilience.Attempt
+	if _, err := b.Do(t.Context(), func(_ context.Context, at resilience.Attempt) error { got = at; return nil }); err != nil {
+		t.Fatalf("B: Do = %v", err)
+	}
+	if got.BreakerWait <= 0 {
+		t.Errorf("B attempted at once (%+v) on a breaker A's probe had re-opened", got)
+	}
+	select {
+	case err := <-aDone:
+		if err != nil {
+			t.Fatalf("A: Do = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("A never finished")
+	}
+}
+
+// TestSharedBreakerStaleProbeOutcomeIsNotCounted: a probe whose breaker
+// was reset (by another replica) while it ran does not count in the new
+// closed breaker: its failure neither starts a streak nor trips it.
+func TestSharedBreakerStaleProbeOutcomeIsNotCounted(t *testing.T) {
+	const open = 50 * time.Millisecond
+	c := fastConfig()
+	c.Retry.MaxAttempts = 10
+	c.Breaker = resilience.Breaker{ConsecutiveFailures: 1, OpenTimeout: open, SyncInterval: open}
+	a, b, store := sharedPair(t, c)
+	probing, release := make(chan struct{}), make(chan struct{})
+	type result struct {
+		last resilience.Attempt
+		err  error
+	}
+	aDone := make(chan result, 1)
+	go func() {
+		var last resilience.Attempt
+		_, err := a.Do(t.Context(), func(_ context.Context, at resilience.Attempt) error {
+			last = at
+			switch at.N {
+			case 1:
+				return errRetry // trips it
+			case 2: // the probe, failing after the reset
+				close(probing)
+				<-release
+				return errRetry
+			}
+			return nil
+		})
+		aDone <- result{last, err}
+	}()
+	select {
+	case <-probing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("A never probed")
+	}
+	if _, err := b.Reset(t.Context()); err != nil {
+		t.Fatalf("Reset: %v", err)
+	}
+	close(release)
+	select {
+	case r := <-aDone:
+		if r.err != nil || r.last.N != 3 {
+			t.Fatalf("A: Do = %v, last attempt %+v; want success on attempt 3", r.err, r.last)
+		}
+		if r.last.BreakerState != gobreaker.StateClosed || r.last.BreakerWait != 0 {
+			t.Errorf("A's attempt after the stale probe: %+v, want closed at once (the stale failure re-opened it)", r.last)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("A never finished")
+	}
+	if st := sharedState(t, store); st.State != gobreaker.StateClosed || st.Counts.TotalFailures != 0 {
+		t.Errorf("shared state %v %+v, want closed with no failure counted", st.State, st.Counts)
+	}
+}
+
+// TestSharedStateWithTheStoreDown: State reports this replica's last view
+// of the shared breaker while the store is down (an expired open period
+// is half-open), not a default closed.
+func TestSharedStateWithTheStoreDown(t *testing.T) {
+	c := fastConfig()
+	c.Retry.MaxAttempts = 1
+	c.Breaker = resilience.Breaker{ConsecutiveFailures: 1, OpenTimeout: 50 * time.Millisecond, SyncInterval: 50 * time.Millisecond}
+	store := newMemStore()
+	p := newPolicy(t, c, resilience.Options{Name: "labelbox", Store: store})
+	if _, err := p.Do(t.Context(), func(context.Context, resilience.Attempt) error { return errRetry }); !errors.Is(err, resilience.ErrExhausted) {
+		t.Fatalf("Do = %v, want the failure", err)
+	}
+	if st := p.State(); st != gobreaker.StateOpen {
+		t.Fatalf("State = %q after the trip, want open", st)
+	}
+	waitFor(t, "the open period to end", func() bool { return p.State() == gobreaker.StateHalfOpen })
+	store.down.Store(true)
+	if st := p.StateContext(t.Context()); st != gobreaker.StateHalfOpen {
+		t.Fatalf("State = %q with the store down, want half-open (the last view, expired)", st)
+	}
+}
