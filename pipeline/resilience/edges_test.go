@@ -3,7 +3,9 @@ package resilience_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -508,5 +510,169 @@ func TestSharedStateWithTheStoreDown(t *testing.T) {
 	store.down.Store(true)
 	if st := p.StateContext(t.Context()); st != gobreaker.StateHalfOpen {
 		t.Fatalf("State = %q with the store down, want half-open (the last view, expired)", st)
+	}
+}
+
+// TestWaitForAnotherCallersProbePolls: a caller refused because another
+// caller's probe is out waits for that probe to end, checking the breaker
+// again every open_timeout/10, but no more often than every 5ms (and at
+// least every second). Its tries for admission (the gate is called before
+// each) are spaced accordingly.
+func TestWaitForAnotherCallersProbePolls(t *testing.T) {
+	const (
+		open  = 10 * time.Millisecond // open_timeout/10 is under the 5ms floor
+		floor = 5 * time.Millisecond
+		tries = 20
+	)
+	c := fastConfig()
+	c.Retry.MaxAttempts = 1
+	c.Breaker.ConsecutiveFailures = 1
+	c.Breaker.OpenTimeout = open
+	var (
+		mu sync.Mutex
+		at []time.Time // B's tries for admission
+	)
+	isB := func(ctx context.Context) bool { return ctx.Value(callerB{}) != nil }
+	p := newPolicy(t, c, resilience.Options{Gate: func(ctx context.Context) error {
+		if isB(ctx) {
+			mu.Lock()
+			at = append(at, time.Now())
+			mu.Unlock()
+		}
+		return nil
+	}})
+	if _, err := p.Do(t.Context(), func(context.Context, resilience.Attempt) error { return errRetry }); !errors.Is(err, resilience.ErrExhausted) {
+		t.Fatalf("tripping Do = %v", err)
+	}
+	probing, release := make(chan struct{}), make(chan struct{})
+	aDone := make(chan error, 1)
+	go func() {
+		_, err := p.Do(t.Context(), func(_ context.Context, a resilience.Attempt) error {
+			if a.BreakerState == gobreaker.StateHalfOpen {
+				close(probing)
+				<-release
+			}
+			return nil
+		})
+		aDone <- err
+	}()
+	select {
+	case <-probing:
+	case <-time.After(10 * time.Second):
+		t.Fatal("A never probed")
+	}
+	bDone := make(chan error, 1)
+	go func() {
+		_, err := p.Do(context.WithValue(t.Context(), callerB{}, true), func(context.Context, resilience.Attempt) error { return nil })
+		bDone <- err
+	}()
+	waitFor(t, "B's tries while A probes", func() bool { mu.Lock(); defer mu.Unlock(); return len(at) >= tries })
+	close(release)
+	for _, ch := range []chan error{aDone, bDone} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Fatalf("Do = %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Do never finished")
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// Timers never fire early: tries-1 gaps of at least the floor. A poll
+	// of a second (or open_timeout·10) would take far longer.
+	span := at[tries-1].Sub(at[0])
+	if low, high := (tries-1)*floor, (tries-1)*50*time.Millisecond; span < low || span > high {
+		t.Fatalf("%d tries for admission in %v while another caller probed, want them %v apart (%v to %v in all)", tries, span, floor, low, high)
+	}
+}
+
+type callerB struct{}
+
+// TestCancelledProbeWakesTheNextCaller: a probe whose caller gives up
+// says nothing about the vendor; the breaker stays half-open and a caller
+// waiting for that probe is woken at once to probe in its place, not at
+// its next poll (open_timeout/10 later).
+func TestCancelledProbeWakesTheNextCaller(t *testing.T) {
+	const (
+		open = 4 * time.Second
+		poll = open / 10
+	)
+	c := fastConfig()
+	c.Retry.MaxAttempts = 1
+	c.Breaker.ConsecutiveFailures = 1
+	c.Breaker.OpenTimeout = open
+	var (
+		mu sync.Mutex
+		at []time.Time // B's tries for admission
+	)
+	tries := func() int { mu.Lock(); defer mu.Unlock(); return len(at) }
+	p := newPolicy(t, c, resilience.Options{Gate: func(ctx context.Context) error {
+		if ctx.Value(callerB{}) != nil {
+			mu.Lock()
+			at = append(at, time.Now())
+			mu.Unlock()
+		}
+		return nil
+	}})
+	if _, err := p.Do(t.Context(), func(context.Context, resilience.Attempt) error { return errRetry }); !errors.Is(err, resilience.ErrExhausted) {
+		t.Fatalf("tripping Do = %v", err)
+	}
+	probing := make(chan struct{})
+	aCtx, cancelA := context.WithCancel(t.Context())
+	defer cancelA()
+	aDone := make(chan error, 1)
+	go func() {
+		_, err := p.Do(aCtx, func(ctx context.Context, a resilience.Attempt) error {
+			close(probing)
+			<-ctx.Done()
+			return ctx.Err()
+		})
+		aDone <- err
+	}()
+	select {
+	case <-probing:
+	case <-time.After(open + 10*time.Second):
+		t.Fatal("A never probed")
+	}
+	var probedAt time.Time
+	bDone := make(chan error, 1)
+	go func() {
+		_, err := p.Do(context.WithValue(t.Context(), callerB{}, true), func(_ context.Context, a resilience.Attempt) error {
+			if a.BreakerState != gobreaker.StateHalfOpen {
+				return fmt.Errorf("B's attempt in state %q, want a probe", a.BreakerState)
+			}
+			probedAt = time.Now()
+			return nil
+		})
+		bDone <- err
+	}()
+	// Twice refused: B is waiting for A's probe.
+	waitFor(t, "B to be refused while A probes", func() bool { return tries() >= 2 })
+	cancelA()
+	var cancelled time.Time
+	select {
+	case err := <-aDone:
+		cancelled = time.Now()
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("A: Do = %v, want cancelled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("A never returned")
+	}
+	select {
+	case err := <-bDone:
+		if err != nil {
+			t.Fatalf("B: Do = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("B never probed")
+	}
+	if wait := probedAt.Sub(cancelled); wait > poll/2 {
+		t.Fatalf("B probed %v after A's probe was cancelled, want at once (not at its next poll, %v)", wait, poll)
+	}
+	if st := p.State(); st != gobreaker.StateClosed {
+		t.Fatalf("State = %q after B's probe succeeded", st)
 	}
 }
