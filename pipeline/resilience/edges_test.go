@@ -676,3 +676,59 @@ func TestCancelledProbeWakesTheNextCaller(t *testing.T) {
 		t.Fatalf("State = %q after B's probe succeeded", st)
 	}
 }
+
+// failing is a store whose reads or unlocks fail while told to.
+type failing struct {
+	gobreaker.SharedDataStore
+	reads, unlocks atomic.Bool
+}
+
+var (
+	errRead   = errors.New("read failed")
+	errUnlock = errors.New("unlock failed")
+)
+
+func (f *failing) GetData(name string) ([]byte, error) {
+	if f.reads.Load() {
+		return nil, errRead
+	}
+	return f.SharedDataStore.GetData(name)
+}
+
+func (f *failing) Unlock(name string) error {
+	if err := f.SharedDataStore.Unlock(name); err != nil {
+		return err
+	}
+	if f.unlocks.Load() {
+		return errUnlock
+	}
+	return nil
+}
+
+// TestResetReportsStoreErrors: a shared reset whose store lock cannot be
+// released says so, and when its read failed too it reports the read,
+// the first thing that went wrong.
+func TestResetReportsStoreErrors(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		reads, unlock bool
+		want          error
+	}{
+		{"unlock fails", false, true, errUnlock},
+		{"read and unlock fail", true, true, errRead},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := fastConfig()
+			store := &failing{SharedDataStore: newMemStore()}
+			p := newPolicy(t, c, resilience.Options{Name: "labelbox", Store: store})
+			if st := p.State(); st != gobreaker.StateClosed {
+				t.Fatalf("State = %q on a new breaker", st)
+			}
+			store.reads.Store(tt.reads)
+			store.unlocks.Store(tt.unlock)
+			if _, err := p.Reset(t.Context()); !errors.Is(err, tt.want) {
+				t.Fatalf("Reset = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
