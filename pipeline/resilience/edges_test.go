@@ -732,3 +732,82 @@ func TestResetReportsStoreErrors(t *testing.T) {
 		})
 	}
 }
+
+type requestKey struct{}
+
+// ctxStore is a ContextStore recording which request each call was made
+// for ("" for a call made without WithContext).
+type ctxStore struct {
+	*memStore
+	mu   sync.Mutex
+	seen []string
+}
+
+func (s *ctxStore) note(ctx context.Context) {
+	v, _ := ctx.Value(requestKey{}).(string)
+	s.mu.Lock()
+	s.seen = append(s.seen, v)
+	s.mu.Unlock()
+}
+
+func (s *ctxStore) WithContext(ctx context.Context) gobreaker.SharedDataStore {
+	return &ctxCalls{s: s, ctx: ctx}
+}
+
+func (s *ctxStore) Lock(name string) error {
+	s.note(context.Background())
+	return s.memStore.Lock(name)
+}
+func (s *ctxStore) Unlock(name string) error {
+	s.note(context.Background())
+	return s.memStore.Unlock(name)
+}
+func (s *ctxStore) GetData(name string) ([]byte, error) {
+	s.note(context.Background())
+	return s.memStore.GetData(name)
+}
+func (s *ctxStore) SetData(name string, d []byte) error {
+	s.note(context.Background())
+	return s.memStore.SetData(name, d)
+}
+
+type ctxCalls struct {
+	s   *ctxStore
+	ctx context.Context
+}
+
+func (c *ctxCalls) Lock(name string) error   { c.s.note(c.ctx); return c.s.memStore.Lock(name) }
+func (c *ctxCalls) Unlock(name string) error { c.s.note(c.ctx); return c.s.memStore.Unlock(name) }
+func (c *ctxCalls) GetData(name string) ([]byte, error) {
+	c.s.note(c.ctx)
+	return c.s.memStore.GetData(name)
+}
+func (c *ctxCalls) SetData(name string, d []byte) error {
+	c.s.note(c.ctx)
+	return c.s.memStore.SetData(name, d)
+}
+
+// TestSharedBreakerCallsCarryTheRequestContext: with a ContextStore, every
+// store call a delivery causes (reading, creating and recording the state)
+// is made in that delivery's ctx, so that it is traced within it.
+func TestSharedBreakerCallsCarryTheRequestContext(t *testing.T) {
+	c := fastConfig()
+	c.Retry.MaxAttempts = 2
+	store := &ctxStore{memStore: newMemStore()}
+	p := newPolicy(t, c, resilience.Options{Name: "labelbox", Store: store})
+	ctx := context.WithValue(t.Context(), requestKey{}, "req-1")
+	s := &script{errs: []error{errRetry}} // a failure to record, then a success ending the streak
+	if _, err := p.Do(ctx, s.attempt); err != nil {
+		t.Fatalf("Do = %v", err)
+	}
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	if len(store.seen) == 0 {
+		t.Fatal("no store calls")
+	}
+	for i, v := range store.seen {
+		if v != "req-1" {
+			t.Fatalf("store call %d of %d made for %q, want the request's ctx (%q)", i+1, len(store.seen), v, store.seen)
+		}
+	}
+}
