@@ -811,3 +811,19 @@ func TestSharedBreakerCallsCarryTheRequestContext(t *testing.T) {
 		}
 	}
 }
+
+// TestValidateBlamesOnlyTheBadField: an open_timeout of 0 is reported as
+// such, and a sync_interval that would be fine with a valid open_timeout is
+// not blamed for it.
+func TestValidateBlamesOnlyTheBadField(t *testing.T) {
+	c := resilience.Defaults()
+	c.Breaker.OpenTimeout = 0
+	c.Breaker.SyncInterval = time.Second
+	err := c.Validate()
+	if err == nil || !strings.Contains(err.Error(), "breaker.open_timeout") {
+		t.Fatalf("Validate = %v, want an open_timeout error", err)
+	}
+	if strings.Contains(err.Error(), "breaker.sync_interval") {
+		t.Fatalf("Validate = %v, blames sync_interval for open_timeout's error", err)
+	}
+}
