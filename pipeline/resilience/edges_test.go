@@ -827,3 +827,87 @@ func TestValidateBlamesOnlyTheBadField(t *testing.T) {
 		t.Fatalf("Validate = %v, blames sync_interval for open_timeout's error", err)
 	}
 }
+
+// TestSharedBreakerGenerationsOnlyGrow: each reset starts a newer
+// generation, so a probe admitted before two resets, a trip and a new
+// half-open period still does not count in that new period: its failure
+// does not re-open the breaker under the new probe.
+func TestSharedBreakerGenerationsOnlyGrow(t *testing.T) {
+	const open = 50 * time.Millisecond
+	c := fastConfig()
+	c.Retry.MaxAttempts = 10
+	c.Breaker = resilience.Breaker{ConsecutiveFailures: 1, OpenTimeout: open, SyncInterval: open}
+	a, b, store := sharedPair(t, c)
+	aProbing, aRelease := make(chan struct{}), make(chan struct{})
+	bProbing, bRelease := make(chan struct{}), make(chan struct{})
+	type result struct {
+		after resilience.Attempt // A's attempt after its stale probe
+		err   error
+	}
+	aDone := make(chan result, 1)
+	go func() {
+		var after resilience.Attempt
+		_, err := a.Do(t.Context(), func(_ context.Context, at resilience.Attempt) error {
+			switch at.N {
+			case 1:
+				return errRetry // trips it
+			case 2: // the probe that goes stale
+				close(aProbing)
+				<-aRelease
+				return errRetry
+			}
+			after = at
+			return nil
+		})
+		aDone <- result{after, err}
+	}()
+	wait := func(ch chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s never probed", what)
+		}
+	}
+	wait(aProbing, "A")
+	for range 2 {
+		if _, err := b.Reset(t.Context()); err != nil {
+			t.Fatalf("Reset: %v", err)
+		}
+	}
+	bDone := make(chan error, 1)
+	go func() {
+		_, err := b.Do(t.Context(), func(_ context.Context, at resilience.Attempt) error {
+			if at.N == 1 {
+				return errRetry // trips it again
+			}
+			if at.BreakerState == gobreaker.StateHalfOpen {
+				close(bProbing)
+				<-bRelease
+			}
+			return nil
+		})
+		bDone <- err
+	}()
+	wait(bProbing, "B")
+	close(aRelease) // A's stale probe fails while B's probe is out
+	var r result
+	select {
+	case r = <-aDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("A never finished")
+	}
+	close(bRelease)
+	if err := <-bDone; err != nil {
+		t.Fatalf("B: Do = %v", err)
+	}
+	if r.err != nil {
+		t.Fatalf("A: Do = %v", r.err)
+	}
+	if r.after.BreakerWait != 0 {
+		t.Errorf("A's attempt after its stale probe %+v waited for an open breaker: the stale failure re-opened it", r.after)
+	}
+	if st := sharedState(t, store); st.State != gobreaker.StateClosed {
+		t.Errorf("shared state %v %+v at the end, want closed", st.State, st.Counts)
+	}
+}
