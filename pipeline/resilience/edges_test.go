@@ -911,3 +911,24 @@ func TestSharedBreakerGenerationsOnlyGrow(t *testing.T) {
 		t.Errorf("shared state %v %+v at the end, want closed", st.State, st.Counts)
 	}
 }
+
+// TestSharedBreakerRecordsIntoALostState: when the store lost the state
+// (a flush) between reading and recording, the failure is recorded in the
+// fresh state written in its place, not dropped.
+func TestSharedBreakerRecordsIntoALostState(t *testing.T) {
+	c := fastConfig()
+	c.Retry.MaxAttempts = 1
+	c.Breaker = resilience.Breaker{ConsecutiveFailures: 3, OpenTimeout: time.Minute, SyncInterval: time.Minute}
+	store := newMemStore()
+	p := newPolicy(t, c, resilience.Options{Name: "labelbox", Store: store})
+	if st := p.State(); st != gobreaker.StateClosed {
+		t.Fatalf("State = %q on a new breaker", st)
+	}
+	store.forget() // this replica still trusts its closed view
+	if _, err := p.Do(t.Context(), func(context.Context, resilience.Attempt) error { return errRetry }); !errors.Is(err, resilience.ErrExhausted) {
+		t.Fatalf("Do = %v, want the failure", err)
+	}
+	if st := sharedState(t, store); st.State != gobreaker.StateClosed || st.Counts.ConsecutiveFailures != 1 {
+		t.Fatalf("shared state %v %+v, want closed with the failure counted", st.State, st.Counts)
+	}
+}
