@@ -932,3 +932,93 @@ func TestSharedBreakerRecordsIntoALostState(t *testing.T) {
 		t.Fatalf("shared state %v %+v, want closed with the failure counted", st.State, st.Counts)
 	}
 }
+
+// scriptedLimiter is a SharedLimiter answering from a script (then "go").
+type scriptedLimiter struct {
+	mu      sync.Mutex
+	answers []limiterAnswer
+	calls   int
+}
+
+type limiterAnswer struct {
+	wait time.Duration
+	err  error
+}
+
+func (l *scriptedLimiter) Reserve(ctx context.Context, sink string, perSecond float64, burst int) (time.Duration, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.calls++
+	if len(l.answers) == 0 {
+		return 0, nil
+	}
+	a := l.answers[0]
+	l.answers = l.answers[1:]
+	return a.wait, a.err
+}
+
+// TestSharedRateLimit: with rate_limit.shared the shared bucket decides:
+// "go" lets the attempt out, a wait is waited and asked again, a failing
+// bucket hands over to this process's own, and a ctx that ends meanwhile
+// stops Do with no attempt.
+func TestSharedRateLimit(t *testing.T) {
+	errBucket := errors.New("bucket unreachable")
+	tests := []struct {
+		name     string
+		answers  []limiterAnswer
+		ctxFor   time.Duration // 0: no deadline
+		wantErr  error         // nil: the attempt is made
+		wantAsks int
+		minGap   time.Duration // before the attempt
+		warm     int           // Dos before the one checked
+	}{
+		{"go at once", nil, 0, nil, 1, 0, 0},
+		{"wait, then go", []limiterAnswer{{wait: 30 * time.Millisecond}}, 0, nil, 2, 30 * time.Millisecond, 0},
+		{"bucket down: the local one applies", []limiterAnswer{{err: errBucket}}, 0, nil, 1, 0, 0},
+		{"bucket down: the local one is spent", []limiterAnswer{{err: errBucket}, {err: errBucket}}, 50 * time.Millisecond, context.DeadlineExceeded, 2, 0, 1},
+		{"ctx ends during the wait", []limiterAnswer{{wait: time.Hour}}, 50 * time.Millisecond, context.DeadlineExceeded, 1, 0, 0},
+		{"ctx ends while the bucket fails", []limiterAnswer{{err: context.DeadlineExceeded}}, -1, context.DeadlineExceeded, 1, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := fastConfig()
+			c.RateLimit = resilience.RateLimit{PerSecond: 0.01, Burst: 1, Shared: true}
+			lim := &scriptedLimiter{answers: tt.answers}
+			p := newPolicy(t, c, resilience.Options{Name: "labelbox", Limiter: lim})
+			for range tt.warm {
+				if _, err := p.Do(t.Context(), func(context.Context, resilience.Attempt) error { return nil }); err != nil {
+					t.Fatalf("first Do = %v", err)
+				}
+			}
+			ctx := t.Context()
+			switch {
+			case tt.ctxFor > 0:
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.ctxFor)
+				defer cancel()
+			case tt.ctxFor < 0: // already over
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithDeadline(ctx, time.Now().Add(-time.Second))
+				defer cancel()
+			}
+			start := time.Now()
+			var attemptedAt time.Time
+			n, err := p.Do(ctx, func(context.Context, resilience.Attempt) error { attemptedAt = time.Now(); return nil })
+			if tt.wantErr != nil {
+				if n != 0 || !attemptedAt.IsZero() || !errors.Is(err, tt.wantErr) {
+					t.Fatalf("Do = %d, %v (attempted %v); want no attempt and %v", n, err, !attemptedAt.IsZero(), tt.wantErr)
+				}
+			} else if n != 1 || err != nil {
+				t.Fatalf("Do = %d, %v; want one attempt", n, err)
+			} else if gap := attemptedAt.Sub(start); gap < tt.minGap {
+				t.Fatalf("attempt %v after Do began, want ≥ %v", gap, tt.minGap)
+			}
+			lim.mu.Lock()
+			asks := lim.calls
+			lim.mu.Unlock()
+			if asks != tt.wantAsks {
+				t.Fatalf("shared bucket asked %d times, want %d", asks, tt.wantAsks)
+			}
+		})
+	}
+}
