@@ -47,6 +47,8 @@ func TestValidateBounds(t *testing.T) {
 		{"per_second below 0", func(c *resilience.Config) { c.RateLimit.PerSecond = -0.5 }, "rate_limit.per_second"},
 		{"burst 0", func(c *resilience.Config) { c.RateLimit.Burst = 0 }, ""},
 		{"burst below 0", func(c *resilience.Config) { c.RateLimit.Burst = -1 }, "rate_limit.burst"},
+		{"shared with per_second", func(c *resilience.Config) { c.RateLimit.PerSecond = 5; c.RateLimit.Shared = true }, ""},
+		{"shared without per_second", func(c *resilience.Config) { c.RateLimit.PerSecond = 0; c.RateLimit.Shared = true }, "rate_limit.shared"},
 		{"max_attempts 1", func(c *resilience.Config) { c.Retry.MaxAttempts = 1 }, ""},
 		{"max_attempts 0", func(c *resilience.Config) { c.Retry.MaxAttempts = 0 }, "retry.max_attempts"},
 		{"initial_interval 1ns", func(c *resilience.Config) { c.Retry.InitialInterval = 1; c.Retry.MaxInterval = 1 }, ""},
