@@ -4,6 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
 	"github.com/labelpipe/labelpipe/pipeline/backend/memory"
 )
 
@@ -20,4 +23,31 @@ func TestZeroMaxPendingMeansTheDefault(t *testing.T) {
 		t.Fatal("Admit refused the first export with max_pending unset")
 	}
 	done()
+}
+
+// The logger given to New is the broker's: what the channel logs reaches
+// it, rather than a no-op logger's void.
+func TestTheGivenLoggerIsTheBrokers(t *testing.T) {
+	logs := watermill.NewCaptureLogger()
+	be := memory.New(memory.Config{}, logs)
+	br, err := be.Broker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	subs, err := br.Workers("sink.test", "test", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := subs[0].Subscribe(t.Context(), "sink.test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := br.Publish("sink.test", message.NewMessage(watermill.NewUUID(), []byte("{}"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := br.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(logs.Captured()) == 0 {
+		t.Fatal("the broker logged nothing to the logger New was given")
+	}
 }
