@@ -83,15 +83,19 @@ type Pipeline struct {
 	// with its context, and Router.Close waits for that.
 	addedCtx    context.Context
 	addedCancel context.CancelFunc
-	events      map[string]bool
-	reloadMu    sync.Mutex // one reload at a time
-	backends    openBackends
-	broker      backend.Broker
-	system      string // the broker's messaging.system, for spans
-	dlq         backend.DLQ
-	ledger      backend.Ledger
-	history     backend.History // nil: history off
-	router      *message.Router
+	// reloads counts the reloads that added sinks: their handlers' names
+	// carry it, so that a reload that failed midway never reuses a name
+	// (the router panics on a duplicate).
+	reloads  int
+	events   map[string]bool
+	reloadMu sync.Mutex // one reload at a time
+	backends openBackends
+	broker   backend.Broker
+	system   string // the broker's messaging.system, for spans
+	dlq      backend.DLQ
+	ledger   backend.Ledger
+	history  backend.History // nil: history off
+	router   *message.Router
 	// offline: built for a preview; touches nothing outside the process.
 	offline bool
 	// fanoutSlots bounds the exports fanned out at once.
@@ -415,7 +419,7 @@ func (p *Pipeline) buildRouter() error {
 		r.AddConsumerHandler(fmt.Sprintf("fanout-%d", i), backend.TopicExports, sub, p.fanout)
 	}
 	for _, s := range p.sinkList() {
-		if err := p.addSinkHandlers(s); err != nil {
+		if err := p.addSinkHandlers(s, "sink-"+s.cfg.Name); err != nil {
 			return err
 		}
 	}
@@ -424,13 +428,14 @@ func (p *Pipeline) buildRouter() error {
 
 // addSinkHandlers subscribes s's workers to its queue and adds their
 // handlers to the router (a running router starts them on RunHandlers).
-func (p *Pipeline) addSinkHandlers(s *builtSink) error {
+// Handlers are named prefix-<i>; names must be unique in the router.
+func (p *Pipeline) addSinkHandlers(s *builtSink, prefix string) error {
 	subs, err := p.broker.Workers(s.topic, backend.SinkGroup(s.cfg.Name), s.cfg.MaxInFlight)
 	if err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
 	for i, sub := range subs {
-		p.router.AddConsumerHandler(fmt.Sprintf("sink-%s-%d", s.cfg.Name, i), s.topic, sub, p.deliverHandler(s))
+		p.router.AddConsumerHandler(fmt.Sprintf("%s-%d", prefix, i), s.topic, sub, p.deliverHandler(s))
 	}
 	return nil
 }

@@ -343,8 +343,9 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 // start, as at start) and runs their handlers on the running router.
 // Before Run, the router starts them with the others.
 func (p *Pipeline) startSinks(add []*builtSink) error {
+	p.reloads++
 	for _, s := range add {
-		if err := p.addSinkHandlers(s); err != nil {
+		if err := p.addSinkHandlers(s, fmt.Sprintf("sink-%s-reload%d", s.cfg.Name, p.reloads)); err != nil {
 			return fmt.Errorf("sink %q: %w", s.cfg.Name, err)
 		}
 	}

@@ -289,6 +289,13 @@ func TestReloadAddedSinkOnEveryBroker(t *testing.T) {
 				t.Errorf("%d dead letters for scale, want none", n)
 			}
 			h.eventually(10*time.Second, "label_studio's queue to empty", func() bool { return h.sink("label_studio").QueueDepth == 0 })
+
+			// The added sink's handlers stop with the router, not at its
+			// close timeout.
+			stopRun(t, h)
+			if logs := h.logs.String(); strings.Contains(logs, "router did not stop cleanly") {
+				t.Errorf("the router did not stop cleanly with an added sink:\n%s", logs)
+			}
 		})
 	}
 }
