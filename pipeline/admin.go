@@ -64,7 +64,7 @@ func (p *Pipeline) AdminHandler() http.Handler {
 	mux.HandleFunc("GET /api/sinks", func(w http.ResponseWriter, r *http.Request) {
 		now := time.Now()
 		out := []map[string]any{}
-		for _, s := range p.sinks {
+		for _, s := range p.sinkList() {
 			out = append(out, p.sinkView(r.Context(), s, now))
 		}
 		writeJSON(w, http.StatusOK, out)
@@ -74,9 +74,9 @@ func (p *Pipeline) AdminHandler() http.Handler {
 		if limit <= 0 {
 			limit = 100
 		}
-		sinks := p.sinks
+		sinks := p.sinkList()
 		if name := r.URL.Query().Get("sink"); name != "" {
-			s, ok := p.byName[name]
+			s, ok := p.sinkNamed(name)
 			if !ok {
 				writeJSON(w, http.StatusNotFound, map[string]any{"error": p.noSink(name).Error()})
 				return
@@ -101,7 +101,7 @@ func (p *Pipeline) AdminHandler() http.Handler {
 	p.mountConsole(mux)
 	mux.HandleFunc("DELETE /api/dlq/{sink}", func(w http.ResponseWriter, r *http.Request) {
 		name := r.PathValue("sink")
-		if _, ok := p.byName[name]; !ok {
+		if _, ok := p.sinkNamed(name); !ok {
 			writeJSON(w, http.StatusNotFound, map[string]any{"error": p.noSink(name).Error()})
 			return
 		}

@@ -34,7 +34,7 @@ func (p *Pipeline) mountOps(mux *http.ServeMux) {
 
 // adminSink finds the sink the path names, or answers 404.
 func (p *Pipeline) adminSink(w http.ResponseWriter, r *http.Request) (*builtSink, bool) {
-	s, ok := p.byName[r.PathValue("sink")]
+	s, ok := p.sinkNamed(r.PathValue("sink"))
 	if !ok {
 		writeJSON(w, http.StatusNotFound, map[string]any{"error": p.noSink(r.PathValue("sink")).Error()})
 	}
@@ -237,7 +237,7 @@ func (rj *replayJobs) add(sink string) *replayJob {
 }
 
 func (p *Pipeline) replayHandler(w http.ResponseWriter, r *http.Request) {
-	s, ok := p.byName[r.PathValue("sink")]
+	s, ok := p.sinkNamed(r.PathValue("sink"))
 	if !ok {
 		// 400, as it always was for replay.
 		writeJSON(w, http.StatusBadRequest, map[string]any{"error": p.noSink(r.PathValue("sink")).Error(), "replayed": 0})

@@ -82,7 +82,7 @@ func (p *Pipeline) deadLetter(ctx context.Context, s *builtSink, msg *message.Me
 // Replay moves dead letters of a sink back onto its queue (all when ids is
 // empty) and reports how many it moved.
 func (p *Pipeline) Replay(ctx context.Context, sink string, ids []string) (int, error) {
-	s, ok := p.byName[sink]
+	s, ok := p.sinkNamed(sink)
 	if !ok {
 		return 0, p.noSink(sink)
 	}
@@ -92,8 +92,9 @@ func (p *Pipeline) Replay(ctx context.Context, sink string, ids []string) (int, 
 // noSink says that no sink has this name, and which ones exist: a typo
 // in a replay or purge URL is the usual cause.
 func (p *Pipeline) noSink(name string) error {
-	names := make([]string, len(p.sinks))
-	for i, s := range p.sinks {
+	sinks := p.sinkList()
+	names := make([]string, len(sinks))
+	for i, s := range sinks {
 		names[i] = s.cfg.Name
 	}
 	return fmt.Errorf("no sink named %q (sinks: %s)", name, strings.Join(names, ", "))

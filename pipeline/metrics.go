@@ -74,7 +74,7 @@ func (in *instruments) opt(k attrKey) metric.MeasurementOption {
 
 // newInstruments makes the pipeline's instruments; the gauges observe the
 // built sinks.
-func newInstruments(mp metric.MeterProvider, sinks []*builtSink, bodies *bodyBudget, dlqLen func(ctx context.Context, sink string) int64,
+func newInstruments(mp metric.MeterProvider, sinks func() []*builtSink, bodies *bodyBudget, dlqLen func(ctx context.Context, sink string) int64,
 	queue func(ctx context.Context, s *builtSink) backend.QueueStat) (*instruments, error) {
 	m := mp.Meter("github.com/labelpipe/labelpipe/pipeline")
 	in := &instruments{opts: map[attrKey]metric.MeasurementOption{}}
@@ -108,7 +108,7 @@ func newInstruments(mp metric.MeterProvider, sinks []*builtSink, bodies *bodyBud
 	must(e)
 	if e == nil {
 		_, e = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
-			for _, s := range sinks {
+			for _, s := range sinks() {
 				st := queue(ctx, s)
 				attrs := metric.WithAttributes(attribute.String("sink", s.cfg.Name))
 				o.ObserveInt64(depth, st.Depth, attrs)
@@ -137,7 +137,7 @@ func newInstruments(mp metric.MeterProvider, sinks []*builtSink, bodies *bodyBud
 		// before a restart may have moved; the transitions this process
 		// made itself would say closed after a restart.
 		metric.WithInt64Callback(func(ctx context.Context, o metric.Int64Observer) error {
-			for _, s := range sinks {
+			for _, s := range sinks() {
 				o.Observe(breakerGauge(s.cur().policy.StateContext(ctx)), metric.WithAttributes(attribute.String("sink", s.cfg.Name)))
 			}
 			return nil
@@ -146,7 +146,7 @@ func newInstruments(mp metric.MeterProvider, sinks []*builtSink, bodies *bodyBud
 	_, e = m.Int64ObservableGauge("labelpipe.sink.dlq_size",
 		metric.WithDescription("Entries in the sink's dead-letter queue."),
 		metric.WithInt64Callback(func(ctx context.Context, o metric.Int64Observer) error {
-			for _, s := range sinks {
+			for _, s := range sinks() {
 				o.Observe(dlqLen(ctx, s.cfg.Name), metric.WithAttributes(attribute.String("sink", s.cfg.Name)))
 			}
 			return nil

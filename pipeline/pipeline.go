@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net"
 	"net/http"
@@ -67,10 +68,25 @@ type Pipeline struct {
 
 	// stages is the build's stage list; requests use chain, which a
 	// reload swaps.
-	stages   []builtStage
-	chain    atomic.Pointer[chain]
-	sinks    []*builtSink
-	byName   map[string]*builtSink
+	stages []builtStage
+	chain  atomic.Pointer[chain]
+	// sinkSet is every sink, swapped whole by a reload that adds one:
+	// read it with sinkList and sinkNamed. sinks ranges over it (for the
+	// fan-out); byName is the sinks built at start only (history's sink
+	// checks), never written after New.
+	sinkSet atomic.Pointer[sinkSet]
+	sinks   iter.Seq2[int, *builtSink]
+	byName  map[string]*builtSink
+	// addedCtx is what the handlers of sinks a reload adds run under. It
+	// is cancelled when the router starts closing, as Router.Run does
+	// for the handlers it starts: a handler's subscription ends only
+	// with its context, and Router.Close waits for that.
+	addedCtx    context.Context
+	addedCancel context.CancelFunc
+	// reloads counts the reloads that added sinks: their handlers' names
+	// carry it, so that a reload that failed midway never reuses a name
+	// (the router panics on a duplicate).
+	reloads  int
 	events   map[string]bool
 	reloadMu sync.Mutex // one reload at a time
 	backends openBackends
@@ -173,6 +189,14 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		events:  map[string]bool{},
 		offline: offline,
 	}
+	p.sinkSet.Store(&sinkSet{byName: map[string]*builtSink{}})
+	p.sinks = func(yield func(int, *builtSink) bool) {
+		for i, s := range p.sinkList() {
+			if !yield(i, s) {
+				return
+			}
+		}
+	}
 	p.bodies = newBodyBudget(cfg.Server)
 	for _, t := range cfg.Server.TrustedProxies {
 		pf, err := parsePrefix(t)
@@ -212,7 +236,7 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 	if err = cmp.Or(stageErr, sinkErr); err != nil {
 		return nil, err
 	}
-	if p.metrics, err = newInstruments(opts.MeterProvider, p.sinks, p.bodies, p.dlqLen, p.sinkQueue); err != nil {
+	if p.metrics, err = newInstruments(opts.MeterProvider, p.sinkList, p.bodies, p.dlqLen, p.sinkQueue); err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	if err = p.buildRouter(); err != nil {
@@ -262,30 +286,22 @@ func (p *Pipeline) buildSinks() error {
 	p.pauses = newPauses(p.backends.pauseStore(), p.log.With("component", "pauses"))
 	limiter := p.backends.rateLimiter()
 	var errs ConfigErrors
+	set := p.sinkSet.Load() // nothing reads it yet: filled in place
 	for _, sc := range p.cfg.Sinks {
-		t, _ := p.opts.Registry.Sink(sc.Type)
-		env := p.env("sink", sc.Name)
-		s, err := t.Build(sc.Options, env)
+		bs, err := p.buildSink(sc, breakers, limiter, func(bs *builtSink) {
+			set.list = append(set.list, bs) // appended first so Close closes it
+		})
 		if err != nil {
+			var be buildError
+			if !errors.As(err, &be) {
+				return err
+			}
 			var ce ConfigErrors
-			errors.As(p.cfg.entryError(sc.path, sc.label(), err), &ce)
+			errors.As(p.cfg.entryError(sc.path, sc.label(), be.err), &ce)
 			errs = append(errs, ce...)
 			continue
 		}
-		bs := &builtSink{cfg: sc, log: env.Logger,
-			slots: make(chan struct{}, sc.MaxInFlight), topic: backend.TopicSink(sc.Name)}
-		g := newSinkGen(sc, s)
-		bs.gen.Store(g)
-		p.sinks = append(p.sinks, bs) // appended first so Close closes it
-		if g.filter, err = compileFilter(sc); err != nil {
-			return err
-		}
-		if sc.RateLimit.Shared && limiter == nil {
-			env.Logger.Warn("rate_limit.shared: no backend shares rate limits (use broker.type redis); this replica keeps its own")
-		}
-		if g.policy, err = p.newPolicy(bs, sc, breakers, limiter); err != nil {
-			return err
-		}
+		set.byName[sc.Name] = bs
 		p.byName[sc.Name] = bs
 		for _, ev := range sc.Events {
 			p.events[ev] = true
@@ -296,6 +312,55 @@ func (p *Pipeline) buildSinks() error {
 	}
 	p.chain.Store(&chain{stages: p.stages, events: p.events})
 	return nil
+}
+
+// buildError is a sink type's Build failing, as opposed to its filter or
+// policy.
+type buildError struct{ err error }
+
+func (e buildError) Error() string { return e.err.Error() }
+
+// buildSink builds one sink: its Sink, filter and resilience policy.
+// built is called once the Sink exists, before anything else can fail,
+// so that the caller can close it.
+func (p *Pipeline) buildSink(sc SinkConfig, breakers gobreaker.SharedDataStore, limiter resilience.SharedLimiter, built func(*builtSink)) (*builtSink, error) {
+	t, _ := p.opts.Registry.Sink(sc.Type)
+	env := p.env("sink", sc.Name)
+	s, err := t.Build(sc.Options, env)
+	if err != nil {
+		return nil, buildError{err}
+	}
+	bs := &builtSink{cfg: sc, log: env.Logger,
+		slots: make(chan struct{}, sc.MaxInFlight), topic: backend.TopicSink(sc.Name)}
+	g := newSinkGen(sc, s)
+	bs.gen.Store(g)
+	built(bs)
+	if g.filter, err = compileFilter(sc); err != nil {
+		return nil, err
+	}
+	if sc.RateLimit.Shared && limiter == nil {
+		env.Logger.Warn("rate_limit.shared: no backend shares rate limits (use broker.type redis); this replica keeps its own")
+	}
+	if g.policy, err = p.newPolicy(bs, sc, breakers, limiter); err != nil {
+		return nil, err
+	}
+	return bs, nil
+}
+
+// sinkSet is the pipeline's sinks at one time; a reload that adds a sink
+// stores a new one.
+type sinkSet struct {
+	list   []*builtSink
+	byName map[string]*builtSink
+}
+
+// sinkList is every sink, in config order (added ones last); read only.
+func (p *Pipeline) sinkList() []*builtSink { return p.sinkSet.Load().list }
+
+// sinkNamed is the sink called name.
+func (p *Pipeline) sinkNamed(name string) (*builtSink, bool) {
+	s, ok := p.sinkSet.Load().byName[name]
+	return s, ok
 }
 
 func compileFilter(sc SinkConfig) (*JQ, error) {
@@ -353,14 +418,24 @@ func (p *Pipeline) buildRouter() error {
 	for i, sub := range subs {
 		r.AddConsumerHandler(fmt.Sprintf("fanout-%d", i), backend.TopicExports, sub, p.fanout)
 	}
-	for _, s := range p.sinks {
-		subs, err := p.broker.Workers(s.topic, backend.SinkGroup(s.cfg.Name), s.cfg.MaxInFlight)
-		if err != nil {
-			return fmt.Errorf("broker: %w", err)
+	for _, s := range p.sinkList() {
+		if err := p.addSinkHandlers(s, "sink-"+s.cfg.Name); err != nil {
+			return err
 		}
-		for i, sub := range subs {
-			r.AddConsumerHandler(fmt.Sprintf("sink-%s-%d", s.cfg.Name, i), s.topic, sub, p.deliverHandler(s))
-		}
+	}
+	return nil
+}
+
+// addSinkHandlers subscribes s's workers to its queue and adds their
+// handlers to the router (a running router starts them on RunHandlers).
+// Handlers are named prefix-<i>; names must be unique in the router.
+func (p *Pipeline) addSinkHandlers(s *builtSink, prefix string) error {
+	subs, err := p.broker.Workers(s.topic, backend.SinkGroup(s.cfg.Name), s.cfg.MaxInFlight)
+	if err != nil {
+		return fmt.Errorf("broker: %w", err)
+	}
+	for i, sub := range subs {
+		p.router.AddConsumerHandler(fmt.Sprintf("%s-%d", prefix, i), s.topic, sub, p.deliverHandler(s))
 	}
 	return nil
 }
@@ -377,7 +452,10 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p.runCancel = cancel
 	routerDone := make(chan error, 1)
+	p.reloadMu.Lock() // a reload adding a sink reads addedCtx once ran is set
+	p.addedCtx, p.addedCancel = context.WithCancel(runCtx)
 	p.ran.Store(true)
+	p.reloadMu.Unlock()
 	go func() { routerDone <- p.router.Run(runCtx) }()
 	select {
 	case <-p.router.Running():
@@ -436,7 +514,7 @@ func (p *Pipeline) logStart() {
 	for i, s := range p.stages {
 		p.log.Info("stage ready", "stage", s.cfg.Name, "type", s.cfg.Type, "order", i+1)
 	}
-	for _, s := range p.sinks {
+	for _, s := range p.sinkList() {
 		p.log.Info("sink ready", "sink", s.cfg.Name, "type", s.cfg.Type, "events", s.cfg.Events,
 			"max_in_flight", s.cfg.MaxInFlight, "max_attempts", s.cfg.Retry.MaxAttempts)
 	}
@@ -470,6 +548,7 @@ func (p *Pipeline) drain() {
 	// nacked, not dead-lettered, so a durable broker redelivers them.
 	stop := time.AfterFunc(time.Until(deadline), p.hardStopF)
 	defer stop.Stop()
+	p.stopAdded()
 	if err := p.router.Close(); err != nil {
 		p.log.Warn("router did not stop cleanly", "err", err)
 	}
@@ -513,7 +592,7 @@ func (p *Pipeline) stuck(ctx context.Context) bool {
 		return false
 	}
 	waiting := false
-	for _, s := range p.sinks {
+	for _, s := range p.sinkList() {
 		if p.sinkQueue(ctx, s).Depth == 0 {
 			continue
 		}
@@ -523,6 +602,16 @@ func (p *Pipeline) stuck(ctx context.Context) bool {
 		waiting = true
 	}
 	return waiting
+}
+
+// stopAdded ends the subscriptions of the sinks a reload added, as the
+// router is about to close.
+func (p *Pipeline) stopAdded() {
+	p.reloadMu.Lock()
+	defer p.reloadMu.Unlock()
+	if p.addedCancel != nil {
+		p.addedCancel()
+	}
 }
 
 // Close releases everything New built. It is safe twice and without Run.
@@ -535,6 +624,7 @@ func (p *Pipeline) Close() error {
 		// A router that never ran has no handlers to stop, and its Close
 		// would wait the whole close timeout for them.
 		if p.router != nil && p.ran.Load() && !p.router.IsClosed() {
+			p.stopAdded()
 			errs = append(errs, p.router.Close())
 		}
 		stages := p.stages
@@ -546,7 +636,7 @@ func (p *Pipeline) Close() error {
 				errs = append(errs, c.Close())
 			}
 		}
-		for _, s := range p.sinks {
+		for _, s := range p.sinkList() {
 			if g := s.gen.Load(); g != nil {
 				if c, ok := g.sink.(Closer); ok {
 					errs = append(errs, c.Close())

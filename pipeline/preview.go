@@ -83,7 +83,7 @@ func (p *Pipeline) preview(ctx context.Context, body []byte, header http.Header)
 	}
 	md := e.withKey()
 	rep.Answer.Status, rep.Answer.Body = http.StatusAccepted, answer{Status: "accepted", ID: e.ID, Key: e.key}
-	for _, s := range p.sinks {
+	for _, s := range p.sinkList() {
 		if s.removed.Load() {
 			continue
 		}

@@ -125,7 +125,7 @@ func (p *Pipeline) waitForRoom(ctx context.Context, s *builtSink, msgs []*messag
 // queueDegraded says which sinks' queues are full now, for /readyz.
 func (p *Pipeline) queueDegraded(ctx context.Context) []string {
 	var out []string
-	for _, s := range p.sinks {
+	for _, s := range p.sinkList() {
 		st := p.sinkQueue(ctx, s)
 		q := s.cfg.Queue
 		s.backlog.mu.Lock()

@@ -111,6 +111,9 @@ type ReloadResult struct {
 	// exports, and what their queues hold is still delivered. Restored
 	// names removed sinks the config has again.
 	Removed, Restored []string
+	// Added names the sinks a reload started: they take the exports
+	// fanned out after the reload.
+	Added []string
 	// NeedsRestart lists the changed keys that were left as they were.
 	NeedsRestart []string
 	// Took is how long the check and the swap took.
@@ -156,14 +159,27 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 	for _, sc := range next.Sinks {
 		nextSinks[sc.Name] = sc
 	}
-	for _, sc := range next.Sinks {
-		if _, ok := p.byName[sc.Name]; !ok {
-			res.NeedsRestart = append(res.NeedsRestart, fmt.Sprintf("sinks: %s added", sc.Name))
-		}
-	}
-	var remove, restore []*builtSink
+	var remove, restore, add []*builtSink
 	breakers, limiter := p.backends.breakerStore(), p.backends.rateLimiter()
-	for _, s := range p.sinks {
+	for _, sc := range next.Sinks {
+		if _, ok := p.sinkNamed(sc.Name); ok {
+			continue
+		}
+		if p.draining.Load() || p.router == nil || p.router.IsClosed() {
+			res.NeedsRestart = append(res.NeedsRestart, fmt.Sprintf("sinks: %s added (shutting down)", sc.Name))
+			continue
+		}
+		bs, err := p.buildSink(sc, breakers, limiter, func(bs *builtSink) { built = append(built, bs.cur()) })
+		if err != nil {
+			var be buildError
+			if errors.As(err, &be) {
+				err = fmt.Errorf("sink %q: %w", sc.Name, be.err)
+			}
+			return fail(err)
+		}
+		add = append(add, bs)
+	}
+	for _, s := range p.sinkList() {
 		sc, ok := nextSinks[s.cfg.Name]
 		if !ok {
 			if !s.removed.Load() {
@@ -218,8 +234,9 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 	// carried over as it is built: a dedupe stage keeps what it has seen.
 	var nc *chain
 	var dropped []builtStage // the old chain's stages the new one does not keep
+	var fresh []builtStage   // the new chain's stages built here
 	if !stagesSame(cur.stages, next.Stages) {
-		var stages, fresh []builtStage
+		var stages []builtStage
 		kept := map[int]bool{}
 		for _, sc := range next.Stages {
 			if i := slices.IndexFunc(cur.stages, func(s builtStage) bool { return stageSame(s, sc) }); i >= 0 && !kept[i] {
@@ -245,14 +262,35 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 		}
 		nc = &chain{stages: stages}
 	}
-	if nc == nil && len(swaps) == 0 && len(remove) == 0 && len(restore) == 0 {
+	if nc == nil && len(swaps) == 0 && len(remove) == 0 && len(restore) == 0 && len(add) == 0 {
 		res.Took = time.Since(start)
 		p.logRestart(res.NeedsRestart)
 		p.log.Info("config reloaded; nothing changed that can change live", "took", res.Took.String())
 		return res, nil
 	}
 
-	// Commit: sinks first, so that the chain's events match them.
+	// Commit: added sinks first, since starting their handlers can
+	// still fail; then the other sinks, so that the chain's events
+	// match them.
+	if len(add) > 0 {
+		if err := p.startSinks(add); err != nil {
+			closeStages(fresh)
+			return fail(err)
+		}
+		set := p.sinkSet.Load()
+		ns := &sinkSet{list: slices.Concat(set.list, add), byName: make(map[string]*builtSink, len(set.byName)+len(add))}
+		for n, s := range set.byName {
+			ns.byName[n] = s
+		}
+		for _, s := range add {
+			ns.byName[s.cfg.Name] = s
+			res.Added = append(res.Added, s.cfg.Name)
+			s.log.Info("sink added by a reload: it takes the exports fanned out from now on", "type", s.cfg.Type,
+				"events", s.cfg.Events, "max_in_flight", s.cfg.MaxInFlight)
+		}
+		// From here the fan-out queues requests for the new sinks.
+		p.sinkSet.Store(ns)
+	}
 	built = nil
 	for _, sw := range swaps {
 		old := sw.s.gen.Swap(sw.g)
@@ -279,7 +317,7 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 		cur.refs.cleanup = func() { closeStages(dropped) }
 	}
 	nc.events = map[string]bool{}
-	for _, s := range p.sinks {
+	for _, s := range p.sinkList() {
 		if s.removed.Load() {
 			continue
 		}
@@ -296,8 +334,33 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 		names[i] = s.cfg.Name
 	}
 	p.log.Info("config reloaded", "stages_swapped", res.Stages, "stages", names, "sinks_changed", res.Changed,
-		"sinks_removed", res.Removed, "sinks_restored", res.Restored, "took", res.Took.String())
+		"sinks_added", res.Added, "sinks_removed", res.Removed, "sinks_restored", res.Restored, "took", res.Took.String())
 	return res, nil
+}
+
+// startSinks subscribes the added sinks' workers to their queues (on
+// Redis this creates their consumer groups, reading from the stream's
+// start, as at start) and runs their handlers on the running router.
+// Before Run, the router starts them with the others.
+func (p *Pipeline) startSinks(add []*builtSink) error {
+	p.reloads++
+	for _, s := range add {
+		if err := p.addSinkHandlers(s, fmt.Sprintf("sink-%s-reload%d", s.cfg.Name, p.reloads)); err != nil {
+			return fmt.Errorf("sink %q: %w", s.cfg.Name, err)
+		}
+	}
+	if !p.ran.Load() {
+		return nil
+	}
+	select {
+	case <-p.router.Running():
+	case <-p.addedCtx.Done():
+		return errors.New("the router stopped")
+	}
+	if err := p.router.RunHandlers(p.addedCtx); err != nil {
+		return fmt.Errorf("start the new sinks' handlers: %w", err)
+	}
+	return nil
 }
 
 // ReloadFile loads path (with opts, as LoadConfig takes them) and reloads

@@ -11,11 +11,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/telemetry"
 )
 
 // reloadTo parses cfgText as the harness's config file and reloads it.
@@ -206,7 +208,10 @@ func TestReloadReportsKeysThatNeedARestart(t *testing.T) {
 	next = strings.Replace(next, "max_in_flight: 8", "max_in_flight: 2", 1)
 	next += labelStudioSink(ls, "")
 	res := h.mustReload(next)
-	want := []string{"server", "broker", "sinks: label_studio added", "sinks.scale.max_in_flight"}
+	want := []string{"server", "broker", "sinks.scale.max_in_flight"}
+	if !slices.Equal(res.Added, []string{"label_studio"}) {
+		t.Errorf("reload result %+v, want label_studio added", res)
+	}
 	for _, k := range want {
 		if !slices.Contains(res.NeedsRestart, k) {
 			t.Errorf("needs a restart: %q missing from %q", k, res.NeedsRestart)
@@ -226,8 +231,172 @@ func TestReloadReportsKeysThatNeedARestart(t *testing.T) {
 	}
 	h.accept(body)
 	h.eventually(10*time.Second, "Scale's tasks", func() bool { return len(scaleTasksOf(sc, issue)) == 3 })
-	if len(ls.Tasks(lsProject)) != 0 {
-		t.Errorf("the sink added by the reload got requests: it needs a restart")
+	// The added sink is started (TestReloadAddedSinkOnEveryBroker).
+	h.eventually(10*time.Second, "the added sink's tasks", func() bool { return len(lsTasksOf(ls, issue)) == 3 })
+}
+
+// A sink added by a reload is started: it takes the exports fanned out
+// after the reload and none before, /api/sinks and /metrics list it, and
+// its failures dead-letter.
+func TestReloadAddedSinkOnEveryBroker(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+			first := onBroker(t, broker, head("")+scaleSink(sc.TaskURL(), ""))
+			prov, err := telemetry.New(t.Context(), pipeline.TracingConfig{}, telemetry.Info{Version: "test"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = prov.Shutdown(context.Background()) })
+			h := newHarnessWith(t, first, func(o *pipeline.Options) { o.MeterProvider, o.Metrics = prov.MeterProvider, prov.Metrics })
+			h.run()
+
+			body, before := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the first export at Scale", func() bool { return len(scaleTasksOf(sc, before)) == 3 })
+
+			res := h.mustReload(first + labelStudioSink(ls, fastPolicy))
+			if !slices.Equal(res.Added, []string{"label_studio"}) || len(res.NeedsRestart) != 0 || len(res.Changed) != 0 {
+				t.Fatalf("reload result %+v, want label_studio added and nothing else", res)
+			}
+			if s := h.sink("label_studio"); s.Breaker != "closed" || s.QueueDepth != 0 || s.DLQ != 0 {
+				t.Errorf("label_studio in /api/sinks after the reload: %+v", s)
+			}
+			if g := h.breakerGauge("label_studio"); g != "0" {
+				t.Errorf("label_studio's breaker gauge %s, want 0 (closed)", g)
+			}
+
+			body, after := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the next export at the added sink", func() bool { return len(lsTasksOf(ls, after)) == 3 })
+			h.eventually(10*time.Second, "the next export at Scale", func() bool { return len(scaleTasksOf(sc, after)) == 3 })
+			if n := len(lsTasksOf(ls, before)); n != 0 {
+				t.Errorf("the added sink got %d tasks of an export fanned out before the reload", n)
+			}
+
+			// Its failures dead-letter, under its own name.
+			ls.SetDown(http.StatusServiceUnavailable)
+			body, _ = samplePayload(t, "issue-frames.json")
+			failing := h.accept(body)
+			dead := h.waitDeadLetters("label_studio", 1)
+			for _, d := range dead {
+				if d.Sink != "label_studio" || d.ExportID != failing.ID {
+					t.Errorf("dead letter %s/%s, want label_studio/%s", d.Sink, d.ExportID, failing.ID)
+				}
+			}
+			h.eventually(10*time.Second, "label_studio's DLQ in /api/sinks", func() bool { return h.sink("label_studio").DLQ == int64(len(dead)) })
+			if n := len(h.deadLetters("scale")); n != 0 {
+				t.Errorf("%d dead letters for scale, want none", n)
+			}
+			h.eventually(10*time.Second, "label_studio's queue to empty", func() bool { return h.sink("label_studio").QueueDepth == 0 })
+
+			// The added sink's handlers stop with the router, not at its
+			// close timeout.
+			stopRun(t, h)
+			if logs := h.logs.String(); strings.Contains(logs, "router did not stop cleanly") {
+				t.Errorf("the router did not stop cleanly with an added sink:\n%s", logs)
+			}
+		})
+	}
+}
+
+// Webhooks keep coming while a reload adds a sink: no export is lost at
+// the old sink, every export accepted after the reload returned reaches
+// the new one too, and none reaches it in part.
+func TestReloadAddingASinkUnderLoadLosesNoExport(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+			first := onBroker(t, broker, head("")+scaleSink(sc.TaskURL(), "\n    max_in_flight: 8"))
+			h := startHarness(t, first)
+			sc.SetLatency(5 * time.Millisecond) // requests are in flight at the reload
+
+			const exports, reloadAt, waitAt = 40, 12, 28
+			type sentExport struct {
+				issue       string
+				afterReload bool // accepted after the reload returned
+			}
+			var mu sync.Mutex
+			var accepted []sentExport
+			var reloaded atomic.Bool
+			reloadDone := make(chan struct{})
+			sent := make(chan struct{})
+			go func() {
+				defer close(sent)
+				for i := 0; i < exports; i++ {
+					if i == waitAt { // some exports surely follow the reload
+						select {
+						case <-reloadDone:
+						case <-t.Context().Done():
+							return
+						}
+					}
+					after := reloaded.Load()
+					body, issue := samplePayload(t, "issue-frames.json")
+					if a := h.send(hookReq{secret: hookSecret, body: body}); a.Code == http.StatusAccepted {
+						mu.Lock()
+						accepted = append(accepted, sentExport{issue, after})
+						mu.Unlock()
+					} else {
+						t.Errorf("export %d: %d %s", i, a.Code, a.Raw)
+					}
+				}
+			}()
+			h.eventually(20*time.Second, "exports accepted", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(accepted) >= reloadAt
+			})
+			res := h.mustReload(first + labelStudioSink(ls, ""))
+			reloaded.Store(true)
+			close(reloadDone)
+			if !slices.Equal(res.Added, []string{"label_studio"}) || len(res.NeedsRestart) != 0 {
+				t.Fatalf("reload result %+v, want label_studio added", res)
+			}
+			<-sent
+			if len(accepted) != exports {
+				t.Fatalf("%d of %d exports accepted", len(accepted), exports)
+			}
+			waitFake(t, "every export's tasks at Scale", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 3*exports) })
+			h.eventually(20*time.Second, "both queues to empty", func() bool {
+				return h.sink("scale").QueueDepth == 0 && h.sink("label_studio").QueueDepth == 0
+			})
+			lost, atLS, afterN := 0, 0, 0
+			for _, e := range accepted {
+				if n := len(scaleTasksOf(sc, e.issue)); n != 3 {
+					lost++
+					t.Errorf("issue %s: %d tasks at Scale, want 3", e.issue, n)
+				}
+				n := len(lsTasksOf(ls, e.issue))
+				switch {
+				case e.afterReload && n != 3:
+					lost++
+					t.Errorf("issue %s, accepted after the reload: %d tasks at the added sink, want 3", e.issue, n)
+				case n != 0 && n != 3:
+					t.Errorf("issue %s: %d tasks at the added sink, want all 3 or none", e.issue, n)
+				}
+				if n == 3 {
+					atLS++
+				}
+				if e.afterReload {
+					afterN++
+				}
+			}
+			t.Logf("%s: exports %d, accepted after the reload %d, at the added sink %d, lost %d; Scale requests %d, duplicates %d; reload took %v",
+				broker, exports, afterN, atLS, lost, sc.RequestCount(), sc.Duplicates(), res.Took)
+			if afterN < exports-waitAt {
+				t.Errorf("%d exports accepted after the reload, want at least %d", afterN, exports-waitAt)
+			}
+			if n := sc.RequestCount(); n != 3*exports {
+				t.Errorf("%d requests at Scale, want %d: one per task", n, 3*exports)
+			}
+			if n := len(ls.Tasks(lsProject)); n != 3*atLS {
+				t.Errorf("%d tasks at the added sink, want %d (3 for each of %d exports)", n, 3*atLS, atLS)
+			}
+			if n := len(h.deadLetters("label_studio")) + len(h.deadLetters("scale")); n != 0 {
+				t.Errorf("%d dead letters, want none", n)
+			}
+		})
 	}
 }
 

@@ -38,11 +38,12 @@ the config file. The new config is checked as validate checks it; if it is
 invalid, every error is logged and the running config stays. If it is
 valid, the stages are swapped (a request under way finishes with the old
 ones) and a sink whose config changed continues on the same queue with the
-new config once its requests under way finish. A removed sink takes no
+new config once its requests under way finish. A new sink is started and
+takes the exports fanned out after the reload. A removed sink takes no
 new exports and still delivers what its queue holds. Keys that cannot
 change live (server, admin, broker, redis, tracing, log, jq,
-custom_events, a sink's type, max_in_flight and queue, and a new sink)
-are logged as needing a restart and left as they were. With --watch a
+custom_events, a sink's type, max_in_flight and queue) are logged as
+needing a restart and left as they were. With --watch a
 change of the config file reloads it too.
 
 Run it as a built binary in production (see go install in the README): 'go
