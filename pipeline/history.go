@@ -258,7 +258,7 @@ func (p *Pipeline) listExports(w http.ResponseWriter, r *http.Request) {
 	limit = min(limit, 1000)
 	issue, project, sink, state := q.Get("issue_id"), q.Get("project"), q.Get("sink"), q.Get("state")
 	if sink != "" {
-		if _, ok := p.byName[sink]; !ok {
+		if _, ok := p.sinkNamed(sink); !ok {
 			bad(p.noSink(sink))
 			return
 		}
@@ -340,7 +340,7 @@ func (p *Pipeline) resendExport(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if body.Sink != "" {
-		if _, ok := p.byName[body.Sink]; !ok {
+		if _, ok := p.sinkNamed(body.Sink); !ok {
 			writeJSON(w, http.StatusNotFound, map[string]any{"error": p.noSink(body.Sink).Error()})
 			return
 		}

@@ -72,11 +72,9 @@ type Pipeline struct {
 	chain  atomic.Pointer[chain]
 	// sinkSet is every sink, swapped whole by a reload that adds one:
 	// read it with sinkList and sinkNamed. sinks ranges over it (for the
-	// fan-out); byName is the sinks built at start only (history's sink
-	// checks), never written after New.
+	// fan-out).
 	sinkSet atomic.Pointer[sinkSet]
 	sinks   iter.Seq2[int, *builtSink]
-	byName  map[string]*builtSink
 	// addedCtx is what the handlers of sinks a reload adds run under. It
 	// is cancelled when the router starts closing, as Router.Run does
 	// for the handlers it starts: a handler's subscription ends only
@@ -185,7 +183,6 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		tracer:  opts.TracerProvider.Tracer("github.com/labelpipe/labelpipe/pipeline"),
 		prop:    Propagator(),
 		opts:    opts,
-		byName:  map[string]*builtSink{},
 		events:  map[string]bool{},
 		offline: offline,
 	}
@@ -302,7 +299,6 @@ func (p *Pipeline) buildSinks() error {
 			continue
 		}
 		set.byName[sc.Name] = bs
-		p.byName[sc.Name] = bs
 		for _, ev := range sc.Events {
 			p.events[ev] = true
 		}

@@ -273,6 +273,15 @@ func TestReloadAddedSinkOnEveryBroker(t *testing.T) {
 			if n := len(lsTasksOf(ls, before)); n != 0 {
 				t.Errorf("the added sink got %d tasks of an export fanned out before the reload", n)
 			}
+			// The export history knows the added sink: its filter finds
+			// the export that reached it, and not the one before.
+			h.eventually(10*time.Second, "the history to show the export delivered to the added sink", func() bool {
+				got := h.exports("sink=label_studio&issue_id=" + after)
+				return len(got) == 1 && got[0].Sinks["label_studio"] == "delivered"
+			})
+			if got := h.exports("sink=label_studio&issue_id=" + before); len(got) != 0 {
+				t.Errorf("the history lists %d exports from before the reload for the added sink", len(got))
+			}
 
 			// Its failures dead-letter, under its own name.
 			ls.SetDown(http.StatusServiceUnavailable)
