@@ -583,7 +583,15 @@ func (b *localBreaker) allow(context.Context) (admission, time.Time, error) {
 		}
 		return admission{}, until, err
 	}
-	if st == gobreaker.StateOpen { // it flipped to half-open inside Allow
+	// The state read before Allow can be stale: a probe that ended in
+	// between admitted this caller in closed, or the open period ended
+	// and Allow made it the probe. Read after, the state is the one it was
+	// admitted in (a probe's half-open lasts until its done), unless
+	// others' failures opened the breaker since, after admitting it.
+	switch after := cb.State(); {
+	case after != gobreaker.StateOpen:
+		st = after
+	case st == gobreaker.StateOpen: // it flipped to half-open inside Allow
 		st = gobreaker.StateHalfOpen
 	}
 	adm := admission{state: st, done: done}
