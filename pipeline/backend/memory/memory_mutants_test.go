@@ -7,6 +7,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/labelpipe/labelpipe/pipeline/backend"
 	"github.com/labelpipe/labelpipe/pipeline/backend/memory"
 )
 
@@ -49,5 +50,17 @@ func TestTheGivenLoggerIsTheBrokers(t *testing.T) {
 	}
 	if len(logs.Captured()) == 0 {
 		t.Fatal("the broker logged nothing to the logger New was given")
+	}
+}
+
+// A history ttl of 0 means no age bound: an export of long ago is kept.
+func TestHistoryWithoutTTLKeepsOldExports(t *testing.T) {
+	h := memory.NewHistory(10, 0)
+	e := &backend.ExportEntry{ID: "old", ReceivedAt: time.Now().Add(-365 * 24 * time.Hour)}
+	if err := h.Add(t.Context(), e); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := h.Get(t.Context(), "old"); err != nil || !ok {
+		t.Fatalf("Get = %v, %v; want the export kept without a ttl", ok, err)
 	}
 }
