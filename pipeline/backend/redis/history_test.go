@@ -2,6 +2,7 @@ package redis_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,4 +49,100 @@ func TestRedisHistoryStorageIsBounded(t *testing.T) {
 	if ex, _ := rdb.Exists(ctx, "hb:history:e0000", "hb:history:e0000:body").Result(); ex != 0 {
 		t.Errorf("the oldest export's hash or body is still kept")
 	}
+}
+
+func histEntry(id string, state string) *backend.ExportEntry {
+	return &backend.ExportEntry{ID: id, ReceivedAt: time.Now(), Event: "issue-exported", Payload: []byte(`{"x":1}`),
+		Requests: map[string]backend.RequestState{backend.HistoryKey("s", 0): {Sink: "s", State: state}}}
+}
+
+// The batched history (the backend's): Close writes every queued Add; a
+// SetState right after its Add is neither overwritten by that Add nor
+// lost; Get reads what was added; a full queue writes synchronously, so
+// nothing is dropped.
+func TestRedisBatchedHistory(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := t.Context()
+
+	t.Run("CloseFlushes", func(t *testing.T) {
+		h := redisb.NewBatchedHistory(rdb, "close:", 10000, time.Hour)
+		const n = 1000 // more than the queue holds: some are written synchronously
+		for i := range n {
+			if err := h.Add(ctx, histEntry(fmt.Sprintf("e%04d", i), backend.StateQueued)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := h.Close(); err != nil {
+			t.Fatal(err)
+		}
+		// Read straight from Redis, not through h: nothing may be left queued.
+		if c, err := rdb.ZCard(ctx, "close:history").Result(); err != nil || c != n {
+			t.Errorf("after Close the index holds %d (%v), want %d", c, err, n)
+		}
+		if ex, err := rdb.Exists(ctx, "close:history:e0999", "close:history:e0999:body").Result(); err != nil || ex != 2 {
+			t.Errorf("the last export's hash and body: %d of 2 exist (%v)", ex, err)
+		}
+		// After Close, Add still writes (synchronously).
+		if err := h.Add(ctx, histEntry("late", backend.StateQueued)); err != nil {
+			t.Fatal(err)
+		}
+		if ex, _ := rdb.Exists(ctx, "close:history:late").Result(); ex != 1 {
+			t.Errorf("an Add after Close was not written")
+		}
+	})
+
+	t.Run("SetStateAfterAdd", func(t *testing.T) {
+		h := redisb.NewBatchedHistory(rdb, "order:", 10000, time.Hour)
+		defer h.Close()
+		for i := range 500 {
+			id := fmt.Sprintf("o%04d", i)
+			if err := h.Add(ctx, histEntry(id, backend.StateQueued)); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.SetState(ctx, id, backend.RequestState{Sink: "s", State: backend.StateDeadLettered, Status: 500}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Straight from Redis after the writer is done: every state is the late one.
+		if err := h.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 500 {
+			k := fmt.Sprintf("order:history:o%04d", i)
+			v, err := rdb.HGet(ctx, k, "r:"+backend.HistoryKey("s", 0)).Result()
+			if err != nil || !strings.Contains(v, backend.StateDeadLettered) {
+				t.Fatalf("%s: state %q (%v), want dead_lettered", k, v, err)
+			}
+		}
+	})
+
+	t.Run("GetReadsAdds", func(t *testing.T) {
+		h := redisb.NewBatchedHistory(rdb, "read:", 10000, time.Hour)
+		defer h.Close()
+		for i := range 300 {
+			id := fmt.Sprintf("r%04d", i)
+			if err := h.Add(ctx, histEntry(id, backend.StateQueued)); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok, err := h.Get(ctx, id); err != nil || !ok {
+				t.Fatalf("Get(%s) right after Add = %v, %v; want it", id, ok, err)
+			}
+		}
+		var n int
+		if err := h.Scan(ctx, time.Time{}, time.Time{}, func(*backend.ExportEntry) bool { n++; return true }); err != nil || n != 300 {
+			t.Errorf("Scan saw %d (%v), want 300", n, err)
+		}
+	})
+
+	t.Run("ReportsFailedBatch", func(t *testing.T) {
+		bad := redistest.Start(t).Client(t)
+		h := redisb.NewBatchedHistory(bad, "bad:", 10000, time.Hour)
+		_ = bad.Close() // every write fails
+		_ = h.Add(ctx, histEntry("x", backend.StateQueued))
+		err := h.Flush(ctx)
+		if err2 := h.Close(); err == nil && err2 == nil {
+			t.Errorf("a failed batched write was reported neither by Flush nor by Close")
+		}
+	})
 }
