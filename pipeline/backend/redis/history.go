@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -29,6 +29,7 @@ type History struct {
 	prefix string
 	max    int
 	ttl    time.Duration
+	added  atomic.Int64 // exports written, to check the index every trimBatch of them
 	batcher
 }
 
@@ -57,16 +58,8 @@ func (h *History) Add(ctx context.Context, e *backend.ExportEntry) error {
 		return err
 	}
 	if h.q != nil {
-		var done chan error
-		if !asyncHistory {
-			done = make(chan error, 1)
-		}
+		done := make(chan error, 1)
 		if h.enqueue(w, done) {
-			if done == nil {
-				// Queued; an earlier batched write's failure, if any, is
-				// reported here once so that the caller logs it.
-				return h.takeErr()
-			}
 			select { // group commit: written with the exports queued meanwhile
 			case err := <-done:
 				return err
@@ -83,9 +76,6 @@ func (h *History) Add(ctx context.Context, e *backend.ExportEntry) error {
 	}
 	return h.write(ctx, []*histWrite{w})
 }
-
-// asyncHistory: Add returns once queued, not once written (bench only).
-var asyncHistory = os.Getenv("LABELPIPE_HISTORY_ASYNC") == "1"
 
 // histWrite is one export's Add, encoded.
 type histWrite struct {
@@ -115,36 +105,47 @@ func encodeEntry(e *backend.ExportEntry) (*histWrite, error) {
 	return &histWrite{id: e.ID, received: e.ReceivedAt, vals: vals, body: e.Payload}, nil
 }
 
-// write writes ws in one pipelined round trip: per export HSET, SET body
-// and their PEXPIREATs and ZADD; once for all of them ZREMRANGEBYSCORE of
-// what aged out and ZCARD; then trims if the index is a batch over the
-// bound (one more round trip).
+// write writes ws in one pipelined round trip: per export HSET and its
+// PEXPIREAT, SET body with PXAT, and ZADD. Once every trimBatch exports
+// (counted over all batches) the same round trip drops what aged out of
+// the index (ZREMRANGEBYSCORE) and reads its size (ZCARD); if the index
+// is then a batch over the bound, one more round trip trims it. So the
+// index holds at most max + 2·trimBatch - 1 ids (Scan shows max).
 func (h *History) write(ctx context.Context, ws []*histWrite) error {
 	now := time.Now()
+	n := h.added.Add(int64(len(ws)))
+	every := int64(h.trimBatch())
+	check := n/every != (n-int64(len(ws)))/every // crossed a multiple of trimBatch
 	var card *goredis.IntCmd
 	_, err := h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for _, w := range ws {
 			k := h.prefix + w.id
 			p.HSet(ctx, k, w.vals...)
-			if w.body != nil {
-				p.Set(ctx, k+":body", w.body, 0)
-			}
 			if h.ttl > 0 {
 				p.PExpireAt(ctx, k, w.received.Add(h.ttl))
-				if w.body != nil {
-					p.PExpireAt(ctx, k+":body", w.received.Add(h.ttl))
+			}
+			if w.body != nil {
+				if h.ttl > 0 {
+					p.Do(ctx, "SET", k+":body", w.body, "PXAT", w.received.Add(h.ttl).UnixMilli())
+				} else {
+					p.Set(ctx, k+":body", w.body, 0)
 				}
 			}
 			p.ZAdd(ctx, h.index, goredis.Z{Score: float64(w.received.UnixMilli()), Member: w.id})
 		}
-		if h.ttl > 0 {
-			p.ZRemRangeByScore(ctx, h.index, "-inf", "("+strconv.FormatInt(now.Add(-h.ttl).UnixMilli(), 10))
+		if check {
+			if h.ttl > 0 {
+				p.ZRemRangeByScore(ctx, h.index, "-inf", "("+strconv.FormatInt(now.Add(-h.ttl).UnixMilli(), 10))
+			}
+			card = p.ZCard(ctx, h.index)
 		}
-		card = p.ZCard(ctx, h.index)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("history: %w", err)
+	}
+	if card == nil {
+		return nil
 	}
 	if over := int(card.Val()) - h.max; over >= h.trimBatch() {
 		return h.trim(ctx, over)
