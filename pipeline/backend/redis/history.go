@@ -46,12 +46,11 @@ func (h *History) trimBatch() int { return max(1, h.max/64) }
 // that a late state never leaves a hash without expiry.
 var setState = goredis.NewScript(`if redis.call("EXISTS", KEYS[1]) == 1 then return redis.call("HSET", KEYS[1], ARGV[1], ARGV[2]) end return 0`)
 
-// Add writes the export and its requests. A batched History (the
-// backend's) queues it for the writer and returns at once; when the queue
-// is full, or after Close, it writes synchronously (never drops). An
-// unbatched one writes the export, sets the expiry, drops what aged out of
-// the index and reads its size, in one round trip; one more when the
-// index is a batch over the bound.
+// Add writes the export and its requests (see write) and returns once
+// they are in Redis. A batched History (the backend's) queues it for the
+// writer, which writes it with the other exports queued meanwhile; when
+// the queue is full, or after Close, it writes synchronously (never
+// drops). An unbatched one writes it alone.
 func (h *History) Add(ctx context.Context, e *backend.ExportEntry) error {
 	w, err := encodeEntry(e)
 	if err != nil {

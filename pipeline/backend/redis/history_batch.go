@@ -9,26 +9,25 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// Batched history writes.
+// Batched history writes (group commit).
 //
 // The backend's History hands each Add to one writer goroutine through a
-// bounded queue, so that the fan-out does not wait for a round trip per
-// export. The writer takes what is queued (up to historyBatch exports) and
-// writes it in one pipelined round trip, with one ZREMRANGEBYSCORE and one
-// ZCARD for the whole batch. It does not wait for a batch to fill: while
-// it waits for Redis, the next batch queues up, so batches grow with the
-// load and an idle pipeline's export is written at once.
+// bounded queue and waits for it to be written. The writer takes what is
+// queued (up to historyBatch exports) and writes it in one pipelined
+// round trip. It does not wait for a batch to fill: while it waits for
+// Redis, the next batch queues up, so batches grow with the number of
+// concurrent fan-outs and a lone export is written at once. An Add
+// returns once its export is in Redis, as an unbatched one does, so
+// another replica sees it (and can set its states) right away.
 //
 // Ordering and reads:
 //   - SetState of an export whose Add is still queued flushes the queue
 //     first, so a late state is never overwritten by its earlier Add nor
 //     ignored because the hash is not there yet.
-//   - Get and Scan flush first: the admin API reads what was added.
+//   - Get and Scan flush first.
 //   - A full queue makes Add write synchronously (after a flush if an Add
 //     of the same export is queued): memory stays bounded, nothing drops.
 //   - Close flushes and stops the writer; later Adds write synchronously.
-//
-// A batched write that fails is reported by the next Add (or Flush, Close).
 const (
 	historyQueue = 256
 	historyBatch = 128
@@ -49,9 +48,6 @@ type batcher struct {
 	pmu     sync.Mutex
 	pending map[string]int // export id -> its queued Adds
 	queued  atomic.Int64   // queued Adds in all
-
-	errMu sync.Mutex
-	err   error
 }
 
 // NewBatchedHistory is NewHistory with its Adds written by a background
@@ -138,7 +134,7 @@ func (h *History) Flush(ctx context.Context) error {
 }
 
 // Close writes what is queued and stops the writer. Adds after it write
-// synchronously. It returns a batched write's failure not yet reported.
+// synchronously. A failed write is reported to its Adds, not here.
 func (h *History) Close() error {
 	if h.q == nil {
 		return nil
@@ -150,7 +146,7 @@ func (h *History) Close() error {
 	}
 	h.closeMu.Unlock()
 	<-h.done
-	return h.takeErr()
+	return nil
 }
 
 func (h *History) run() {
@@ -183,9 +179,7 @@ func (h *History) run() {
 		}
 		var err error
 		if len(batch) > 0 {
-			if err = h.write(ctx, batch); err != nil {
-				h.noteErr(err)
-			}
+			err = h.write(ctx, batch) // each Add gets it
 			for _, w := range batch {
 				h.unpend(w.id)
 			}
@@ -195,24 +189,4 @@ func (h *History) run() {
 			ch <- err
 		}
 	}
-}
-
-func (h *History) noteErr(err error) {
-	h.errMu.Lock()
-	if h.err == nil {
-		h.err = err
-	}
-	h.errMu.Unlock()
-}
-
-// takeErr returns, once, the first batched write failure not yet reported.
-func (h *History) takeErr() error {
-	if h.q == nil {
-		return nil
-	}
-	h.errMu.Lock()
-	defer h.errMu.Unlock()
-	err := h.err
-	h.err = nil
-	return err
 }

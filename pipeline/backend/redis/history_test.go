@@ -3,6 +3,7 @@ package redis_test
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -57,38 +58,53 @@ func histEntry(id string, state string) *backend.ExportEntry {
 		Requests: map[string]backend.RequestState{backend.HistoryKey("s", 0): {Sink: "s", State: state}}}
 }
 
-// The batched history (the backend's): Close writes every queued Add; a
-// SetState right after its Add is neither overwritten by that Add nor
-// lost; Get reads what was added; a full queue writes synchronously, so
-// nothing is dropped.
+// The batched history (the backend's): concurrent Adds are all written
+// by the time each returns (another client sees them); a SetState right
+// after its Add is neither overwritten by that Add nor lost; Get reads
+// what was added; Close stops the writer and later Adds still write; a
+// failed batch is reported to its Add.
 func TestRedisBatchedHistory(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	ctx := t.Context()
 
-	t.Run("CloseFlushes", func(t *testing.T) {
-		h := redisb.NewBatchedHistory(rdb, "close:", 10000, time.Hour)
-		const n = 1000 // more than the queue holds: some are written synchronously
-		for i := range n {
-			if err := h.Add(ctx, histEntry(fmt.Sprintf("e%04d", i), backend.StateQueued)); err != nil {
-				t.Fatal(err)
-			}
+	t.Run("ConcurrentAddsWrittenOnReturn", func(t *testing.T) {
+		h := redisb.NewBatchedHistory(rdb, "conc:", 10000, time.Hour)
+		const senders, each = 300, 4 // more than the queue holds at once: some may go synchronously
+		var wg sync.WaitGroup
+		errs := make(chan error, senders*each)
+		for s := range senders {
+			wg.Go(func() {
+				for i := range each {
+					id := fmt.Sprintf("c%03d-%d", s, i)
+					if err := h.Add(ctx, histEntry(id, backend.StateQueued)); err != nil {
+						errs <- err
+						return
+					}
+					// Straight from Redis, through another path than h.
+					if ex, err := rdb.Exists(ctx, "conc:history:"+id, "conc:history:"+id+":body").Result(); err != nil || ex != 2 {
+						errs <- fmt.Errorf("%s: %d of its 2 keys exist right after Add returned (%v)", id, ex, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
 		}
 		if err := h.Close(); err != nil {
 			t.Fatal(err)
 		}
-		// Read straight from Redis, not through h: nothing may be left queued.
-		if c, err := rdb.ZCard(ctx, "close:history").Result(); err != nil || c != n {
-			t.Errorf("after Close the index holds %d (%v), want %d", c, err, n)
-		}
-		if ex, err := rdb.Exists(ctx, "close:history:e0999", "close:history:e0999:body").Result(); err != nil || ex != 2 {
-			t.Errorf("the last export's hash and body: %d of 2 exist (%v)", ex, err)
+		if c, err := rdb.ZCard(ctx, "conc:history").Result(); err != nil || c != senders*each {
+			t.Errorf("the index holds %d (%v), want %d", c, err, senders*each)
 		}
 		// After Close, Add still writes (synchronously).
 		if err := h.Add(ctx, histEntry("late", backend.StateQueued)); err != nil {
 			t.Fatal(err)
 		}
-		if ex, _ := rdb.Exists(ctx, "close:history:late").Result(); ex != 1 {
+		if ex, _ := rdb.Exists(ctx, "conc:history:late").Result(); ex != 1 {
 			t.Errorf("an Add after Close was not written")
 		}
 	})
@@ -140,10 +156,9 @@ func TestRedisBatchedHistory(t *testing.T) {
 		bad := redistest.Start(t).Client(t)
 		h := redisb.NewBatchedHistory(bad, "bad:", 10000, time.Hour)
 		_ = bad.Close() // every write fails
-		_ = h.Add(ctx, histEntry("x", backend.StateQueued))
-		err := h.Flush(ctx)
-		if err2 := h.Close(); err == nil && err2 == nil {
-			t.Errorf("a failed batched write was reported neither by Flush nor by Close")
+		if err := h.Add(ctx, histEntry("x", backend.StateQueued)); err == nil {
+			t.Errorf("Add on a closed client returned no error")
 		}
+		_ = h.Close()
 	})
 }
