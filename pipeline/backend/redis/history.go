@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -28,6 +29,8 @@ type History struct {
 	prefix string
 	max    int
 	ttl    time.Duration
+	added  atomic.Int64 // exports written, to check the index every trimBatch of them
+	batcher
 }
 
 // NewHistory keeps up to maxExports exports for ttl (≤ 0: no age bound).
@@ -43,48 +46,105 @@ func (h *History) trimBatch() int { return max(1, h.max/64) }
 // that a late state never leaves a hash without expiry.
 var setState = goredis.NewScript(`if redis.call("EXISTS", KEYS[1]) == 1 then return redis.call("HSET", KEYS[1], ARGV[1], ARGV[2]) end return 0`)
 
-// Add writes the export and its requests, sets the expiry, drops what aged
-// out of the index and reads its size, in one round trip; one more when
-// the index is a batch over the bound.
+// Add writes the export and its requests (see write) and returns once
+// they are in Redis. A batched History (the backend's) queues it for the
+// writer, which writes it with the other exports queued meanwhile; when
+// the queue is full, or after Close, it writes synchronously (never
+// drops). An unbatched one writes it alone.
 func (h *History) Add(ctx context.Context, e *backend.ExportEntry) error {
-	rs := e.Requests
-	c := *e
-	c.Requests, c.Payload = nil, nil // the payload goes raw in "p", not base64 in JSON
-	b, err := json.Marshal(&c)
+	w, err := encodeEntry(e)
 	if err != nil {
 		return err
 	}
-	k := h.prefix + e.ID
-	vals := make([]any, 0, 4+2*len(rs))
-	vals = append(vals, "e", b)
+	if h.q != nil {
+		done := make(chan error, 1)
+		if h.enqueue(w, done) {
+			select { // group commit: written with the exports queued meanwhile
+			case err := <-done:
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		// Full queue: an earlier Add of the same export must land first.
+		if h.isPending(w.id) {
+			if err := h.Flush(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	return h.write(ctx, []*histWrite{w})
+}
 
+// histWrite is one export's Add, encoded.
+type histWrite struct {
+	id       string
+	received time.Time
+	vals     []any // HSET field, value pairs
+	body     []byte
+}
+
+func encodeEntry(e *backend.ExportEntry) (*histWrite, error) {
+	rs := e.Requests
+	c := *e
+	c.Requests, c.Payload = nil, nil // the payload goes raw in its own key, not base64 in JSON
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return nil, err
+	}
+	vals := make([]any, 0, 2+2*len(rs))
+	vals = append(vals, "e", b)
 	for f, s := range rs {
 		sb, err := json.Marshal(s)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		vals = append(vals, "r:"+f, sb)
 	}
+	return &histWrite{id: e.ID, received: e.ReceivedAt, vals: vals, body: e.Payload}, nil
+}
+
+// write writes ws in one pipelined round trip: per export HSET and its
+// PEXPIREAT, SET body with PXAT, and ZADD. Once every trimBatch exports
+// (counted over all batches) the same round trip drops what aged out of
+// the index (ZREMRANGEBYSCORE) and reads its size (ZCARD); if the index
+// is then a batch over the bound, one more round trip trims it. So the
+// index holds at most max + 2·trimBatch - 1 ids (Scan shows max).
+func (h *History) write(ctx context.Context, ws []*histWrite) error {
 	now := time.Now()
+	n := h.added.Add(int64(len(ws)))
+	every := int64(h.trimBatch())
+	check := n/every != (n-int64(len(ws)))/every // crossed a multiple of trimBatch
 	var card *goredis.IntCmd
-	_, err = h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		p.HSet(ctx, k, vals...)
-		if e.Payload != nil {
-			p.Set(ctx, k+":body", e.Payload, 0)
-		}
-		if h.ttl > 0 {
-			p.PExpireAt(ctx, k, e.ReceivedAt.Add(h.ttl))
-			if e.Payload != nil {
-				p.PExpireAt(ctx, k+":body", e.ReceivedAt.Add(h.ttl))
+	_, err := h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		for _, w := range ws {
+			k := h.prefix + w.id
+			p.HSet(ctx, k, w.vals...)
+			if h.ttl > 0 {
+				p.PExpireAt(ctx, k, w.received.Add(h.ttl))
 			}
-			p.ZRemRangeByScore(ctx, h.index, "-inf", "("+strconv.FormatInt(now.Add(-h.ttl).UnixMilli(), 10))
+			if w.body != nil {
+				if h.ttl > 0 {
+					p.Do(ctx, "SET", k+":body", w.body, "PXAT", w.received.Add(h.ttl).UnixMilli())
+				} else {
+					p.Set(ctx, k+":body", w.body, 0)
+				}
+			}
+			p.ZAdd(ctx, h.index, goredis.Z{Score: float64(w.received.UnixMilli()), Member: w.id})
 		}
-		p.ZAdd(ctx, h.index, goredis.Z{Score: float64(e.ReceivedAt.UnixMilli()), Member: e.ID})
-		card = p.ZCard(ctx, h.index)
+		if check {
+			if h.ttl > 0 {
+				p.ZRemRangeByScore(ctx, h.index, "-inf", "("+strconv.FormatInt(now.Add(-h.ttl).UnixMilli(), 10))
+			}
+			card = p.ZCard(ctx, h.index)
+		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("history: %w", err)
+	}
+	if card == nil {
+		return nil
 	}
 	if over := int(card.Val()) - h.max; over >= h.trimBatch() {
 		return h.trim(ctx, over)
@@ -121,6 +181,13 @@ func (h *History) SetState(ctx context.Context, id string, s backend.RequestStat
 	if err != nil {
 		return err
 	}
+	// A state must not be overwritten by its export's queued Add (nor be
+	// ignored because the hash is not written yet): that Add goes first.
+	if h.isPending(id) {
+		if err := h.Flush(ctx); err != nil {
+			return err
+		}
+	}
 	if err := setState.Run(ctx, h.client, []string{h.prefix + id}, "r:"+backend.HistoryKey(s.Sink, s.Chunk), b).Err(); err != nil {
 		return fmt.Errorf("history: %w", err)
 	}
@@ -150,6 +217,9 @@ func decodeEntry(m map[string]string) (*backend.ExportEntry, error) {
 
 // Get reads one export's hash.
 func (h *History) Get(ctx context.Context, id string) (*backend.ExportEntry, bool, error) {
+	if err := h.Flush(ctx); err != nil {
+		return nil, false, err
+	}
 	var all *goredis.MapStringStringCmd
 	var body *goredis.StringCmd
 	_, err := h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
@@ -176,6 +246,9 @@ func (h *History) Get(ctx context.Context, id string) (*backend.ExportEntry, boo
 // Scan reads the index newest first, at most max ids, and the hashes in
 // pipelined batches.
 func (h *History) Scan(ctx context.Context, since, until time.Time, fn func(*backend.ExportEntry) bool) error {
+	if err := h.Flush(ctx); err != nil {
+		return err
+	}
 	lo, hi := "-inf", "+inf"
 	if h.ttl > 0 {
 		lo = strconv.FormatInt(time.Now().Add(-h.ttl).UnixMilli(), 10)

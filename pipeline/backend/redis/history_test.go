@@ -2,6 +2,8 @@ package redis_test
 
 import (
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,8 +13,9 @@ import (
 )
 
 // What the history keeps in Redis is bounded, not only what it shows: the
-// index, the hashes and the bodies of trimmed exports go, within one trim
-// batch (max/64) of max_exports; every key expires.
+// index, the hashes and the bodies of trimmed exports go, within two trim
+// batches (max/64) of max_exports (the size is read once per batch);
+// every key expires.
 func TestRedisHistoryStorageIsBounded(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
@@ -27,8 +30,8 @@ func TestRedisHistoryStorageIsBounded(t *testing.T) {
 		}
 	}
 	n, err := rdb.ZCard(ctx, "hb:history").Result()
-	if err != nil || n > maxExports+2 || n < maxExports {
-		t.Errorf("index holds %d ids (%v), want %d to %d", n, err, maxExports, maxExports+2)
+	if err != nil || n > maxExports+2*2-1 || n < maxExports {
+		t.Errorf("index holds %d ids (%v), want %d to %d", n, err, maxExports, maxExports+2*2-1)
 	}
 	hashes, _ := rdb.Keys(ctx, "hb:history:e*").Result()
 	var bodies, plain int
@@ -48,4 +51,114 @@ func TestRedisHistoryStorageIsBounded(t *testing.T) {
 	if ex, _ := rdb.Exists(ctx, "hb:history:e0000", "hb:history:e0000:body").Result(); ex != 0 {
 		t.Errorf("the oldest export's hash or body is still kept")
 	}
+}
+
+func histEntry(id string, state string) *backend.ExportEntry {
+	return &backend.ExportEntry{ID: id, ReceivedAt: time.Now(), Event: "issue-exported", Payload: []byte(`{"x":1}`),
+		Requests: map[string]backend.RequestState{backend.HistoryKey("s", 0): {Sink: "s", State: state}}}
+}
+
+// The batched history (the backend's): concurrent Adds are all written
+// by the time each returns (another client sees them); a SetState right
+// after its Add is neither overwritten by that Add nor lost; Get reads
+// what was added; Close stops the writer and later Adds still write; a
+// failed batch is reported to its Add.
+func TestRedisBatchedHistory(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := t.Context()
+
+	t.Run("ConcurrentAddsWrittenOnReturn", func(t *testing.T) {
+		h := redisb.NewBatchedHistory(rdb, "conc:", 10000, time.Hour)
+		const senders, each = 300, 4 // more than the queue holds at once: some may go synchronously
+		var wg sync.WaitGroup
+		errs := make(chan error, senders*each)
+		for s := range senders {
+			wg.Go(func() {
+				for i := range each {
+					id := fmt.Sprintf("c%03d-%d", s, i)
+					if err := h.Add(ctx, histEntry(id, backend.StateQueued)); err != nil {
+						errs <- err
+						return
+					}
+					// Straight from Redis, through another path than h.
+					if ex, err := rdb.Exists(ctx, "conc:history:"+id, "conc:history:"+id+":body").Result(); err != nil || ex != 2 {
+						errs <- fmt.Errorf("%s: %d of its 2 keys exist right after Add returned (%v)", id, ex, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if err := h.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if c, err := rdb.ZCard(ctx, "conc:history").Result(); err != nil || c != senders*each {
+			t.Errorf("the index holds %d (%v), want %d", c, err, senders*each)
+		}
+		// After Close, Add still writes (synchronously).
+		if err := h.Add(ctx, histEntry("late", backend.StateQueued)); err != nil {
+			t.Fatal(err)
+		}
+		if ex, _ := rdb.Exists(ctx, "conc:history:late").Result(); ex != 1 {
+			t.Errorf("an Add after Close was not written")
+		}
+	})
+
+	t.Run("SetStateAfterAdd", func(t *testing.T) {
+		h := redisb.NewBatchedHistory(rdb, "order:", 10000, time.Hour)
+		defer h.Close()
+		for i := range 500 {
+			id := fmt.Sprintf("o%04d", i)
+			if err := h.Add(ctx, histEntry(id, backend.StateQueued)); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.SetState(ctx, id, backend.RequestState{Sink: "s", State: backend.StateDeadLettered, Status: 500}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Straight from Redis after the writer is done: every state is the late one.
+		if err := h.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 500 {
+			k := fmt.Sprintf("order:history:o%04d", i)
+			v, err := rdb.HGet(ctx, k, "r:"+backend.HistoryKey("s", 0)).Result()
+			if err != nil || !strings.Contains(v, backend.StateDeadLettered) {
+				t.Fatalf("%s: state %q (%v), want dead_lettered", k, v, err)
+			}
+		}
+	})
+
+	t.Run("GetReadsAdds", func(t *testing.T) {
+		h := redisb.NewBatchedHistory(rdb, "read:", 10000, time.Hour)
+		defer h.Close()
+		for i := range 300 {
+			id := fmt.Sprintf("r%04d", i)
+			if err := h.Add(ctx, histEntry(id, backend.StateQueued)); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok, err := h.Get(ctx, id); err != nil || !ok {
+				t.Fatalf("Get(%s) right after Add = %v, %v; want it", id, ok, err)
+			}
+		}
+		var n int
+		if err := h.Scan(ctx, time.Time{}, time.Time{}, func(*backend.ExportEntry) bool { n++; return true }); err != nil || n != 300 {
+			t.Errorf("Scan saw %d (%v), want 300", n, err)
+		}
+	})
+
+	t.Run("ReportsFailedBatch", func(t *testing.T) {
+		bad := redistest.Start(t).Client(t)
+		h := redisb.NewBatchedHistory(bad, "bad:", 10000, time.Hour)
+		_ = bad.Close() // every write fails
+		if err := h.Add(ctx, histEntry("x", backend.StateQueued)); err == nil {
+			t.Errorf("Add on a closed client returned no error")
+		}
+		_ = h.Close()
+	})
 }

@@ -72,9 +72,10 @@ type Backend struct {
 	owns   bool
 	cfg    Config
 
-	mu     sync.Mutex
-	broker *Broker
-	closed bool
+	mu        sync.Mutex
+	broker    *Broker
+	histories []*History // batched: Close flushes them before closing the client
+	closed    bool
 }
 
 // New returns a backend on client; owns says Close closes the client too.
@@ -167,6 +168,9 @@ func (b *Backend) Close() error {
 	if b.broker != nil {
 		errs = append(errs, b.broker.Close())
 	}
+	for _, h := range b.histories {
+		errs = append(errs, h.Close())
+	}
 	if b.owns {
 		errs = append(errs, b.client.Close())
 	}
@@ -176,6 +180,15 @@ func (b *Backend) Close() error {
 var _ backend.Backend = (*Backend)(nil)
 
 // History keeps the export history in this Redis, shared by every replica.
+// Its Adds are written in batches by a background writer (see
+// NewBatchedHistory) that Close flushes before closing the client.
 func (b *Backend) History(maxExports int, ttl time.Duration) backend.History {
-	return NewHistory(b.client, b.cfg.KeyPrefix, maxExports, ttl)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return NewHistory(b.client, b.cfg.KeyPrefix, maxExports, ttl)
+	}
+	h := NewBatchedHistory(b.client, b.cfg.KeyPrefix, maxExports, ttl)
+	b.histories = append(b.histories, h)
+	return h
 }
