@@ -321,22 +321,17 @@ func (s *Labelbox) graphqlError(req *http.Request, resp *response, errs []gqlErr
 }
 
 func (s *Labelbox) request(ctx context.Context, body []byte) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.endpoint("/graphql").String(), bytes.NewReader(body))
-	if err != nil {
-		return nil, err
+	req, err := s.newPost(ctx, "/graphql", body)
+	if err == nil {
+		req.Header.Set("Authorization", "Bearer "+s.key)
 	}
-	setHeaders(req, nil)
-	req.Header.Set("Authorization", "Bearer "+s.key)
-	return req, nil
+	return req, err
 }
 
 // Describe says what Send would do with r, the key redacted.
 func (s *Labelbox) Describe(r *pipeline.Request) map[string]any {
 	req, err := s.request(context.Background(), r.Body)
-	if err != nil {
-		return map[string]any{"error": err.Error()}
-	}
-	return describe(req, r.Body)
+	return describeBuilt(req, err, r.Body)
 }
 
 var (

@@ -169,23 +169,17 @@ func (s *LabelStudio) Send(ctx context.Context, r *pipeline.Request) error {
 }
 
 func (s *LabelStudio) request(ctx context.Context, body []byte) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost,
-		s.endpoint("/api/projects/"+strings.TrimSpace(s.cfg.ProjectID)+"/import").String(), bytes.NewReader(body))
-	if err != nil {
-		return nil, err
+	req, err := s.newPost(ctx, "/api/projects/"+strings.TrimSpace(s.cfg.ProjectID)+"/import", body)
+	if err == nil {
+		req.Header.Set("Authorization", "Token "+s.key)
 	}
-	setHeaders(req, nil)
-	req.Header.Set("Authorization", "Token "+s.key)
-	return req, nil
+	return req, err
 }
 
 // Describe says what Send would do with r, the token redacted.
 func (s *LabelStudio) Describe(r *pipeline.Request) map[string]any {
 	req, err := s.request(context.Background(), r.Body)
-	if err != nil {
-		return map[string]any{"error": err.Error()}
-	}
-	return describe(req, r.Body)
+	return describeBuilt(req, err, r.Body)
 }
 
 var (

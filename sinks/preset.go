@@ -1,6 +1,7 @@
 package sinks
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -238,6 +239,25 @@ func (p *preset) paceFrom(err error) error {
 		p.pause(de.After)
 	}
 	return err
+}
+
+// newPost is a JSON POST of body to the API path, with the common headers;
+// the preset sets its own auth.
+func (p *preset) newPost(ctx context.Context, path string, body []byte) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.endpoint(path).String(), bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	setHeaders(req, nil)
+	return req, nil
+}
+
+// describeBuilt is a preset's Describe of the request build makes.
+func describeBuilt(req *http.Request, err error, body []byte) map[string]any {
+	if err != nil {
+		return map[string]any{"error": err.Error()}
+	}
+	return describe(req, body)
 }
 
 // describe is a preset's preview of one request, secrets redacted.

@@ -252,23 +252,18 @@ func (s *Scale) post(ctx context.Context, path string, body []byte) error {
 }
 
 func (s *Scale) request(ctx context.Context, path string, body []byte) (*http.Request, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.endpoint(path).String(), bytes.NewReader(body))
-	if err != nil {
-		return nil, err
+	req, err := s.newPost(ctx, path, body)
+	if err == nil {
+		req.SetBasicAuth(s.key, "")
 	}
-	setHeaders(req, nil)
-	req.SetBasicAuth(s.key, "")
-	return req, nil
+	return req, err
 }
 
 // Describe says what Send would do with r, the key redacted. With a
 // batch, the batch is created first and finalized after the last task.
 func (s *Scale) Describe(r *pipeline.Request) map[string]any {
 	req, err := s.request(context.Background(), "/v1/task/"+s.cfg.TaskType, r.Body)
-	if err != nil {
-		return map[string]any{"error": err.Error()}
-	}
-	return describe(req, r.Body)
+	return describeBuilt(req, err, r.Body)
 }
 
 var (
