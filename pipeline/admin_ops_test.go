@@ -18,34 +18,6 @@ import (
 	"github.com/labelpipe/labelpipe/pipeline"
 )
 
-// sinkState is the part of GET /api/sinks the controls change.
-type sinkState struct {
-	Name     string  `json:"name"`
-	Breaker  string  `json:"breaker"`
-	Paused   bool    `json:"paused"`
-	PausedBy string  `json:"paused_by"`
-	Queue    int64   `json:"queue_depth"`
-	Oldest   float64 `json:"oldest_pending_seconds"`
-	DLQ      int64   `json:"dlq"`
-	Rate     int64   `json:"delivered_last_minute_here"`
-	LastErr  string  `json:"last_error"`
-}
-
-func (h *harness) sinkState(name string) sinkState {
-	h.t.Helper()
-	var all []sinkState
-	if code := h.adminDo(http.MethodGet, "/api/sinks", nil, &all); code != http.StatusOK {
-		h.t.Fatalf("GET /api/sinks: %d", code)
-	}
-	for _, s := range all {
-		if s.Name == name {
-			return s
-		}
-	}
-	h.t.Fatalf("no sink %q in /api/sinks", name)
-	return sinkState{}
-}
-
 // control POSTs to the admin API from loopback (no token configured) and
 // wants 200.
 func (h *harness) control(path, body string) map[string]any {
@@ -84,7 +56,7 @@ func TestPauseHoldsTheQueue(t *testing.T) {
 			if ans["paused"] != true {
 				t.Fatalf("pause answered %v", ans)
 			}
-			st := h.sinkState("label_studio")
+			st := h.sink("label_studio")
 			if !st.Paused || !strings.Contains(st.PausedBy, "loopback") {
 				t.Fatalf("/api/sinks after pause = %+v, want paused by a loopback caller", st)
 			}
@@ -92,7 +64,7 @@ func TestPauseHoldsTheQueue(t *testing.T) {
 			atPause := ls.RequestCount()
 			// Paused for well past max_elapsed (400ms), by the broker's clock.
 			h.eventually(10*time.Second, "the request to wait paused past max_elapsed", func() bool {
-				return h.sinkState("label_studio").Oldest > 1.2
+				return h.sink("label_studio").Oldest > 1.2
 			})
 			if n := ls.RequestCount(); n > atPause+1 {
 				t.Errorf("vendor got %d requests while paused (%d at the pause), want at most the one under way", n-atPause, atPause)
@@ -100,12 +72,12 @@ func TestPauseHoldsTheQueue(t *testing.T) {
 			if ds := h.deadLetters("label_studio"); len(ds) != 0 {
 				t.Fatalf("dead letters while paused = %+v, want none", ds)
 			}
-			if st := h.sinkState("label_studio"); st.Queue != 1 {
-				t.Errorf("queue depth while paused = %d, want 1 (the request held)", st.Queue)
+			if st := h.sink("label_studio"); st.QueueDepth != 1 {
+				t.Errorf("queue depth while paused = %d, want 1 (the request held)", st.QueueDepth)
 			}
 			if broker == "redis" {
 				other := newHarnessWith(t, cfg, func(o *pipeline.Options) { o.ReplicaID = "other" })
-				if st := other.sinkState("label_studio"); !st.Paused {
+				if st := other.sink("label_studio"); !st.Paused {
 					t.Errorf("another replica on the same Redis sees %+v, want paused", st)
 				}
 			}
@@ -115,8 +87,8 @@ func TestPauseHoldsTheQueue(t *testing.T) {
 				t.Fatalf("resume answered %v", ans)
 			}
 			waitFake(t, "the delivery after resume", func(ctx context.Context) error { return ls.WaitAccepted(ctx, 1) })
-			h.eventually(10*time.Second, "the queue to empty", func() bool { return h.sinkState("label_studio").Queue == 0 })
-			st = h.sinkState("label_studio")
+			h.eventually(10*time.Second, "the queue to empty", func() bool { return h.sink("label_studio").QueueDepth == 0 })
+			st = h.sink("label_studio")
 			if st.Paused || st.DLQ != 0 || st.Rate != 1 || !strings.Contains(st.LastErr, "503") {
 				t.Errorf("/api/sinks after resume = %+v, want running, no dead letter, 1 delivered, last error the 503", st)
 			}
@@ -139,7 +111,7 @@ func TestBreakerResetClosesIt(t *testing.T) {
 			ls.SetDown(http.StatusServiceUnavailable)
 			body, _ := samplePayload(t, "issue-frames.json")
 			h.accept(body)
-			h.eventually(10*time.Second, "the breaker to open", func() bool { return h.sinkState("label_studio").Breaker == "open" })
+			h.eventually(10*time.Second, "the breaker to open", func() bool { return h.sink("label_studio").Breaker == "open" })
 			ls.SetUp()
 			ans := h.control("/api/sinks/label_studio/breaker/reset", "")
 			if ans["was"] != "open" || ans["breaker"] != "closed" {
@@ -147,7 +119,7 @@ func TestBreakerResetClosesIt(t *testing.T) {
 			}
 			// open_timeout is an hour: only the reset lets it through.
 			waitFake(t, "the delivery after the reset", func(ctx context.Context) error { return ls.WaitAccepted(ctx, 1) })
-			if st := h.sinkState("label_studio"); st.Breaker != "closed" || st.DLQ != 0 {
+			if st := h.sink("label_studio"); st.Breaker != "closed" || st.DLQ != 0 {
 				t.Errorf("/api/sinks after the reset = %+v, want closed and no dead letter", st)
 			}
 			if !strings.Contains(h.logs.String(), "circuit breaker reset by an operator") {
@@ -310,7 +282,7 @@ func TestControlsGuarded(t *testing.T) {
 			if a.code != tt.code {
 				t.Fatalf("%s %s = %d %s, want %d", tt.call.method, tt.call.path, a.code, a.raw, tt.code)
 			}
-			if st := h.sinkState("vendor"); st.Paused || st.DLQ != 1 {
+			if st := h.sink("vendor"); st.Paused || st.DLQ != 1 {
 				t.Errorf("after a refused call /api/sinks = %+v, want running with its 1 dead letter", st)
 			}
 			if n := hits.Load(); n != before {
@@ -327,7 +299,7 @@ func TestControlsGuarded(t *testing.T) {
 	if a := h.adminCall(adminCall{method: http.MethodPost, path: "/api/sinks/vendor/pause", header: withSession(map[string]string{"Sec-Fetch-Site": "same-origin"})}); a.code != http.StatusOK {
 		t.Fatalf("pause with the session = %d %s", a.code, a.raw)
 	}
-	if st := h.sinkState("vendor"); !st.Paused || !strings.Contains(st.PausedBy, "console session") {
+	if st := h.sink("vendor"); !st.Paused || !strings.Contains(st.PausedBy, "console session") {
 		t.Errorf("/api/sinks = %+v, want paused by a console session", st)
 	}
 	// Signed out, the cookie no longer works.

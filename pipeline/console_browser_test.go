@@ -195,7 +195,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if status != http.StatusUnauthorized {
 		t.Errorf("pause from the page without signing in = %v, want 401", status)
 	}
-	if st := h.sinkState("label_studio"); st.Paused || st.DLQ != 2 || st.Breaker != "open" {
+	if st := h.sink("label_studio"); st.Paused || st.DLQ != 2 || st.Breaker != "open" {
 		t.Fatalf("after refused changes /api/sinks = %+v, want running, 2 dead letters, open", st)
 	}
 
@@ -251,7 +251,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if n := strings.Count(h.logs.String(), "admin API refused a cross-origin change"); n != 3 {
 		t.Errorf("the admin API logged %d refused cross-origin changes, want 3", n)
 	}
-	if st := h.sinkState("label_studio"); st.Paused || st.DLQ != 2 || st.Breaker != "open" {
+	if st := h.sink("label_studio"); st.Paused || st.DLQ != 2 || st.Breaker != "open" {
 		t.Fatalf("after another origin's requests /api/sinks = %+v, want running, 2 dead letters, open", st)
 	}
 	if ls.RequestCount() != 4 {
@@ -304,7 +304,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	c.do("resume from the keyboard", chromedp.Focus(chromedp.CSS(sinkRow("label_studio", `button[data-action="resume"]`))),
 		chromedp.KeyEvent(kb.Enter))
 	c.waitFor("three deliveries", fmt.Sprintf(`document.querySelector('%s')?.textContent === "3"`, sinkRow("label_studio", "td.rate")))
-	if st := h.sinkState("label_studio"); st.Paused || st.DLQ != 0 || st.Queue != 0 {
+	if st := h.sink("label_studio"); st.Paused || st.DLQ != 0 || st.QueueDepth != 0 {
 		t.Errorf("at the end /api/sinks = %+v, want running, no dead letter, empty queue", st)
 	}
 	t.Logf("browser test took %v", time.Since(start).Round(time.Millisecond))

@@ -292,10 +292,15 @@ func (h *harness) waitDeadLetters(sink string, n int) []backend.DeadLetter {
 
 // sinkInfo is one entry of GET /api/sinks.
 type sinkInfo struct {
-	Name       string `json:"name"`
-	Breaker    string `json:"breaker"`
-	QueueDepth int64  `json:"queue_depth"`
-	DLQ        int64  `json:"dlq"`
+	Name       string  `json:"name"`
+	Breaker    string  `json:"breaker"`
+	QueueDepth int64   `json:"queue_depth"`
+	DLQ        int64   `json:"dlq"`
+	Paused     bool    `json:"paused"`
+	PausedBy   string  `json:"paused_by"`
+	Oldest     float64 `json:"oldest_pending_seconds"`
+	Rate       int64   `json:"delivered_last_minute_here"`
+	LastErr    string  `json:"last_error"`
 }
 
 func (h *harness) sink(name string) sinkInfo {
