@@ -151,7 +151,10 @@ func (h *History) Close() error {
 
 func (h *History) run() {
 	defer close(h.done)
-	ctx := context.Background()
+	// One write serves several exports' traces, so it belongs to none:
+	// untraced, like the other housekeeping, rather than a root span
+	// outside every export's trace.
+	ctx := quiet(context.Background())
 	batch := make([]*histWrite, 0, historyBatch)
 	var waiters []chan error
 	take := func(op histOp) {
