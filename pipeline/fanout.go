@@ -46,7 +46,7 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 	// requests before any of them can be delivered or fail.
 	var hist exportHistory
 	var rendered []refused
-	for _, s := range p.sinks {
+	for _, s := range p.sinkList() {
 		if (only != "" && s.cfg.Name != only) || s.removed.Load() {
 			continue
 		}

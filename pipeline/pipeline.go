@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"iter"
 	"log/slog"
 	"net"
 	"net/http"
@@ -71,10 +70,8 @@ type Pipeline struct {
 	stages []builtStage
 	chain  atomic.Pointer[chain]
 	// sinkSet is every sink, swapped whole by a reload that adds one:
-	// read it with sinkList and sinkNamed. sinks ranges over it (for the
-	// fan-out).
+	// read it with sinkList and sinkNamed.
 	sinkSet atomic.Pointer[sinkSet]
-	sinks   iter.Seq2[int, *builtSink]
 	// addedCtx is what the handlers of sinks a reload adds run under. It
 	// is cancelled when the router starts closing, as Router.Run does
 	// for the handlers it starts: a handler's subscription ends only
@@ -187,13 +184,6 @@ func newPipeline(cfg *Config, opts Options, offline bool) (p *Pipeline, err erro
 		offline: offline,
 	}
 	p.sinkSet.Store(&sinkSet{byName: map[string]*builtSink{}})
-	p.sinks = func(yield func(int, *builtSink) bool) {
-		for i, s := range p.sinkList() {
-			if !yield(i, s) {
-				return
-			}
-		}
-	}
 	p.bodies = newBodyBudget(cfg.Server)
 	for _, t := range cfg.Server.TrustedProxies {
 		pf, err := parsePrefix(t)
