@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
 )
@@ -394,19 +393,11 @@ func TestSessionEndsWithTheToken(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(adminToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := pipeline.ParseConfig(filepath.Join(dir, "c.yaml"), []byte(`server: {addr: ""}
+	p := pipelineIn(t, dir, `server: {addr: ""}
 admin: {addr: "", token_file: admin-token}
 sinks:
   - {name: archive, type: file, path: archive.jsonl}
-`), pipeline.ResolveWith(builtin.Registry()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := pipeline.New(cfg, pipeline.Options{Registry: builtin.Registry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
+`)
 	h := p.AdminHandler()
 	serve := func(method, path, body string, cookie *http.Cookie) *httptest.ResponseRecorder {
 		req := httptest.NewRequestWithContext(t.Context(), method, "http://127.0.0.1:9090"+path, strings.NewReader(body))

@@ -282,19 +282,11 @@ func TestAdminTokenFile(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "secrets", "admin"), []byte(adminToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := pipeline.ParseConfig(filepath.Join(dir, "c.yaml"), []byte(`server: {addr: ""}
+	p := pipelineIn(t, dir, `server: {addr: ""}
 admin: {addr: "labelpipe-admin.internal:9090", token_file: secrets/admin}
 sinks:
   - {name: archive, type: file, path: archive.jsonl}
-`), pipeline.ResolveWith(builtin.Registry()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := pipeline.New(cfg, pipeline.Options{Registry: builtin.Registry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
+`)
 	h := p.AdminHandler()
 	check := func(when string, tests []struct {
 		auth string
@@ -387,4 +379,20 @@ func TestAdminConfigNeedsToken(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pipelineIn builds (not runs) a pipeline from yaml as if read from
+// dir/c.yaml, so that relative paths in it resolve against dir.
+func pipelineIn(t *testing.T, dir, yaml string) *pipeline.Pipeline {
+	t.Helper()
+	cfg, err := pipeline.ParseConfig(filepath.Join(dir, "c.yaml"), []byte(yaml), pipeline.ResolveWith(builtin.Registry()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := pipeline.New(cfg, pipeline.Options{Registry: builtin.Registry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	return p
 }
