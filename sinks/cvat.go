@@ -74,15 +74,7 @@ func CVATDefaults() *CVATConfig {
 // Validate reports every invalid option.
 func (c *CVATConfig) Validate() error {
 	errs := []error{c.PresetConfig.Validate()}
-	switch id := strings.TrimSpace(c.ProjectID); {
-	case id == "":
-		errs = append(errs, pipeline.FieldErr("project_id", "is required"))
-	case unexpanded.MatchString(id), pipeline.IsEnvPlaceholder(id): // checked without its variable (preview, validate --no-env)
-	default:
-		if n, err := strconv.Atoi(id); err != nil || n < 1 {
-			errs = append(errs, pipeline.FieldErr("project_id", "must be the project's numeric id"))
-		}
-	}
+	errs = append(errs, numericProjectID(c.ProjectID))
 	if c.ImageQuality < 1 || c.ImageQuality > 100 {
 		errs = append(errs, pipeline.FieldErr("image_quality", "must be between 1 and 100"))
 	}

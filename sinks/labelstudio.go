@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"regexp"
-	"strconv"
 	"strings"
 
 	"github.com/labelpipe/labelpipe/pipeline"
@@ -42,21 +40,10 @@ type LabelStudioConfig struct {
 // LabelStudioDefaults returns the label_studio preset's defaults.
 func LabelStudioDefaults() *LabelStudioConfig { return &LabelStudioConfig{} }
 
-// unexpanded is a ${VAR} left as written for a preview.
-var unexpanded = regexp.MustCompile(`^\$\{[A-Za-z_][A-Za-z0-9_]*\}$`)
-
 // Validate reports every invalid option.
 func (c *LabelStudioConfig) Validate() error {
 	errs := []error{c.PresetConfig.Validate()}
-	switch id := strings.TrimSpace(c.ProjectID); {
-	case id == "":
-		errs = append(errs, pipeline.FieldErr("project_id", "is required"))
-	case unexpanded.MatchString(id), pipeline.IsEnvPlaceholder(id): // checked without its variable (preview, validate --no-env)
-	default:
-		if n, err := strconv.Atoi(id); err != nil || n < 1 {
-			errs = append(errs, pipeline.FieldErr("project_id", "must be the project's numeric id"))
-		}
-	}
+	errs = append(errs, numericProjectID(c.ProjectID))
 	return errors.Join(errs...)
 }
 

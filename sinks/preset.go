@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -360,3 +362,23 @@ func labelClasses(frameData map[string]any, elementType, elementID string) []str
 }
 
 func str(v any) string { s, _ := v.(string); return s }
+
+// unexpanded is a ${VAR} left as written for a preview.
+var unexpanded = regexp.MustCompile(`^\$\{[A-Za-z_][A-Za-z0-9_]*\}$`)
+
+// numericProjectID checks a project_id that must be the vendor's numeric
+// id (Label Studio, CVAT); nil when it is. A value still standing for its
+// variable (a preview, validate --no-env) passes: only its presence is
+// known.
+func numericProjectID(id string) error {
+	switch id = strings.TrimSpace(id); {
+	case id == "":
+		return pipeline.FieldErr("project_id", "is required")
+	case unexpanded.MatchString(id), pipeline.IsEnvPlaceholder(id):
+		return nil
+	}
+	if n, err := strconv.Atoi(id); err != nil || n < 1 {
+		return pipeline.FieldErr("project_id", "must be the project's numeric id")
+	}
+	return nil
+}
