@@ -104,7 +104,16 @@ sinks:
 	defer stop()
 	runErr := make(chan error, 1)
 	go func() { runErr <- p.Run(runCtx) }()
-	waitFor(t, "ready", func() bool { return p.Ready(ctx) == nil })
+	// Ready over the admin listener, which Run starts after the webhook
+	// one: p.Ready alone can say yes before the webhook listens.
+	waitFor(t, "ready", func() bool {
+		resp, err := http.Get("http://" + admin + "/readyz")
+		if err != nil {
+			return false
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 
 	body, err := configs.Payloads.ReadFile("payloads/issue-crops.json")
 	if err != nil {
