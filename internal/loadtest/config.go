@@ -24,7 +24,10 @@ var sinkBodies = []string{
 // and one http sink per vendor URL.
 func daemonConfig(addr, admin string, o Options, vendorURLs []string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "server: {addr: %q, path: /webhook, max_body_bytes: %d}\nadmin: {addr: %q}\nlog: {level: warn}\n", addr, 256<<20, admin)
+	// pprof only when a profile is asked for: it is what --cpuprofile and
+	// --memprofile fetch, and it costs nothing otherwise.
+	pprof := o.CPUProfile != "" || o.MemProfile != ""
+	fmt.Fprintf(&b, "server: {addr: %q, path: /webhook, max_body_bytes: %d}\nadmin: {addr: %q, pprof: %t}\nlog: {level: warn}\n", addr, 256<<20, admin, pprof)
 	if o.Broker == "redis" {
 		// A prefix of its own, so streams and keys left by an earlier run
 		// on the same Redis are not redelivered into this one.

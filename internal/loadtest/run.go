@@ -299,6 +299,11 @@ func fetch(url, path string) error {
 		return err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		// Never save an error page as if it were a profile.
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, bytes.TrimSpace(b))
+	}
 	f, err := os.Create(path)
 	if err != nil {
 		return err
