@@ -62,19 +62,26 @@ func (p *Pipeline) fanout(msg *message.Message) error {
 			rendered = append(rendered, refused{s: s, msgs: msgs})
 		}
 	}
-	hist.save(ctx, p, msg)
+	// The entry goes with the first publish (one round trip on Redis), or
+	// alone before the refused sinks wait for room.
+	entry := hist.entry(ctx, p, msg)
 	for _, r := range rendered {
 		s, msgs := r.s, r.msgs
 		if use, ok := p.take(ctx, s, msgs, false); !ok {
 			full = append(full, refused{s, msgs, use})
 			continue
 		}
-		if err := p.publishMsgs(ctx, s.topic, msgs...); err != nil {
+		err := p.publishEntry(ctx, s.topic, entry, msgs...)
+		entry = nil
+		if err != nil {
 			span.RecordError(err)
 			// Nacked: the export is fanned out again. Requests already
 			// queued for earlier sinks are caught by the delivery ledger.
 			return fmt.Errorf("queue requests for sink %s: %w", s.cfg.Name, err)
 		}
+	}
+	if entry != nil {
+		p.addHistory(ctx, entry)
 	}
 	for _, r := range full {
 		if err := p.queueFull(ctx, r.s, r.msgs, r.use); err != nil {

@@ -78,11 +78,11 @@ func requestOf(m *message.Message) *Request {
 	return r
 }
 
-// save stores the export's entry once it is fanned out. A history that
-// fails costs the export nothing: it is logged.
-func (h *exportHistory) save(ctx context.Context, p *Pipeline, msg *message.Message) {
+// entry is the export's history entry once it is rendered, to store
+// before any of its requests is queued; nil without a history.
+func (h *exportHistory) entry(ctx context.Context, p *Pipeline, msg *message.Message) *backend.ExportEntry {
 	if p.history == nil {
-		return
+		return nil
 	}
 	md := msg.Metadata
 	if md.Get(backend.MetaOnlySink) != "" || generation(md) > 0 {
@@ -106,6 +106,12 @@ func (h *exportHistory) save(ctx context.Context, p *Pipeline, msg *message.Mess
 	if sc := trace.SpanContextFromContext(ctx); sc.HasTraceID() {
 		e.TraceID = sc.TraceID().String()
 	}
+	return e
+}
+
+// addHistory stores e. A history that fails costs the export nothing: it
+// is logged.
+func (p *Pipeline) addHistory(ctx context.Context, e *backend.ExportEntry) {
 	if err := p.history.Add(context.WithoutCancel(ctx), e); err != nil {
 		p.log.WarnContext(ctx, "could not record the export in the history", "export", e.ID, "err", err)
 	}

@@ -36,6 +36,14 @@ func (p *Pipeline) publish(ctx context.Context, e *Export) error {
 // publishMsgs publishes under a producer span and carries the trace
 // context in each message's metadata.
 func (p *Pipeline) publishMsgs(ctx context.Context, topic string, msgs ...*message.Message) error {
+	return p.publishEntry(ctx, topic, nil, msgs...)
+}
+
+// publishEntry is publishMsgs with e, an export's history entry (nil:
+// none), stored first: in the same round trip where the broker can
+// (backend.EntryPublisher), so that the history costs the fan-out no
+// round trip of its own.
+func (p *Pipeline) publishEntry(ctx context.Context, topic string, e *backend.ExportEntry, msgs ...*message.Message) error {
 	ctx, span := p.tracer.Start(ctx, "publish "+topic, trace.WithSpanKind(trace.SpanKindProducer))
 	defer span.End()
 	if span.IsRecording() {
@@ -50,6 +58,22 @@ func (p *Pipeline) publishMsgs(ctx context.Context, topic string, msgs ...*messa
 		// traces it under this span, not as a trace of its own. Only the
 		// span is taken from ctx: never the request's cancellation.
 		m.SetContext(trace.ContextWithSpan(m.Context(), span))
+	}
+	if e != nil {
+		if ep, ok := p.broker.(backend.EntryPublisher); ok {
+			done, histErr, err := ep.PublishWithEntry(p.history, e, topic, msgs...)
+			if done {
+				if histErr != nil {
+					p.log.WarnContext(ctx, "could not record the export in the history", "export", e.ID, "err", histErr)
+				}
+				if err != nil {
+					span.RecordError(err)
+					span.SetStatus(codes.Error, err.Error())
+				}
+				return err
+			}
+		}
+		p.addHistory(ctx, e)
 	}
 	if err := p.broker.Publish(topic, msgs...); err != nil {
 		span.RecordError(err)

@@ -32,3 +32,19 @@ func redisCommands(c *redis.Client) map[string]int64 {
 	delete(out, "config|resetstat")
 	return out
 }
+
+// redisReads reads INFO stats' total_reads_processed: the client reads
+// Redis served, about one per round trip (a pipeline is one).
+func redisReads(c *redis.Client) int64 {
+	info, err := c.Info(context.Background(), "stats").Result()
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "total_reads_processed:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
+}

@@ -107,6 +107,10 @@ type Result struct {
 	// run (lower-case, as INFO commandstats names them); nil unless the
 	// broker is "redis".
 	RedisCommands map[string]int64
+	// RedisReads is the client reads Redis processed during the run
+	// (INFO stats total_reads_processed), about one per round trip; 0
+	// unless the broker is "redis".
+	RedisReads int64
 	// VendorConns is the number of connections opened to the fake vendors,
 	// the warm-up included.
 	VendorConns int64
@@ -251,6 +255,7 @@ func Run(exe string, o Options, baseline bool, stderr io.Writer) (Result, error)
 	}
 	if rdb != nil {
 		res.RedisCommands = redisCommands(rdb)
+		res.RedisReads = redisReads(rdb)
 	}
 	res.PeakRSSKiB = peakRSS(cmd.Process.Pid)
 	res.CPU = cpuTime(cmd.Process.Pid) - cpuBefore

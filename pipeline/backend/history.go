@@ -3,6 +3,8 @@ package backend
 import (
 	"context"
 	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
 )
 
 // Request states an export history shows. Delivered is not stored in the
@@ -74,6 +76,18 @@ type History interface {
 	// Scan calls fn with the exports received in [since, until] (zero:
 	// unbounded), newest first, until fn returns false.
 	Scan(ctx context.Context, since, until time.Time, fn func(*ExportEntry) bool) error
+}
+
+// EntryPublisher is a Broker that writes an export's history entry in the
+// same round trip as a publish (Redis: one pipeline, the entry's commands
+// first). The fan-out then pays no round trip of its own for the history,
+// and the history still holds the export's requests before any of them is
+// on a queue. ok is false when it cannot for h (a history it does not
+// share a client with): the caller then Adds and Publishes separately.
+// histErr is the entry's write failing, which costs the export nothing;
+// err is the publish failing.
+type EntryPublisher interface {
+	PublishWithEntry(h History, e *ExportEntry, topic string, msgs ...*message.Message) (ok bool, histErr, err error)
 }
 
 // HistoryBackend is a Backend that keeps an export history.

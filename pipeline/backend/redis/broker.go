@@ -69,12 +69,12 @@ const (
 // Broker is the durable broker on Redis streams; see the comment above.
 type Broker struct {
 	client    goredis.UniversalClient // shared: used, never closed here
-	pub       *redisstream.Publisher
 	cfg       pipeline.BrokerConfig
 	replica   string
 	logger    watermill.LoggerAdapter
 	trimEvery int64
 	trimmed   sync.Map // stream -> *atomic.Int64 publish counter
+	pubClosed atomic.Bool
 
 	mu      sync.Mutex
 	closed  bool
@@ -101,13 +101,8 @@ func NewBroker(client goredis.UniversalClient, cfg pipeline.BrokerConfig, replic
 		logger = watermill.NopLogger{}
 	}
 	logger = newQuietLogger(logger, 10*time.Second)
-	pub, err := redisstream.NewPublisher(redisstream.PublisherConfig{Client: noCloseClient{client}}, logger)
-	if err != nil {
-		return nil, fmt.Errorf("redis broker: %w", err)
-	}
 	b := &Broker{
 		client:  client,
-		pub:     pub,
 		cfg:     cfg,
 		replica: replicaID,
 		logger:  logger,
@@ -122,17 +117,12 @@ func NewBroker(client goredis.UniversalClient, cfg pipeline.BrokerConfig, replic
 	return b, nil
 }
 
-// Publish appends msgs to the topic's stream, in order; each XADD is
-// acknowledged by Redis before Publish returns.
-func (b *Broker) Publish(topic string, msgs ...*message.Message) error {
-	stream := b.cfg.Prefix + topic
-	if err := b.pub.Publish(stream, msgs...); err != nil {
-		return fmt.Errorf("redis broker: publish %s: %w", topic, err)
-	}
+// published trims stream when its maxlen asks for it, every trimEvery
+// publishes.
+func (b *Broker) published(stream string, n int) {
 	if b.trimEvery > 0 {
-		b.maybeTrim(stream, int64(len(msgs)))
+		b.maybeTrim(stream, int64(n))
 	}
-	return nil
 }
 
 func (b *Broker) maybeTrim(stream string, n int64) {
@@ -333,6 +323,7 @@ func (b *Broker) Close() error {
 		return nil
 	}
 	b.closed = true
+	b.pubClosed.Store(true)
 	subs, readers := b.subs, b.readers
 	b.mu.Unlock()
 
@@ -342,7 +333,6 @@ func (b *Broker) Close() error {
 	for _, w := range subs {
 		errs = append(errs, w.Close())
 	}
-	errs = append(errs, b.pub.Close())
 	for _, r := range readers {
 		errs = append(errs, r.Close())
 	}

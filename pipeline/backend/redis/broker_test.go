@@ -194,13 +194,22 @@ func TestRedisBrokerClaimsFromGoneConsumer(t *testing.T) {
 			m.Ack()
 			t.Logf("claimed %s after %s", m.UUID, time.Since(start))
 
-			// Acked means gone from the group's pending list.
-			p, err := srv.Client(t).XPending(t.Context(), testPrefix+"sink.x", "sink-x").Result()
-			if err != nil {
-				t.Fatal(err)
+			// Acked means gone from the group's pending list. The
+			// subscriber sends XACK after Ack returns, so wait for it.
+			rdb := srv.Client(t)
+			var pending int64
+			for deadline := time.Now().Add(5 * time.Second); ; {
+				p, err := rdb.XPending(t.Context(), testPrefix+"sink.x", "sink-x").Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if pending = p.Count; pending == 0 || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
-			if p.Count != 0 {
-				t.Fatalf("%d still pending", p.Count)
+			if pending != 0 {
+				t.Fatalf("%d still pending 5s after the ack", pending)
 			}
 		})
 	}

@@ -111,39 +111,63 @@ func encodeEntry(e *backend.ExportEntry) (*histWrite, error) {
 // is then a batch over the bound, one more round trip trims it. So the
 // index holds at most max + 2·trimBatch - 1 ids (Scan shows max).
 func (h *History) write(ctx context.Context, ws []*histWrite) error {
-	now := time.Now()
-	n := h.added.Add(int64(len(ws)))
-	every := int64(h.trimBatch())
-	check := n/every != (n-int64(len(ws)))/every // crossed a multiple of trimBatch
+	check := h.count(len(ws))
 	var card *goredis.IntCmd
 	_, err := h.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for _, w := range ws {
-			k := h.prefix + w.id
-			p.HSet(ctx, k, w.vals...)
-			if h.ttl > 0 {
-				p.PExpireAt(ctx, k, w.received.Add(h.ttl))
-			}
-			if w.body != nil {
-				if h.ttl > 0 {
-					p.Do(ctx, "SET", k+":body", w.body, "PXAT", w.received.Add(h.ttl).UnixMilli())
-				} else {
-					p.Set(ctx, k+":body", w.body, 0)
-				}
-			}
-			p.ZAdd(ctx, h.index, goredis.Z{Score: float64(w.received.UnixMilli()), Member: w.id})
+			h.appendWrite(ctx, p, w)
 		}
 		if check {
-			if h.ttl > 0 {
-				p.ZRemRangeByScore(ctx, h.index, "-inf", "("+strconv.FormatInt(now.Add(-h.ttl).UnixMilli(), 10))
-			}
-			card = p.ZCard(ctx, h.index)
+			card = h.appendCheck(ctx, p)
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("history: %w", err)
 	}
-	if card == nil {
+	return h.trimIfOver(ctx, card)
+}
+
+// count counts n more exports written and says whether that crossed a
+// multiple of trimBatch, when the index's size is checked.
+func (h *History) count(n int) bool {
+	added := h.added.Add(int64(n))
+	every := int64(h.trimBatch())
+	return added/every != (added-int64(n))/every
+}
+
+// appendWrite queues one export's commands on p: HSET and its PEXPIREAT,
+// SET body with PXAT, and ZADD. It returns them, for their errors.
+func (h *History) appendWrite(ctx context.Context, p goredis.Pipeliner, w *histWrite) []goredis.Cmder {
+	k := h.prefix + w.id
+	cmds := make([]goredis.Cmder, 0, 4)
+	cmds = append(cmds, p.HSet(ctx, k, w.vals...))
+	if h.ttl > 0 {
+		cmds = append(cmds, p.PExpireAt(ctx, k, w.received.Add(h.ttl)))
+	}
+	if w.body != nil {
+		if h.ttl > 0 {
+			cmds = append(cmds, p.Do(ctx, "SET", k+":body", w.body, "PXAT", w.received.Add(h.ttl).UnixMilli()))
+		} else {
+			cmds = append(cmds, p.Set(ctx, k+":body", w.body, 0))
+		}
+	}
+	return append(cmds, p.ZAdd(ctx, h.index, goredis.Z{Score: float64(w.received.UnixMilli()), Member: w.id}))
+}
+
+// appendCheck queues the index's check on p: drop what aged out, and read
+// its size for trimIfOver.
+func (h *History) appendCheck(ctx context.Context, p goredis.Pipeliner) *goredis.IntCmd {
+	if h.ttl > 0 {
+		p.ZRemRangeByScore(ctx, h.index, "-inf", "("+strconv.FormatInt(time.Now().Add(-h.ttl).UnixMilli(), 10))
+	}
+	return p.ZCard(ctx, h.index)
+}
+
+// trimIfOver trims the index once it is a batch over the bound; card is
+// appendCheck's answer, nil when there was no check.
+func (h *History) trimIfOver(ctx context.Context, card *goredis.IntCmd) error {
+	if card == nil || card.Err() != nil {
 		return nil
 	}
 	if over := int(card.Val()) - h.max; over >= h.trimBatch() {
