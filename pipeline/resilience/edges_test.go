@@ -25,7 +25,8 @@ func TestErrorSaysWhatEndedIt(t *testing.T) {
 		maxAttempts int
 		errs        []error
 		gate        func(context.Context) error
-		cancel      bool // the attempt cancels the caller's ctx
+		cancel      bool          // the attempt cancels the caller's ctx
+		interval    time.Duration // the backoff, when not fastConfig's
 		wantN       int
 		wantIs      []error
 		wantNotIs   []error
@@ -47,11 +48,18 @@ func TestErrorSaysWhatEndedIt(t *testing.T) {
 		{name: "cancelled during an attempt", maxAttempts: 3, errs: []error{errRetry}, cancel: true, wantN: 1,
 			wantIs: []error{context.Canceled, errRetry}, wantNotIs: []error{resilience.ErrExhausted, resilience.ErrPermanent},
 			want: []string{"delivery stopped after 1 attempts: context canceled (last error: vendor said no)"}},
+		// A timer of a nanosecond is as ready as the cancelled ctx: the
+		// cancellation must still win, every time.
+		{name: "cancelled during an attempt, nanosecond backoff", maxAttempts: 3, errs: repeat(errRetry, 3), cancel: true, interval: time.Nanosecond, wantN: 1,
+			wantIs: []error{context.Canceled, errRetry}, wantNotIs: []error{resilience.ErrExhausted, resilience.ErrPermanent}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := fastConfig()
 			c.Retry.MaxAttempts = tt.maxAttempts
+			if tt.interval > 0 {
+				c.Retry.InitialInterval, c.Retry.MaxInterval = tt.interval, tt.interval
+			}
 			p := newPolicy(t, c, resilience.Options{Gate: tt.gate})
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
