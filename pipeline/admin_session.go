@@ -5,16 +5,20 @@ package pipeline
 // or in the browser's storage.
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/labelpipe/labelpipe/pipeline/backend"
 )
 
 const (
@@ -27,10 +31,14 @@ const (
 	maxSessions = 1024
 )
 
-// sessions are the console's signed-in browsers, held in this process: a
-// browser signs in on each replica it reaches (behind a load balancer,
-// use sticky sessions or reach one replica's admin listener).
+// sessions are the console's signed-in browsers. With a backend shared by
+// replicas (Redis) they are in its store, so a browser signed in on one
+// replica is signed in on every one behind a load balancer; otherwise
+// they are held in this process.
 type sessions struct {
+	store backend.SessionStore // nil: byID
+	log   *slog.Logger
+
 	mu   sync.Mutex
 	byID map[[sha256.Size]byte]session // by the SHA-256 of the cookie's value
 	// fails slows guessing: wrong tokens are answered at this rate at
@@ -50,8 +58,18 @@ func newSessions() *sessions {
 }
 
 // start makes a session for a browser that showed the token whose hash
-// is token, and returns the cookie's value; "" when too many are held.
-func (ss *sessions) start(token [sha256.Size]byte, now time.Time) string {
+// is token, and returns the cookie's value; "" when too many are held or
+// the store failed.
+func (ss *sessions) start(ctx context.Context, token [sha256.Size]byte, now time.Time) string {
+	if ss.store != nil {
+		id := rand.Text() + rand.Text()
+		err := ss.store.StartSession(ctx, sha256.Sum256([]byte(id)), backend.Session{Expires: now.Add(sessionTTL), Token: token})
+		if err != nil {
+			ss.log.ErrorContext(ctx, "console sign-in: could not store the session", "err", err)
+			return ""
+		}
+		return id
+	}
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if len(ss.byID) >= maxSessions {
@@ -77,25 +95,48 @@ func (ss *sessions) valid(r *http.Request, want *[sha256.Size]byte, now time.Tim
 		return "", false
 	}
 	key := sha256.Sum256([]byte(c.Value))
-	ss.mu.Lock()
-	s, ok := ss.byID[key]
-	if ok && now.After(s.expires) {
-		delete(ss.byID, key)
-		ok = false
-	}
-	ss.mu.Unlock()
+	s, ok := ss.get(r.Context(), key, now)
 	if !ok || subtle.ConstantTimeCompare(s.token[:], want[:]) != 1 {
 		return "", false
 	}
 	return "console session " + base64.RawURLEncoding.EncodeToString(key[:4]), true
 }
 
-func (ss *sessions) end(r *http.Request) {
-	if c, err := r.Cookie(sessionCookie); err == nil {
-		ss.mu.Lock()
-		delete(ss.byID, sha256.Sum256([]byte(c.Value)))
-		ss.mu.Unlock()
+// get returns key's live session. A store that fails signs nobody in.
+func (ss *sessions) get(ctx context.Context, key [sha256.Size]byte, now time.Time) (session, bool) {
+	if ss.store != nil {
+		st, ok, err := ss.store.Session(ctx, key)
+		if err != nil {
+			ss.log.WarnContext(ctx, "console session not checked; treated as signed out", "err", err)
+			return session{}, false
+		}
+		return session{expires: st.Expires, token: st.Token}, ok && !now.After(st.Expires)
 	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	s, ok := ss.byID[key]
+	if ok && now.After(s.expires) {
+		delete(ss.byID, key)
+		ok = false
+	}
+	return s, ok
+}
+
+func (ss *sessions) end(r *http.Request) {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil {
+		return
+	}
+	key := sha256.Sum256([]byte(c.Value))
+	if ss.store != nil {
+		if err := ss.store.EndSession(r.Context(), key); err != nil {
+			ss.log.WarnContext(r.Context(), "console sign-out: could not end the session", "err", err)
+		}
+		return
+	}
+	ss.mu.Lock()
+	delete(ss.byID, key)
+	ss.mu.Unlock()
 }
 
 // signIn is POST /console/session, from the console's form: token=...
@@ -118,7 +159,7 @@ func (p *Pipeline) signIn(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/?signin=failed", http.StatusSeeOther)
 		return
 	}
-	id := p.sessions.start(*want, time.Now())
+	id := p.sessions.start(r.Context(), *want, time.Now())
 	if id == "" {
 		http.Redirect(w, r, "/?signin=full", http.StatusSeeOther)
 		return

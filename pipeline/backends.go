@@ -122,6 +122,18 @@ func (b *openBackends) pauseStore() backend.PauseStore {
 	return nil
 }
 
+// sessionStore is the broker's backend's shared console session store,
+// when it has one, like pauseStore. nil keeps them in this process.
+func (b *openBackends) sessionStore() backend.SessionStore {
+	if len(b.kinds) == 0 {
+		return nil
+	}
+	if ss, ok := b.byKind[b.kinds[0]].(backend.SessionKeeper); ok {
+		return ss.SessionStore()
+	}
+	return nil
+}
+
 // rateLimiter is the first shared rate limiter an open backend offers
 // (redis); nil keeps every rate limit in this process.
 func (b *openBackends) rateLimiter() resilience.SharedLimiter {

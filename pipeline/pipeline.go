@@ -271,6 +271,7 @@ func (p *Pipeline) buildStages() error {
 func (p *Pipeline) buildSinks() error {
 	breakers := p.backends.breakerStore()
 	p.pauses = newPauses(p.backends.pauseStore(), p.log.With("component", "pauses"))
+	p.sessions.store, p.sessions.log = p.backends.sessionStore(), p.log.With("component", "console")
 	limiter := p.backends.rateLimiter()
 	var errs ConfigErrors
 	set := p.sinkSet.Load() // nothing reads it yet: filled in place
