@@ -80,7 +80,9 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 		}
 		if err == nil {
 			failpoint.Hit("after-delivery") // the vendor has it; the ledger does not know yet
-			if err := p.ledger.Record(ctx, key); err != nil {
+			// The count and time ride on the record the delivery writes
+			// anyway: the history reads them from it.
+			if err := p.ledger.Record(ctx, key, backend.DeliveryRecord{Attempts: attempts}); err != nil {
 				s.log.WarnContext(ctx, "could not record delivery; a redelivery may repeat it", "export", req.ExportID, "err", err)
 			}
 			if t, ok := receivedAt(msg.Metadata); ok {
