@@ -5,10 +5,12 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/labelpipe/labelpipe/internal/redistest"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
 )
@@ -316,5 +318,54 @@ func TestExportTimeline(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Listing the history reads the delivery records of a page of exports in
+// one MGET, whatever the number of requests, filters included: counted by
+// Redis itself once every delivery is recorded (nothing else MGETs).
+func TestExportListingReadsTheLedgerOncePerPage(t *testing.T) {
+	srv := redistest.Start(t)
+	sc := vendortest.NewScale(t, scaleKey)
+	cfg := strings.Replace(head("")+scaleSink(sc.TaskURL(), fastPolicy), "broker: {type: memory}",
+		"broker: {type: redis, claim_idle: 200ms}\nredis: {url: \""+srv.URL()+"\"}", 1)
+	h := startHarness(t, cfg)
+	for range 3 {
+		body, _ := samplePayload(t, "issue-frames.json")
+		h.accept(body)
+	}
+	waitFake(t, "scale's nine tasks", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 9) })
+	h.eventually(10*time.Second, "three exports delivered", func() bool {
+		l := h.exports("")
+		return len(l) == 3 && l[0].Sinks["scale"] == "delivered" && l[1].Sinks["scale"] == "delivered" && l[2].Sinks["scale"] == "delivered"
+	})
+	rdb := srv.Client(t)
+	mgets := func() int {
+		t.Helper()
+		info, err := rdb.Info(t.Context(), "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rest, ok := strings.Cut(info, "cmdstat_mget:calls=")
+		if !ok {
+			return 0
+		}
+		n, err := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, tc := range []struct {
+		query string
+		want  int
+	}{{"", 3}, {"limit=2", 2}, {"state=dead_lettered", 0}, {"sink=scale&state=delivered", 3}} {
+		before := mgets()
+		if got := h.exports(tc.query); len(got) != tc.want {
+			t.Errorf("?%s lists %d exports, want %d", tc.query, len(got), tc.want)
+		}
+		if n := mgets() - before; n != 1 {
+			t.Errorf("?%s made %d MGETs, want 1 for the page (9 requests)", tc.query, n)
+		}
 	}
 }
