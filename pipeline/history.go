@@ -246,9 +246,9 @@ func (p *Pipeline) records(ctx context.Context, keys []backend.DeliveryKey) (map
 }
 
 // view joins an entry with its requests' delivery records, read by the
-// caller (ledgerKeys, records). A request the fan-out queued is
-// delivering once an attempt failed or a copy holds its lease: derived
-// here, so that the happy path writes nothing per attempt.
+// caller (ledgerKeys, records). A request is delivering while a copy
+// holds its lease, and a queued one once an attempt failed: derived here,
+// so that the happy path writes nothing per attempt.
 func (p *Pipeline) view(e *backend.ExportEntry, full bool, recs map[backend.DeliveryKey]backend.DeliveryRecord) *ExportView {
 	v := &ExportView{ID: e.ID, ReceivedAt: e.ReceivedAt, Event: e.Event, Project: e.Project, IssueID: e.IssueID,
 		TraceID: e.TraceID, ExportKey: e.Key, Generation: e.Generation, Sinks: map[string]string{}}
@@ -267,8 +267,8 @@ func (p *Pipeline) view(e *backend.ExportEntry, full bool, recs map[backend.Deli
 			switch {
 			case rec.Delivered:
 				rv.State, rv.DeliveredAt = backend.StateDelivered, rec.DeliveredAt
-			case s.State == backend.StateQueued && (rec.Leased || rec.Attempts > 0):
-				rv.State = backend.StateDelivering
+			case rec.Leased, s.State == backend.StateQueued && rec.Attempts > 0:
+				rv.State = backend.StateDelivering // a replayed dead letter too, while it is sent
 			}
 		}
 		if full {

@@ -298,6 +298,34 @@ func TestExportTimeline(t *testing.T) {
 				return len(l) == 1 && l[0].Sinks["label_studio"] == "delivered"
 			})
 
+			// Dead-lettered after its 5 attempts, then replayed: delivering
+			// again while the vendor holds it, though its state says
+			// dead_lettered; delivered after, the failures kept before it.
+			ls.SetDown(http.StatusServiceUnavailable)
+			bodyD, _ := samplePayload(t, "issue-frames.json")
+			d := h.accept(bodyD)
+			h.waitDeadLetters("label_studio", 1)
+			h.eventually(10*time.Second, "D dead-lettered in the history", func() bool { return h.export(d.ID).Sinks["label_studio"] == "dead_lettered" })
+			ls.SetUp()
+			ls.SetLatency(time.Hour)
+			var out map[string]any
+			if code := h.adminDo(http.MethodPost, "/api/dlq/label_studio/replay", nil, &out); code != http.StatusOK {
+				t.Fatalf("replay = %d %v", code, out)
+			}
+			waitFake(t, "D's replay to reach the vendor", func(ctx context.Context) error { return ls.WaitArrived(ctx, 5+5+1) }) // A-C 5, D 5
+			if st := h.export(d.ID).Sinks["label_studio"]; st != "delivering" {
+				t.Errorf("a replayed dead letter at the vendor shows %q, want delivering", st)
+			}
+			ls.SetLatency(0)
+			h.eventually(10*time.Second, "D delivered", func() bool { return h.export(d.ID).Sinks["label_studio"] == "delivered" })
+			var events []string
+			for _, ev := range h.export(d.ID).Requests[0].Timeline {
+				events = append(events, ev.Event)
+			}
+			if want := "queued " + strings.Repeat("attempt_failed ", 5) + "dead_lettered delivered"; strings.Join(events, " ") != want {
+				t.Errorf("D's timeline = %v, want %s", events, want)
+			}
+
 			// A resend: the first generation's timeline, then the second's.
 			if code := h.resend(a.ID, ""); code != http.StatusAccepted {
 				t.Fatalf("resend = %d, want 202", code)
@@ -308,8 +336,8 @@ func TestExportTimeline(t *testing.T) {
 			})
 			check(a.ID, 1, []step{{"queued", 0, 0, 0}, {"delivered", 0, 1, 0}, {"resent", 1, 0, 0}, {"delivered", 1, 1, 0}})
 
-			if all := h.exports(""); len(all) != 3 || all[0].ID != c.ID || all[2].ID != a.ID {
-				t.Errorf("listing = %+v, want C, B, A", all)
+			if all := h.exports(""); len(all) != 4 || all[0].ID != d.ID || all[1].ID != c.ID || all[3].ID != a.ID {
+				t.Errorf("listing = %+v, want D, C, B, A", all)
 			} else {
 				for _, v := range all {
 					if v.Sinks["label_studio"] != "delivered" {
