@@ -319,8 +319,12 @@ func TestExportTimeline(t *testing.T) {
 			ls.SetLatency(0)
 			h.eventually(10*time.Second, "D delivered", func() bool { return h.export(d.ID).Sinks["label_studio"] == "delivered" })
 			var events []string
-			for _, ev := range h.export(d.ID).Requests[0].Timeline {
+			dq := h.export(d.ID).Requests[0]
+			for _, ev := range dq.Timeline {
 				events = append(events, ev.Event)
+			}
+			if dq.Attempts != 6 || dq.Timeline[len(dq.Timeline)-1].Attempt != 6 {
+				t.Errorf("D after its replay: %d attempts, timeline %+v; want 6 (5 failed, 1 delivered)", dq.Attempts, dq.Timeline)
 			}
 			if want := "queued " + strings.Repeat("attempt_failed ", 5) + "dead_lettered delivered"; strings.Join(events, " ") != want {
 				t.Errorf("D's timeline = %v, want %s", events, want)
