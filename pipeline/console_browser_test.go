@@ -112,6 +112,16 @@ func exportSink(export, sink string) string {
 	return fmt.Sprintf(`#exports-list tr[data-export-row=%q] li[data-sink=%q]`, export, sink)
 }
 
+// timelineIs is a condition: the open export's request (<sink>.<chunk>)
+// lists these events, in order, each with a <time datetime> that parses.
+func timelineIs(request, events string) string {
+	return fmt.Sprintf(`(() => {
+		const li = [...document.querySelectorAll('#export-requests tr[data-request=%q] ol.timeline > li')];
+		return li.map(l => l.dataset.event).join() === %q &&
+			li.every(l => !isNaN(Date.parse(l.querySelector("time")?.dateTime)));
+	})()`, request, events)
+}
+
 func dlqRow(export string) string { return fmt.Sprintf(`#dlq tbody tr[data-export=%q]`, export) }
 
 // The console in a real browser, against a running pipeline and fake
@@ -280,11 +290,16 @@ func TestConsoleInBrowser(t *testing.T) {
 	c.waitFor("A delivered in recent exports", fmt.Sprintf(`document.querySelector('%s')?.textContent === "label_studio: delivered"`, exportSink(a.ID, "label_studio")))
 	c.do("open A", chromedp.Click(chromedp.CSS(fmt.Sprintf(`#exports-list tr[data-export-row=%q] button[data-action="open"]`, a.ID))))
 	c.waitFor("A's requests", fmt.Sprintf(`document.querySelector('#export-detail')?.dataset.export === %q && document.querySelectorAll('#export-requests tbody tr').length === 4`, a.ID))
+	// Its label_studio request's timeline: the two failures, the dead
+	// letter, the delivery after the replay, each with a machine-readable
+	// time.
+	c.waitFor("A's label_studio timeline", timelineIs("label_studio.0", "queued,attempt_failed,attempt_failed,dead_lettered,delivered"))
 	scaleBefore := sc.RequestCount()
 	c.do("resend A to scale", chromedp.SetValue(chromedp.CSS("#resend-sink"), "scale"), chromedp.Click(chromedp.CSS("#resend-same")))
 	c.waitFor("the resend's answer", `document.querySelector('#status').textContent.includes("generation 1")`)
 	waitFake(t, "scale's resent requests", func(ctx context.Context) error { return sc.WaitRequests(ctx, scaleBefore+3) })
 	c.waitFor("generation 1 shown", `[...document.querySelectorAll('#export-requests td.generation')].filter(td => td.textContent === "1").length === 3`)
+	c.waitFor("the resend in scale's timeline", timelineIs("scale.0", "queued,delivered,resent,delivered"))
 	if d := sc.Duplicates(); d != 3 {
 		t.Errorf("scale counted %d duplicates after the resend, want 3 (same idempotency keys)", d)
 	}

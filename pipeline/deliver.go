@@ -80,7 +80,9 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 		}
 		if err == nil {
 			failpoint.Hit("after-delivery") // the vendor has it; the ledger does not know yet
-			if err := p.ledger.Record(ctx, key); err != nil {
+			// The count and time ride on the record the delivery writes
+			// anyway: the history reads them from it.
+			if err := p.ledger.Record(ctx, key, backend.DeliveryRecord{Attempts: attempts}); err != nil {
 				s.log.WarnContext(ctx, "could not record delivery; a redelivery may repeat it", "export", req.ExportID, "err", err)
 			}
 			if t, ok := receivedAt(msg.Metadata); ok {
@@ -174,7 +176,9 @@ func (p *Pipeline) attempts(ctx context.Context, s *builtSink, g *sinkGen, req *
 	if prior.Attempts > 0 {
 		span.AddEvent("resumed", trace.WithAttributes(attribute.Int("labelpipe.prior_attempts", prior.Attempts)))
 	}
+	last := prior // the progress saved last
 	save := func(pr resilience.Progress) {
+		last = pr
 		r := backend.DeliveryRecord{Attempts: pr.Attempts, Spent: pr.Spent, Elapsed: pr.Elapsed}
 		if err := p.ledger.SaveAttempts(context.WithoutCancel(ctx), req.Key(), r); err != nil {
 			s.log.WarnContext(ctx, "could not save the retry progress; a restart would count this request's attempts from zero", "export", req.ExportID, "err", err)
@@ -220,6 +224,15 @@ func (p *Pipeline) attempts(ctx context.Context, s *builtSink, g *sinkGen, req *
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
+		if n > last.Attempts && (errors.Is(err, resilience.ErrExhausted) || errors.Is(err, resilience.ErrPermanent)) {
+			// The policy saves no progress after the attempt it gives up
+			// on (no retry follows): its count is saved here, so that a
+			// replay of the dead letter counts on from every attempt
+			// made. The budget (Spent, Elapsed) stays as the policy left
+			// it. An attempt cut short by a shutdown is not one: not
+			// saved. Dead-letter path only.
+			save(resilience.Progress{Attempts: n, Spent: last.Spent, Elapsed: last.Elapsed})
+		}
 	}
 	return n, err
 }

@@ -11,11 +11,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"go.opentelemetry.io/otel/trace"
@@ -96,9 +98,11 @@ func (h *exportHistory) entry(ctx context.Context, p *Pipeline, msg *message.Mes
 			}
 		}
 	}
+	// The fan-out time rides in the write the fan-out makes anyway: it is
+	// every request's "queued" on its timeline.
 	e := &backend.ExportEntry{ID: md.Get(backend.MetaExportID), Event: md.Get(backend.MetaEvent), Project: md.Get(backend.MetaProject),
 		IssueID: md.Get(backend.MetaIssueID), Key: md.Get(backend.MetaExportKey), Payload: msg.Payload,
-		Generation: generation(md), Requests: h.reqs}
+		Generation: generation(md), Requests: h.reqs, QueuedAt: map[int]time.Time{generation(md): time.Now()}}
 	if int64(len(e.Payload)) > p.cfg.History.MaxPayloadBytes {
 		e.Payload, e.PayloadDropped = nil, true
 	}
@@ -117,9 +121,10 @@ func (p *Pipeline) addHistory(ctx context.Context, e *backend.ExportEntry) {
 	}
 }
 
-// noteState records a request's state after a failure: a failed attempt
-// (delivering) or a dead letter. Deliveries write nothing here: the
-// ledger's record says delivered.
+// noteState records a request's state after a failure, a failed attempt
+// (delivering) or a dead letter, with an event for its timeline.
+// Deliveries write nothing here: the ledger's record says delivered, and
+// when.
 func (p *Pipeline) noteState(ctx context.Context, msg *message.Message, sink string, chunk, attempts int, state string, cause error) {
 	if p.history == nil {
 		return
@@ -134,6 +139,12 @@ func (p *Pipeline) noteState(ctx context.Context, msg *message.Message, sink str
 	if errors.As(cause, &de) {
 		s.Status = de.Status
 	}
+	ev := backend.RequestEvent{At: time.Now(), Event: backend.EventAttemptFailed, Generation: r.Generation, Attempt: attempts,
+		Status: s.Status, Error: clip(s.Error, maxEventError)}
+	if state == backend.StateDeadLettered {
+		ev.Event = backend.EventDeadLettered
+	}
+	s.Events = []backend.RequestEvent{ev}
 	if err := p.history.SetState(context.WithoutCancel(ctx), r.ExportID, s); err != nil {
 		p.log.WarnContext(ctx, "could not record a request's state in the history", "export", r.ExportID, "err", err)
 	}
@@ -156,14 +167,39 @@ type ExportView struct {
 	Requests []RequestView `json:"requests,omitempty"`
 }
 
+// maxEventError bounds the error an event keeps: MaxRequestEvents of
+// them are kept per request.
+const maxEventError = 300
+
+// clip cuts s to at most n bytes, on a rune boundary.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
+
 // RequestView is one request's state, from its history state and its
 // delivery record.
 type RequestView struct {
 	backend.RequestState
 	Attempts int `json:"attempts"`
+	// DeliveredAt is when the ledger recorded the delivery.
+	DeliveredAt time.Time `json:"delivered_at,omitzero"`
 	// Steps are what a multi-step sink checkpointed (a vendor's task id).
 	Steps map[string]string `json:"steps,omitempty"`
+	// Timeline is what happened to the request, generation by generation,
+	// oldest first: queued (or resent), its last failed attempts, dead
+	// lettered, delivered (only in full).
+	Timeline []backend.RequestEvent `json:"timeline,omitempty"`
 }
+
+// listPage is how many exports a listing reads the delivery records of
+// at once.
+const listPage = 100
 
 // stateSuperseded marks a render failure (chunk -1) that a later render
 // of the same sink replaced; it is not shown.
@@ -174,8 +210,52 @@ const stateSuperseded = "superseded"
 var stateRank = map[string]int{backend.StateDeadLettered: 0, backend.StateDelivering: 1, backend.StateQueued: 2,
 	backend.StateDelivered: 3, backend.StateSkipped: 4}
 
-// view joins an entry with its requests' delivery records.
-func (p *Pipeline) view(ctx context.Context, e *backend.ExportEntry, full bool) (*ExportView, error) {
+// timelineGens is how many generations before a request's current one
+// its timeline looks up in the ledger.
+const timelineGens = 10
+
+// ledgerKey names generation g of request s of export id.
+func ledgerKey(id string, s backend.RequestState, g int) backend.DeliveryKey {
+	return (&Request{Sink: s.Sink, ExportID: id, Chunk: s.Chunk, Generation: g}).Key()
+}
+
+// ledgerKeys appends the delivery records view reads for e: each
+// request's current generation, and in full the earlier ones of its
+// timeline.
+func ledgerKeys(keys []backend.DeliveryKey, e *backend.ExportEntry, full bool) []backend.DeliveryKey {
+	for _, s := range e.Requests {
+		if s.Chunk < 0 || s.State == stateSuperseded {
+			continue
+		}
+		lo := s.Generation
+		if full {
+			lo = max(0, s.Generation-timelineGens)
+		}
+		for g := lo; g <= s.Generation; g++ {
+			keys = append(keys, ledgerKey(e.ID, s, g))
+		}
+	}
+	return keys
+}
+
+// records reads keys' delivery records in one call.
+func (p *Pipeline) records(ctx context.Context, keys []backend.DeliveryKey) (map[backend.DeliveryKey]backend.DeliveryRecord, error) {
+	recs, err := p.ledger.LookupMany(ctx, keys)
+	if err != nil {
+		return nil, fmt.Errorf("read the delivery records: %w", err)
+	}
+	m := make(map[backend.DeliveryKey]backend.DeliveryRecord, len(keys))
+	for i, k := range keys {
+		m[k] = recs[i]
+	}
+	return m, nil
+}
+
+// view joins an entry with its requests' delivery records, read by the
+// caller (ledgerKeys, records). A request is delivering while a copy
+// holds its lease, and a queued one once an attempt failed: derived here,
+// so that the happy path writes nothing per attempt.
+func (p *Pipeline) view(e *backend.ExportEntry, full bool, recs map[backend.DeliveryKey]backend.DeliveryRecord) *ExportView {
 	v := &ExportView{ID: e.ID, ReceivedAt: e.ReceivedAt, Event: e.Event, Project: e.Project, IssueID: e.IssueID,
 		TraceID: e.TraceID, ExportKey: e.Key, Generation: e.Generation, Sinks: map[string]string{}}
 	if e.TraceID != "" && p.cfg.Admin.TraceURL != "" {
@@ -186,16 +266,19 @@ func (p *Pipeline) view(ctx context.Context, e *backend.ExportEntry, full bool) 
 			continue
 		}
 		rv := RequestView{RequestState: s, Attempts: s.Attempts}
+		rv.Events = nil // shown in the timeline
 		if s.Chunk >= 0 {
-			r := Request{Sink: s.Sink, ExportID: e.ID, Chunk: s.Chunk, Generation: s.Generation}
-			rec, err := p.ledger.Lookup(ctx, r.Key())
-			if err != nil {
-				return nil, err
-			}
+			rec := recs[ledgerKey(e.ID, s, s.Generation)]
 			rv.Attempts, rv.Steps = max(rec.Attempts, s.Attempts), rec.Steps
-			if rec.Delivered {
-				rv.State = backend.StateDelivered
+			switch {
+			case rec.Delivered:
+				rv.State, rv.DeliveredAt = backend.StateDelivered, rec.DeliveredAt
+			case rec.Leased, s.State == backend.StateQueued && rec.Attempts > 0:
+				rv.State = backend.StateDelivering // a replayed dead letter too, while it is sent
 			}
+		}
+		if full {
+			rv.Timeline = timeline(e, s, recs)
 		}
 		if cur, ok := v.Sinks[s.Sink]; !ok || stateRank[rv.State] < stateRank[cur] {
 			v.Sinks[s.Sink] = rv.State
@@ -207,7 +290,53 @@ func (p *Pipeline) view(ctx context.Context, e *backend.ExportEntry, full bool) 
 	slices.SortFunc(v.Requests, func(a, b RequestView) int {
 		return cmp.Or(strings.Compare(a.Sink, b.Sink), cmp.Compare(a.Chunk, b.Chunk))
 	})
-	return v, nil
+	return v
+}
+
+// timeline is request s's changes, generation by generation: queued (or
+// resent) at its generation's fan-out, the failures the history kept,
+// delivered at the ledger's time. An earlier generation is shown when it
+// left a trace (an event, a ledger record); the current one always.
+func timeline(e *backend.ExportEntry, s backend.RequestState, recs map[backend.DeliveryKey]backend.DeliveryRecord) []backend.RequestEvent {
+	gens := map[int]bool{s.Generation: true}
+	for _, ev := range s.Events {
+		gens[ev.Generation] = true
+	}
+	if s.Chunk >= 0 {
+		for g := max(0, s.Generation-timelineGens); g < s.Generation; g++ {
+			if r := recs[ledgerKey(e.ID, s, g)]; r.Delivered || r.Attempts > 0 {
+				gens[g] = true
+			}
+		}
+	}
+	var out []backend.RequestEvent
+	for _, g := range slices.Sorted(maps.Keys(gens)) {
+		if t, ok := e.QueuedAt[g]; ok {
+			ev := backend.RequestEvent{At: t, Event: backend.EventQueued, Generation: g}
+			if g > 0 {
+				ev.Event = backend.EventResent
+			}
+			out = append(out, ev)
+		}
+		n := len(out)
+		for _, ev := range s.Events {
+			if ev.Generation == g {
+				out = append(out, ev)
+			}
+		}
+		if s.Chunk < 0 {
+			// Skipped or not rendered: decided at the fan-out, which
+			// writes no event.
+			if t, ok := e.QueuedAt[g]; ok && g == s.Generation && len(out) == n && s.State != backend.StateQueued {
+				out = append(out, backend.RequestEvent{At: t, Event: s.State, Generation: g, Error: clip(s.Error, maxEventError)})
+			}
+			continue
+		}
+		if r := recs[ledgerKey(e.ID, s, g)]; r.Delivered && !r.DeliveredAt.IsZero() {
+			out = append(out, backend.RequestEvent{At: r.DeliveredAt, Event: backend.EventDelivered, Generation: g, Attempt: r.Attempts})
+		}
+	}
+	return out
 }
 
 // mountHistory adds /api/exports to the admin mux.
@@ -275,29 +404,54 @@ func (p *Pipeline) listExports(w http.ResponseWriter, r *http.Request) {
 	}
 	out := []*ExportView{}
 	var verr error
-	err = p.history.Scan(r.Context(), since, until, func(e *backend.ExportEntry) bool {
-		if (issue != "" && e.IssueID != issue) || (project != "" && e.Project != project) {
-			return true
+	// A page of exports, their delivery records read in one call: a
+	// listing costs a read per page, not one per request.
+	page := make([]*backend.ExportEntry, 0, min(limit, listPage))
+	var keys []backend.DeliveryKey
+	flush := func() bool {
+		keys = keys[:0]
+		for _, e := range page {
+			keys = ledgerKeys(keys, e, false)
 		}
-		v, err := p.view(r.Context(), e, false)
+		recs, err := p.records(r.Context(), keys)
 		if err != nil {
 			verr = err
 			return false
 		}
-		if sink != "" || state != "" {
-			match := false
-			for s, st := range v.Sinks {
-				if (sink == "" || s == sink) && (state == "" || st == state) {
-					match = true
+		for _, e := range page {
+			v := p.view(e, false, recs)
+			if sink != "" || state != "" {
+				match := false
+				for s, st := range v.Sinks {
+					if (sink == "" || s == sink) && (state == "" || st == state) {
+						match = true
+					}
+				}
+				if !match {
+					continue
 				}
 			}
-			if !match {
-				return true
+			if out = append(out, v); len(out) == limit {
+				return false
 			}
 		}
-		out = append(out, v)
-		return len(out) < limit
+		page = page[:0]
+		return true
+	}
+	more := true
+	err = p.history.Scan(r.Context(), since, until, func(e *backend.ExportEntry) bool {
+		if (issue != "" && e.IssueID != issue) || (project != "" && e.Project != project) {
+			return true
+		}
+		page = append(page, e)
+		if len(page) == cap(page) {
+			more = flush()
+		}
+		return more
 	})
+	if err == nil && more && len(page) > 0 {
+		flush()
+	}
 	if err = cmp.Or(err, verr); err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error()})
 		return
@@ -318,12 +472,12 @@ func (p *Pipeline) getExport(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]any{"error": "no export " + r.PathValue("id") + " in the history"})
 		return
 	}
-	v, err := p.view(r.Context(), e, true)
+	recs, err := p.records(r.Context(), ledgerKeys(nil, e, true))
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error()})
 		return
 	}
-	writeJSON(w, http.StatusOK, v)
+	writeJSON(w, http.StatusOK, p.view(e, true, recs))
 }
 
 // resendExport publishes the export again as a new delivery generation, to

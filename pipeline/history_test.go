@@ -4,10 +4,13 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/labelpipe/labelpipe/internal/redistest"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
 )
@@ -20,14 +23,23 @@ type exportView struct {
 	Generation int               `json:"generation"`
 	Sinks      map[string]string `json:"sinks"`
 	Requests   []struct {
-		Sink           string `json:"sink"`
-		Chunk          int    `json:"chunk"`
-		State          string `json:"state"`
-		Generation     int    `json:"generation"`
-		Status         int    `json:"status"`
-		Error          string `json:"error"`
-		IdempotencyKey string `json:"idempotency_key"`
-		Attempts       int    `json:"attempts"`
+		Sink           string    `json:"sink"`
+		Chunk          int       `json:"chunk"`
+		State          string    `json:"state"`
+		Generation     int       `json:"generation"`
+		Status         int       `json:"status"`
+		Error          string    `json:"error"`
+		IdempotencyKey string    `json:"idempotency_key"`
+		Attempts       int       `json:"attempts"`
+		DeliveredAt    time.Time `json:"delivered_at"`
+		Timeline       []struct {
+			At         time.Time `json:"at"`
+			Event      string    `json:"event"`
+			Generation int       `json:"generation"`
+			Attempt    int       `json:"attempt"`
+			Status     int       `json:"status"`
+			Error      string    `json:"error"`
+		} `json:"timeline"`
 	} `json:"requests"`
 }
 
@@ -216,5 +228,176 @@ func TestExportHistoryPayloadBound(t *testing.T) {
 	}
 	if n := sc.RequestCount(); n != 3 {
 		t.Errorf("scale got %d requests, want the first 3 only", n)
+	}
+}
+
+// One export's requests tell what happened to them, with times, on both
+// brokers: delivered on the first try is 1 attempt; after two failures it
+// is 3, with each failure's time and status; a request at the vendor is
+// "delivering" though nothing was written for it; a resend adds the next
+// generation after the first. The listing agrees.
+func TestExportTimeline(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			ls := vendortest.NewLabelStudio(t, lsToken)
+			h := startHarness(t, onBroker(t, broker, head("")+labelStudioSink(ls, fastPolicy)))
+			type step struct {
+				event           string
+				generation      int
+				attempt, status int
+			}
+			check := func(id string, wantAttempts int, want []step) {
+				t.Helper()
+				var r = h.export(id).Requests
+				if len(r) != 1 {
+					t.Fatalf("export %s has requests %+v, want one", id, r)
+				}
+				q := r[0]
+				if q.State != "delivered" || q.Attempts != wantAttempts || q.DeliveredAt.IsZero() {
+					t.Errorf("export %s: request %+v, want delivered after %d attempts, with its time", id, q, wantAttempts)
+				}
+				var got []step
+				for i, ev := range q.Timeline {
+					got = append(got, step{ev.Event, ev.Generation, ev.Attempt, ev.Status})
+					if ev.At.IsZero() || (i > 0 && ev.At.Before(q.Timeline[i-1].At)) {
+						t.Errorf("export %s: timeline %+v: event %d has no time or is before the one before it", id, q.Timeline, i)
+					}
+				}
+				if !slices.Equal(got, want) {
+					t.Errorf("export %s: timeline %+v, want %+v", id, got, want)
+				}
+			}
+
+			bodyA, _ := samplePayload(t, "issue-frames.json")
+			a := h.accept(bodyA)
+			waitFake(t, "A at the vendor", func(ctx context.Context) error { return ls.WaitAccepted(ctx, 1) })
+			h.eventually(10*time.Second, "A delivered in the history", func() bool { return h.export(a.ID).Sinks["label_studio"] == "delivered" })
+			check(a.ID, 1, []step{{"queued", 0, 0, 0}, {"delivered", 0, 1, 0}})
+
+			ls.FailNext(2, http.StatusBadGateway, "")
+			bodyB, _ := samplePayload(t, "issue-frames.json")
+			b := h.accept(bodyB)
+			waitFake(t, "B at the vendor", func(ctx context.Context) error { return ls.WaitAccepted(ctx, 2) })
+			h.eventually(10*time.Second, "B delivered in the history", func() bool { return h.export(b.ID).Sinks["label_studio"] == "delivered" })
+			check(b.ID, 3, []step{{"queued", 0, 0, 0}, {"attempt_failed", 0, 1, 502}, {"attempt_failed", 0, 2, 502}, {"delivered", 0, 3, 0}})
+
+			// Held at the vendor: delivering, from its lease alone.
+			ls.SetLatency(time.Hour)
+			bodyC, issueC := samplePayload(t, "issue-frames.json")
+			c := h.accept(bodyC)
+			waitFake(t, "C to reach the vendor", func(ctx context.Context) error { return ls.WaitArrived(ctx, 5) }) // A 1, B 3
+			if st := h.export(c.ID).Sinks["label_studio"]; st != "delivering" {
+				t.Errorf("export at the vendor shows %q, want delivering", st)
+			}
+			if l := h.exports("state=delivering"); len(l) != 1 || l[0].ID != c.ID {
+				t.Errorf("state=delivering lists %+v, want %s only", l, c.ID)
+			}
+			ls.SetLatency(0)
+			h.eventually(10*time.Second, "C delivered", func() bool {
+				l := h.exports("issue_id=" + url.QueryEscape(issueC))
+				return len(l) == 1 && l[0].Sinks["label_studio"] == "delivered"
+			})
+
+			// Dead-lettered after its 5 attempts, then replayed: delivering
+			// again while the vendor holds it, though its state says
+			// dead_lettered; delivered after, the failures kept before it.
+			ls.SetDown(http.StatusServiceUnavailable)
+			bodyD, _ := samplePayload(t, "issue-frames.json")
+			d := h.accept(bodyD)
+			h.waitDeadLetters("label_studio", 1)
+			h.eventually(10*time.Second, "D dead-lettered in the history", func() bool { return h.export(d.ID).Sinks["label_studio"] == "dead_lettered" })
+			ls.SetUp()
+			ls.SetLatency(time.Hour)
+			var out map[string]any
+			if code := h.adminDo(http.MethodPost, "/api/dlq/label_studio/replay", nil, &out); code != http.StatusOK {
+				t.Fatalf("replay = %d %v", code, out)
+			}
+			waitFake(t, "D's replay to reach the vendor", func(ctx context.Context) error { return ls.WaitArrived(ctx, 5+5+1) }) // A-C 5, D 5
+			if st := h.export(d.ID).Sinks["label_studio"]; st != "delivering" {
+				t.Errorf("a replayed dead letter at the vendor shows %q, want delivering", st)
+			}
+			ls.SetLatency(0)
+			h.eventually(10*time.Second, "D delivered", func() bool { return h.export(d.ID).Sinks["label_studio"] == "delivered" })
+			var events []string
+			dq := h.export(d.ID).Requests[0]
+			for _, ev := range dq.Timeline {
+				events = append(events, ev.Event)
+			}
+			if dq.Attempts != 6 || dq.Timeline[len(dq.Timeline)-1].Attempt != 6 {
+				t.Errorf("D after its replay: %d attempts, timeline %+v; want 6 (5 failed, 1 delivered)", dq.Attempts, dq.Timeline)
+			}
+			if want := "queued " + strings.Repeat("attempt_failed ", 5) + "dead_lettered delivered"; strings.Join(events, " ") != want {
+				t.Errorf("D's timeline = %v, want %s", events, want)
+			}
+
+			// A resend: the first generation's timeline, then the second's.
+			if code := h.resend(a.ID, ""); code != http.StatusAccepted {
+				t.Fatalf("resend = %d, want 202", code)
+			}
+			h.eventually(10*time.Second, "the resend delivered", func() bool {
+				v := h.export(a.ID)
+				return v.Generation == 1 && len(v.Requests) == 1 && v.Requests[0].Generation == 1 && v.Sinks["label_studio"] == "delivered"
+			})
+			check(a.ID, 1, []step{{"queued", 0, 0, 0}, {"delivered", 0, 1, 0}, {"resent", 1, 0, 0}, {"delivered", 1, 1, 0}})
+
+			if all := h.exports(""); len(all) != 4 || all[0].ID != d.ID || all[1].ID != c.ID || all[3].ID != a.ID {
+				t.Errorf("listing = %+v, want D, C, B, A", all)
+			} else {
+				for _, v := range all {
+					if v.Sinks["label_studio"] != "delivered" {
+						t.Errorf("listing shows %s as %v, want delivered", v.ID, v.Sinks)
+					}
+				}
+			}
+		})
+	}
+}
+
+// Listing the history reads the delivery records of a page of exports in
+// one MGET, whatever the number of requests, filters included: counted by
+// Redis itself once every delivery is recorded (nothing else MGETs).
+func TestExportListingReadsTheLedgerOncePerPage(t *testing.T) {
+	srv := redistest.Start(t)
+	sc := vendortest.NewScale(t, scaleKey)
+	cfg := strings.Replace(head("")+scaleSink(sc.TaskURL(), fastPolicy), "broker: {type: memory}",
+		"broker: {type: redis, claim_idle: 200ms}\nredis: {url: \""+srv.URL()+"\"}", 1)
+	h := startHarness(t, cfg)
+	for range 3 {
+		body, _ := samplePayload(t, "issue-frames.json")
+		h.accept(body)
+	}
+	waitFake(t, "scale's nine tasks", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 9) })
+	h.eventually(10*time.Second, "three exports delivered", func() bool {
+		l := h.exports("")
+		return len(l) == 3 && l[0].Sinks["scale"] == "delivered" && l[1].Sinks["scale"] == "delivered" && l[2].Sinks["scale"] == "delivered"
+	})
+	rdb := srv.Client(t)
+	mgets := func() int {
+		t.Helper()
+		info, err := rdb.Info(t.Context(), "commandstats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rest, ok := strings.Cut(info, "cmdstat_mget:calls=")
+		if !ok {
+			return 0
+		}
+		n, err := strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, tc := range []struct {
+		query string
+		want  int
+	}{{"", 3}, {"limit=2", 2}, {"state=dead_lettered", 0}, {"sink=scale&state=delivered", 3}} {
+		before := mgets()
+		if got := h.exports(tc.query); len(got) != tc.want {
+			t.Errorf("?%s lists %d exports, want %d", tc.query, len(got), tc.want)
+		}
+		if n := mgets() - before; n != 1 {
+			t.Errorf("?%s made %d MGETs, want 1 for the page (9 requests)", tc.query, n)
+		}
 	}
 }

@@ -243,8 +243,16 @@ type Ledger interface {
 	// Lookup returns key's record, its steps included, in one read; the
 	// zero record when there is none.
 	Lookup(ctx context.Context, key DeliveryKey) (DeliveryRecord, error)
-	// Record marks key's request as delivered, and ends a lease on it.
-	Record(ctx context.Context, key DeliveryKey) error
+	// LookupMany returns the records of keys, in their order, in one read
+	// however many there are (the export history lists a page of them),
+	// with Leased set.
+	LookupMany(ctx context.Context, keys []DeliveryKey) ([]DeliveryRecord, error)
+	// Record marks key's request as delivered after r.Attempts attempts,
+	// at r.DeliveredAt (now when zero), and ends a lease on it; r's other
+	// fields are ignored. The count and the time go in the same write as
+	// the mark: a request delivered on its first try has no attempts saved
+	// (SaveAttempts follows failures only), and still shows one.
+	Record(ctx context.Context, key DeliveryKey, r DeliveryRecord) error
 	// SaveAttempts records how far key's retries got (its Attempts,
 	// Spent and Elapsed; Delivered and Steps are ignored).
 	SaveAttempts(ctx context.Context, key DeliveryKey, r DeliveryRecord) error
@@ -270,8 +278,16 @@ type DeliveryRecord struct {
 	// Delivered says the request succeeded.
 	Delivered bool
 	// Attempts is every attempt made so far, circuit-breaker probes
-	// included; Spent is those that count towards retry.max_attempts.
+	// included (once delivered, every attempt it took); Spent is those
+	// that count towards retry.max_attempts.
 	Attempts, Spent int
+	// DeliveredAt is when the request was delivered; zero when it was not
+	// (or was recorded before the time was kept).
+	DeliveredAt time.Time
+	// Leased says a copy of the request is being sent now. Only
+	// LookupMany reports it: Lookup is the sender's own read, made under
+	// its own lease.
+	Leased bool
 	// Elapsed is the time that counts towards retry.max_elapsed: time
 	// spent trying, not time no process was trying (a restart, an outage
 	// of the daemon) nor time behind an open breaker.

@@ -34,6 +34,10 @@ type ExportEntry struct {
 	PayloadDropped bool `json:"payload_dropped,omitempty"`
 	// Generation counts resends; 0 for the first delivery.
 	Generation int `json:"generation,omitempty"`
+	// QueuedAt is when each generation's fan-out queued the export's
+	// requests, by generation. Add merges it into the kept one, so that
+	// a resend's fan-out keeps the earlier generations' times.
+	QueuedAt map[int]time.Time `json:"-"`
 	// Requests are the export's requests by "<sink>.<chunk>" (a chunk of
 	// -1: the sink skipped or could not render it). Delivered and attempts
 	// are not here: they are the ledger's.
@@ -56,6 +60,38 @@ type RequestState struct {
 	Error    string `json:"error,omitempty"`
 	// IdempotencyKey is the key the vendor receives.
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
+	// Events are the request's failures, oldest first, the last
+	// MaxRequestEvents of them: SetState appends its state's, Add keeps
+	// them (and ignores its requests'), so that they outlive a resend.
+	// Being queued and delivered are not here: the export's QueuedAt and
+	// the ledger's record have their times.
+	Events []RequestEvent `json:"events,omitempty"`
+}
+
+// Request events a timeline shows.
+const (
+	EventQueued        = "queued"
+	EventResent        = "resent"
+	EventAttemptFailed = "attempt_failed"
+	EventDeadLettered  = "dead_lettered"
+	EventDelivered     = "delivered"
+	EventSkipped       = "skipped"
+)
+
+// MaxRequestEvents bounds a request's kept events: a vendor down for an
+// hour fails many attempts, and the last ones tell what happened.
+const MaxRequestEvents = 20
+
+// RequestEvent is one change of a request's state.
+type RequestEvent struct {
+	At         time.Time `json:"at"`
+	Event      string    `json:"event"`
+	Generation int       `json:"generation,omitempty"`
+	// Attempt is the attempt that failed, or how many a dead letter or a
+	// delivery took.
+	Attempt int    `json:"attempt,omitempty"`
+	Status  int    `json:"status,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // HistoryKey is a request's field in ExportEntry.Requests.
@@ -66,10 +102,12 @@ func HistoryKey(sink string, chunk int) string {
 // History keeps the index of accepted exports and the request states the
 // delivery records lack, bounded by count and age.
 type History interface {
-	// Add stores e (its Requests included), replacing an entry of the
-	// same id but keeping its other requests' states.
+	// Add stores e (its Requests and QueuedAt included), replacing an
+	// entry of the same id but keeping its other requests' states, every
+	// request's Events and the QueuedAt of other generations.
 	Add(ctx context.Context, e *ExportEntry) error
-	// SetState sets one request's state, if the export is still kept.
+	// SetState sets one request's state, if the export is still kept, and
+	// appends s.Events to its events, keeping the last MaxRequestEvents.
 	SetState(ctx context.Context, id string, s RequestState) error
 	// Get returns the export with id; ok is false when it is not kept.
 	Get(ctx context.Context, id string) (e *ExportEntry, ok bool, err error)

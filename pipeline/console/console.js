@@ -217,8 +217,47 @@ async function openExport(id) {
   await refreshExport();
 }
 
+// eventText says what a timeline event was, in words.
+const eventText = {
+  queued: () => "queued",
+  resent: ev => `resent (generation ${ev.generation})`,
+  attempt_failed: ev => `attempt ${ev.attempt} failed`,
+  dead_lettered: ev => "dead-lettered" + (ev.attempt ? ` after ${ev.attempt} attempt(s)` : ""),
+  delivered: ev => "delivered" + (ev.attempt ? ` on attempt ${ev.attempt}` : ""),
+  skipped: () => "skipped by the sink's filter",
+};
+
+// renderTimeline lists a request's events, oldest first, each with its
+// time. It is rebuilt only when it changed: the detail is a live region,
+// and an unchanged list must not be read out again at every poll.
+function renderTimeline(td, events) {
+  const list = events || [];
+  const key = JSON.stringify(list);
+  if (td.dataset.timeline === key) return;
+  td.dataset.timeline = key;
+  td.textContent = "";
+  if (!list.length) { td.textContent = "—"; return; }
+  const ol = document.createElement("ol");
+  ol.className = "timeline";
+  for (const ev of list) {
+    const li = document.createElement("li");
+    li.dataset.event = ev.event;
+    const t = document.createElement("time");
+    t.dateTime = ev.at;
+    t.textContent = new Date(ev.at).toLocaleString();
+    li.appendChild(t);
+    let text = " " + (eventText[ev.event] ? eventText[ev.event](ev) : ev.event);
+    if (ev.status) text += `: ${ev.status}`;
+    if (ev.error) text += ` (${ev.error})`;
+    li.appendChild(document.createTextNode(text));
+    ol.appendChild(li);
+  }
+  td.appendChild(ol);
+}
+
 // refreshExport shows the open export's requests: each sink and chunk
-// with its state, generation, attempts and the vendor's last answer.
+// with its state, generation, attempts, the vendor's last answer and its
+// timeline.
 async function refreshExport() {
   if (!state.export) return;
   const r = await getJSON(`/api/exports/${encodeURIComponent(state.export)}`);
@@ -235,7 +274,7 @@ async function refreshExport() {
   for (const q of e.requests || []) {
     const key = `${q.sink}.${q.chunk}`;
     keep.add(key);
-    const tr = row(tbody, key, 8, "data-request");
+    const tr = row(tbody, key, 9, "data-request");
     const c = tr.children;
     cell(c[0], q.sink);
     cell(c[1], q.chunk < 0 ? "—" : `${q.chunk + 1} of ${q.chunks || 1}`, "num");
@@ -245,6 +284,7 @@ async function refreshExport() {
     cell(c[5], q.status || "—", "num status");
     cell(c[6], q.error || "—", "error");
     cell(c[7], q.idempotency_key || "—", "key");
+    renderTimeline(c[8], q.timeline);
   }
   prune(tbody, "data-request", keep);
   const sel = $("#resend-sink");

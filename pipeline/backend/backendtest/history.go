@@ -16,6 +16,9 @@ import (
 //   - Add then Get returns the export and its requests; a second Add of the
 //     same id (a resend) keeps the requests it does not name; SetState
 //     changes one request and is ignored for an export not kept.
+//   - Events: SetState appends its events, oldest first, keeping the last
+//     MaxRequestEvents; Add neither writes nor drops them, and merges its
+//     QueuedAt (to the millisecond) with the kept generations'.
 //   - Scan is newest first, bounded by since and until, stops when fn
 //     says so, and never shows more than max_exports; the oldest go first.
 //   - An export received longer than ttl ago is neither in Get nor Scan.
@@ -86,6 +89,72 @@ func TestHistory(t *testing.T, f Features, newBackend Constructor, reopen Reopen
 			t.Errorf("Get of an export never added = %v %v, want not found", ok, err)
 		}
 	})
+	t.Run("Events", func(t *testing.T) {
+		ctx := context.Background()
+		h := open(t, newBackend(t), 100, time.Hour)
+		e := entry(2)
+		e.QueuedAt = map[int]time.Time{0: base.Add(2 * time.Second)}
+		if err := h.Add(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		fail := func(n int) backend.RequestEvent {
+			return backend.RequestEvent{At: base.Add(time.Duration(n) * time.Millisecond), Event: backend.EventAttemptFailed,
+				Attempt: n, Status: 500 + n%4, Error: fmt.Sprintf("attempt %d: \"boom\"\nsecond line ü", n)}
+		}
+		const n = backend.MaxRequestEvents + 5
+		for i := 1; i <= n; i++ {
+			s := backend.RequestState{Sink: "scale", Chunk: 0, Chunks: 1, State: backend.StateDelivering, Attempts: i,
+				Events: []backend.RequestEvent{fail(i)}}
+			if err := h.SetState(ctx, "exp-002", s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dead := backend.RequestEvent{At: base.Add(time.Minute), Event: backend.EventDeadLettered, Attempt: n, Status: 503, Error: "gave up"}
+		if err := h.SetState(ctx, "exp-002", backend.RequestState{Sink: "scale", Chunk: 0, State: backend.StateDeadLettered,
+			Attempts: n, Events: []backend.RequestEvent{dead}}); err != nil {
+			t.Fatal(err)
+		}
+		// The resend's Add, then its fan-out's: the events stay, and the
+		// fan-out's own (there should be none) are not written.
+		resend := entry(2)
+		resend.Generation, resend.Requests = 1, nil
+		if err := h.Add(ctx, resend); err != nil {
+			t.Fatal(err)
+		}
+		fanout := entry(2)
+		fanout.Generation = 1
+		fanout.QueuedAt = map[int]time.Time{1: base.Add(time.Hour)}
+		fanout.Requests = map[string]backend.RequestState{backend.HistoryKey("scale", 0): {Sink: "scale", Chunk: 0, Chunks: 1,
+			State: backend.StateQueued, Generation: 1, Events: []backend.RequestEvent{{At: base, Event: "not kept"}}}}
+		if err := h.Add(ctx, fanout); err != nil {
+			t.Fatal(err)
+		}
+		got, ok, err := h.Get(ctx, "exp-002")
+		if err != nil || !ok {
+			t.Fatalf("Get = %v %v", ok, err)
+		}
+		var want []backend.RequestEvent
+		for i := n - backend.MaxRequestEvents + 2; i <= n; i++ {
+			want = append(want, fail(i))
+		}
+		want = append(want, dead)
+		sc := got.Requests[backend.HistoryKey("scale", 0)]
+		if sc.State != backend.StateQueued || sc.Generation != 1 || !slices.EqualFunc(sc.Events, want, sameEvent) {
+			t.Errorf("scale.0 = %+v\nwant queued in generation 1 with the last %d events %+v", sc, backend.MaxRequestEvents, want)
+		}
+		if q := got.QueuedAt; len(q) != 2 || !q[0].Equal(base.Add(2*time.Second)) || !q[1].Equal(base.Add(time.Hour)) {
+			t.Errorf("QueuedAt = %v, want generation 0 at %v and 1 at %v", q, base.Add(2*time.Second), base.Add(time.Hour))
+		}
+		if lb := got.Requests[backend.HistoryKey("lb", -1)]; lb.Events != nil {
+			t.Errorf("lb's events = %+v, want none", lb.Events)
+		}
+		// Get's entry is the caller's own.
+		sc.Events[0].Error = "changed by the caller"
+		again, _, _ := h.Get(ctx, "exp-002")
+		if ev := again.Requests[backend.HistoryKey("scale", 0)].Events; len(ev) == 0 || !sameEvent(ev[0], want[0]) {
+			t.Errorf("after the caller changed Get's events the kept ones are %+v", ev)
+		}
+	})
 	t.Run("ScanOrderAndBounds", func(t *testing.T) {
 		ctx := context.Background()
 		const maxExports = 64
@@ -148,4 +217,9 @@ func TestHistory(t *testing.T, f Features, newBackend Constructor, reopen Reopen
 			}
 		})
 	}
+}
+
+func sameEvent(a, b backend.RequestEvent) bool {
+	return a.At.Equal(b.At) && a.Event == b.Event && a.Generation == b.Generation && a.Attempt == b.Attempt &&
+		a.Status == b.Status && a.Error == b.Error
 }

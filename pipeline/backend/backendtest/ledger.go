@@ -15,7 +15,10 @@ import (
 //
 //   - Record: a key is not delivered before Record and is after it (and
 //     after a second Record); another chunk, sink or export is not, a
-//     render failure's chunk -1 included.
+//     render failure's chunk -1 included. The record keeps the attempts
+//     and the time Record was given (now when none), to the millisecond.
+//   - LookupMany: every key's record in the order asked, Leased for the
+//     keys a copy is being sent under; none for none.
 //   - Lease: of copies leasing one request at once exactly one wins; the
 //     lease holds past its ttl while its holder's ctx lasts, ends with
 //     release or Record, and lapses within about ttl once the holder's
@@ -34,6 +37,7 @@ func TestLedger(t *testing.T, f Features, newBackend Constructor, reopen Reopene
 	t.Run("Record", func(t *testing.T) { testLedgerRecord(t, newBackend) })
 	t.Run("Attempts", func(t *testing.T) { testLedgerAttempts(t, f, newBackend, reopen) })
 	t.Run("Lease", func(t *testing.T) { testLedgerLease(t, f, newBackend, reopen) })
+	t.Run("LookupMany", func(t *testing.T) { testLedgerLookupMany(t, f, newBackend, reopen) })
 	t.Run("Steps", func(t *testing.T) { testLedgerSteps(t, f, newBackend, reopen) })
 	if f.SharedAcrossInstances {
 		t.Run("SharedAcrossInstances", func(t *testing.T) { testLedgerShared(t, f, newBackend, reopen) })
@@ -61,9 +65,17 @@ func wantDelivered(t *testing.T, l backend.Ledger, key backend.DeliveryKey, want
 	}
 }
 
+// recordedAt is the delivery time record gives, on a millisecond: what
+// every backend keeps.
+var recordedAt = time.UnixMilli(1_790_000_000_123)
+
+// delivered is the record record leaves.
+var delivered = backend.DeliveryRecord{Delivered: true, Attempts: 1, DeliveredAt: recordedAt}
+
+// record records key delivered on its first try, at recordedAt.
 func record(t *testing.T, l backend.Ledger, key backend.DeliveryKey) {
 	t.Helper()
-	if err := l.Record(t.Context(), key); err != nil {
+	if err := l.Record(t.Context(), key, backend.DeliveryRecord{Attempts: 1, DeliveredAt: recordedAt}); err != nil {
 		t.Fatalf("Record(%s): %v", key, err)
 	}
 }
@@ -83,8 +95,24 @@ func testLedgerRecord(t *testing.T, newBackend Constructor) {
 	for _, k := range others {
 		wantDelivered(t, l, k, false)
 	}
+	if r, err := l.Lookup(t.Context(), key); err != nil || !sameRecord(r, delivered) {
+		t.Fatalf("Lookup(%s) after a first-try Record = %+v, %v; want %+v", key, r, err, delivered)
+	}
 	record(t, l, key) // a redelivery records again
 	wantDelivered(t, l, key, true)
+
+	// No time given: the time of the Record.
+	now := others[3]
+	before := time.Now().Truncate(time.Millisecond)
+	if err := l.Record(t.Context(), now, backend.DeliveryRecord{Attempts: 3, Spent: 9, Elapsed: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	after := time.Now()
+	r, err := l.Lookup(t.Context(), now)
+	if err != nil || !r.Delivered || r.Attempts != 3 || r.Spent != 0 || r.Elapsed != 0 || r.DeliveredAt.Before(before) || r.DeliveredAt.After(after) {
+		t.Fatalf("Lookup(%s) after Record of 3 attempts without a time = %+v, %v; want delivered, 3 attempts, at a time in [%v, %v]",
+			now, r, err, before, after)
+	}
 
 	unrendered := others[1]
 	record(t, l, unrendered)
@@ -135,10 +163,64 @@ func testLedgerAttempts(t *testing.T, f Features, newBackend Constructor, reopen
 	if f.SharedAcrossInstances {
 		lookup(reopen(t, b).Ledger(), key, saved)
 	}
-	if err := l.Record(ctx, key); err != nil {
+	// Delivered on the 6th attempt: the record says so, the retry
+	// progress goes.
+	if err := l.Record(ctx, key, backend.DeliveryRecord{Attempts: 6, DeliveredAt: recordedAt}); err != nil {
 		t.Fatal(err)
 	}
-	lookup(l, key, backend.DeliveryRecord{Delivered: true})
+	lookup(l, key, backend.DeliveryRecord{Delivered: true, Attempts: 6, DeliveredAt: recordedAt})
+	if f.SharedAcrossInstances {
+		lookup(reopen(t, b).Ledger(), key, backend.DeliveryRecord{Delivered: true, Attempts: 6, DeliveredAt: recordedAt})
+	}
+}
+
+// testLedgerLookupMany: one call returns what Lookup returns for each key,
+// in order, and which of them are leased.
+func testLedgerLookupMany(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
+	ctx := t.Context()
+	b := newBackend(t)
+	l := openLedger(t, b)
+	if got, err := l.LookupMany(ctx, nil); err != nil || len(got) != 0 {
+		t.Fatalf("LookupMany(none) = %+v, %v; want nothing", got, err)
+	}
+	k := func(chunk int) backend.DeliveryKey {
+		return backend.DeliveryKey{ExportID: "export-m", Sink: "scale", Chunk: chunk}
+	}
+	done, retrying, leased, stepped, unknown := k(0), k(1), k(2), k(3), k(4)
+	record(t, l, done)
+	tries := backend.DeliveryRecord{Attempts: 2, Spent: 2, Elapsed: 300 * time.Millisecond}
+	if err := l.SaveAttempts(ctx, retrying, tries); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.SaveStep(ctx, stepped, "task_id", "9"); err != nil {
+		t.Fatal(err)
+	}
+	holder := l
+	if f.SharedAcrossInstances {
+		holder = reopen(t, b).Ledger() // another replica is sending it
+	}
+	release, ok, err := holder.Lease(ctx, leased, time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("Lease(%s) = %v, %v", leased, ok, err)
+	}
+	keys := []backend.DeliveryKey{unknown, stepped, leased, done, retrying, done}
+	want := []backend.DeliveryRecord{{}, {Steps: map[string]string{"task_id": "9"}}, {Leased: true}, delivered, tries, delivered}
+	check := func(what string, want []backend.DeliveryRecord) {
+		t.Helper()
+		got, err := l.LookupMany(ctx, keys)
+		if err != nil || len(got) != len(want) {
+			t.Fatalf("%s: LookupMany = %+v, %v; want %+v", what, got, err, want)
+		}
+		for i := range want {
+			if !sameRecord(got[i], want[i]) || got[i].Leased != want[i].Leased {
+				t.Errorf("%s: LookupMany[%d] (%s) = %+v, want %+v", what, i, keys[i], got[i], want[i])
+			}
+		}
+	}
+	check("one leased", want)
+	release()
+	want[2].Leased = false
+	check("lease released", want)
 }
 
 func testLedgerLease(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
@@ -227,7 +309,7 @@ func testLedgerLease(t *testing.T, f Features, newBackend Constructor, reopen Re
 // Steps are the same).
 func sameRecord(a, b backend.DeliveryRecord) bool {
 	return a.Delivered == b.Delivered && a.Attempts == b.Attempts && a.Spent == b.Spent &&
-		a.Elapsed == b.Elapsed && maps.Equal(a.Steps, b.Steps)
+		a.Elapsed == b.Elapsed && a.DeliveredAt.Equal(b.DeliveredAt) && maps.Equal(a.Steps, b.Steps)
 }
 
 func testLedgerSteps(t *testing.T, f Features, newBackend Constructor, reopen Reopener) {
@@ -306,5 +388,5 @@ func testLedgerSteps(t *testing.T, f Features, newBackend Constructor, reopen Re
 
 	// Delivered: the steps stay (what the vendor made), attempts go.
 	record(t, l, key)
-	lookup(l, key, backend.DeliveryRecord{Delivered: true, Steps: steps})
+	lookup(l, key, backend.DeliveryRecord{Delivered: true, Attempts: 1, DeliveredAt: recordedAt, Steps: steps})
 }

@@ -3,6 +3,7 @@ package memory
 import (
 	"context"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,15 +36,31 @@ func (h *History) expired(e *backend.ExportEntry) bool {
 func (h *History) Add(_ context.Context, e *backend.ExportEntry) error {
 	c := *e
 	c.Requests = maps.Clone(e.Requests)
+	c.QueuedAt = maps.Clone(e.QueuedAt)
+	for k, s := range c.Requests {
+		s.Events = nil // appended by SetState only
+		c.Requests[k] = s
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if old, ok := h.byID[e.ID]; ok {
 		for k, v := range old.Requests {
-			if _, set := c.Requests[k]; !set {
-				if c.Requests == nil {
-					c.Requests = map[string]backend.RequestState{}
-				}
+			if c.Requests == nil {
+				c.Requests = map[string]backend.RequestState{}
+			}
+			if s, set := c.Requests[k]; set {
+				s.Events = v.Events
+				c.Requests[k] = s
+			} else {
 				c.Requests[k] = v
+			}
+		}
+		for g, t := range old.QueuedAt {
+			if _, set := c.QueuedAt[g]; !set {
+				if c.QueuedAt == nil {
+					c.QueuedAt = map[int]time.Time{}
+				}
+				c.QueuedAt[g] = t
 			}
 		}
 		h.byID[e.ID] = &c
@@ -73,7 +90,10 @@ func (h *History) SetState(_ context.Context, id string, s backend.RequestState)
 	if c.Requests == nil {
 		c.Requests = map[string]backend.RequestState{}
 	}
-	c.Requests[backend.HistoryKey(s.Sink, s.Chunk)] = s
+	k := backend.HistoryKey(s.Sink, s.Chunk)
+	evs := append(slices.Clip(c.Requests[k].Events), s.Events...) // a copy: Get's callers hold the old slice
+	s.Events = evs[max(0, len(evs)-backend.MaxRequestEvents):]
+	c.Requests[k] = s
 	h.byID[id] = &c
 	return nil
 }
@@ -86,9 +106,7 @@ func (h *History) Get(_ context.Context, id string) (*backend.ExportEntry, bool,
 	if !ok || h.expired(e) {
 		return nil, false, nil
 	}
-	c := *e
-	c.Requests = maps.Clone(e.Requests)
-	return &c, true, nil
+	return copyEntry(e), true, nil
 }
 
 // Scan walks the ring newest first.
@@ -109,13 +127,23 @@ func (h *History) Scan(ctx context.Context, since, until time.Time, fn func(*bac
 	}
 	h.mu.Unlock()
 	for _, e := range es {
-		c := *e
-		c.Requests = maps.Clone(e.Requests)
-		if !fn(&c) {
+		if !fn(copyEntry(e)) {
 			break
 		}
 	}
 	return nil
+}
+
+// copyEntry is a copy of a kept entry its caller may change.
+func copyEntry(e *backend.ExportEntry) *backend.ExportEntry {
+	c := *e
+	c.Requests = maps.Clone(e.Requests)
+	for k, s := range c.Requests {
+		s.Events = slices.Clone(s.Events)
+		c.Requests[k] = s
+	}
+	c.QueuedAt = maps.Clone(e.QueuedAt)
+	return &c
 }
 
 var _ backend.History = (*History)(nil)

@@ -11,9 +11,10 @@ import (
 
 // Ledger keeps delivery records in process memory for ttl.
 type Ledger struct {
-	mu   sync.Mutex
-	ttl  time.Duration
-	seen map[backend.DeliveryKey]time.Time
+	mu  sync.Mutex
+	ttl time.Duration
+	// seen holds the delivered requests until their expiry.
+	seen map[backend.DeliveryKey]delivered
 	// tries holds the retry progress of requests not yet delivered; it is
 	// dropped when they are, and expires with the same ttl.
 	tries map[backend.DeliveryKey]progress
@@ -28,6 +29,12 @@ type Ledger struct {
 	leases map[backend.DeliveryKey]*lease
 }
 
+type delivered struct {
+	expires  time.Time
+	at       time.Time
+	attempts int
+}
+
 type lease struct {
 	ctx     context.Context
 	expires time.Time
@@ -35,7 +42,7 @@ type lease struct {
 
 // NewLedger returns an empty ledger keeping records for ttl.
 func NewLedger(ttl time.Duration) *Ledger {
-	return &Ledger{ttl: ttl, seen: map[backend.DeliveryKey]time.Time{}, tries: map[backend.DeliveryKey]progress{},
+	return &Ledger{ttl: ttl, seen: map[backend.DeliveryKey]delivered{}, tries: map[backend.DeliveryKey]progress{},
 		leases: map[backend.DeliveryKey]*lease{}, steps: map[backend.DeliveryKey]stepSet{}}
 }
 
@@ -53,7 +60,25 @@ type progress struct {
 func (l *Ledger) Lookup(_ context.Context, key backend.DeliveryKey) (backend.DeliveryRecord, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.lookup(key, time.Now()), nil
+}
+
+// LookupMany returns the records of keys under one lock.
+func (l *Ledger) LookupMany(_ context.Context, keys []backend.DeliveryKey) ([]backend.DeliveryRecord, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	now := time.Now()
+	out := make([]backend.DeliveryRecord, len(keys))
+	for i, k := range keys {
+		out[i] = l.lookup(k, now)
+		if h, ok := l.leases[k]; ok && (h.ctx.Err() == nil || now.Before(h.expires)) {
+			out[i].Leased = true
+		}
+	}
+	return out, nil
+}
+
+func (l *Ledger) lookup(key backend.DeliveryKey, now time.Time) backend.DeliveryRecord {
 	var r backend.DeliveryRecord
 	if st, ok := l.steps[key]; ok {
 		if now.After(st.expires) {
@@ -62,12 +87,12 @@ func (l *Ledger) Lookup(_ context.Context, key backend.DeliveryKey) (backend.Del
 			r.Steps = maps.Clone(st.values) // SaveStep changes the ledger's own
 		}
 	}
-	if exp, ok := l.seen[key]; ok {
-		if now.After(exp) {
+	if d, ok := l.seen[key]; ok {
+		if now.After(d.expires) {
 			delete(l.seen, key)
 		} else {
-			r.Delivered = true
-			return r, nil
+			r.Delivered, r.Attempts, r.DeliveredAt = true, d.attempts, d.at
+			return r
 		}
 	}
 	if p, ok := l.tries[key]; ok {
@@ -77,7 +102,7 @@ func (l *Ledger) Lookup(_ context.Context, key backend.DeliveryKey) (backend.Del
 			r.Attempts, r.Spent, r.Elapsed = p.Attempts, p.Spent, p.Elapsed
 		}
 	}
-	return r, nil
+	return r
 }
 
 // SaveStep sets one step of key's record and renews its steps' expiry.
@@ -113,16 +138,16 @@ func (l *Ledger) SaveAttempts(_ context.Context, key backend.DeliveryKey, r back
 	return nil
 }
 
-// Record marks key delivered.
-func (l *Ledger) Record(_ context.Context, key backend.DeliveryKey) error {
+// Record marks key delivered, with its attempts and time.
+func (l *Ledger) Record(_ context.Context, key backend.DeliveryKey, r backend.DeliveryRecord) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
 	// Sweep now and then so the map does not grow without bound.
 	if len(l.seen) > 0 && len(l.seen)%4096 == 0 && now.After(l.earliest) {
 		l.earliest = time.Time{}
-		for k, exp := range l.seen {
-			if now.After(exp) {
+		for k, d := range l.seen {
+			if exp := d.expires; now.After(exp) {
 				delete(l.seen, k)
 			} else if l.earliest.IsZero() || exp.Before(l.earliest) {
 				l.earliest = exp
@@ -133,7 +158,11 @@ func (l *Ledger) Record(_ context.Context, key backend.DeliveryKey) error {
 	if l.earliest.IsZero() || exp.Before(l.earliest) {
 		l.earliest = exp
 	}
-	l.seen[key] = exp
+	at := r.DeliveredAt
+	if at.IsZero() {
+		at = now
+	}
+	l.seen[key] = delivered{expires: exp, at: at, attempts: r.Attempts}
 	delete(l.tries, key)
 	delete(l.leases, key)
 	return nil

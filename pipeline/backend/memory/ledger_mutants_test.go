@@ -12,7 +12,7 @@ import (
 func TestLedgerSweepsExpiredRecordsAt4096(t *testing.T) {
 	l := NewLedger(time.Nanosecond)
 	for i := range 4096 {
-		if err := l.Record(t.Context(), backend.DeliveryKey{ExportID: "e", Sink: "s", Chunk: i}); err != nil {
+		if err := l.Record(t.Context(), backend.DeliveryKey{ExportID: "e", Sink: "s", Chunk: i}, backend.DeliveryRecord{Attempts: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -27,7 +27,7 @@ func TestLedgerSweepsExpiredRecordsAt4096(t *testing.T) {
 	last := time.Now().Add(time.Nanosecond)
 	for !time.Now().After(last) {
 	}
-	if err := l.Record(t.Context(), backend.DeliveryKey{ExportID: "e", Sink: "s", Chunk: 4096}); err != nil {
+	if err := l.Record(t.Context(), backend.DeliveryKey{ExportID: "e", Sink: "s", Chunk: 4096}, backend.DeliveryRecord{Attempts: 1}); err != nil {
 		t.Fatal(err)
 	}
 	l.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -16,8 +17,11 @@ import (
 
 // History keeps, shared by all replicas, <prefix>history, a sorted set of
 // export ids by received time (unix ms), and <prefix>history:<id>, a hash
-// per export: field "e" the export's JSON and "r:<sink>.<chunk>" each
-// request's state (JSON), and <prefix>history:<id>:body, the export's
+// per export: field "e" the export's JSON, "q:<generation>" when that
+// generation was queued (unix ms), "r:<sink>.<chunk>" each request's state
+// (JSON, its events aside) and "t:<sink>.<chunk>" its events (a JSON line
+// each, the last backend.MaxRequestEvents), and
+// <prefix>history:<id>:body, the export's
 // body for a resend (read by Get only, so that listing does not carry the
 // bodies), both expiring ttl after the export was received.
 // The sorted set is trimmed to maxExports in batches (the hashes of the
@@ -42,9 +46,21 @@ func NewHistory(client goredis.UniversalClient, keyPrefix string, maxExports int
 // so that trimming costs one round trip per batch of exports.
 func (h *History) trimBatch() int { return max(1, h.max/64) }
 
-// setState sets a request's state only while the export's hash exists, so
-// that a late state never leaves a hash without expiry.
-var setState = goredis.NewScript(`if redis.call("EXISTS", KEYS[1]) == 1 then return redis.call("HSET", KEYS[1], ARGV[1], ARGV[2]) end return 0`)
+// setState sets a request's state (field ARGV[1] to ARGV[2]) only while the
+// export's hash exists, so that a late state never leaves a hash without
+// expiry, and appends its event lines (ARGV[4]) to field ARGV[3], keeping
+// the last ARGV[5] lines: one round trip, on failure paths only.
+var setState = goredis.NewScript(`
+if redis.call("EXISTS", KEYS[1]) == 0 then return 0 end
+redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] == "" then return 1 end
+local s = (redis.call("HGET", KEYS[1], ARGV[3]) or "") .. ARGV[4]
+local n = 0
+for _ in string.gmatch(s, "\n") do n = n + 1 end
+local from = 1
+for _ = 1, n - tonumber(ARGV[5]) do from = string.find(s, "\n", from, true) + 1 end
+redis.call("HSET", KEYS[1], ARGV[3], string.sub(s, from))
+return 1`)
 
 // Add writes the export and its requests (see write) and returns once
 // they are in Redis. A batched History (the backend's) queues it for the
@@ -92,9 +108,13 @@ func encodeEntry(e *backend.ExportEntry) (*histWrite, error) {
 	if err != nil {
 		return nil, err
 	}
-	vals := make([]any, 0, 2+2*len(rs))
+	vals := make([]any, 0, 2+2*len(rs)+2*len(e.QueuedAt))
 	vals = append(vals, "e", b)
+	for g, t := range e.QueuedAt {
+		vals = append(vals, "q:"+strconv.Itoa(g), t.UnixMilli())
+	}
 	for f, s := range rs {
+		s.Events = nil // appended by SetState only, to their own field
 		sb, err := json.Marshal(s)
 		if err != nil {
 			return nil, err
@@ -199,11 +219,22 @@ func (h *History) trim(ctx context.Context, n int) error {
 	return nil
 }
 
-// SetState sets one request's state while the export is kept.
+// SetState sets one request's state while the export is kept, and appends
+// its events.
 func (h *History) SetState(ctx context.Context, id string, s backend.RequestState) error {
+	evs := s.Events
+	s.Events = nil
 	b, err := json.Marshal(s)
 	if err != nil {
 		return err
+	}
+	var lines []byte
+	for _, ev := range evs {
+		eb, err := json.Marshal(ev) // escapes newlines: one line each
+		if err != nil {
+			return err
+		}
+		lines = append(append(lines, eb...), '\n')
 	}
 	// A state must not be overwritten by its export's queued Add (nor be
 	// ignored because the hash is not written yet): that Add goes first.
@@ -212,7 +243,8 @@ func (h *History) SetState(ctx context.Context, id string, s backend.RequestStat
 			return err
 		}
 	}
-	if err := setState.Run(ctx, h.client, []string{h.prefix + id}, "r:"+backend.HistoryKey(s.Sink, s.Chunk), b).Err(); err != nil {
+	k := backend.HistoryKey(s.Sink, s.Chunk)
+	if err := setState.Run(ctx, h.client, []string{h.prefix + id}, "r:"+k, b, "t:"+k, lines, backend.MaxRequestEvents).Err(); err != nil {
 		return fmt.Errorf("history: %w", err)
 	}
 	return nil
@@ -224,17 +256,36 @@ func decodeEntry(m map[string]string) (*backend.ExportEntry, error) {
 		return nil, err
 	}
 	for f, v := range m {
-		if len(f) < 2 || f[:2] != "r:" {
-			continue
+		switch {
+		case strings.HasPrefix(f, "r:"):
+			var s backend.RequestState
+			if err := json.Unmarshal([]byte(v), &s); err != nil {
+				return nil, err
+			}
+			if lines := m["t:"+f[2:]]; lines != "" {
+				for l := range strings.Lines(lines) {
+					var ev backend.RequestEvent
+					if err := json.Unmarshal([]byte(l), &ev); err != nil {
+						return nil, fmt.Errorf("events of %s: %w", f[2:], err)
+					}
+					s.Events = append(s.Events, ev)
+				}
+			}
+			if e.Requests == nil {
+				e.Requests = map[string]backend.RequestState{}
+			}
+			e.Requests[f[2:]] = s
+		case strings.HasPrefix(f, "q:"):
+			g, err1 := strconv.Atoi(f[2:])
+			ms, err2 := strconv.ParseInt(v, 10, 64)
+			if err := errors.Join(err1, err2); err != nil {
+				return nil, fmt.Errorf("queued time %s=%q: %w", f, v, err)
+			}
+			if e.QueuedAt == nil {
+				e.QueuedAt = map[int]time.Time{}
+			}
+			e.QueuedAt[g] = time.UnixMilli(ms)
 		}
-		var s backend.RequestState
-		if err := json.Unmarshal([]byte(v), &s); err != nil {
-			return nil, err
-		}
-		if e.Requests == nil {
-			e.Requests = map[string]backend.RequestState{}
-		}
-		e.Requests[f[2:]] = s
 	}
 	return &e, nil
 }

@@ -3,9 +3,11 @@ package redis
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,7 +18,8 @@ import (
 
 // Ledger keeps, per request (backend.DeliveryKey) and shared by all
 // replicas, <prefix>attempts:<key> while it is being retried and
-// <prefix>delivered:<key> once it succeeded, both expiring after ttl;
+// <prefix>delivered:<key> once it succeeded ("<attempts> <unix ms>"; "1"
+// from before the two were kept), both expiring after ttl;
 // <prefix>steps:<key>, a JSON object of the steps a multi-step sink
 // checkpointed, expiring ttl after the last step was saved; and
 // <prefix>lease:<key> while one copy of the request is being sent (the
@@ -117,6 +120,38 @@ func (l *Ledger) Lookup(ctx context.Context, key backend.DeliveryKey) (backend.D
 	if err != nil {
 		return backend.DeliveryRecord{}, fmt.Errorf("ledger: %w", err)
 	}
+	return decodeRecord(k, vs)
+}
+
+// LookupMany reads every key's delivered, attempts, steps and lease keys
+// in one MGET.
+func (l *Ledger) LookupMany(ctx context.Context, keys []backend.DeliveryKey) ([]backend.DeliveryRecord, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	names := make([]string, 0, 4*len(keys))
+	for _, key := range keys {
+		k := key.String()
+		names = append(names, l.prefix+k, l.tries+k, l.steps+k, l.leases+k)
+	}
+	vs, err := l.client.MGet(ctx, names...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
+	out := make([]backend.DeliveryRecord, len(keys))
+	for i, key := range keys {
+		v := vs[4*i : 4*i+4]
+		if out[i], err = decodeRecord(key.String(), v[:3]); err != nil {
+			return nil, err
+		}
+		out[i].Leased = v[3] != nil
+	}
+	return out, nil
+}
+
+// decodeRecord reads the values of a record's delivered, attempts and
+// steps keys.
+func decodeRecord(k string, vs []any) (backend.DeliveryRecord, error) {
 	var r backend.DeliveryRecord
 	if s, ok := vs[2].(string); ok {
 		if err := json.Unmarshal([]byte(s), &r.Steps); err != nil {
@@ -126,8 +161,18 @@ func (l *Ledger) Lookup(ctx context.Context, key backend.DeliveryKey) (backend.D
 			r.Steps = nil // cjson writes an empty object as {}; never saved empty, but be exact
 		}
 	}
-	if vs[0] != nil {
+	if s, ok := vs[0].(string); ok {
 		r.Delivered = true
+		if n, ms, ok := strings.Cut(s, " "); ok {
+			var err1, err2 error
+			var at int64
+			r.Attempts, err1 = strconv.Atoi(n)
+			at, err2 = strconv.ParseInt(ms, 10, 64)
+			if err := errors.Join(err1, err2); err != nil {
+				return backend.DeliveryRecord{}, fmt.Errorf("ledger: delivered record of %s: %q: %w", k, s, err)
+			}
+			r.DeliveredAt = time.UnixMilli(at)
+		}
 		return r, nil
 	}
 	if s, ok := vs[1].(string); ok {
@@ -172,16 +217,22 @@ func (l *Ledger) SaveStep(ctx context.Context, key backend.DeliveryKey, name, va
 	return nil
 }
 
-// Record sets the delivered key and drops the attempts and lease keys, in
-// one round trip. A copy that then takes the lease sees the delivered key.
-// The steps key stays until its own expiry.
-func (l *Ledger) Record(ctx context.Context, key backend.DeliveryKey) error {
+// Record sets the delivered key to "<attempts> <unix ms>" and drops the
+// attempts and lease keys, in one round trip. A copy that then takes the
+// lease sees the delivered key. The steps key stays until its own expiry.
+func (l *Ledger) Record(ctx context.Context, key backend.DeliveryKey, r backend.DeliveryRecord) error {
 	k := key.String()
+	at := r.DeliveredAt
+	if at.IsZero() {
+		at = time.Now()
+	}
+	var buf [48]byte
+	v := string(strconv.AppendInt(append(strconv.AppendInt(buf[:0], int64(r.Attempts), 10), ' '), at.UnixMilli(), 10))
 	if h, ok := l.held.LoadAndDelete(l.leases + k); ok {
 		h.(*heldLease).end()
 	}
 	_, err := l.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		p.Set(ctx, l.prefix+k, 1, l.ttl)
+		p.Set(ctx, l.prefix+k, v, l.ttl)
 		p.Del(ctx, l.tries+k)
 		p.Del(ctx, l.leases+k)
 		return nil
