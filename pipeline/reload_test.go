@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/labelpipe/labelpipe/internal/redistest"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
 	"github.com/labelpipe/labelpipe/pipeline/telemetry"
@@ -540,8 +541,9 @@ func TestReloadKeepsBreakerState(t *testing.T) {
 	}
 }
 
-// A removed sink takes no new exports, and what its queue holds is still
-// delivered, never dropped; put back, it takes new exports again.
+// A removed sink takes no new exports, and what its queue holds is never
+// dropped: on memory it is still delivered, on Redis it waits there until
+// the sink is back; put back, the sink takes new exports again.
 func TestReloadRemovedSinkOnEveryBroker(t *testing.T) {
 	for _, broker := range brokers {
 		t.Run(broker, func(t *testing.T) {
@@ -568,20 +570,253 @@ func TestReloadRemovedSinkOnEveryBroker(t *testing.T) {
 			h.accept(body)
 			h.eventually(10*time.Second, "the next export at Scale", func() bool { return len(scaleTasksOf(sc, during)) == 3 })
 
+			if broker == "redis" {
+				// Stopped: its failed attempt is handed back, not retried,
+				// and once its consumers are gone nothing can be sent.
+				h.eventually(10*time.Second, "the removed sink to stop", func() bool {
+					return strings.Contains(h.logs.String(), "removed sink stopped")
+				})
+				ls.SetUp()
+				if n := len(lsTasksOf(ls, queued)); n != 0 {
+					t.Errorf("the stopped sink delivered %d tasks", n)
+				}
+				if d := h.sink("label_studio").QueueDepth; d != 1 {
+					t.Errorf("the stopped sink's queue holds %d requests, want the queued export's one", d)
+				}
+				res = h.mustReload(withLS)
+				if !slices.Equal(res.Restored, []string{"label_studio"}) {
+					t.Fatalf("reload result %+v, want label_studio restored", res)
+				}
+			}
 			ls.SetUp()
-			h.eventually(10*time.Second, "the queued export delivered by the removed sink", func() bool { return len(lsTasksOf(ls, queued)) == 3 })
+			h.eventually(10*time.Second, "the queued export delivered", func() bool { return len(lsTasksOf(ls, queued)) == 3 })
 			h.eventually(10*time.Second, "label_studio's queue to empty", func() bool { return h.sink("label_studio").QueueDepth == 0 })
 			if n := len(lsTasksOf(ls, during)); n != 0 {
 				t.Errorf("the removed sink got %d tasks of an export accepted after its removal", n)
 			}
 
-			res = h.mustReload(withLS)
-			if !slices.Equal(res.Restored, []string{"label_studio"}) {
-				t.Fatalf("reload result %+v, want label_studio restored", res)
+			if broker == "memory" {
+				res = h.mustReload(withLS)
+				if !slices.Equal(res.Restored, []string{"label_studio"}) {
+					t.Fatalf("reload result %+v, want label_studio restored", res)
+				}
 			}
 			body, after := samplePayload(t, "issue-frames.json")
 			h.accept(body)
 			h.eventually(10*time.Second, "the export after the sink came back", func() bool { return len(lsTasksOf(ls, after)) == 3 })
+			if n := len(h.deadLetters("label_studio")); n != 0 {
+				t.Errorf("%d dead letters for label_studio, want none", n)
+			}
 		})
 	}
+}
+
+// On Redis a removed sink stops: its requests in flight finish, nothing
+// more is sent, and its queue stays in Redis, pending, until the sink is
+// back in the config; it then delivers every request exactly once.
+func TestReloadRemovedSinkKeepsItsQueueOnRedis(t *testing.T) {
+	sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+	srv := redistest.Start(t)
+	without := redisHead(srv, "") + scaleSink(sc.TaskURL(), "")
+	withLS := without + labelStudioSink(ls, "\n    max_in_flight: 2")
+	h := startHarness(t, withLS)
+
+	// Label Studio takes an export's 3 tasks in one request.
+	ls.SetLatency(time.Hour) // held until released below
+	const exports = 5
+	var issues []string
+	for range exports {
+		body, issue := samplePayload(t, "issue-frames.json")
+		h.accept(body)
+		issues = append(issues, issue)
+	}
+	// max_in_flight 2: two requests in flight, the others queued.
+	waitFake(t, "two requests in flight at Label Studio", func(ctx context.Context) error { return ls.WaitArrived(ctx, 2) })
+
+	res := h.mustReload(without)
+	if !slices.Equal(res.Removed, []string{"label_studio"}) {
+		t.Fatalf("reload result %+v, want label_studio removed", res)
+	}
+	ls.SetLatency(0) // the requests in flight finish
+	waitFake(t, "the requests in flight answered", func(ctx context.Context) error { return ls.WaitRequests(ctx, 2) })
+	h.eventually(10*time.Second, "the removed sink to stop", func() bool {
+		return strings.Contains(h.logs.String(), "removed sink stopped")
+	})
+	if n := ls.RequestCount(); n != 2 {
+		t.Errorf("%d requests at the removed sink, want the 2 in flight at the removal", n)
+	}
+	if d := h.sink("label_studio").QueueDepth; d != exports {
+		t.Errorf("the removed sink's queue holds %d requests, want %d (nothing acked after the stop)", d, exports)
+	}
+	rdb := srv.Client(t)
+	streams, err := rdb.Keys(t.Context(), "*sink.label_studio").Result()
+	if err != nil || len(streams) != 1 {
+		t.Fatalf("label_studio's stream: %v %v", streams, err)
+	}
+	if n, err := rdb.XLen(t.Context(), streams[0]).Result(); err != nil || n != exports {
+		t.Errorf("XLEN %s = %d (%v), want %d", streams[0], n, err, exports)
+	}
+	pend, err := rdb.XPending(t.Context(), streams[0], "sink-label_studio").Result()
+	if err != nil || pend.Count < 2 {
+		t.Errorf("XPENDING: %+v (%v), want the 2 requests in flight at the removal still pending", pend, err)
+	}
+
+	res = h.mustReload(withLS)
+	if !slices.Equal(res.Restored, []string{"label_studio"}) {
+		t.Fatalf("reload result %+v, want label_studio restored", res)
+	}
+	h.eventually(10*time.Second, "every export at Label Studio", func() bool {
+		for _, issue := range issues {
+			if len(lsTasksOf(ls, issue)) != 3 {
+				return false
+			}
+		}
+		return true
+	})
+	h.eventually(10*time.Second, "label_studio's queue to empty", func() bool { return h.sink("label_studio").QueueDepth == 0 })
+	counts := ls.CountsByKey()
+	if len(counts) != 3*exports {
+		t.Errorf("%d keys at Label Studio, want %d", len(counts), 3*exports)
+	}
+	for k, c := range counts {
+		if c.Requests != 1 || c.Duplicates != 0 {
+			t.Errorf("key %q: %+v, want exactly one request", k, c)
+		}
+	}
+	if n := ls.RequestCount(); n != exports {
+		t.Errorf("%d requests at Label Studio, want %d: one per export", n, exports)
+	}
+	if n := len(h.deadLetters("label_studio")); n != 0 {
+		t.Errorf("%d dead letters, want none", n)
+	}
+}
+
+// Webhooks keep coming while a sink is removed and put back: no export
+// is lost at the sink that stays, an export fanned out to the removed
+// sink before its removal still reaches it, every export accepted after
+// it is back reaches it, and none reaches it in part or twice.
+func TestReloadRemovingAndRestoringASinkUnderLoadLosesNoExport(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+			without := onBroker(t, broker, head("")+scaleSink(sc.TaskURL(), "\n    max_in_flight: 8"))
+			withLS := without + labelStudioSink(ls, "\n    max_in_flight: 4")
+			h := startHarness(t, withLS)
+			sc.SetLatency(5 * time.Millisecond) // requests are in flight at the reloads
+			ls.SetLatency(5 * time.Millisecond)
+
+			const exports, removeAt, restoreAt = 45, 10, 25
+			type sentExport struct {
+				issue    string
+				phase    int // 0 before the removal, 1 while removed, 2 after the restore
+				fannedTo bool
+			}
+			var mu sync.Mutex
+			var accepted []sentExport
+			var phase atomic.Int32
+			gate := make(chan struct{}) // the sender waits at removeAt and restoreAt
+			sent := make(chan struct{})
+			go func() {
+				defer close(sent)
+				for i := 0; i < exports; i++ {
+					if i == removeAt || i == restoreAt {
+						select {
+						case <-gate:
+						case <-t.Context().Done():
+							return
+						}
+					}
+					ph := int(phase.Load())
+					body, issue := samplePayload(t, "issue-frames.json")
+					if a := h.send(hookReq{secret: hookSecret, body: body}); a.Code == http.StatusAccepted {
+						mu.Lock()
+						accepted = append(accepted, sentExport{issue: issue, phase: ph})
+						mu.Unlock()
+					} else {
+						t.Errorf("export %d: %d %s", i, a.Code, a.Raw)
+					}
+				}
+			}()
+			acceptedN := func(n int) func() bool {
+				return func() bool {
+					mu.Lock()
+					defer mu.Unlock()
+					return len(accepted) >= n
+				}
+			}
+			h.eventually(20*time.Second, "exports accepted", acceptedN(removeAt))
+			// Those fanned out to label_studio already must reach it.
+			mu.Lock()
+			before := slices.Clone(accepted)
+			mu.Unlock()
+			h.eventually(20*time.Second, "the first exports fanned out to label_studio", func() bool {
+				for _, e := range before {
+					if !lsSeen(ls, e.issue) {
+						return false
+					}
+				}
+				return true
+			})
+			res := h.mustReload(without)
+			if !slices.Equal(res.Removed, []string{"label_studio"}) {
+				t.Fatalf("reload result %+v, want label_studio removed", res)
+			}
+			phase.Store(1)
+			gate <- struct{}{}
+			h.eventually(20*time.Second, "exports accepted", acceptedN(restoreAt))
+			res2 := h.mustReload(withLS)
+			if !slices.Equal(res2.Restored, []string{"label_studio"}) {
+				t.Fatalf("reload result %+v, want label_studio restored", res2)
+			}
+			phase.Store(2)
+			gate <- struct{}{}
+			<-sent
+			if len(accepted) != exports {
+				t.Fatalf("%d of %d exports accepted", len(accepted), exports)
+			}
+			waitFake(t, "every export's tasks at Scale", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 3*exports) })
+			h.eventually(20*time.Second, "both queues to empty", func() bool {
+				return h.sink("scale").QueueDepth == 0 && h.sink("label_studio").QueueDepth == 0
+			})
+			lost, atLS := 0, 0
+			for _, e := range accepted {
+				if n := len(scaleTasksOf(sc, e.issue)); n != 3 {
+					lost++
+					t.Errorf("issue %s: %d tasks at Scale, want 3", e.issue, n)
+				}
+				n := len(lsTasksOf(ls, e.issue))
+				switch {
+				case e.phase != 1 && n != 3:
+					lost++
+					t.Errorf("issue %s (phase %d): %d tasks at label_studio, want 3", e.issue, e.phase, n)
+				case n != 0 && n != 3:
+					t.Errorf("issue %s: %d tasks at label_studio, want all 3 or none", e.issue, n)
+				}
+				if n == 3 {
+					atLS++
+				}
+			}
+			t.Logf("%s: exports %d, at label_studio %d, lost %d; Scale requests %d, duplicates %d; label_studio requests %d, duplicates %d; removal took %v, restore took %v",
+				broker, exports, atLS, lost, sc.RequestCount(), sc.Duplicates(), ls.RequestCount(), ls.Duplicates(), res.Took, res2.Took)
+			if n := sc.RequestCount(); n != 3*exports {
+				t.Errorf("%d requests at Scale, want %d: one per task", n, 3*exports)
+			}
+			if n := ls.RequestCount(); n != atLS {
+				t.Errorf("%d requests at label_studio, want %d: one per export it got", n, atLS)
+			}
+			if n := len(h.deadLetters("label_studio")) + len(h.deadLetters("scale")); n != 0 {
+				t.Errorf("%d dead letters, want none", n)
+			}
+		})
+	}
+}
+
+// lsSeen says whether Label Studio got a request for a task of issue.
+func lsSeen(ls *vendortest.LabelStudio, issue string) bool {
+	for k, c := range ls.CountsByKey() {
+		if strings.HasPrefix(k, vendortest.LabelStudioKey(issue, "")) && c.Requests > 0 {
+			return true
+		}
+	}
+	return false
 }
