@@ -15,9 +15,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/labelpipe/labelpipe/builtin"
 	"github.com/labelpipe/labelpipe/internal/redistest"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/backend"
+	"github.com/labelpipe/labelpipe/pipeline/backend/memory"
 	"github.com/labelpipe/labelpipe/pipeline/telemetry"
 )
 
@@ -819,4 +824,146 @@ func lsSeen(ls *vendortest.LabelStudio, issue string) bool {
 		}
 	}
 	return false
+}
+
+// flakyBroker is the memory broker with a failure injected on demand: no
+// workers for one topic, or workers of one topic that cannot subscribe.
+// It counts each topic's live subscriptions.
+type flakyBroker struct {
+	backend.Broker
+	mu                         sync.Mutex
+	failWorkers, failSubscribe string // a topic, "" for none
+	live                       map[string]int
+}
+
+func (b *flakyBroker) set(failWorkers, failSubscribe string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.failWorkers, b.failSubscribe = failWorkers, failSubscribe
+}
+
+func (b *flakyBroker) liveOn(topic string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.live[topic]
+}
+
+func (b *flakyBroker) Workers(topic, group string, n int) ([]message.Subscriber, error) {
+	b.mu.Lock()
+	fail := b.failWorkers == topic
+	b.mu.Unlock()
+	if fail {
+		return nil, errors.New("injected: no workers")
+	}
+	subs, err := b.Broker.Workers(topic, group, n)
+	for i := range subs {
+		subs[i] = flakySub{subs[i], b}
+	}
+	return subs, err
+}
+
+type flakySub struct {
+	message.Subscriber
+	b *flakyBroker
+}
+
+func (s flakySub) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	if s.b.failSubscribe == topic {
+		return nil, errors.New("injected: cannot subscribe")
+	}
+	ch, err := s.Subscriber.Subscribe(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	s.b.live[topic]++
+	context.AfterFunc(ctx, func() {
+		s.b.mu.Lock()
+		s.b.live[topic]--
+		s.b.mu.Unlock()
+	})
+	return ch, nil
+}
+
+type flakyBackend struct {
+	backend.Backend
+	br *flakyBroker
+}
+
+func (f flakyBackend) Broker() (backend.Broker, error) { return f.br, nil }
+
+// A reload that fails while starting the sinks it adds leaves none of
+// their handlers behind: the running config stays, and a later reload
+// adding them starts each once.
+func TestReloadFailingToStartASinkLeavesNoHandler(t *testing.T) {
+	for _, tc := range []struct{ name, failWorkers, failSubscribe string }{
+		// The second added sink gets no workers: the first one's
+		// handlers are on the router, not started.
+		{"workers", "sink.ls2", ""},
+		// The second added sink's handler cannot subscribe: the router
+		// may have started the first one's.
+		{"subscribe", "", "sink.ls2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc := vendortest.NewScale(t, scaleKey)
+			ls, ls2 := vendortest.NewLabelStudio(t, lsToken), vendortest.NewLabelStudio(t, lsToken)
+			br := &flakyBroker{live: map[string]int{}}
+			reg := builtin.Registry()
+			reg.RegisterBackend("flaky", pipeline.BackendType{Doc: "memory with injected failures",
+				Open: func(ctx context.Context, env pipeline.BackendEnv) (backend.Backend, error) {
+					b, err := memory.Type.Open(ctx, env)
+					if err != nil {
+						return nil, err
+					}
+					if br.Broker, err = b.Broker(); err != nil {
+						return nil, err
+					}
+					return flakyBackend{b, br}, nil
+				}})
+			first := strings.Replace(head("")+scaleSink(sc.TaskURL(), ""), "broker: {type: memory}", "broker: {type: flaky}", 1)
+			h := newHarnessWith(t, first, func(o *pipeline.Options) { o.Registry = reg })
+			h.run()
+			next := first + labelStudioSink(ls, "") + strings.Replace(labelStudioSink(ls2, ""), "name: label_studio", "name: ls2", 1)
+
+			br.set(tc.failWorkers, tc.failSubscribe)
+			res, err := h.reloadTo(next)
+			if err == nil || !strings.Contains(err.Error(), "injected") || len(res.Added) != 0 {
+				t.Fatalf("reload with a sink failing to start: %+v, %v; want the injected error and nothing added", res, err)
+			}
+			if !strings.Contains(h.logs.String(), "config reload refused; the running config stays") {
+				t.Errorf("no refusal logged")
+			}
+			h.eventually(10*time.Second, "no live subscription of the sinks that failed to start", func() bool {
+				return br.liveOn("sink.label_studio") == 0 && br.liveOn("sink.ls2") == 0
+			})
+			// The running config stays: Scale only.
+			body, before := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the export at Scale", func() bool { return len(scaleTasksOf(sc, before)) == 3 })
+
+			br.set("", "")
+			res = h.mustReload(next)
+			if !slices.Equal(res.Added, []string{"label_studio", "ls2"}) {
+				t.Fatalf("reload result %+v, want label_studio and ls2 added", res)
+			}
+			for _, topic := range []string{"sink.label_studio", "sink.ls2"} {
+				if n := br.liveOn(topic); n != 1 {
+					t.Errorf("%s: %d live subscriptions, want 1 (none left by the failed reload)", topic, n)
+				}
+			}
+			body, after := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the next export at both added sinks", func() bool {
+				return len(lsTasksOf(ls, after)) == 3 && len(lsTasksOf(ls2, after)) == 3
+			})
+			if n := len(lsTasksOf(ls, before)) + len(lsTasksOf(ls2, before)); n != 0 {
+				t.Errorf("%d tasks of the export accepted while the reload was refused reached the sinks it would have added", n)
+			}
+			stopRun(t, h)
+			if logs := h.logs.String(); strings.Contains(logs, "router did not stop cleanly") {
+				t.Errorf("the router did not stop cleanly after a failed reload:\n%s", logs)
+			}
+		})
+	}
 }
