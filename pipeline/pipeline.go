@@ -128,6 +128,7 @@ type builtStage struct {
 	cfg   StageConfig
 	stage Stage
 	log   *slog.Logger
+	files *fileLog // what its build read
 }
 
 type builtSink struct {
@@ -246,6 +247,7 @@ func (p *Pipeline) env(kind, name string) Env {
 		DedupeStore:    p.dedupeStore,
 		ConfigDir:      p.cfg.dir,
 		Offline:        p.offline,
+		files:          &fileLog{},
 	}
 }
 
@@ -263,7 +265,7 @@ func (p *Pipeline) buildStages() error {
 			errs = append(errs, ce...)
 			continue
 		}
-		p.stages = append(p.stages, builtStage{cfg: sc, stage: s, log: env.Logger})
+		p.stages = append(p.stages, builtStage{cfg: sc, stage: s, log: env.Logger, files: env.files})
 	}
 	if len(errs) > 0 {
 		return errs
@@ -324,6 +326,7 @@ func (p *Pipeline) buildSink(sc SinkConfig, breakers gobreaker.SharedDataStore, 
 	bs := &builtSink{cfg: sc, log: env.Logger,
 		slots: make(chan struct{}, sc.MaxInFlight), topic: backend.TopicSink(sc.Name)}
 	g := newSinkGen(sc, s)
+	g.files = env.files
 	bs.gen.Store(g)
 	built(bs)
 	if g.filter, err = compileFilter(sc); err != nil {

@@ -78,6 +78,7 @@ type sinkGen struct {
 	sink   Sink
 	filter *JQ
 	policy *resilience.Policy
+	files  *fileLog // what its build read
 	refs   refs
 }
 
@@ -196,7 +197,11 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 			restore = append(restore, s)
 		}
 		if same {
-			continue
+			f := g.files.changed()
+			if f == "" {
+				continue
+			}
+			s.log.Info("config reload: a file the sink read changed; it is rebuilt", "file", f)
 		}
 		var keep []string
 		if sc.Type != s.cfg.Type {
@@ -215,11 +220,13 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 			continue
 		}
 		t, _ := p.opts.Registry.Sink(sc.Type)
-		built1, err := t.Build(sc.Options, p.env("sink", sc.Name))
+		env := p.env("sink", sc.Name)
+		built1, err := t.Build(sc.Options, env)
 		if err != nil {
 			return fail(fmt.Errorf("sink %q: %w", sc.Name, err))
 		}
 		ng := newSinkGen(sc, built1)
+		ng.files = env.files
 		built = append(built, ng)
 		if ng.filter, err = compileFilter(sc); err != nil {
 			return fail(err)
@@ -254,7 +261,7 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 				closeStages(fresh)
 				return fail(fmt.Errorf("stage %q: %w", sc.Name, err))
 			}
-			bs := builtStage{cfg: sc, stage: st, log: e.Logger}
+			bs := builtStage{cfg: sc, stage: st, log: e.Logger, files: e.files}
 			stages = append(stages, bs)
 			fresh = append(fresh, bs)
 		}
@@ -499,6 +506,8 @@ func stagesSame(cur []builtStage, next []StageConfig) bool {
 	return slices.EqualFunc(cur, next, stageSame)
 }
 
+// stageSame reports whether s is built from n: the same config, and the
+// files its build read unchanged.
 func stageSame(s builtStage, n StageConfig) bool {
-	return s.cfg.Name == n.Name && s.cfg.Type == n.Type && reflect.DeepEqual(s.cfg.Options, n.Options)
+	return s.cfg.Name == n.Name && s.cfg.Type == n.Type && reflect.DeepEqual(s.cfg.Options, n.Options) && s.files.changed() == ""
 }

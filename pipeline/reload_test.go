@@ -967,3 +967,75 @@ func TestReloadFailingToStartASinkLeavesNoHandler(t *testing.T) {
 		})
 	}
 }
+
+// A stage or sink whose config is unchanged but whose file changed (the
+// secret stage's secrets_file, a schema file, a preset's api_key_file) is
+// rebuilt by a reload; one whose files are unchanged is kept as it is
+// (a memory dedupe stage keeps its keys).
+func TestReloadRebuildsWhatReadAChangedFile(t *testing.T) {
+	sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	secrets := write("secrets.txt", hookSecret+"\n")
+	schema := write("extra.schema.json", `{}`)
+	key := write("ls.key", "stale-key\n")
+	stages := fmt.Sprintf("  - {type: schema, name: extra, schema: %q}\n  - {type: dedupe, store: memory, ttl: 1h}", schema)
+	cfgText := strings.Replace(head(stages), `secrets: ["`+hookOldSecret+`", "`+hookSecret+`"]`, fmt.Sprintf("secrets_file: %q", secrets), 1) +
+		scaleSink(sc.TaskURL(), "") +
+		fmt.Sprintf("  - name: label_studio\n    type: label_studio\n    url: %q\n    api_key_file: %q\n    project_id: %d\n    retry: {max_attempts: 1}\n", ls.URL, key, lsProject)
+	h := startHarness(t, cfgText)
+	file := write("labelpipe.yaml", cfgText)
+
+	first, firstIssue := samplePayload(t, "issue-frames.json")
+	firstID := h.accept(first).ID
+	h.eventually(10*time.Second, "the first export at Scale", func() bool { return len(scaleTasksOf(sc, firstIssue)) == 3 })
+	h.waitDeadLetters("label_studio", 1) // the stale key is refused
+
+	// Files unchanged: nothing is rebuilt.
+	res, err := h.p.ReloadFile(file)
+	if err != nil || res.Stages || len(res.Changed) != 0 {
+		t.Fatalf("reload with every file unchanged: %+v, %v; want nothing rebuilt", res, err)
+	}
+
+	write("secrets.txt", "rotated-secret\n")
+	write("extra.schema.json", `{"properties": {"project": {"not": {"const": "blocked"}}}}`)
+	write("ls.key", lsToken+"\n")
+	res, err = h.p.ReloadFile(file)
+	if err != nil || !res.Stages || !slices.Equal(res.Changed, []string{"label_studio"}) || len(res.NeedsRestart) != 0 {
+		t.Fatalf("reload after the files changed: %+v, %v; want the stages swapped and label_studio rebuilt", res, err)
+	}
+
+	if a := h.send(hookReq{secret: hookSecret, body: first}); a.Code != http.StatusUnauthorized {
+		t.Errorf("the secret rotated out of secrets_file: %d %s, want 401", a.Code, a.Raw)
+	}
+	body, issue := samplePayload(t, "issue-frames.json")
+	if a := h.send(hookReq{secret: "rotated-secret", body: body}); a.Code != http.StatusAccepted {
+		t.Fatalf("the secret rotated into secrets_file: %d %s, want 202", a.Code, a.Raw)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["project"] = "blocked"
+	blocked, _ := json.Marshal(doc)
+	if a := h.send(hookReq{secret: "rotated-secret", body: blocked}); a.Code != http.StatusUnprocessableEntity {
+		t.Errorf("an export the changed schema file refuses: %d %s, want 422", a.Code, a.Raw)
+	}
+	// The dedupe stage's config and files did not change: kept, with
+	// what it has seen.
+	if a := h.send(hookReq{secret: "rotated-secret", body: first}); a.Status != "duplicate" || a.ID != firstID {
+		t.Errorf("the first export again: %d %s, want duplicate of %s", a.Code, a.Raw, firstID)
+	}
+	// The sink sends with the key now in api_key_file.
+	h.eventually(10*time.Second, "the next export at Label Studio", func() bool { return len(lsTasksOf(ls, issue)) == 3 })
+	if n := len(lsTasksOf(ls, firstIssue)); n != 0 {
+		t.Errorf("%d tasks of the export sent with the stale key", n)
+	}
+}
