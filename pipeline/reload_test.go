@@ -637,6 +637,9 @@ func TestReloadRemovedSinkKeepsItsQueueOnRedis(t *testing.T) {
 	}
 	// max_in_flight 2: two requests in flight, the others queued.
 	waitFake(t, "two requests in flight at Label Studio", func(ctx context.Context) error { return ls.WaitArrived(ctx, 2) })
+	// Every export fanned out before the removal: one fanned out after
+	// it would not be queued for the removed sink.
+	h.eventually(10*time.Second, "every export queued for label_studio", func() bool { return h.sink("label_studio").QueueDepth == exports })
 
 	res := h.mustReload(without)
 	if !slices.Equal(res.Removed, []string{"label_studio"}) {
@@ -650,8 +653,10 @@ func TestReloadRemovedSinkKeepsItsQueueOnRedis(t *testing.T) {
 	if n := ls.RequestCount(); n != 2 {
 		t.Errorf("%d requests at the removed sink, want the 2 in flight at the removal", n)
 	}
-	if d := h.sink("label_studio").QueueDepth; d != exports {
-		t.Errorf("the removed sink's queue holds %d requests, want %d (nothing acked after the stop)", d, exports)
+	// The requests never sent are all queued; the two in flight may have
+	// been acked if they finished before the stop reached the subscriber.
+	if d := h.sink("label_studio").QueueDepth; d < exports-2 || d > exports {
+		t.Errorf("the removed sink's queue holds %d requests, want %d to %d", d, exports-2, exports)
 	}
 	rdb := srv.Client(t)
 	streams, err := rdb.Keys(t.Context(), "*sink.label_studio").Result()
@@ -660,10 +665,6 @@ func TestReloadRemovedSinkKeepsItsQueueOnRedis(t *testing.T) {
 	}
 	if n, err := rdb.XLen(t.Context(), streams[0]).Result(); err != nil || n != exports {
 		t.Errorf("XLEN %s = %d (%v), want %d", streams[0], n, err, exports)
-	}
-	pend, err := rdb.XPending(t.Context(), streams[0], "sink-label_studio").Result()
-	if err != nil || pend.Count < 2 {
-		t.Errorf("XPENDING: %+v (%v), want the 2 requests in flight at the removal still pending", pend, err)
 	}
 
 	res = h.mustReload(withLS)
