@@ -82,10 +82,9 @@ func (p *Pipeline) deliverHandler(s *builtSink, run *sinkRun) message.NoPublishH
 			return fmt.Errorf("sink %s stopped before sending: %w", s.cfg.Name, run.ctx.Err())
 		}
 		// In flight with the sink's config of now: a reload lets it finish
-		// with that one.
-		// Retries and waits end when the sink is stopped; the lease and
-		// the ledger keep ctx, so that an attempt that finishes after the
-		// stop is still recorded.
+		// with that one. Retries and waits end when the sink is stopped;
+		// the lease and the ledger keep ctx, so that an attempt that
+		// finishes after the stop is still recorded.
 		rctx, cancel := context.WithCancel(ctx)
 		stopWatch := context.AfterFunc(run.ctx, cancel)
 		g := s.take()
