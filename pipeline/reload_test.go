@@ -618,82 +618,92 @@ func TestReloadRemovedSinkOnEveryBroker(t *testing.T) {
 
 // On Redis a removed sink stops: its requests in flight finish, nothing
 // more is sent, and its queue stays in Redis, pending, until the sink is
-// back in the config; it then delivers every request exactly once.
+// back in the config, by a reload or a restart; it then delivers every
+// request exactly once.
 func TestReloadRemovedSinkKeepsItsQueueOnRedis(t *testing.T) {
-	sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
-	srv := redistest.Start(t)
-	without := redisHead(srv, "") + scaleSink(sc.TaskURL(), "")
-	withLS := without + labelStudioSink(ls, "\n    max_in_flight: 2")
-	h := startHarness(t, withLS)
+	for _, back := range []string{"reload", "restart"} {
+		t.Run(back, func(t *testing.T) {
+			sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+			srv := redistest.Start(t)
+			without := redisHead(srv, "") + scaleSink(sc.TaskURL(), "")
+			withLS := without + labelStudioSink(ls, "\n    max_in_flight: 2")
+			h := startHarness(t, withLS)
 
-	// Label Studio takes an export's 3 tasks in one request.
-	ls.SetLatency(time.Hour) // held until released below
-	const exports = 5
-	var issues []string
-	for range exports {
-		body, issue := samplePayload(t, "issue-frames.json")
-		h.accept(body)
-		issues = append(issues, issue)
-	}
-	// max_in_flight 2: two requests in flight, the others queued.
-	waitFake(t, "two requests in flight at Label Studio", func(ctx context.Context) error { return ls.WaitArrived(ctx, 2) })
-	// Every export fanned out before the removal: one fanned out after
-	// it would not be queued for the removed sink.
-	h.eventually(10*time.Second, "every export queued for label_studio", func() bool { return h.sink("label_studio").QueueDepth == exports })
-
-	res := h.mustReload(without)
-	if !slices.Equal(res.Removed, []string{"label_studio"}) {
-		t.Fatalf("reload result %+v, want label_studio removed", res)
-	}
-	ls.SetLatency(0) // the requests in flight finish
-	waitFake(t, "the requests in flight answered", func(ctx context.Context) error { return ls.WaitRequests(ctx, 2) })
-	h.eventually(10*time.Second, "the removed sink to stop", func() bool {
-		return strings.Contains(h.logs.String(), "removed sink stopped")
-	})
-	if n := ls.RequestCount(); n != 2 {
-		t.Errorf("%d requests at the removed sink, want the 2 in flight at the removal", n)
-	}
-	// The requests never sent are all queued; the two in flight may have
-	// been acked if they finished before the stop reached the subscriber.
-	if d := h.sink("label_studio").QueueDepth; d < exports-2 || d > exports {
-		t.Errorf("the removed sink's queue holds %d requests, want %d to %d", d, exports-2, exports)
-	}
-	rdb := srv.Client(t)
-	streams, err := rdb.Keys(t.Context(), "*sink.label_studio").Result()
-	if err != nil || len(streams) != 1 {
-		t.Fatalf("label_studio's stream: %v %v", streams, err)
-	}
-	if n, err := rdb.XLen(t.Context(), streams[0]).Result(); err != nil || n != exports {
-		t.Errorf("XLEN %s = %d (%v), want %d", streams[0], n, err, exports)
-	}
-
-	res = h.mustReload(withLS)
-	if !slices.Equal(res.Restored, []string{"label_studio"}) {
-		t.Fatalf("reload result %+v, want label_studio restored", res)
-	}
-	h.eventually(10*time.Second, "every export at Label Studio", func() bool {
-		for _, issue := range issues {
-			if len(lsTasksOf(ls, issue)) != 3 {
-				return false
+			// Label Studio takes an export's 3 tasks in one request.
+			ls.SetLatency(time.Hour) // held until released below
+			const exports = 5
+			var issues []string
+			for range exports {
+				body, issue := samplePayload(t, "issue-frames.json")
+				h.accept(body)
+				issues = append(issues, issue)
 			}
-		}
-		return true
-	})
-	h.eventually(10*time.Second, "label_studio's queue to empty", func() bool { return h.sink("label_studio").QueueDepth == 0 })
-	counts := ls.CountsByKey()
-	if len(counts) != 3*exports {
-		t.Errorf("%d keys at Label Studio, want %d", len(counts), 3*exports)
-	}
-	for k, c := range counts {
-		if c.Requests != 1 || c.Duplicates != 0 {
-			t.Errorf("key %q: %+v, want exactly one request", k, c)
-		}
-	}
-	if n := ls.RequestCount(); n != exports {
-		t.Errorf("%d requests at Label Studio, want %d: one per export", n, exports)
-	}
-	if n := len(h.deadLetters("label_studio")); n != 0 {
-		t.Errorf("%d dead letters, want none", n)
+			// max_in_flight 2: two requests in flight, the others queued.
+			waitFake(t, "two requests in flight at Label Studio", func(ctx context.Context) error { return ls.WaitArrived(ctx, 2) })
+			// Every export fanned out before the removal: one fanned out after
+			// it would not be queued for the removed sink.
+			h.eventually(10*time.Second, "every export queued for label_studio", func() bool { return h.sink("label_studio").QueueDepth == exports })
+
+			res := h.mustReload(without)
+			if !slices.Equal(res.Removed, []string{"label_studio"}) {
+				t.Fatalf("reload result %+v, want label_studio removed", res)
+			}
+			ls.SetLatency(0) // the requests in flight finish
+			waitFake(t, "the requests in flight answered", func(ctx context.Context) error { return ls.WaitRequests(ctx, 2) })
+			h.eventually(10*time.Second, "the removed sink to stop", func() bool {
+				return strings.Contains(h.logs.String(), "removed sink stopped")
+			})
+			if n := ls.RequestCount(); n != 2 {
+				t.Errorf("%d requests at the removed sink, want the 2 in flight at the removal", n)
+			}
+			// The requests never sent are all queued; the two in flight may have
+			// been acked if they finished before the stop reached the subscriber.
+			if d := h.sink("label_studio").QueueDepth; d < exports-2 || d > exports {
+				t.Errorf("the removed sink's queue holds %d requests, want %d to %d", d, exports-2, exports)
+			}
+			rdb := srv.Client(t)
+			streams, err := rdb.Keys(t.Context(), "*sink.label_studio").Result()
+			if err != nil || len(streams) != 1 {
+				t.Fatalf("label_studio's stream: %v %v", streams, err)
+			}
+			if n, err := rdb.XLen(t.Context(), streams[0]).Result(); err != nil || n != exports {
+				t.Errorf("XLEN %s = %d (%v), want %d", streams[0], n, err, exports)
+			}
+
+			if back == "reload" {
+				res = h.mustReload(withLS)
+				if !slices.Equal(res.Restored, []string{"label_studio"}) {
+					t.Fatalf("reload result %+v, want label_studio restored", res)
+				}
+			} else {
+				stopRun(t, h)
+				h = startHarness(t, withLS) // the same replica id: its consumers' names
+			}
+			h.eventually(10*time.Second, "every export at Label Studio", func() bool {
+				for _, issue := range issues {
+					if len(lsTasksOf(ls, issue)) != 3 {
+						return false
+					}
+				}
+				return true
+			})
+			h.eventually(10*time.Second, "label_studio's queue to empty", func() bool { return h.sink("label_studio").QueueDepth == 0 })
+			counts := ls.CountsByKey()
+			if len(counts) != 3*exports {
+				t.Errorf("%d keys at Label Studio, want %d", len(counts), 3*exports)
+			}
+			for k, c := range counts {
+				if c.Requests != 1 || c.Duplicates != 0 {
+					t.Errorf("key %q: %+v, want exactly one request", k, c)
+				}
+			}
+			if n := ls.RequestCount(); n != exports {
+				t.Errorf("%d requests at Label Studio, want %d: one per export", n, exports)
+			}
+			if n := len(h.deadLetters("label_studio")); n != 0 {
+				t.Errorf("%d dead letters, want none", n)
+			}
+		})
 	}
 }
 
