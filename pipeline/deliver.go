@@ -218,8 +218,9 @@ func (p *Pipeline) attempts(ctx context.Context, s *builtSink, g *sinkGen, req *
 		// The attempt is not cut short when the sink is stopped (ctx):
 		// the vendor may already have acted on it, and its outcome is
 		// then recorded. Shutting down still cuts it (jqCtx).
-		ctx, cancel := context.WithTimeout(valuesOf{p.jqCtx, ctx}, g.cfg.Timeout)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.Timeout)
 		defer cancel()
+		defer context.AfterFunc(p.jqCtx, cancel)()
 		err := g.sink.Send(ctx, req)
 		result := "ok"
 		if err != nil {
@@ -253,12 +254,3 @@ func receivedAt(md message.Metadata) (time.Time, bool) {
 	t, err := time.Parse(time.RFC3339Nano, md.Get(backend.MetaReceivedAt))
 	return t, err == nil
 }
-
-// valuesOf is Context (its deadline and cancellation) with the values of
-// vals (the trace, jq limits).
-type valuesOf struct {
-	context.Context
-	vals context.Context
-}
-
-func (c valuesOf) Value(key any) any { return c.vals.Value(key) }
