@@ -20,10 +20,17 @@ import (
 
 // deliverHandler sends one sink's queued requests: ledger check, then the
 // resilience policy (rate limit, breaker, retries) around each attempt,
-// then the ledger record or the dead-letter queue.
-func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
+// then the ledger record or the dead-letter queue. Once run stops (a
+// reload removed the sink), a request not yet sent, or whose attempt
+// under way fails, is handed back un-acked for redelivery: neither
+// retried nor dead-lettered.
+func (p *Pipeline) deliverHandler(s *builtSink, run *sinkRun) message.NoPublishHandlerFunc {
 	return func(msg *message.Message) error {
-		s.slots <- struct{}{}
+		select {
+		case s.slots <- struct{}{}:
+		case <-run.ctx.Done():
+			return fmt.Errorf("sink %s stopped: %w", s.cfg.Name, run.ctx.Err())
+		}
 		defer func() { <-s.slots }()
 		ctx, span := p.consumerSpan(msg, s.topic)
 		defer span.End()
@@ -70,11 +77,21 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			}
 		}
 
+		if run.ctx.Err() != nil {
+			span.SetStatus(codes.Error, "sink stopped")
+			return fmt.Errorf("sink %s stopped before sending: %w", s.cfg.Name, run.ctx.Err())
+		}
 		// In flight with the sink's config of now: a reload lets it finish
-		// with that one.
+		// with that one. Retries and waits end when the sink is stopped;
+		// the lease and the ledger keep ctx, so that an attempt that
+		// finishes after the stop is still recorded.
+		rctx, cancel := context.WithCancel(ctx)
+		stopWatch := context.AfterFunc(run.ctx, cancel)
 		g := s.take()
-		attempts, err := p.attempts(ctx, s, g, req, rec, msg)
+		attempts, err := p.attempts(rctx, s, g, req, rec, msg)
 		g.refs.drop()
+		stopWatch()
+		cancel()
 		if span.IsRecording() {
 			span.SetAttributes(attribute.Int("labelpipe.attempts", attempts))
 		}
@@ -90,6 +107,11 @@ func (p *Pipeline) deliverHandler(s *builtSink) message.NoPublishHandlerFunc {
 			}
 			finish("delivered")
 			return nil
+		}
+		if p.hardStop.Err() == nil && run.ctx.Err() != nil {
+			span.SetStatus(codes.Error, "sink stopped")
+			s.log.InfoContext(ctx, "the sink was stopped; the request is left on the broker for redelivery", "export", req.ExportID, "chunk", req.Chunk, "err", err)
+			return fmt.Errorf("delivery to %s stopped: %w", s.cfg.Name, err)
 		}
 		if p.hardStop.Err() != nil || errors.Is(err, context.Canceled) {
 			// Shutting down: leave the request on the broker (nack) rather
@@ -197,8 +219,12 @@ func (p *Pipeline) attempts(ctx context.Context, s *builtSink, g *sinkGen, req *
 		if a.N > 1 {
 			p.metrics.retries.Add(ctx, 1, p.metrics.with("sink", s.cfg.Name, "", ""))
 		}
-		ctx, cancel := context.WithTimeout(ctx, g.cfg.Timeout)
+		// The attempt is not cut short when the sink is stopped (ctx):
+		// the vendor may already have acted on it, and its outcome is
+		// then recorded. Shutting down still cuts it (jqCtx).
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.Timeout)
 		defer cancel()
+		defer context.AfterFunc(p.jqCtx, cancel)()
 		err := g.sink.Send(ctx, req)
 		result := "ok"
 		if err != nil {

@@ -128,6 +128,7 @@ type builtStage struct {
 	cfg   StageConfig
 	stage Stage
 	log   *slog.Logger
+	files *fileLog // what its build read
 }
 
 type builtSink struct {
@@ -139,8 +140,13 @@ type builtSink struct {
 	// events, timeout and resilience policy.
 	gen atomic.Pointer[sinkGen]
 	// removed: a reload took the sink out of the config. The fan-out
-	// queues nothing more for it; what its queue holds is still delivered.
+	// queues nothing more for it. On a durable broker its handlers are
+	// stopped (run) and its queue waits there; on another, what its
+	// queue holds is still delivered.
 	removed atomic.Bool
+	// run is the sink's handlers now on the router; a reload replaces it
+	// when a removed sink comes back. Written under reloadMu.
+	run     *sinkRun
 	log     *slog.Logger
 	topic   string    // sink.<name>
 	backlog backlog   // keeps the sink's queue within queue:
@@ -241,6 +247,7 @@ func (p *Pipeline) env(kind, name string) Env {
 		DedupeStore:    p.dedupeStore,
 		ConfigDir:      p.cfg.dir,
 		Offline:        p.offline,
+		files:          &fileLog{},
 	}
 }
 
@@ -258,7 +265,7 @@ func (p *Pipeline) buildStages() error {
 			errs = append(errs, ce...)
 			continue
 		}
-		p.stages = append(p.stages, builtStage{cfg: sc, stage: s, log: env.Logger})
+		p.stages = append(p.stages, builtStage{cfg: sc, stage: s, log: env.Logger, files: env.files})
 	}
 	if len(errs) > 0 {
 		return errs
@@ -320,6 +327,7 @@ func (p *Pipeline) buildSink(sc SinkConfig, breakers gobreaker.SharedDataStore, 
 	bs := &builtSink{cfg: sc, log: env.Logger,
 		slots: make(chan struct{}, sc.MaxInFlight), topic: backend.TopicSink(sc.Name)}
 	g := newSinkGen(sc, s)
+	g.files = env.files
 	bs.gen.Store(g)
 	built(bs)
 	if g.filter, err = compileFilter(sc); err != nil {
@@ -406,7 +414,7 @@ func (p *Pipeline) buildRouter() error {
 		r.AddConsumerHandler(fmt.Sprintf("fanout-%d", i), backend.TopicExports, sub, p.fanout)
 	}
 	for _, s := range p.sinkList() {
-		if err := p.addSinkHandlers(s, "sink-"+s.cfg.Name); err != nil {
+		if s.run, err = p.addSinkHandlers(s, "sink-"+s.cfg.Name); err != nil {
 			return err
 		}
 	}
@@ -415,16 +423,74 @@ func (p *Pipeline) buildRouter() error {
 
 // addSinkHandlers subscribes s's workers to its queue and adds their
 // handlers to the router (a running router starts them on RunHandlers).
-// Handlers are named prefix-<i>; names must be unique in the router.
-func (p *Pipeline) addSinkHandlers(s *builtSink, prefix string) error {
+// Handlers are named prefix-<i>; names must be unique in the router. The
+// run it returns stops them; on an error, what was added is stopped.
+func (p *Pipeline) addSinkHandlers(s *builtSink, prefix string) (*sinkRun, error) {
 	subs, err := p.broker.Workers(s.topic, backend.SinkGroup(s.cfg.Name), s.cfg.MaxInFlight)
 	if err != nil {
-		return fmt.Errorf("broker: %w", err)
+		return nil, fmt.Errorf("broker: %w", err)
 	}
+	run := &sinkRun{subs: subs, stopped: make(chan struct{})}
+	run.ctx, run.cancel = context.WithCancel(context.Background())
 	for i, sub := range subs {
-		p.router.AddConsumerHandler(fmt.Sprintf("%s-%d", prefix, i), s.topic, sub, p.deliverHandler(s))
+		p.router.AddConsumerHandler(fmt.Sprintf("%s-%d", prefix, i), s.topic, runSub{sub, run}, p.deliverHandler(s, run))
 	}
-	return nil
+	return run, nil
+}
+
+// sinkRun is one start of a sink's handlers: those a build or a reload
+// added. Stopping it ends their subscriptions and, in their deliveries,
+// retries and waits; an attempt under way finishes (see deliverHandler).
+type sinkRun struct {
+	subs    []message.Subscriber
+	ctx     context.Context // done once stopping
+	cancel  context.CancelFunc
+	stopped chan struct{} // closed once every subscriber is closed
+	once    sync.Once
+}
+
+// stop ends the run's subscriptions and closes its subscribers, which on
+// Redis drops their heartbeats, so that what they hold pending is
+// redelivered (to this replica when the sink comes back, or to another
+// that has it). What is pending stays pending: nothing is acked or
+// dead-lettered by stopping. It returns at once; stopped says when done.
+func (r *sinkRun) stop(log *slog.Logger) {
+	r.once.Do(func() {
+		r.cancel()
+		go func() {
+			defer close(r.stopped)
+			for _, sub := range r.subs {
+				if err := sub.Close(); err != nil {
+					log.Warn("close a stopped sink's subscriber", "err", err)
+				}
+			}
+		}()
+	})
+}
+
+// runSub is a sink worker whose subscription ends with its run. The
+// router cannot take back a handler it has not started: one whose run
+// stopped first subscribes to nothing when the router starts it, and
+// ends at once.
+type runSub struct {
+	message.Subscriber
+	run *sinkRun
+}
+
+func (r runSub) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if r.run.ctx.Err() != nil {
+		ch := make(chan *message.Message)
+		close(ch)
+		return ch, nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	context.AfterFunc(r.run.ctx, cancel)
+	msgs, err := r.Subscriber.Subscribe(ctx, topic)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return msgs, nil
 }
 
 // Handler is the webhook endpoint, for embedders that mount it in their own

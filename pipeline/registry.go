@@ -2,12 +2,15 @@ package pipeline
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -41,6 +44,55 @@ type Env struct {
 	// Offline is set when the pipeline is built for a preview: nothing
 	// outside the process may be touched.
 	Offline bool
+	// files notes what ReadFile read, for the reload; nil outside a
+	// pipeline.
+	files *fileLog
+}
+
+// ReadFile reads the file p names (a path from the config, see Path).
+// Stages and sinks read their files (a schema, a key) through it: a
+// reload rebuilds the stage or sink when such a file changed even though
+// its config did not.
+func (e Env) ReadFile(p string) ([]byte, error) {
+	p = e.Path(p)
+	b, err := os.ReadFile(p)
+	if err == nil && e.files != nil {
+		e.files.note(p, b)
+	}
+	return b, err
+}
+
+// fileLog is the content fingerprint of each file a stage or sink read
+// when it was built.
+type fileLog struct {
+	mu   sync.Mutex
+	sums map[string][sha256.Size]byte
+}
+
+func (l *fileLog) note(path string, b []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.sums == nil {
+		l.sums = map[string][sha256.Size]byte{}
+	}
+	l.sums[path] = sha256.Sum256(b)
+}
+
+// changed names a file read at build time whose content is not the same
+// now (or that cannot be read any more); "" when none.
+func (l *fileLog) changed() string {
+	if l == nil {
+		return ""
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, path := range slices.Sorted(maps.Keys(l.sums)) {
+		b, err := os.ReadFile(path)
+		if err != nil || sha256.Sum256(b) != l.sums[path] {
+			return path
+		}
+	}
+	return ""
 }
 
 // Path is p from the config: relative to the config file's directory

@@ -78,6 +78,7 @@ type sinkGen struct {
 	sink   Sink
 	filter *JQ
 	policy *resilience.Policy
+	files  *fileLog // what its build read
 	refs   refs
 }
 
@@ -108,8 +109,11 @@ type ReloadResult struct {
 	// Changed names the sinks that now run a new config.
 	Changed []string
 	// Removed names the sinks a reload took out: they take no new
-	// exports, and what their queues hold is still delivered. Restored
-	// names removed sinks the config has again.
+	// exports. On a durable broker (Redis) their handlers stop and their
+	// queues wait there, pending, for the sink to come back; on one that
+	// is not (memory), what their queues hold is still delivered.
+	// Restored names removed sinks the config has again: they take new
+	// exports, and their handlers start again where they stopped.
 	Removed, Restored []string
 	// Added names the sinks a reload started: they take the exports
 	// fanned out after the reload.
@@ -193,7 +197,11 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 			restore = append(restore, s)
 		}
 		if same {
-			continue
+			f := g.files.changed()
+			if f == "" {
+				continue
+			}
+			s.log.Info("config reload: a file the sink read changed; it is rebuilt", "file", f)
 		}
 		var keep []string
 		if sc.Type != s.cfg.Type {
@@ -212,11 +220,13 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 			continue
 		}
 		t, _ := p.opts.Registry.Sink(sc.Type)
-		built1, err := t.Build(sc.Options, p.env("sink", sc.Name))
+		env := p.env("sink", sc.Name)
+		built1, err := t.Build(sc.Options, env)
 		if err != nil {
 			return fail(fmt.Errorf("sink %q: %w", sc.Name, err))
 		}
 		ng := newSinkGen(sc, built1)
+		ng.files = env.files
 		built = append(built, ng)
 		if ng.filter, err = compileFilter(sc); err != nil {
 			return fail(err)
@@ -251,7 +261,7 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 				closeStages(fresh)
 				return fail(fmt.Errorf("stage %q: %w", sc.Name, err))
 			}
-			bs := builtStage{cfg: sc, stage: st, log: e.Logger}
+			bs := builtStage{cfg: sc, stage: st, log: e.Logger, files: e.files}
 			stages = append(stages, bs)
 			fresh = append(fresh, bs)
 		}
@@ -269,14 +279,26 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 		return res, nil
 	}
 
-	// Commit: added sinks first, since starting their handlers can
-	// still fail; then the other sinks, so that the chain's events
-	// match them.
-	if len(add) > 0 {
-		if err := p.startSinks(add); err != nil {
+	// Commit: added sinks and stopped sinks coming back first, since
+	// starting their handlers can still fail; then the other sinks, so
+	// that the chain's events match them.
+	starting := slices.Clone(add)
+	for _, s := range restore {
+		if s.run.ctx.Err() != nil {
+			starting = append(starting, s)
+		}
+	}
+	if len(starting) > 0 {
+		runs, err := p.startSinks(starting)
+		if err != nil {
 			closeStages(fresh)
 			return fail(err)
 		}
+		for i, s := range starting {
+			s.run = runs[i]
+		}
+	}
+	if len(add) > 0 {
 		set := p.sinkSet.Load()
 		ns := &sinkSet{list: slices.Concat(set.list, add), byName: make(map[string]*builtSink, len(set.byName)+len(add))}
 		for n, s := range set.byName {
@@ -299,15 +321,25 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 		res.Changed = append(res.Changed, sw.s.cfg.Name)
 		sw.s.log.Info("sink reloaded; requests under way finish with the previous config")
 	}
+	durable := p.broker.Info().Durable
 	for _, s := range remove {
 		s.removed.Store(true)
 		res.Removed = append(res.Removed, s.cfg.Name)
-		s.log.Warn("sink removed by a reload: it takes no new exports; what its queue holds is still delivered")
+		if !durable {
+			s.log.Warn("sink removed by a reload: it takes no new exports; the broker does not keep queues across a restart, so what its queue holds is still delivered")
+			continue
+		}
+		s.run.stop(s.log)
+		s.log.Warn("sink removed by a reload: it takes no new exports and stops; what its queue holds stays on the broker until the sink is back in the config")
+		go func(run *sinkRun) {
+			<-run.stopped
+			s.log.Info("removed sink stopped: its requests under way finished or were handed back; its queue is kept")
+		}(s.run)
 	}
 	for _, s := range restore {
 		s.removed.Store(false)
 		res.Restored = append(res.Restored, s.cfg.Name)
-		s.log.Info("sink back in the config: it takes new exports again")
+		s.log.Info("sink back in the config: it takes new exports again, and delivers what its queue kept")
 	}
 	if nc == nil {
 		nc = &chain{stages: cur.stages}
@@ -338,29 +370,60 @@ func (p *Pipeline) ReloadConfig(next *Config) (ReloadResult, error) {
 	return res, nil
 }
 
-// startSinks subscribes the added sinks' workers to their queues (on
-// Redis this creates their consumer groups, reading from the stream's
-// start, as at start) and runs their handlers on the running router.
-// Before Run, the router starts them with the others.
-func (p *Pipeline) startSinks(add []*builtSink) error {
+// startSinks subscribes the sinks' workers to their queues (on Redis
+// this creates the consumer groups of added sinks, reading from the
+// stream's start, as at start) and runs their handlers on the running
+// router; before Run, the router starts them with the others. A sink
+// coming back after a stop starts once its previous run has stopped.
+// On an error, every handler it added is stopped and nothing is left
+// running.
+func (p *Pipeline) startSinks(sinks []*builtSink) ([]*sinkRun, error) {
 	p.reloads++
-	for _, s := range add {
-		if err := p.addSinkHandlers(s, fmt.Sprintf("sink-%s-reload%d", s.cfg.Name, p.reloads)); err != nil {
-			return fmt.Errorf("sink %q: %w", s.cfg.Name, err)
+	var runs []*sinkRun
+	fail := func(err error) ([]*sinkRun, error) {
+		p.abort(runs)
+		return nil, err
+	}
+	for _, s := range sinks {
+		if s.run != nil {
+			<-s.run.stopped // its consumers' names are taken until then
 		}
+		run, err := p.addSinkHandlers(s, fmt.Sprintf("sink-%s-reload%d", s.cfg.Name, p.reloads))
+		if err != nil {
+			return fail(fmt.Errorf("sink %q: %w", s.cfg.Name, err))
+		}
+		runs = append(runs, run)
 	}
 	if !p.ran.Load() {
-		return nil
+		return runs, nil
 	}
 	select {
 	case <-p.router.Running():
 	case <-p.addedCtx.Done():
-		return errors.New("the router stopped")
+		return fail(errors.New("the router stopped"))
 	}
 	if err := p.router.RunHandlers(p.addedCtx); err != nil {
-		return fmt.Errorf("start the new sinks' handlers: %w", err)
+		return fail(fmt.Errorf("start the sinks' handlers: %w", err))
 	}
-	return nil
+	return runs, nil
+}
+
+// abort stops the runs of a start that failed, and waits for them. The
+// handlers the router had not started yet are started now: they
+// subscribe to nothing (runSub) and leave the router at once, rather
+// than waiting to be started by a later reload.
+func (p *Pipeline) abort(runs []*sinkRun) {
+	for _, r := range runs {
+		r.stop(p.log)
+	}
+	if p.ran.Load() && p.router.IsRunning() && p.addedCtx.Err() == nil {
+		if err := p.router.RunHandlers(p.addedCtx); err != nil {
+			p.log.Warn("config reload: could not clear the handlers of sinks that failed to start", "err", err)
+		}
+	}
+	for _, r := range runs {
+		<-r.stopped
+	}
 }
 
 // ReloadFile loads path (with opts, as LoadConfig takes them) and reloads
@@ -443,6 +506,8 @@ func stagesSame(cur []builtStage, next []StageConfig) bool {
 	return slices.EqualFunc(cur, next, stageSame)
 }
 
+// stageSame reports whether s is built from n: the same config, and the
+// files its build read unchanged.
 func stageSame(s builtStage, n StageConfig) bool {
-	return s.cfg.Name == n.Name && s.cfg.Type == n.Type && reflect.DeepEqual(s.cfg.Options, n.Options)
+	return s.cfg.Name == n.Name && s.cfg.Type == n.Type && reflect.DeepEqual(s.cfg.Options, n.Options) && s.files.changed() == ""
 }

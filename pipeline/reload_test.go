@@ -15,8 +15,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/labelpipe/labelpipe/builtin"
+	"github.com/labelpipe/labelpipe/internal/redistest"
 	"github.com/labelpipe/labelpipe/internal/vendortest"
 	"github.com/labelpipe/labelpipe/pipeline"
+	"github.com/labelpipe/labelpipe/pipeline/backend"
+	"github.com/labelpipe/labelpipe/pipeline/backend/memory"
 	"github.com/labelpipe/labelpipe/pipeline/telemetry"
 )
 
@@ -540,8 +546,9 @@ func TestReloadKeepsBreakerState(t *testing.T) {
 	}
 }
 
-// A removed sink takes no new exports, and what its queue holds is still
-// delivered, never dropped; put back, it takes new exports again.
+// A removed sink takes no new exports, and what its queue holds is never
+// dropped: on memory it is still delivered, on Redis it waits there until
+// the sink is back; put back, the sink takes new exports again.
 func TestReloadRemovedSinkOnEveryBroker(t *testing.T) {
 	for _, broker := range brokers {
 		t.Run(broker, func(t *testing.T) {
@@ -568,20 +575,478 @@ func TestReloadRemovedSinkOnEveryBroker(t *testing.T) {
 			h.accept(body)
 			h.eventually(10*time.Second, "the next export at Scale", func() bool { return len(scaleTasksOf(sc, during)) == 3 })
 
+			if broker == "redis" {
+				// Stopped: its failed attempt is handed back, not retried,
+				// and once its consumers are gone nothing can be sent.
+				h.eventually(10*time.Second, "the removed sink to stop", func() bool {
+					return strings.Contains(h.logs.String(), "removed sink stopped")
+				})
+				ls.SetUp()
+				if n := len(lsTasksOf(ls, queued)); n != 0 {
+					t.Errorf("the stopped sink delivered %d tasks", n)
+				}
+				if d := h.sink("label_studio").QueueDepth; d != 1 {
+					t.Errorf("the stopped sink's queue holds %d requests, want the queued export's one", d)
+				}
+				res = h.mustReload(withLS)
+				if !slices.Equal(res.Restored, []string{"label_studio"}) {
+					t.Fatalf("reload result %+v, want label_studio restored", res)
+				}
+			}
 			ls.SetUp()
-			h.eventually(10*time.Second, "the queued export delivered by the removed sink", func() bool { return len(lsTasksOf(ls, queued)) == 3 })
+			h.eventually(10*time.Second, "the queued export delivered", func() bool { return len(lsTasksOf(ls, queued)) == 3 })
 			h.eventually(10*time.Second, "label_studio's queue to empty", func() bool { return h.sink("label_studio").QueueDepth == 0 })
 			if n := len(lsTasksOf(ls, during)); n != 0 {
 				t.Errorf("the removed sink got %d tasks of an export accepted after its removal", n)
 			}
 
-			res = h.mustReload(withLS)
-			if !slices.Equal(res.Restored, []string{"label_studio"}) {
-				t.Fatalf("reload result %+v, want label_studio restored", res)
+			if broker == "memory" {
+				res = h.mustReload(withLS)
+				if !slices.Equal(res.Restored, []string{"label_studio"}) {
+					t.Fatalf("reload result %+v, want label_studio restored", res)
+				}
 			}
 			body, after := samplePayload(t, "issue-frames.json")
 			h.accept(body)
 			h.eventually(10*time.Second, "the export after the sink came back", func() bool { return len(lsTasksOf(ls, after)) == 3 })
+			if n := len(h.deadLetters("label_studio")); n != 0 {
+				t.Errorf("%d dead letters for label_studio, want none", n)
+			}
 		})
+	}
+}
+
+// On Redis a removed sink stops: its requests in flight finish, nothing
+// more is sent, and its queue stays in Redis, pending, until the sink is
+// back in the config, by a reload or a restart; it then delivers every
+// request exactly once.
+func TestReloadRemovedSinkKeepsItsQueueOnRedis(t *testing.T) {
+	for _, back := range []string{"reload", "restart"} {
+		t.Run(back, func(t *testing.T) {
+			sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+			srv := redistest.Start(t)
+			without := redisHead(srv, "") + scaleSink(sc.TaskURL(), "")
+			withLS := without + labelStudioSink(ls, "\n    max_in_flight: 2")
+			h := startHarness(t, withLS)
+
+			// Label Studio takes an export's 3 tasks in one request.
+			ls.SetLatency(time.Hour) // held until released below
+			const exports = 5
+			var issues []string
+			for range exports {
+				body, issue := samplePayload(t, "issue-frames.json")
+				h.accept(body)
+				issues = append(issues, issue)
+			}
+			// max_in_flight 2: two requests in flight, the others queued.
+			waitFake(t, "two requests in flight at Label Studio", func(ctx context.Context) error { return ls.WaitArrived(ctx, 2) })
+			// Every export fanned out before the removal: one fanned out after
+			// it would not be queued for the removed sink.
+			h.eventually(10*time.Second, "every export queued for label_studio", func() bool { return h.sink("label_studio").QueueDepth == exports })
+
+			res := h.mustReload(without)
+			if !slices.Equal(res.Removed, []string{"label_studio"}) {
+				t.Fatalf("reload result %+v, want label_studio removed", res)
+			}
+			ls.SetLatency(0) // the requests in flight finish
+			waitFake(t, "the requests in flight answered", func(ctx context.Context) error { return ls.WaitRequests(ctx, 2) })
+			h.eventually(10*time.Second, "the removed sink to stop", func() bool {
+				return strings.Contains(h.logs.String(), "removed sink stopped")
+			})
+			if n := ls.RequestCount(); n != 2 {
+				t.Errorf("%d requests at the removed sink, want the 2 in flight at the removal", n)
+			}
+			// The requests never sent are all queued; the two in flight may have
+			// been acked if they finished before the stop reached the subscriber.
+			if d := h.sink("label_studio").QueueDepth; d < exports-2 || d > exports {
+				t.Errorf("the removed sink's queue holds %d requests, want %d to %d", d, exports-2, exports)
+			}
+			rdb := srv.Client(t)
+			streams, err := rdb.Keys(t.Context(), "*sink.label_studio").Result()
+			if err != nil || len(streams) != 1 {
+				t.Fatalf("label_studio's stream: %v %v", streams, err)
+			}
+			if n, err := rdb.XLen(t.Context(), streams[0]).Result(); err != nil || n != exports {
+				t.Errorf("XLEN %s = %d (%v), want %d", streams[0], n, err, exports)
+			}
+
+			if back == "reload" {
+				res = h.mustReload(withLS)
+				if !slices.Equal(res.Restored, []string{"label_studio"}) {
+					t.Fatalf("reload result %+v, want label_studio restored", res)
+				}
+			} else {
+				stopRun(t, h)
+				h = startHarness(t, withLS) // the same replica id: its consumers' names
+			}
+			h.eventually(10*time.Second, "every export at Label Studio", func() bool {
+				for _, issue := range issues {
+					if len(lsTasksOf(ls, issue)) != 3 {
+						return false
+					}
+				}
+				return true
+			})
+			h.eventually(10*time.Second, "label_studio's queue to empty", func() bool { return h.sink("label_studio").QueueDepth == 0 })
+			counts := ls.CountsByKey()
+			if len(counts) != 3*exports {
+				t.Errorf("%d keys at Label Studio, want %d", len(counts), 3*exports)
+			}
+			for k, c := range counts {
+				if c.Requests != 1 || c.Duplicates != 0 {
+					t.Errorf("key %q: %+v, want exactly one request", k, c)
+				}
+			}
+			if n := ls.RequestCount(); n != exports {
+				t.Errorf("%d requests at Label Studio, want %d: one per export", n, exports)
+			}
+			if n := len(h.deadLetters("label_studio")); n != 0 {
+				t.Errorf("%d dead letters, want none", n)
+			}
+		})
+	}
+}
+
+// Webhooks keep coming while a sink is removed and put back: no export
+// is lost at the sink that stays, an export fanned out to the removed
+// sink before its removal still reaches it, every export accepted after
+// it is back reaches it, and none reaches it in part or twice.
+func TestReloadRemovingAndRestoringASinkUnderLoadLosesNoExport(t *testing.T) {
+	for _, broker := range brokers {
+		t.Run(broker, func(t *testing.T) {
+			sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+			without := onBroker(t, broker, head("")+scaleSink(sc.TaskURL(), "\n    max_in_flight: 8"))
+			withLS := without + labelStudioSink(ls, "\n    max_in_flight: 4")
+			h := startHarness(t, withLS)
+			sc.SetLatency(5 * time.Millisecond) // requests are in flight at the reloads
+			ls.SetLatency(5 * time.Millisecond)
+
+			const exports, removeAt, restoreAt = 45, 10, 25
+			type sentExport struct {
+				issue    string
+				phase    int // 0 before the removal, 1 while removed, 2 after the restore
+				fannedTo bool
+			}
+			var mu sync.Mutex
+			var accepted []sentExport
+			var phase atomic.Int32
+			gate := make(chan struct{}) // the sender waits at removeAt and restoreAt
+			sent := make(chan struct{})
+			go func() {
+				defer close(sent)
+				for i := 0; i < exports; i++ {
+					if i == removeAt || i == restoreAt {
+						select {
+						case <-gate:
+						case <-t.Context().Done():
+							return
+						}
+					}
+					ph := int(phase.Load())
+					body, issue := samplePayload(t, "issue-frames.json")
+					if a := h.send(hookReq{secret: hookSecret, body: body}); a.Code == http.StatusAccepted {
+						mu.Lock()
+						accepted = append(accepted, sentExport{issue: issue, phase: ph})
+						mu.Unlock()
+					} else {
+						t.Errorf("export %d: %d %s", i, a.Code, a.Raw)
+					}
+				}
+			}()
+			acceptedN := func(n int) func() bool {
+				return func() bool {
+					mu.Lock()
+					defer mu.Unlock()
+					return len(accepted) >= n
+				}
+			}
+			h.eventually(20*time.Second, "exports accepted", acceptedN(removeAt))
+			// Those fanned out to label_studio already must reach it.
+			mu.Lock()
+			before := slices.Clone(accepted)
+			mu.Unlock()
+			h.eventually(20*time.Second, "the first exports fanned out to label_studio", func() bool {
+				for _, e := range before {
+					if !lsSeen(ls, e.issue) {
+						return false
+					}
+				}
+				return true
+			})
+			res := h.mustReload(without)
+			if !slices.Equal(res.Removed, []string{"label_studio"}) {
+				t.Fatalf("reload result %+v, want label_studio removed", res)
+			}
+			phase.Store(1)
+			gate <- struct{}{}
+			h.eventually(20*time.Second, "exports accepted", acceptedN(restoreAt))
+			res2 := h.mustReload(withLS)
+			if !slices.Equal(res2.Restored, []string{"label_studio"}) {
+				t.Fatalf("reload result %+v, want label_studio restored", res2)
+			}
+			phase.Store(2)
+			gate <- struct{}{}
+			<-sent
+			if len(accepted) != exports {
+				t.Fatalf("%d of %d exports accepted", len(accepted), exports)
+			}
+			waitFake(t, "every export's tasks at Scale", func(ctx context.Context) error { return sc.WaitAccepted(ctx, 3*exports) })
+			h.eventually(20*time.Second, "both queues to empty", func() bool {
+				return h.sink("scale").QueueDepth == 0 && h.sink("label_studio").QueueDepth == 0
+			})
+			lost, atLS := 0, 0
+			for _, e := range accepted {
+				if n := len(scaleTasksOf(sc, e.issue)); n != 3 {
+					lost++
+					t.Errorf("issue %s: %d tasks at Scale, want 3", e.issue, n)
+				}
+				n := len(lsTasksOf(ls, e.issue))
+				switch {
+				case e.phase != 1 && n != 3:
+					lost++
+					t.Errorf("issue %s (phase %d): %d tasks at label_studio, want 3", e.issue, e.phase, n)
+				case n != 0 && n != 3:
+					t.Errorf("issue %s: %d tasks at label_studio, want all 3 or none", e.issue, n)
+				}
+				if n == 3 {
+					atLS++
+				}
+			}
+			t.Logf("%s: exports %d, at label_studio %d, lost %d; Scale requests %d, duplicates %d; label_studio requests %d, duplicates %d; removal took %v, restore took %v",
+				broker, exports, atLS, lost, sc.RequestCount(), sc.Duplicates(), ls.RequestCount(), ls.Duplicates(), res.Took, res2.Took)
+			if n := sc.RequestCount(); n != 3*exports {
+				t.Errorf("%d requests at Scale, want %d: one per task", n, 3*exports)
+			}
+			if n := ls.RequestCount(); n != atLS {
+				t.Errorf("%d requests at label_studio, want %d: one per export it got", n, atLS)
+			}
+			if n := len(h.deadLetters("label_studio")) + len(h.deadLetters("scale")); n != 0 {
+				t.Errorf("%d dead letters, want none", n)
+			}
+		})
+	}
+}
+
+// lsSeen says whether Label Studio got a request for a task of issue.
+func lsSeen(ls *vendortest.LabelStudio, issue string) bool {
+	for k, c := range ls.CountsByKey() {
+		if strings.HasPrefix(k, vendortest.LabelStudioKey(issue, "")) && c.Requests > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// flakyBroker is the memory broker with a failure injected on demand: no
+// workers for one topic, or workers of one topic that cannot subscribe.
+// It counts each topic's live subscriptions.
+type flakyBroker struct {
+	backend.Broker
+	mu                         sync.Mutex
+	failWorkers, failSubscribe string // a topic, "" for none
+	live                       map[string]int
+}
+
+func (b *flakyBroker) set(failWorkers, failSubscribe string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.failWorkers, b.failSubscribe = failWorkers, failSubscribe
+}
+
+func (b *flakyBroker) liveOn(topic string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.live[topic]
+}
+
+func (b *flakyBroker) Workers(topic, group string, n int) ([]message.Subscriber, error) {
+	b.mu.Lock()
+	fail := b.failWorkers == topic
+	b.mu.Unlock()
+	if fail {
+		return nil, errors.New("injected: no workers")
+	}
+	subs, err := b.Broker.Workers(topic, group, n)
+	for i := range subs {
+		subs[i] = flakySub{subs[i], b}
+	}
+	return subs, err
+}
+
+type flakySub struct {
+	message.Subscriber
+	b *flakyBroker
+}
+
+func (s flakySub) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	if s.b.failSubscribe == topic {
+		return nil, errors.New("injected: cannot subscribe")
+	}
+	ch, err := s.Subscriber.Subscribe(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	s.b.live[topic]++
+	context.AfterFunc(ctx, func() {
+		s.b.mu.Lock()
+		s.b.live[topic]--
+		s.b.mu.Unlock()
+	})
+	return ch, nil
+}
+
+type flakyBackend struct {
+	backend.Backend
+	br *flakyBroker
+}
+
+func (f flakyBackend) Broker() (backend.Broker, error) { return f.br, nil }
+
+// A reload that fails while starting the sinks it adds leaves none of
+// their handlers behind: the running config stays, and a later reload
+// adding them starts each once.
+func TestReloadFailingToStartASinkLeavesNoHandler(t *testing.T) {
+	for _, tc := range []struct{ name, failWorkers, failSubscribe string }{
+		// The second added sink gets no workers: the first one's
+		// handlers are on the router, not started.
+		{"workers", "sink.ls2", ""},
+		// The second added sink's handler cannot subscribe: the router
+		// may have started the first one's.
+		{"subscribe", "", "sink.ls2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc := vendortest.NewScale(t, scaleKey)
+			ls, ls2 := vendortest.NewLabelStudio(t, lsToken), vendortest.NewLabelStudio(t, lsToken)
+			br := &flakyBroker{live: map[string]int{}}
+			reg := builtin.Registry()
+			reg.RegisterBackend("flaky", pipeline.BackendType{Doc: "memory with injected failures",
+				Open: func(ctx context.Context, env pipeline.BackendEnv) (backend.Backend, error) {
+					b, err := memory.Type.Open(ctx, env)
+					if err != nil {
+						return nil, err
+					}
+					if br.Broker, err = b.Broker(); err != nil {
+						return nil, err
+					}
+					return flakyBackend{b, br}, nil
+				}})
+			first := strings.Replace(head("")+scaleSink(sc.TaskURL(), ""), "broker: {type: memory}", "broker: {type: flaky}", 1)
+			h := newHarnessWith(t, first, func(o *pipeline.Options) { o.Registry = reg })
+			h.run()
+			next := first + labelStudioSink(ls, "") + strings.Replace(labelStudioSink(ls2, ""), "name: label_studio", "name: ls2", 1)
+
+			br.set(tc.failWorkers, tc.failSubscribe)
+			res, err := h.reloadTo(next)
+			if err == nil || !strings.Contains(err.Error(), "injected") || len(res.Added) != 0 {
+				t.Fatalf("reload with a sink failing to start: %+v, %v; want the injected error and nothing added", res, err)
+			}
+			if !strings.Contains(h.logs.String(), "config reload refused; the running config stays") {
+				t.Errorf("no refusal logged")
+			}
+			h.eventually(10*time.Second, "no live subscription of the sinks that failed to start", func() bool {
+				return br.liveOn("sink.label_studio") == 0 && br.liveOn("sink.ls2") == 0
+			})
+			// The running config stays: Scale only.
+			body, before := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the export at Scale", func() bool { return len(scaleTasksOf(sc, before)) == 3 })
+
+			br.set("", "")
+			res = h.mustReload(next)
+			if !slices.Equal(res.Added, []string{"label_studio", "ls2"}) {
+				t.Fatalf("reload result %+v, want label_studio and ls2 added", res)
+			}
+			for _, topic := range []string{"sink.label_studio", "sink.ls2"} {
+				if n := br.liveOn(topic); n != 1 {
+					t.Errorf("%s: %d live subscriptions, want 1 (none left by the failed reload)", topic, n)
+				}
+			}
+			body, after := samplePayload(t, "issue-frames.json")
+			h.accept(body)
+			h.eventually(10*time.Second, "the next export at both added sinks", func() bool {
+				return len(lsTasksOf(ls, after)) == 3 && len(lsTasksOf(ls2, after)) == 3
+			})
+			if n := len(lsTasksOf(ls, before)) + len(lsTasksOf(ls2, before)); n != 0 {
+				t.Errorf("%d tasks of the export accepted while the reload was refused reached the sinks it would have added", n)
+			}
+			stopRun(t, h)
+			if logs := h.logs.String(); strings.Contains(logs, "router did not stop cleanly") {
+				t.Errorf("the router did not stop cleanly after a failed reload:\n%s", logs)
+			}
+		})
+	}
+}
+
+// A stage or sink whose config is unchanged but whose file changed (the
+// secret stage's secrets_file, a schema file, a preset's api_key_file) is
+// rebuilt by a reload; one whose files are unchanged is kept as it is
+// (a memory dedupe stage keeps its keys).
+func TestReloadRebuildsWhatReadAChangedFile(t *testing.T) {
+	sc, ls := vendortest.NewScale(t, scaleKey), vendortest.NewLabelStudio(t, lsToken)
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	secrets := write("secrets.txt", hookSecret+"\n")
+	schema := write("extra.schema.json", `{}`)
+	key := write("ls.key", "stale-key\n")
+	stages := fmt.Sprintf("  - {type: schema, name: extra, schema: %q}\n  - {type: dedupe, store: memory, ttl: 1h}", schema)
+	cfgText := strings.Replace(head(stages), `secrets: ["`+hookOldSecret+`", "`+hookSecret+`"]`, fmt.Sprintf("secrets_file: %q", secrets), 1) +
+		scaleSink(sc.TaskURL(), "") +
+		fmt.Sprintf("  - name: label_studio\n    type: label_studio\n    url: %q\n    api_key_file: %q\n    project_id: %d\n    retry: {max_attempts: 1}\n", ls.URL, key, lsProject)
+	h := startHarness(t, cfgText)
+	file := write("labelpipe.yaml", cfgText)
+
+	first, firstIssue := samplePayload(t, "issue-frames.json")
+	firstID := h.accept(first).ID
+	h.eventually(10*time.Second, "the first export at Scale", func() bool { return len(scaleTasksOf(sc, firstIssue)) == 3 })
+	h.waitDeadLetters("label_studio", 1) // the stale key is refused
+
+	// Files unchanged: nothing is rebuilt.
+	res, err := h.p.ReloadFile(file)
+	if err != nil || res.Stages || len(res.Changed) != 0 {
+		t.Fatalf("reload with every file unchanged: %+v, %v; want nothing rebuilt", res, err)
+	}
+
+	write("secrets.txt", "rotated-secret\n")
+	write("extra.schema.json", `{"properties": {"project": {"not": {"const": "blocked"}}}}`)
+	write("ls.key", lsToken+"\n")
+	res, err = h.p.ReloadFile(file)
+	if err != nil || !res.Stages || !slices.Equal(res.Changed, []string{"label_studio"}) || len(res.NeedsRestart) != 0 {
+		t.Fatalf("reload after the files changed: %+v, %v; want the stages swapped and label_studio rebuilt", res, err)
+	}
+
+	if a := h.send(hookReq{secret: hookSecret, body: first}); a.Code != http.StatusUnauthorized {
+		t.Errorf("the secret rotated out of secrets_file: %d %s, want 401", a.Code, a.Raw)
+	}
+	body, issue := samplePayload(t, "issue-frames.json")
+	if a := h.send(hookReq{secret: "rotated-secret", body: body}); a.Code != http.StatusAccepted {
+		t.Fatalf("the secret rotated into secrets_file: %d %s, want 202", a.Code, a.Raw)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["project"] = "blocked"
+	blocked, _ := json.Marshal(doc)
+	if a := h.send(hookReq{secret: "rotated-secret", body: blocked}); a.Code != http.StatusUnprocessableEntity {
+		t.Errorf("an export the changed schema file refuses: %d %s, want 422", a.Code, a.Raw)
+	}
+	// The dedupe stage's config and files did not change: kept, with
+	// what it has seen.
+	if a := h.send(hookReq{secret: "rotated-secret", body: first}); a.Status != "duplicate" || a.ID != firstID {
+		t.Errorf("the first export again: %d %s, want duplicate of %s", a.Code, a.Raw, firstID)
+	}
+	// The sink sends with the key now in api_key_file.
+	h.eventually(10*time.Second, "the next export at Label Studio", func() bool { return len(lsTasksOf(ls, issue)) == 3 })
+	if n := len(lsTasksOf(ls, firstIssue)); n != 0 {
+		t.Errorf("%d tasks of the export sent with the stale key", n)
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -54,7 +53,8 @@ type PresetConfig struct {
 	APIKey string `yaml:"api_key"`
 	// APIKeyFile is a file holding the credential, relative to the config
 	// file's directory; read when the sink is built, surrounding space
-	// and a trailing newline ignored.
+	// and a trailing newline ignored. A reload rebuilds the sink when
+	// the file's content changed.
 	APIKeyFile string `yaml:"api_key_file"`
 }
 
@@ -112,7 +112,7 @@ type preset struct {
 func newPreset(vendor string, c *PresetConfig, env pipeline.Env) (*preset, error) {
 	key := c.APIKey
 	if c.APIKeyFile != "" {
-		b, err := os.ReadFile(env.Path(c.APIKeyFile))
+		b, err := env.ReadFile(c.APIKeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("api_key_file: %w", redact.Error(err))
 		}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path"
 	"path/filepath"
 	"slices"
@@ -42,7 +41,8 @@ import (
 type SchemaConfig struct {
 	// Schema is a built-in schema name (issue-exported) or a path to a
 	// JSON Schema file, relative to the config file's directory. Default
-	// issue-exported.
+	// issue-exported. A reload rebuilds the stage when the file's content
+	// changed.
 	Schema string `yaml:"schema"`
 	// Events lists the payload `event` values that are validated; other
 	// events pass untouched. Default [issue-exported].
@@ -147,7 +147,7 @@ func compileSchema(name string, env pipeline.Env) (*jsonschema.Schema, any, erro
 		if err != nil {
 			return nil, nil, fmt.Errorf("schema file %s: %w", p, err)
 		}
-		b, err := os.ReadFile(abs)
+		b, err := env.ReadFile(abs)
 		if err != nil {
 			return nil, nil, fmt.Errorf("read schema file: %w", err)
 		}

@@ -27,7 +27,9 @@ import (
 // valid at once so that rotating one drops nothing: list the new and the
 // old secret while Aquarium switches over. Every comparison is in constant
 // time, and no secret is ever logged or echoed. An empty secret is a
-// config error, since it almost always means an unset variable.
+// config error, since it almost always means an unset variable. Secrets
+// may also come from a file (secrets_file, one a line), such as a mounted
+// secret: a reload (SIGHUP) re-reads it when its content changed.
 //
 //	- type: secret
 //	  secrets: ["${AQUARIUM_SECRET}"]
@@ -48,9 +50,14 @@ type SecretConfig struct {
 	// scheme header, X-Hub-Signature-256 for github; standard_webhooks uses
 	// its own fixed headers and ignores it.
 	Header string `yaml:"header"`
-	// Secrets are the accepted secrets; any one of them passes. Required.
-	// For standard_webhooks each is "whsec_" followed by base64.
+	// Secrets are the accepted secrets; any one of them passes. Required
+	// unless secrets_file is set. For standard_webhooks each is "whsec_"
+	// followed by base64.
 	Secrets []string `yaml:"secrets"`
+	// SecretsFile names a file of more accepted secrets, one a line
+	// (blank lines ignored), relative to the config file. A reload
+	// re-reads it when its content changed.
+	SecretsFile string `yaml:"secrets_file"`
 	// Tolerance is how far webhook-timestamp may be from now
 	// (standard_webhooks only); default 5m.
 	Tolerance time.Duration `yaml:"tolerance"`
@@ -72,8 +79,8 @@ func (c *SecretConfig) Validate() error {
 	if c.Scheme == SchemeStandardWebhooks && c.Header != "" {
 		errs = append(errs, pipeline.FieldErr("header", "is not used by scheme standard_webhooks (it reads webhook-id, webhook-timestamp and webhook-signature)"))
 	}
-	if len(c.Secrets) == 0 {
-		errs = append(errs, pipeline.FieldErr("secrets", "at least one secret is required"))
+	if len(c.Secrets) == 0 && c.SecretsFile == "" {
+		errs = append(errs, pipeline.FieldErr("secrets", "at least one secret is required (secrets or secrets_file)"))
 	}
 	for i, s := range c.Secrets {
 		field := fmt.Sprintf("secrets[%d]", i)
@@ -102,7 +109,7 @@ func standardWebhooksKey(s string) ([]byte, error) {
 	return key, nil
 }
 
-func buildSecret(c *SecretConfig, _ pipeline.Env) (pipeline.Stage, error) {
+func buildSecret(c *SecretConfig, env pipeline.Env) (pipeline.Stage, error) {
 	s := &Secret{scheme: c.Scheme, header: c.Header, tolerance: c.Tolerance, now: time.Now}
 	if s.header == "" {
 		s.header = "X-Aquarium-Secret"
@@ -110,7 +117,23 @@ func buildSecret(c *SecretConfig, _ pipeline.Env) (pipeline.Stage, error) {
 			s.header = "X-Hub-Signature-256"
 		}
 	}
-	for _, sec := range c.Secrets {
+	secrets := c.Secrets
+	if c.SecretsFile != "" {
+		b, err := env.ReadFile(c.SecretsFile)
+		if err != nil {
+			return nil, fmt.Errorf("secrets_file: %w", err)
+		}
+		n := len(secrets)
+		for line := range strings.Lines(string(b)) {
+			if line = strings.TrimSpace(line); line != "" {
+				secrets = append(secrets, line)
+			}
+		}
+		if len(secrets) == n {
+			return nil, fmt.Errorf("secrets_file: %s holds no secret", env.Path(c.SecretsFile))
+		}
+	}
+	for i, sec := range secrets {
 		switch c.Scheme {
 		case SchemeHeader:
 			// Comparing digests keeps the comparison constant-time even
@@ -122,6 +145,9 @@ func buildSecret(c *SecretConfig, _ pipeline.Env) (pipeline.Stage, error) {
 		case SchemeStandardWebhooks:
 			key, err := standardWebhooksKey(sec)
 			if err != nil {
+				if i >= len(c.Secrets) {
+					return nil, fmt.Errorf("secrets_file: a line %w", err)
+				}
 				return nil, err
 			}
 			s.keys = append(s.keys, key)

@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -201,7 +203,7 @@ func TestSecretValidate(t *testing.T) {
 		want []string
 	}{
 		{"ok", "secrets: [a]", nil},
-		{"no secrets", "secrets: []", []string{"secrets: at least one secret is required"}},
+		{"no secrets", "secrets: []", []string{"secrets: at least one secret is required (secrets or secrets_file)"}},
 		{"empty secret", `secrets: ["a", ""]`, []string{"secrets[1]: is empty (is the environment variable set?)"}},
 		{"unknown scheme", "scheme: hmac\nsecrets: [a]", []string{`scheme: unknown scheme "hmac" (want header, standard_webhooks or github)`}},
 		{"standard webhooks secret not base64", "scheme: standard_webhooks\nsecrets: [\"whsec_not base64!\", " + whsec("k") + "]",
@@ -223,6 +225,59 @@ func TestSecretValidate(t *testing.T) {
 			}
 			if err != nil && strings.Contains(err.Error(), "not base64!") {
 				t.Fatalf("Validate() echoes a secret: %v", err)
+			}
+		})
+	}
+}
+
+// Secrets may come from secrets_file, one a line, next to inline ones.
+func TestSecretFile(t *testing.T) {
+	body := samplePayload(t, "issue-frames.json")
+	dir := t.TempDir()
+	for name, text := range map[string]string{
+		"two":   "\n" + current + "\r\n\n  " + previous + "  \n",
+		"blank": "\n  \n",
+		"bad":   "whsec_not base64!\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := pipeline.Env{ConfigDir: dir}
+	tests := []struct {
+		name    string
+		opts    string
+		pass    []string // secrets that pass
+		fail    []string // secrets that do not
+		wantErr string   // a build error, "" for none
+	}{
+		{"file only", "secrets_file: two", []string{current, previous}, []string{"guess", "two"}, ""},
+		{"file and inline", "secrets: [inline]\nsecrets_file: two", []string{"inline", current, previous}, []string{"guess"}, ""},
+		{"absolute path", "secrets_file: " + filepath.Join(dir, "two"), []string{current}, nil, ""},
+		{"blank file", "secrets_file: blank", nil, nil, "secrets_file: " + filepath.Join(dir, "blank") + " holds no secret"},
+		{"missing file", "secrets_file: nope", nil, nil, "secrets_file: open " + filepath.Join(dir, "nope") + ": no such file or directory"},
+		{"bad standard webhooks line", "scheme: standard_webhooks\nsecrets_file: bad", nil, nil,
+			`secrets_file: a line is not a Standard Webhooks secret (want "whsec_" followed by base64)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := build(t, "secret", tt.opts, env)
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("build: %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("build: %v", err)
+			}
+			for _, sec := range tt.pass {
+				e := newExport(t, body, http.Header{"X-Aquarium-Secret": {sec}})
+				passed(t, e, s.Process(t.Context(), e))
+			}
+			for _, sec := range tt.fail {
+				e := newExport(t, body, http.Header{"X-Aquarium-Secret": {sec}})
+				checkUnauthorized(t, s.Process(t.Context(), e), "X-Aquarium-Secret does not match any configured secret")
 			}
 		})
 	}

@@ -219,7 +219,7 @@ func TestDefaultsValidate(t *testing.T) {
 		typ  string
 		want []string // field errors of the bare defaults
 	}{
-		{"secret", []string{"secrets: at least one secret is required"}},
+		{"secret", []string{"secrets: at least one secret is required (secrets or secrets_file)"}},
 		{"schema", nil},
 		{"dedupe", nil},
 		{"filter", []string{`expr: is required (a jq predicate, e.g. '.event == "issue-exported"')`}},

@@ -38,9 +38,12 @@ the config file. The new config is checked as validate checks it; if it is
 invalid, every error is logged and the running config stays. If it is
 valid, the stages are swapped (a request under way finishes with the old
 ones) and a sink whose config changed continues on the same queue with the
-new config once its requests under way finish. A new sink is started and
-takes the exports fanned out after the reload. A removed sink takes no
-new exports and still delivers what its queue holds. Keys that cannot
+new config once its requests under way finish. A stage or sink whose
+files changed (a schema file, secrets_file, api_key_file) is rebuilt too.
+A new sink is started and takes the exports fanned out after the reload.
+A removed sink takes no new exports; on Redis it stops and its queue
+waits there until the sink is back, on memory it still delivers what its
+queue holds. Keys that cannot
 change live (server, admin, broker, redis, tracing, log, jq,
 custom_events, a sink's type, max_in_flight and queue) are logged as
 needing a restart and left as they were. With --watch a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -191,8 +192,11 @@ func (b *Broker) Workers(topic, group string, n int) ([]message.Subscriber, erro
 		return nil, errors.New("redis broker: closed")
 	}
 	reader, owned := readerClient(b.client, 2*n+2)
+	var users *atomic.Int32 // the workers still using reader, when owned
 	if owned {
 		b.readers = append(b.readers, reader)
+		users = new(atomic.Int32)
+		users.Store(int32(n))
 	}
 	stream := b.cfg.Prefix + topic
 	subs := make([]message.Subscriber, n)
@@ -204,6 +208,7 @@ func (b *Broker) Workers(topic, group string, n int) ([]message.Subscriber, erro
 			group:    group,
 			consumer: fmt.Sprintf("%s-%s-%d", b.replica, group, i),
 			closing:  make(chan struct{}),
+			users:    users,
 		}
 		claimInterval := min(max(b.cfg.ClaimIdle/4, 50*time.Millisecond), 5*time.Second)
 		sub, err := redisstream.NewSubscriber(redisstream.SubscriberConfig{
@@ -359,6 +364,10 @@ type worker struct {
 	// held has the ids of the entries Redis handed to this consumer, by
 	// a reply we got, that are not acked yet (see "Lost replies").
 	held sync.Map // stream entry id -> struct{}
+	// users counts the workers sharing client, when the broker made it
+	// for them: the last one closed closes it, so that workers closed
+	// before the broker (a sink a reload stopped) leave no pool behind.
+	users *atomic.Int32
 }
 
 func (w *worker) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -533,11 +542,27 @@ func (w *worker) Close() error {
 		w.b.mu.Unlock()
 		if w.started.Load() {
 			ctx, cancel := context.WithTimeout(quiet(context.Background()), redisOpTimeout)
-			defer cancel()
 			_ = w.client.Del(ctx, key).Err() // best effort: it expires anyway
+			cancel()
+		}
+		if w.users != nil && w.users.Add(-1) == 0 {
+			err = errors.Join(err, w.b.releaseReader(w.client))
 		}
 	})
 	return err
+}
+
+// releaseReader closes a reader client its workers no longer use; once
+// the broker is closing, its Close closes the readers instead.
+func (b *Broker) releaseReader(c goredis.UniversalClient) error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.readers = slices.DeleteFunc(b.readers, func(r goredis.UniversalClient) bool { return r == c })
+	b.mu.Unlock()
+	return c.Close()
 }
 
 // noCloseClient hands a client to watermill-redisstream, whose Close

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -535,5 +536,54 @@ func TestRedisBrokerRejectsBadWorkers(t *testing.T) {
 	}
 	if !b.Info().Durable {
 		t.Fatal("redis broker says it is not durable")
+	}
+}
+
+// Workers closed before the broker (a sink a reload stopped) close the
+// connections the broker opened for them; the broker's Close then has
+// nothing left to close twice.
+func TestRedisBrokerClosedWorkersReleaseTheirConnections(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	b := newBroker(t, rdb, "r1", pipeline.BrokerConfig{ClaimIdle: time.Minute})
+	clients := func() int {
+		list, err := rdb.ClientList(t.Context()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(list, "\n")
+	}
+	base := clients()
+	subs, err := b.Workers("sink.x", "sink-x", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range subs {
+		if _, err := s.Subscribe(t.Context(), "sink.x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(t, b, "sink.x", uuids("m", 2)...)
+	deadline := time.Now().Add(10 * time.Second)
+	for clients() <= base {
+		if time.Now().After(deadline) {
+			t.Fatalf("the workers opened no connection of their own (%d clients)", base)
+		}
+		time.Sleep(10 * time.Millisecond) // polling Redis's view, bounded
+	}
+	for _, s := range subs {
+		if err := s.Close(); err != nil {
+			t.Fatalf("close a worker: %v", err)
+		}
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for n := clients(); n != base; n = clients() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d clients connected after the workers closed, want %d", n, base)
+		}
+		time.Sleep(10 * time.Millisecond) // Redis notices a closed socket on its own time
+	}
+	if err := b.Close(); err != nil {
+		t.Fatalf("broker close after its workers: %v", err)
 	}
 }
