@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"time"
 )
 
 // secret is the webhook secret the senders present and both the daemon and
@@ -22,16 +21,13 @@ var sinkBodies = []string{
 // daemonConfig is the daemon's YAML config for one run: the webhook on addr,
 // the admin server (pprof) on admin, the secret, schema and dedupe stages,
 // and one http sink per vendor URL.
-func daemonConfig(addr, admin string, o Options, vendorURLs []string) string {
+func daemonConfig(addr, admin, prefix string, o Options, vendorURLs []string) string {
 	var b strings.Builder
 	// pprof only when a profile is asked for: it is what --cpuprofile and
 	// --memprofile fetch, and it costs nothing otherwise.
 	pprof := o.CPUProfile != "" || o.MemProfile != ""
 	fmt.Fprintf(&b, "server: {addr: %q, path: /webhook, max_body_bytes: %d}\nadmin: {addr: %q, pprof: %t}\nlog: {level: warn}\n", addr, 256<<20, admin, pprof)
 	if o.Broker == "redis" {
-		// A prefix of its own, so streams and keys left by an earlier run
-		// on the same Redis are not redelivered into this one.
-		prefix := fmt.Sprintf("bench%d:", time.Now().UnixNano())
 		fmt.Fprintf(&b, "broker: {type: redis, prefix: %q}\nredis: {url: %q, key_prefix: %q}\n", prefix, o.RedisURL, prefix)
 	} else {
 		b.WriteString("broker: {type: memory}\n")

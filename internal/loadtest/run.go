@@ -133,12 +133,22 @@ func Run(exe string, o Options, baseline bool, stderr io.Writer) (Result, error)
 	}
 	defer os.RemoveAll(dir)
 	addr, admin := freeAddr(), freeAddr()
+	// A Redis prefix of its own, so streams and keys left by an earlier
+	// run on the same Redis are not redelivered into this one.
+	prefix := fmt.Sprintf("bench%d:", time.Now().UnixNano())
+	if o.Broker == "redis" && !baseline {
+		// Deferred before the daemon starts, so it runs after the daemon
+		// stops: each run leaves Redis as it found it. Leftovers would
+		// grow Redis's memory run after run, and with it its CPU per
+		// command, so that later runs measured slower than earlier ones.
+		defer dropKeys(o.RedisURL, prefix)
+	}
 	var cmd *exec.Cmd
 	if baseline {
 		cmd = exec.Command(exe, "bench", "serve-baseline", "--addr", addr, "--vendors", strings.Join(vendors.urls(), ","))
 	} else {
 		cfgPath := filepath.Join(dir, "bench.yaml")
-		if err := os.WriteFile(cfgPath, []byte(daemonConfig(addr, admin, o, vendors.urls())), 0o600); err != nil {
+		if err := os.WriteFile(cfgPath, []byte(daemonConfig(addr, admin, prefix, o, vendors.urls())), 0o600); err != nil {
 			return res, err
 		}
 		cmd = exec.Command(exe, "run", "-c", cfgPath)

@@ -22,7 +22,7 @@ import (
 // (JSON, its events aside) and "t:<sink>.<chunk>" its events (a JSON line
 // each, the last backend.MaxRequestEvents), and
 // <prefix>history:<id>:body, the export's
-// body for a resend (read by Get only, so that listing does not carry the
+// body for a resend (zstd-compressed, see packBody) (read by Get only, so that listing does not carry the
 // bodies), both expiring ttl after the export was received.
 // The sorted set is trimmed to maxExports in batches (the hashes of the
 // trimmed exports deleted with them); Scan never shows more than
@@ -121,7 +121,7 @@ func encodeEntry(e *backend.ExportEntry) (*histWrite, error) {
 		}
 		vals = append(vals, "r:"+f, sb)
 	}
-	return &histWrite{id: e.ID, received: e.ReceivedAt, vals: vals, body: e.Payload}, nil
+	return &histWrite{id: e.ID, received: e.ReceivedAt, vals: vals, body: packBody(e.Payload)}, nil
 }
 
 // write writes ws in one pipelined round trip: per export HSET and its
@@ -313,7 +313,9 @@ func (h *History) Get(ctx context.Context, id string) (*backend.ExportEntry, boo
 		return nil, false, fmt.Errorf("history: export %s: %w", id, err)
 	}
 	if b, err := body.Bytes(); err == nil {
-		e.Payload = b
+		if e.Payload, err = unpackBody(b); err != nil {
+			return nil, false, fmt.Errorf("history: export %s: %w", id, err)
+		}
 	}
 	return e, true, nil
 }

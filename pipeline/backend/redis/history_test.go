@@ -162,3 +162,35 @@ func TestRedisBatchedHistory(t *testing.T) {
 		_ = h.Close()
 	})
 }
+
+// An export's body is kept compressed, and read back as it was received;
+// a body stored plain (before compression) still reads back.
+func TestRedisHistoryBodyIsCompressed(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := t.Context()
+	h := redisb.NewHistory(rdb, "hz:", 100, time.Hour)
+	body := []byte(`{"event":"issue-exported","issue":{"elements":[` + strings.Repeat(`{"frame_id":"frame_000481","label":"pedestrian"},`, 200) + `{}]}}`)
+	e := &backend.ExportEntry{ID: "e1", ReceivedAt: time.Now(), Event: "issue-exported", Payload: body}
+	if err := h.Add(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := rdb.Get(ctx, "hz:history:e1:body").Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stored) >= len(body)/4 {
+		t.Errorf("stored body is %d bytes for a %d-byte export: not compressed", len(stored), len(body))
+	}
+	got, ok, err := h.Get(ctx, "e1")
+	if err != nil || !ok || string(got.Payload) != string(body) {
+		t.Fatalf("Get = ok %v, err %v, payload of %d bytes equal %v", ok, err, len(got.Payload), string(got.Payload) == string(body))
+	}
+	// A body written plain, as before compression.
+	if err := rdb.Set(ctx, "hz:history:e1:body", `{"plain":true}`, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := h.Get(ctx, "e1"); err != nil || string(got.Payload) != `{"plain":true}` {
+		t.Errorf("plain body read back as %q, %v", got.Payload, err)
+	}
+}
