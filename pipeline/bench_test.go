@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,16 +125,19 @@ func benchPipeline(b *testing.B, cfgText string, tp trace.TracerProvider) http.H
 func BenchmarkIngress(b *testing.B) {
 	noTracing := func() (trace.TracerProvider, func()) { return nil, func() {} }
 	variants := []struct {
-		name   string
-		filter string
-		tp     func() (trace.TracerProvider, func())
+		name      string
+		filter    string
+		tp        func() (trace.TracerProvider, func())
+		noHistory bool
 	}{
-		{"delivery=none/tracing=off", "false", noTracing},
-		{"tracing=off", "", noTracing},
+		{"delivery=none/tracing=off", "false", noTracing, false},
+		{"tracing=off", "", noTracing, false},
+		// The history's cost on the happy path: compare with tracing=off.
+		{"tracing=off/history=off", "", noTracing, true},
 		{"tracing=sample0", "", func() (trace.TracerProvider, func()) {
 			tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))))
 			return tp, func() { _ = tp.Shutdown(context.Background()) }
-		}},
+		}, false},
 		{"tracing=full", "", func() (trace.TracerProvider, func()) {
 			exp := tracetest.NewInMemoryExporter()
 			tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()), sdktrace.WithSyncer(exp))
@@ -152,14 +156,18 @@ func BenchmarkIngress(b *testing.B) {
 				}
 			}()
 			return tp, func() { close(stopReset); _ = tp.Shutdown(context.Background()) }
-		}},
+		}, false},
 	}
 	before, after := payloadTemplate(b, "issue-10-elements.json")
 	for _, v := range variants {
 		b.Run(v.name, func(b *testing.B) {
 			tp, shutdown := v.tp()
 			b.Cleanup(shutdown)
-			h := benchPipeline(b, benchConfigFilter(v.filter), tp)
+			cfg := benchConfigFilter(v.filter)
+			if v.noHistory {
+				cfg = strings.Replace(cfg, "broker: {type: memory}\n", "broker: {type: memory}\nhistory: {enabled: false}\n", 1)
+			}
+			h := benchPipeline(b, cfg, tp)
 			body := make([]byte, 0, len(before)+len(after)+32)
 			b.SetBytes(int64(len(before) + len(after) + 8))
 			b.ReportAllocs()
