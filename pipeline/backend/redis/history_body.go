@@ -20,12 +20,16 @@ var (
 	zstdMagic      = []byte{0x28, 0xb5, 0x2f, 0xfd}
 )
 
-// packBody compresses an export body for storage.
+// packBody compresses an export body for storage, unless that does not
+// make it smaller (a tiny body): then it is stored plain.
 func packBody(b []byte) []byte {
 	if b == nil {
 		return nil
 	}
-	return bodyEncoder.EncodeAll(b, make([]byte, 0, len(b)/4))
+	if c := bodyEncoder.EncodeAll(b, make([]byte, 0, len(b)/4)); len(c) < len(b) {
+		return c
+	}
+	return b
 }
 
 // unpackBody returns a stored body as it was received.

@@ -186,6 +186,17 @@ func TestRedisHistoryBodyIsCompressed(t *testing.T) {
 	if err != nil || !ok || string(got.Payload) != string(body) {
 		t.Fatalf("Get = ok %v, err %v, payload of %d bytes equal %v", ok, err, len(got.Payload), string(got.Payload) == string(body))
 	}
+	// A body too small to gain is stored plain, and reads back.
+	tiny := &backend.ExportEntry{ID: "e2", ReceivedAt: time.Now(), Event: "issue-exported", Payload: []byte(`{"a":1}`)}
+	if err := h.Add(ctx, tiny); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _ := rdb.Get(ctx, "hz:history:e2:body").Result(); raw != `{"a":1}` {
+		t.Errorf("tiny body stored as %q, want it plain", raw)
+	}
+	if got, _, err := h.Get(ctx, "e2"); err != nil || string(got.Payload) != `{"a":1}` {
+		t.Errorf("tiny body read back as %q, %v", got.Payload, err)
+	}
 	// A body written plain, as before compression.
 	if err := rdb.Set(ctx, "hz:history:e1:body", `{"plain":true}`, 0).Err(); err != nil {
 		t.Fatal(err)
