@@ -398,20 +398,8 @@ admin: {addr: "", token_file: admin-token}
 sinks:
   - {name: archive, type: file, path: archive.jsonl}
 `)
-	h := p.AdminHandler()
 	serve := func(method, path, body string, cookie *http.Cookie) *httptest.ResponseRecorder {
-		req := httptest.NewRequestWithContext(t.Context(), method, "http://127.0.0.1:9090"+path, strings.NewReader(body))
-		req.RemoteAddr = "127.0.0.1:40000"
-		req.Header.Set("Sec-Fetch-Site", "same-origin")
-		if body != "" {
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		}
-		if cookie != nil {
-			req.AddCookie(cookie)
-		}
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		return rec
+		return consoleRequest(t, p, method, path, body, cookie)
 	}
 	rec := serve(http.MethodPost, "/console/session", url.Values{"token": {adminToken}}.Encode(), nil)
 	cookies := rec.Result().Cookies()
@@ -430,4 +418,22 @@ sinks:
 	if rec := serve(http.MethodPost, "/api/sinks/archive/resume", "", cookies[0]); rec.Code != http.StatusUnauthorized {
 		t.Errorf("resume with a session made with the old token = %d, want 401", rec.Code)
 	}
+}
+
+// consoleRequest serves one same-origin request from loopback, as the
+// console's page sends it: a form body, if any, and the session cookie.
+func consoleRequest(t *testing.T, p *pipeline.Pipeline, method, path, body string, cookie *http.Cookie) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequestWithContext(t.Context(), method, "http://127.0.0.1:9090"+path, strings.NewReader(body))
+	req.RemoteAddr = "127.0.0.1:40000"
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	if body != "" {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	if cookie != nil {
+		req.AddCookie(cookie)
+	}
+	rec := httptest.NewRecorder()
+	p.AdminHandler().ServeHTTP(rec, req)
+	return rec
 }

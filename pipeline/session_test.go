@@ -4,7 +4,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strings"
 	"testing"
 
 	"github.com/labelpipe/labelpipe/internal/redistest"
@@ -33,18 +32,7 @@ admin: {addr: "", token: "` + adminToken + `"}
 `
 			a, b := pipelineIn(t, t.TempDir(), cfg), pipelineIn(t, t.TempDir(), cfg)
 			serve := func(p *pipeline.Pipeline, path, body string, cookie *http.Cookie) *httptest.ResponseRecorder {
-				req := httptest.NewRequestWithContext(t.Context(), http.MethodPost, "http://127.0.0.1:9090"+path, strings.NewReader(body))
-				req.RemoteAddr = "127.0.0.1:40000"
-				req.Header.Set("Sec-Fetch-Site", "same-origin")
-				if body != "" {
-					req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-				}
-				if cookie != nil {
-					req.AddCookie(cookie)
-				}
-				rec := httptest.NewRecorder()
-				p.AdminHandler().ServeHTTP(rec, req)
-				return rec
+				return consoleRequest(t, p, http.MethodPost, path, body, cookie)
 			}
 			rec := serve(a, "/console/session", url.Values{"token": {adminToken}}.Encode(), nil)
 			cookies := rec.Result().Cookies()
