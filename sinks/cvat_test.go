@@ -526,3 +526,54 @@ func TestCVATPresetSlowImportIsInProgress(t *testing.T) {
 		t.Errorf("%d attaches, want 1", k.Requests)
 	}
 }
+
+// image_quality takes 1 to 100, both included.
+func TestCVATImageQualityRange(t *testing.T) {
+	for _, tt := range []struct {
+		quality int
+		ok      bool
+	}{{0, false}, {1, true}, {100, true}, {101, false}} {
+		c := sinks.CVATDefaults()
+		c.APIKey, c.ProjectID, c.ImageQuality = cvatToken, "3", tt.quality
+		if err := c.Validate(); (err == nil) != tt.ok {
+			t.Errorf("image_quality %d: Validate = %v, want ok %v", tt.quality, err, tt.ok)
+		}
+	}
+}
+
+// One task per CVATChunkFiles images: an export without any image makes
+// no task at all, and one of exactly a chunk makes one.
+func TestCVATPresetChunks(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		images int
+		chunks []int // images per request
+	}{
+		{"lidar only", 0, nil},
+		{"one image", 1, []int{1}},
+		{"exactly a chunk", sinks.CVATChunkFiles, []int{sinks.CVATChunkFiles}},
+		{"a chunk and one", sinks.CVATChunkFiles + 1, []int{sinks.CVATChunkFiles, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			els := []map[string]any{element("lidar", "frame", "f0", []any{lidarSensor("f0")}, label("l0", "car"))}
+			for i := range tc.images {
+				f := fmt.Sprintf("f%d", i+1)
+				els = append(els, element("e"+f, "frame", f, []any{imageSensor(imageURL(f))}))
+			}
+			b := buildPreset(t, cvatYAML("https://cvat.example.com", cvatToken, ""), nil)
+			var got []int
+			for _, r := range b.render(t, issuePayload("iss-chunks", els...)) {
+				var body struct {
+					Files []string `json:"remote_files"`
+				}
+				if err := json.Unmarshal(r.Body, &body); err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, len(body.Files))
+			}
+			if !slices.Equal(got, tc.chunks) {
+				t.Errorf("images per request %v, want %v", got, tc.chunks)
+			}
+		})
+	}
+}
