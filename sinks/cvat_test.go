@@ -297,22 +297,41 @@ func TestCVATPresetFindsTheTaskACrashLeft(t *testing.T) {
 }
 
 // The lookup reads every page of a long list, asked of the configured
-// url: the task is on the third page.
+// url, up to cvatListPages (20) pages of 100: a task on the third or the
+// twentieth page is found; one past them is not looked for, and a task is
+// made.
 func TestCVATPresetLookupReadsEveryPage(t *testing.T) {
-	c := vendortest.NewCVAT(t, cvatToken, 3)
-	for i := range 250 {
-		c.AddTask(fmt.Sprintf("%s-%03d", cvatName, i), 3)
-	}
-	left := c.AddTask(cvatName, 3)
-	b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
-	if err := b.sink.Send(t.Context(), b.render(t, mixedIssue("iss-6"))[0]); err != nil {
-		t.Fatal(err)
-	}
-	if tk := c.Tasks()[left-1]; tk.Import != "finished" {
-		t.Fatalf("task %+v not imported", tk)
-	}
-	if n := len(c.Tasks()); n != 251 {
-		t.Fatalf("%d tasks, want no new one", n)
+	for _, tc := range []struct {
+		name   string
+		before int // tasks listed before the one a crash left
+		found  bool
+	}{
+		{"third page", 250, true},
+		{"twentieth page, the last read", 1900, true},
+		{"twenty-first page, not read", 2000, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := vendortest.NewCVAT(t, cvatToken, 3)
+			for i := range tc.before {
+				c.AddTask(fmt.Sprintf("%s-%04d", cvatName, i), 3)
+			}
+			left := c.AddTask(cvatName, 3)
+			b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+			if err := b.sink.Send(t.Context(), b.render(t, mixedIssue("iss-6"))[0]); err != nil {
+				t.Fatal(err)
+			}
+			tasks := c.Tasks()
+			if got := tasks[left-1].Import == "finished"; got != tc.found {
+				t.Errorf("task on the page imported: %v, want %v", got, tc.found)
+			}
+			want := tc.before + 1
+			if !tc.found {
+				want++
+			}
+			if len(tasks) != want {
+				t.Errorf("%d tasks, want %d", len(tasks), want)
+			}
+		})
 	}
 }
 
