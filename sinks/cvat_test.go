@@ -596,3 +596,65 @@ func TestCVATPresetChunks(t *testing.T) {
 		})
 	}
 }
+
+// A replay deletes the failed import's task first. A task already gone
+// (404: an operator deleted it) is as good as deleted, and the replay
+// makes the new one; a delete that fails (5xx) is retried before anything
+// else is done, so no task is made next to the failed one.
+func TestCVATPresetReplayDeleteAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// prepare runs between the failed import and the replay.
+		prepare func(t *testing.T, c *vendortest.CVAT)
+		// failed is the replay's retryable error, "" when it succeeds.
+		failed string
+	}{
+		{"task already gone", func(t *testing.T, c *vendortest.CVAT) { deleteCVATTask(t, c, 1) }, ""},
+		{"delete answers 500", func(_ *testing.T, c *vendortest.CVAT) { c.FailNext(1, http.StatusInternalServerError, "") }, "500"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := vendortest.NewCVAT(t, cvatToken, 3)
+			c.FailImport("Cannot fetch https://img/f1.jpg: 403 Forbidden")
+			b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+			l := memory.NewLedger(time.Hour)
+			req := b.render(t, mixedIssue("iss-16"))[0]
+			wantDeliveryError(t, b.sink.Send(t.Context(), resumed(t, l, req)), false, "403 Forbidden")
+			tc.prepare(t, c)
+			err := b.sink.Send(t.Context(), resumed(t, l, req))
+			if tc.failed != "" {
+				wantDeliveryError(t, err, true, tc.failed)
+				if n := len(c.Tasks()); n != 1 {
+					t.Fatalf("%d tasks after the failed delete, want only the failed one", n)
+				}
+				// The next replay deletes it and starts over.
+				err = b.sink.Send(t.Context(), resumed(t, l, req))
+			}
+			if err != nil {
+				t.Fatalf("replay: %v", err)
+			}
+			live := c.TasksNamed(cvatName)
+			if len(live) != 1 || live[0].ID == 1 || live[0].Import != "finished" {
+				t.Fatalf("live tasks %+v, want one new task, imported", live)
+			}
+		})
+	}
+}
+
+// deleteCVATTask deletes task id behind the sink's back, as an operator
+// would in CVAT's UI.
+func deleteCVATTask(t *testing.T, c *vendortest.CVAT, id int) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodDelete, fmt.Sprintf("%s/api/tasks/%d", c.URL, id), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+cvatToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("delete task %d: %d", id, resp.StatusCode)
+	}
+}
