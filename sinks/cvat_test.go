@@ -658,3 +658,40 @@ func deleteCVATTask(t *testing.T, c *vendortest.CVAT, id int) {
 		t.Fatalf("delete task %d: %d", id, resp.StatusCode)
 	}
 }
+
+// The import lookup after an attempt whose attach timed out but reached
+// CVAT: an import listed without an operation type (as an older CVAT
+// lists it) is the task's, and is followed; an import the list does not
+// show yet makes the attach answer 400 "more data", and is then looked up
+// again and followed. Either way the task is imported, attached once.
+func TestCVATPresetImportLookupAfterATimedOutAttach(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		results func(rq string) []any
+		// attaches counts the attach requests, the refused repeat included.
+		attaches int
+	}{
+		{"listed without a type", func(rq string) []any {
+			return []any{map[string]any{"id": rq, "status": "queued", "operation": map[string]any{"task_id": 1}}}
+		}, 1},
+		{"not listed yet", func(string) []any { return []any{} }, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := vendortest.NewCVAT(t, cvatToken, 3)
+			b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+			r := resumed(t, memory.NewLedger(time.Hour), b.render(t, mixedIssue("iss-17"))[0])
+			wantDeliveryError(t, timedOutOn(t, c.Server, 3, b.sink, r), true, "no answer")
+			res := tc.results(c.Tasks()[0].RequestID)
+			c.AnswerNext(1, http.StatusOK, map[string]any{"count": len(res), "next": nil, "previous": nil, "results": res})
+			if err := b.sink.Send(t.Context(), r); err != nil {
+				t.Fatalf("retry: %v", err)
+			}
+			if tasks := c.TasksNamed(cvatName); len(tasks) != 1 || tasks[0].Import != "finished" {
+				t.Fatalf("tasks %+v, want one, imported", tasks)
+			}
+			if k := c.CountsFor(vendortest.CVATAttachKey(cvatName)); k.Requests != tc.attaches || k.Accepted != 1 {
+				t.Errorf("attaches %+v, want %d requests, 1 accepted", k, tc.attaches)
+			}
+		})
+	}
+}
