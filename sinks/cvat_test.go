@@ -695,3 +695,25 @@ func TestCVATPresetImportLookupAfterATimedOutAttach(t *testing.T) {
 		})
 	}
 }
+
+// An import CVAT no longer knows, of a task that has no data: the import
+// never happened. The attempt fails, retryable, its checkpoint cleared,
+// and the next attempt attaches the data.
+func TestCVATPresetForgottenImportOfATaskWithoutData(t *testing.T) {
+	c := vendortest.NewCVAT(t, cvatToken, 3)
+	id := c.AddTask(cvatName, 3)
+	b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+	r := resumed(t, memory.NewLedger(time.Hour), b.render(t, mixedIssue("iss-18"))[0])
+	for _, st := range [][2]string{{"cvat.task_id", fmt.Sprint(id)}, {"cvat.rq_id", "action=create&target=task&target_id=1"}} {
+		if err := r.SaveStep(t.Context(), st[0], st[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantDeliveryError(t, b.sink.Send(t.Context(), r), true, "is gone and the task has no data")
+	if err := b.sink.Send(t.Context(), r); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if tasks := c.Tasks(); len(tasks) != 1 || tasks[0].Import != "finished" || len(tasks[0].RemoteFiles) != 3 {
+		t.Fatalf("tasks %+v, want the one task, imported", tasks)
+	}
+}
