@@ -1,9 +1,12 @@
 package sinks_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -715,5 +718,47 @@ func TestCVATPresetForgottenImportOfATaskWithoutData(t *testing.T) {
 	}
 	if tasks := c.Tasks(); len(tasks) != 1 || tasks[0].Import != "finished" || len(tasks[0].RemoteFiles) != 3 {
 		t.Fatalf("tasks %+v, want the one task, imported", tasks)
+	}
+}
+
+// failingSteps is a ledger whose SaveStep fails.
+type failingSteps struct{ backend.Ledger }
+
+func (failingSteps) SaveStep(context.Context, backend.DeliveryKey, string, string) error {
+	return errors.New("ledger unavailable")
+}
+
+// A checkpoint the ledger could not save is logged as a warning and the
+// delivery goes on; one it saved is not logged.
+func TestCVATPresetCheckpointFailureIsLogged(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		ledger backend.Ledger
+		warned bool
+	}{
+		{"ledger up", memory.NewLedger(time.Hour), false},
+		{"ledger down", failingSteps{memory.NewLedger(time.Hour)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := vendortest.NewCVAT(t, cvatToken, 3)
+			cfg := sinks.CVATDefaults()
+			cfg.URL, cfg.APIKey, cfg.ProjectID = c.URL, cvatToken, "3"
+			var logs bytes.Buffer // Send logs from its own goroutine only
+			s, err := sinks.NewCVAT(cfg, pipeline.Env{Name: "cvat", Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			bodies, err := s.Render(t.Context(), mixedIssue("iss-19"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := resumed(t, tc.ledger, &pipeline.Request{Sink: "s", ExportID: "exp-1", ExportKey: "key1", Body: bodies[0]})
+			if err := s.Send(t.Context(), r); err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(logs.String(), "could not checkpoint"); got != tc.warned {
+				t.Errorf("warned %v, want %v; log:\n%s", got, tc.warned, logs.String())
+			}
+		})
 	}
 }
