@@ -1,9 +1,14 @@
 package sinks_test
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"testing"
+
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+
+	"github.com/labelpipe/labelpipe/internal/vendortest"
 )
 
 // Only a 3xx is a redirect: a 400 that happens to carry a Location header
@@ -43,4 +48,28 @@ func TestHTTP300WithLocationIsARedirect(t *testing.T) {
 	if !strings.Contains(de.Msg, "/moved: fix the sink's url") {
 		t.Errorf("msg %q should say where the redirect points", de.Msg)
 	}
+}
+
+// A sink's HTTP client records its request metrics with the meter
+// provider the embedder injected, not with a no-op one.
+func TestVendorClientMetricsUseTheInjectedProvider(t *testing.T) {
+	c := vendortest.NewCVAT(t, cvatToken, 3)
+	b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+	if err := b.sink.Send(t.Context(), b.render(t, mixedIssue("iss-metrics"))[0]); err != nil {
+		t.Fatal(err)
+	}
+	var rm metricdata.ResourceMetrics
+	if err := b.metrics.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name == "http.client.request.duration" {
+				return
+			}
+			names = append(names, m.Name)
+		}
+	}
+	t.Errorf("no http.client.request.duration among the metrics recorded: %v", names)
 }

@@ -1,9 +1,12 @@
 package sinks_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -297,22 +300,41 @@ func TestCVATPresetFindsTheTaskACrashLeft(t *testing.T) {
 }
 
 // The lookup reads every page of a long list, asked of the configured
-// url: the task is on the third page.
+// url, up to cvatListPages (20) pages of 100: a task on the third or the
+// twentieth page is found; one past them is not looked for, and a task is
+// made.
 func TestCVATPresetLookupReadsEveryPage(t *testing.T) {
-	c := vendortest.NewCVAT(t, cvatToken, 3)
-	for i := range 250 {
-		c.AddTask(fmt.Sprintf("%s-%03d", cvatName, i), 3)
-	}
-	left := c.AddTask(cvatName, 3)
-	b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
-	if err := b.sink.Send(t.Context(), b.render(t, mixedIssue("iss-6"))[0]); err != nil {
-		t.Fatal(err)
-	}
-	if tk := c.Tasks()[left-1]; tk.Import != "finished" {
-		t.Fatalf("task %+v not imported", tk)
-	}
-	if n := len(c.Tasks()); n != 251 {
-		t.Fatalf("%d tasks, want no new one", n)
+	for _, tc := range []struct {
+		name   string
+		before int // tasks listed before the one a crash left
+		found  bool
+	}{
+		{"third page", 250, true},
+		{"twentieth page, the last read", 1900, true},
+		{"twenty-first page, not read", 2000, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := vendortest.NewCVAT(t, cvatToken, 3)
+			for i := range tc.before {
+				c.AddTask(fmt.Sprintf("%s-%04d", cvatName, i), 3)
+			}
+			left := c.AddTask(cvatName, 3)
+			b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+			if err := b.sink.Send(t.Context(), b.render(t, mixedIssue("iss-6"))[0]); err != nil {
+				t.Fatal(err)
+			}
+			tasks := c.Tasks()
+			if got := tasks[left-1].Import == "finished"; got != tc.found {
+				t.Errorf("task on the page imported: %v, want %v", got, tc.found)
+			}
+			want := tc.before + 1
+			if !tc.found {
+				want++
+			}
+			if len(tasks) != want {
+				t.Errorf("%d tasks, want %d", len(tasks), want)
+			}
+		})
 	}
 }
 
@@ -524,5 +546,219 @@ func TestCVATPresetSlowImportIsInProgress(t *testing.T) {
 	}
 	if k := c.CountsFor(vendortest.CVATAttachKey(cvatName)); k.Requests != 1 {
 		t.Errorf("%d attaches, want 1", k.Requests)
+	}
+}
+
+// image_quality takes 1 to 100, both included.
+func TestCVATImageQualityRange(t *testing.T) {
+	for _, tt := range []struct {
+		quality int
+		ok      bool
+	}{{0, false}, {1, true}, {100, true}, {101, false}} {
+		c := sinks.CVATDefaults()
+		c.APIKey, c.ProjectID, c.ImageQuality = cvatToken, "3", tt.quality
+		if err := c.Validate(); (err == nil) != tt.ok {
+			t.Errorf("image_quality %d: Validate = %v, want ok %v", tt.quality, err, tt.ok)
+		}
+	}
+}
+
+// One task per CVATChunkFiles images: an export without any image makes
+// no task at all, and one of exactly a chunk makes one.
+func TestCVATPresetChunks(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		images int
+		chunks []int // images per request
+	}{
+		{"lidar only", 0, nil},
+		{"one image", 1, []int{1}},
+		{"exactly a chunk", sinks.CVATChunkFiles, []int{sinks.CVATChunkFiles}},
+		{"a chunk and one", sinks.CVATChunkFiles + 1, []int{sinks.CVATChunkFiles, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			els := []map[string]any{element("lidar", "frame", "f0", []any{lidarSensor("f0")}, label("l0", "car"))}
+			for i := range tc.images {
+				f := fmt.Sprintf("f%d", i+1)
+				els = append(els, element("e"+f, "frame", f, []any{imageSensor(imageURL(f))}))
+			}
+			b := buildPreset(t, cvatYAML("https://cvat.example.com", cvatToken, ""), nil)
+			var got []int
+			for _, r := range b.render(t, issuePayload("iss-chunks", els...)) {
+				var body struct {
+					Files []string `json:"remote_files"`
+				}
+				if err := json.Unmarshal(r.Body, &body); err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, len(body.Files))
+			}
+			if !slices.Equal(got, tc.chunks) {
+				t.Errorf("images per request %v, want %v", got, tc.chunks)
+			}
+		})
+	}
+}
+
+// A replay deletes the failed import's task first. A task already gone
+// (404: an operator deleted it) is as good as deleted, and the replay
+// makes the new one; a delete that fails (5xx) is retried before anything
+// else is done, so no task is made next to the failed one.
+func TestCVATPresetReplayDeleteAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// prepare runs between the failed import and the replay.
+		prepare func(t *testing.T, c *vendortest.CVAT)
+		// failed is the replay's retryable error, "" when it succeeds.
+		failed string
+	}{
+		{"task already gone", func(t *testing.T, c *vendortest.CVAT) { deleteCVATTask(t, c, 1) }, ""},
+		{"delete answers 500", func(_ *testing.T, c *vendortest.CVAT) { c.FailNext(1, http.StatusInternalServerError, "") }, "500"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := vendortest.NewCVAT(t, cvatToken, 3)
+			c.FailImport("Cannot fetch https://img/f1.jpg: 403 Forbidden")
+			b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+			l := memory.NewLedger(time.Hour)
+			req := b.render(t, mixedIssue("iss-16"))[0]
+			wantDeliveryError(t, b.sink.Send(t.Context(), resumed(t, l, req)), false, "403 Forbidden")
+			tc.prepare(t, c)
+			err := b.sink.Send(t.Context(), resumed(t, l, req))
+			if tc.failed != "" {
+				wantDeliveryError(t, err, true, tc.failed)
+				if n := len(c.Tasks()); n != 1 {
+					t.Fatalf("%d tasks after the failed delete, want only the failed one", n)
+				}
+				// The next replay deletes it and starts over.
+				err = b.sink.Send(t.Context(), resumed(t, l, req))
+			}
+			if err != nil {
+				t.Fatalf("replay: %v", err)
+			}
+			live := c.TasksNamed(cvatName)
+			if len(live) != 1 || live[0].ID == 1 || live[0].Import != "finished" {
+				t.Fatalf("live tasks %+v, want one new task, imported", live)
+			}
+		})
+	}
+}
+
+// deleteCVATTask deletes task id behind the sink's back, as an operator
+// would in CVAT's UI.
+func deleteCVATTask(t *testing.T, c *vendortest.CVAT, id int) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodDelete, fmt.Sprintf("%s/api/tasks/%d", c.URL, id), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+cvatToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("delete task %d: %d", id, resp.StatusCode)
+	}
+}
+
+// The import lookup after an attempt whose attach timed out but reached
+// CVAT: an import listed without an operation type (as an older CVAT
+// lists it) is the task's, and is followed; an import the list does not
+// show yet makes the attach answer 400 "more data", and is then looked up
+// again and followed. Either way the task is imported, attached once.
+func TestCVATPresetImportLookupAfterATimedOutAttach(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		results func(rq string) []any
+		// attaches counts the attach requests, the refused repeat included.
+		attaches int
+	}{
+		{"listed without a type", func(rq string) []any {
+			return []any{map[string]any{"id": rq, "status": "queued", "operation": map[string]any{"task_id": 1}}}
+		}, 1},
+		{"not listed yet", func(string) []any { return []any{} }, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := vendortest.NewCVAT(t, cvatToken, 3)
+			b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+			r := resumed(t, memory.NewLedger(time.Hour), b.render(t, mixedIssue("iss-17"))[0])
+			wantDeliveryError(t, timedOutOn(t, c.Server, 3, b.sink, r), true, "no answer")
+			res := tc.results(c.Tasks()[0].RequestID)
+			c.AnswerNext(1, http.StatusOK, map[string]any{"count": len(res), "next": nil, "previous": nil, "results": res})
+			if err := b.sink.Send(t.Context(), r); err != nil {
+				t.Fatalf("retry: %v", err)
+			}
+			if tasks := c.TasksNamed(cvatName); len(tasks) != 1 || tasks[0].Import != "finished" {
+				t.Fatalf("tasks %+v, want one, imported", tasks)
+			}
+			if k := c.CountsFor(vendortest.CVATAttachKey(cvatName)); k.Requests != tc.attaches || k.Accepted != 1 {
+				t.Errorf("attaches %+v, want %d requests, 1 accepted", k, tc.attaches)
+			}
+		})
+	}
+}
+
+// An import CVAT no longer knows, of a task that has no data: the import
+// never happened. The attempt fails, retryable, its checkpoint cleared,
+// and the next attempt attaches the data.
+func TestCVATPresetForgottenImportOfATaskWithoutData(t *testing.T) {
+	c := vendortest.NewCVAT(t, cvatToken, 3)
+	id := c.AddTask(cvatName, 3)
+	b := buildPreset(t, cvatYAML(c.URL, cvatToken, ""), nil)
+	r := resumed(t, memory.NewLedger(time.Hour), b.render(t, mixedIssue("iss-18"))[0])
+	for _, st := range [][2]string{{"cvat.task_id", fmt.Sprint(id)}, {"cvat.rq_id", "action=create&target=task&target_id=1"}} {
+		if err := r.SaveStep(t.Context(), st[0], st[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantDeliveryError(t, b.sink.Send(t.Context(), r), true, "is gone and the task has no data")
+	if err := b.sink.Send(t.Context(), r); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if tasks := c.Tasks(); len(tasks) != 1 || tasks[0].Import != "finished" || len(tasks[0].RemoteFiles) != 3 {
+		t.Fatalf("tasks %+v, want the one task, imported", tasks)
+	}
+}
+
+// failingSteps is a ledger whose SaveStep fails.
+type failingSteps struct{ backend.Ledger }
+
+func (failingSteps) SaveStep(context.Context, backend.DeliveryKey, string, string) error {
+	return errors.New("ledger unavailable")
+}
+
+// A checkpoint the ledger could not save is logged as a warning and the
+// delivery goes on; one it saved is not logged.
+func TestCVATPresetCheckpointFailureIsLogged(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		ledger backend.Ledger
+		warned bool
+	}{
+		{"ledger up", memory.NewLedger(time.Hour), false},
+		{"ledger down", failingSteps{memory.NewLedger(time.Hour)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := vendortest.NewCVAT(t, cvatToken, 3)
+			cfg := sinks.CVATDefaults()
+			cfg.URL, cfg.APIKey, cfg.ProjectID = c.URL, cvatToken, "3"
+			var logs bytes.Buffer // Send logs from its own goroutine only
+			s, err := sinks.NewCVAT(cfg, pipeline.Env{Name: "cvat", Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			bodies, err := s.Render(t.Context(), mixedIssue("iss-19"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := resumed(t, tc.ledger, &pipeline.Request{Sink: "s", ExportID: "exp-1", ExportKey: "key1", Body: bodies[0]})
+			if err := s.Send(t.Context(), r); err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(logs.String(), "could not checkpoint"); got != tc.warned {
+				t.Errorf("warned %v, want %v; log:\n%s", got, tc.warned, logs.String())
+			}
+		})
 	}
 }

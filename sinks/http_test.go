@@ -200,6 +200,32 @@ func TestHTTPNoAnswer(t *testing.T) {
 			t.Fatalf("timeout: %+v, want retryable, no status, saying the deadline passed", de)
 		}
 	})
+	t.Run("TLS handshake never answered", func(t *testing.T) {
+		// The vendor takes the connection and never answers the
+		// ClientHello. The client's own 10s handshake limit ends the
+		// attempt, not the attempt's far later deadline (30s by default).
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() { _, _ = io.Copy(io.Discard, c); c.Close() }() // until the client hangs up
+			}
+		}()
+		s := newHTTPSink(t, "https://"+l.Addr().String()+"/v1", nil)
+		ctx, cancel := context.WithTimeout(t.Context(), 25*time.Second)
+		defer cancel()
+		de := deliveryError(t, s.Send(ctx, request(`{}`)))
+		if !de.Retry || de.Status != 0 || !strings.Contains(de.Msg, "TLS handshake timeout") {
+			t.Fatalf("hung handshake: %+v, want retryable, no status, saying the TLS handshake timed out", de)
+		}
+	})
 }
 
 func TestHTTPRetryAfter(t *testing.T) {

@@ -29,6 +29,7 @@ func TestVendorMessageFields(t *testing.T) {
 		{"errors list", `{"errors":[{"message":"first"},{"message":"second"}]}`, `: "first"`},
 		{"empty errors list", `{"errors":[]}`, `: "{\"errors\":[]}"`},
 		{"message of exactly 300 bytes is whole", `{"error":"` + long + `"}`, `: "` + long + `"`},
+		{"a character across the 300-byte cut is dropped whole", `{"error":"` + long[1:] + `é"}`, `: "` + long[1:] + `…"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			msg, _ := sendTo(t, http.StatusBadRequest, tt.body)
