@@ -62,14 +62,20 @@ func (p *Pipeline) replyUnread(ctx context.Context, w http.ResponseWriter, code 
 	p.reply(ctx, w, code, a)
 }
 
-// leaveBody makes an answer given before the body was read go out at
-// once. net/http would otherwise read up to 256 KiB of the body first,
-// waiting on a client that never sends it; instead the connection is
-// closed after the answer and its reads end now.
+// leaveBody closes the connection after an answer given before the body
+// was read. net/http sends the answer first, then reads what is left of
+// the body (up to 256 KiB) before closing, so that the client, still
+// writing it, is not reset before it reads the answer: a reset makes it
+// see a broken pipe instead of the 413 or 401. Those reads get
+// leaveBodyLinger, not the full read timeout, so a client that never
+// sends its body holds the connection no longer than that.
 func leaveBody(ctx context.Context, w http.ResponseWriter) {
 	w.Header().Set("Connection", "close")
-	setReadDeadline(ctx, w, 0)
+	setReadDeadline(ctx, w, leaveBodyLinger)
 }
+
+// leaveBodyLinger bounds the reads of a body left unread (see leaveBody).
+const leaveBodyLinger = time.Second
 
 // setReadDeadline shortens the time left to read r's body.
 func setReadDeadline(ctx context.Context, w http.ResponseWriter, d time.Duration) {
