@@ -113,10 +113,7 @@ func (b *openBackends) breakerStore() gobreaker.SharedDataStore {
 // pauseStore is the broker's backend's shared pause store, when it has
 // one: pauses follow the queues. nil keeps them in this process.
 func (b *openBackends) pauseStore() backend.PauseStore {
-	if len(b.kinds) == 0 {
-		return nil
-	}
-	if ps, ok := b.byKind[b.kinds[0]].(backend.Pauser); ok {
+	if ps, ok := brokerBackendAs[backend.Pauser](b); ok {
 		return ps.PauseStore()
 	}
 	return nil
@@ -125,13 +122,20 @@ func (b *openBackends) pauseStore() backend.PauseStore {
 // sessionStore is the broker's backend's shared console session store,
 // when it has one, like pauseStore. nil keeps them in this process.
 func (b *openBackends) sessionStore() backend.SessionStore {
-	if len(b.kinds) == 0 {
-		return nil
-	}
-	if ss, ok := b.byKind[b.kinds[0]].(backend.SessionKeeper); ok {
+	if ss, ok := brokerBackendAs[backend.SessionKeeper](b); ok {
 		return ss.SessionStore()
 	}
 	return nil
+}
+
+// brokerBackendAs is the broker's backend (the first opened) as a T.
+func brokerBackendAs[T any](b *openBackends) (T, bool) {
+	var zero T
+	if len(b.kinds) == 0 {
+		return zero, false
+	}
+	t, ok := b.byKind[b.kinds[0]].(T)
+	return t, ok
 }
 
 // rateLimiter is the first shared rate limiter an open backend offers
