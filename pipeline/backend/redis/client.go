@@ -62,18 +62,21 @@ func NewClient(ctx context.Context, cfg pipeline.RedisConfig, tp trace.TracerPro
 		opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	}
 	client := goredis.NewClient(opt)
-	// EVALSHA is traced by scriptSpans instead, which does not count
-	// NOSCRIPT as an error; housekeeping is not traced (quiet).
+	// EVALSHA and pipelines are traced by spans instead (see there);
+	// housekeeping is not traced (quiet). No span records its command's
+	// arguments (db.statement) nor the go-redis caller, which a stack
+	// walk per command would find.
 	if tp == nil {
 		tp = otel.GetTracerProvider()
 	}
 	tp = quietTracerProvider{tp: tp}
-	topts := []redisotel.TracingOption{redisotel.WithCommandFilter(isEvalSha), redisotel.WithTracerProvider(tp)}
+	topts := []redisotel.TracingOption{redisotel.WithCommandFilter(isEvalSha), redisotel.WithCommandsFilter(anyPipeline),
+		redisotel.WithDBStatement(false), redisotel.WithCallerEnabled(false), redisotel.WithTracerProvider(tp)}
 	if err := redisotel.InstrumentTracing(client, topts...); err != nil {
 		_ = client.Close()
 		return nil, fmt.Errorf("redis tracing: %w", err)
 	}
-	client.AddHook(newScriptSpans(tp, opt))
+	client.AddHook(newSpans(tp, opt))
 	var mopts []redisotel.MetricsOption
 	if mp != nil {
 		mopts = append(mopts, redisotel.WithMeterProvider(mp))

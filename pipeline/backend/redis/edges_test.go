@@ -90,10 +90,82 @@ func TestNoSetinfoErrorSpans(t *testing.T) {
 		if s.Status().Code == codes.Error && !strings.Contains(s.Status().Description, "boom") {
 			t.Errorf("span %q has error status %q (attributes %v)", s.Name(), s.Status().Description, s.Attributes())
 		}
+		if strings.Contains(strings.ToLower(s.Name()), "setinfo") {
+			t.Errorf("span %q is a SETINFO", s.Name())
+		}
+	}
+}
+
+// TestSpansCarryNoArguments: every Redis span recorded its command's
+// arguments as db.statement, and a fan-out's pipeline carries the export
+// itself (its messages and its history body). So each trace held a copy
+// of every export, a span as long as the export, and the string was built
+// on every publish even when nothing sampled it. Spans now say which
+// commands ran, and nothing of what they carried; a failing pipeline is
+// still an error span, and a pipeline that only missed a key is not.
+func TestSpansCarryNoArguments(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	c, err := redisb.NewClient(t.Context(), pipeline.RedisConfig{URL: srv.URL()}, tp, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	const secret = "export-body-with-https://images.example/secret.jpg"
+	ctx := t.Context()
+	if err := c.Set(ctx, "one", secret, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		p.Set(ctx, "two", secret, 0)
+		p.XAdd(ctx, &goredis.XAddArgs{Stream: "s", Values: map[string]any{"payload": secret}})
+		p.Set(ctx, "three", secret, 0)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := goredis.NewScript(`return ARGV[1]`).Run(ctx, c, nil, secret).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// A pipeline that fails: SET's value read as a stream.
+	if _, err := c.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		p.XLen(ctx, "one")
+		return nil
+	}); err == nil {
+		t.Fatal("XLEN of a string did not fail")
+	}
+	// A pipeline whose only answer is nil (a missing key) did not fail.
+	if _, err := c.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		p.Get(ctx, "missing")
+		return nil
+	}); err != goredis.Nil {
+		t.Fatalf("GET of a missing key in a pipeline: %v, want redis.Nil", err)
+	}
+
+	status := map[string]codes.Code{}
+	for _, s := range rec.Ended() {
+		status[s.Name()] = s.Status().Code
 		for _, a := range s.Attributes() {
-			if a.Key == "db.statement" && strings.Contains(strings.ToLower(a.Value.Emit()), "setinfo") {
-				t.Errorf("span %q mentions SETINFO: %v", s.Name(), a)
+			if strings.Contains(a.Value.Emit(), "secret.jpg") {
+				t.Errorf("span %q carries an argument in %s", s.Name(), a.Key)
 			}
+		}
+	}
+	for name, want := range map[string]codes.Code{
+		"set":                     codes.Unset,
+		"redis.pipeline set xadd": codes.Unset,
+		"evalsha":                 codes.Unset,
+		"redis.pipeline xlen":     codes.Error,
+		"redis.pipeline get":      codes.Unset,
+	} {
+		got, ok := status[name]
+		if !ok {
+			t.Errorf("no span %q; spans: %v", name, status)
+			continue
+		}
+		if got != want {
+			t.Errorf("span %q status %v, want %v", name, got, want)
 		}
 	}
 }
