@@ -261,13 +261,17 @@ func stepperlessHarness(t *testing.T, cfg string) *harness { t.Helper(); return 
 // breaker.
 func TestCVATSlowImportSpendsNoRetryBudget(t *testing.T) {
 	c := vendortest.NewCVAT(t, "cvat-token", 3)
-	c.SlowImports(20) // about 2s of status reads; an attempt lasts 150ms
-	h := startHarness(t, head("")+fmt.Sprintf(`  - {name: cvat, type: cvat, url: %q, api_key: cvat-token, project_id: 3, timeout: 150ms,
+	// An attempt follows the import for 1s (about 5 status reads, the
+	// wait doubling from 50ms), then the next comes 2s later: 12 reads take
+	// 3 attempts and about 6s, over both max_attempts and max_elapsed. (An
+	// attempt of 150ms made the task's create time out on a loaded machine.)
+	c.SlowImports(12)
+	h := startHarness(t, head("")+fmt.Sprintf(`  - {name: cvat, type: cvat, url: %q, api_key: cvat-token, project_id: 3, timeout: 1s,
      retry: {max_attempts: 2, initial_interval: 1ms, max_interval: 5ms, max_elapsed: 1s}, breaker: {consecutive_failures: 2}}
 `, c.URL))
 	body, _ := samplePayload(t, "issue-frames.json")
 	h.accept(body)
-	h.eventually(20*time.Second, "the slow import", func() bool {
+	h.eventually(30*time.Second, "the slow import", func() bool {
 		tasks := c.Tasks()
 		return len(tasks) == 1 && tasks[0].Import == "finished"
 	})
