@@ -191,7 +191,7 @@ func TestALargeExportDoesNotMakeOthersWait(t *testing.T) {
 	}
 
 	v.sc.SetLatency(0)
-	waitFake(t, "scale", func(ctx context.Context) error { return v.sc.WaitAccepted(ctx, elements+3*small) })
+	waitFakeWithin(t, time.Minute, "scale", func(ctx context.Context) error { return v.sc.WaitAccepted(ctx, elements+3*small) })
 }
 
 // queuePolicy is a policy with a small queue for scale.
