@@ -8,7 +8,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -93,6 +95,26 @@ func TestStrangersWithoutTheSecretCostNothing(t *testing.T) {
 		}
 	}
 	h.accept(body)
+}
+
+// An upload answered before its body was read (401 here) is closed soon
+// after the answer: the server discards what still arrives for
+// leaveBodyLinger (1s), so that an honest client finishing its body reads
+// the answer instead of a reset, and then drops the connection. One that
+// never sends the rest must not hold it for the whole server.read_timeout
+// (60s by default).
+func TestAnUploadAnsweredEarlyIsClosedSoon(t *testing.T) {
+	h := startHarness(t, head("")+"  - {name: archive, type: file, path: out/archive.jsonl}\n")
+	u := startUpload(t, hostOf(h), nil)
+	if code, b := u.answer(); code != http.StatusUnauthorized {
+		t.Fatalf("upload without the secret: got %d %s, want 401 before its body", code, b)
+	}
+	// Well under read_timeout, well over the linger.
+	_ = u.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	n, err := u.r.Discard(1)
+	if !errors.Is(err, io.EOF) {
+		t.Fatalf("after the answer: read %d bytes, %v; want the server to close the connection (EOF) within 20s", n, err)
+	}
 }
 
 func signStandard(key []byte, id, ts string, body []byte) string {
