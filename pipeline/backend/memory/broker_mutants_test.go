@@ -83,3 +83,25 @@ func TestQueueStatsBytesCountMetadata(t *testing.T) {
 		t.Errorf("Bytes = %d, want %d", st.Bytes, want)
 	}
 }
+
+// Drain does not sort a whole backlog to name twenty messages: it reads
+// the ids of at most 200 waiting ones (ten times what it names), in
+// publish order, and counts the rest. Published in descending order, the
+// 201st message would sort first; it is counted, not named.
+func TestDrainReadsAtMost200WaitingIDs(t *testing.T) {
+	br := memory.NewBroker(100, nil)
+	t.Cleanup(func() { _ = br.Close() })
+	topic := backend.TopicSink("scale")
+	for i := 200; i >= 0; i-- {
+		if err := br.Publish(topic, message.NewMessage(fmt.Sprintf("m%03d", i), []byte("{}"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msg := drainNow(t, br)
+	if strings.Contains(msg, "/m000") {
+		t.Errorf("Drain: %q names the 201st waiting message, want only ids from the first 200 read", msg)
+	}
+	if !strings.Contains(msg, ": "+topic+"/m001, ") || !strings.HasSuffix(msg, topic+"/m020 and 181 more") {
+		t.Errorf("Drain: %q, want m001..m020 named and 181 more counted", msg)
+	}
+}

@@ -64,3 +64,34 @@ func TestLedgerStepsExpire(t *testing.T) {
 		t.Fatalf("steps %v, want only the one saved after the others expired", got)
 	}
 }
+
+// Once the ledger holds steps of 4096 requests, the next SaveStep sweeps
+// those past their ttl, so the map does not grow without bound. White-box
+// (package memory): a sweep changes nothing Lookup can see, since expired
+// steps already read as none; only the map's size tells.
+func TestLedgerSweepsExpiredStepsAt4096(t *testing.T) {
+	l := NewLedger(time.Nanosecond)
+	for i := range 4096 {
+		if err := l.SaveStep(t.Context(), backend.DeliveryKey{ExportID: "e", Sink: "cvat", Chunk: i}, "task_id", "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.mu.Lock()
+	before := len(l.steps)
+	l.mu.Unlock()
+	if before != 4096 {
+		t.Fatalf("steps of %d requests before the sweep, want 4096", before)
+	}
+	last := time.Now().Add(time.Nanosecond)
+	for !time.Now().After(last) { // spin on the clock, no sleep
+	}
+	if err := l.SaveStep(t.Context(), backend.DeliveryKey{ExportID: "e", Sink: "cvat", Chunk: 4096}, "task_id", "1"); err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	after := len(l.steps)
+	l.mu.Unlock()
+	if after != 1 {
+		t.Errorf("steps of %d requests after the sweep at 4096, want 1 (the expired ones gone)", after)
+	}
+}
