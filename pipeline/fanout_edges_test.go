@@ -29,10 +29,15 @@ func TestResendToOneSinkLeavesTheOthersAlone(t *testing.T) {
 		v := h.export(a.ID)
 		return v.Generation == 1 && v.Sinks["chosen"] == "delivered" && len(fileLines(t, chosen)) == 2
 	})
+	resent := false
 	for _, r := range h.export(a.ID).Requests {
 		if r.Sink == "other" && r.Generation != 0 {
 			t.Errorf("the resend to chosen rendered for other too: %+v", r)
 		}
+		resent = resent || (r.Sink == "chosen" && r.Generation == 1 && r.State == "delivered")
+	}
+	if !resent {
+		t.Errorf("no delivered generation-1 request for chosen in %+v", h.export(a.ID).Requests)
 	}
 	if n := len(fileLines(t, other)); n != 1 {
 		t.Errorf("other wrote %d lines, want 1 (the resend was for chosen only)", n)
