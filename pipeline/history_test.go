@@ -91,9 +91,11 @@ func TestExportHistory(t *testing.T) {
 			h.waitDeadLetters("label_studio", 1)
 
 			var got []exportView
-			h.eventually(10*time.Second, "scale delivered in the history", func() bool {
+			// The dead letter is stored before the history notes it, so the
+			// history is waited for too.
+			h.eventually(10*time.Second, "scale delivered and label_studio dead-lettered in the history", func() bool {
 				got = h.exports("issue_id=" + url.QueryEscape(issue) + "&sink=scale")
-				return len(got) == 1 && got[0].Sinks["scale"] == "delivered"
+				return len(got) == 1 && got[0].Sinks["scale"] == "delivered" && got[0].Sinks["label_studio"] == "dead_lettered"
 			})
 			v := got[0]
 			if v.ID != a.ID || v.TraceID != a.TraceID || v.Sinks["archive"] != "skipped" || v.Sinks["label_studio"] != "dead_lettered" {
