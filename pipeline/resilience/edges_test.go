@@ -536,19 +536,36 @@ func TestWaitForAnotherCallersProbePolls(t *testing.T) {
 	c.Retry.MaxAttempts = 1
 	c.Breaker.ConsecutiveFailures = 1
 	c.Breaker.OpenTimeout = open
+	at := triesWhileAProbes(t, c, resilience.Options{}, tries)
+	// Timers never fire early: tries-1 gaps of at least the floor. A poll
+	// of a second (or open_timeout·10) would take far longer.
+	span := at[tries-1].Sub(at[0])
+	if low, high := (tries-1)*floor, (tries-1)*50*time.Millisecond; span < low || span > high {
+		t.Fatalf("%d tries for admission in %v while another caller probed, want them %v apart (%v to %v in all)", tries, span, floor, low, high)
+	}
+}
+
+type callerB struct{}
+
+// triesWhileAProbes trips a policy built from c and opts (opts.Gate is
+// set here), lets caller A's half-open probe hang, and records when
+// caller B, refused meanwhile, tries for admission (the gate is called
+// before each try): the first tries of them, once both callers are done.
+func triesWhileAProbes(t *testing.T, c resilience.Config, opts resilience.Options, tries int) []time.Time {
+	t.Helper()
 	var (
 		mu sync.Mutex
 		at []time.Time // B's tries for admission
 	)
-	isB := func(ctx context.Context) bool { return ctx.Value(callerB{}) != nil }
-	p := newPolicy(t, c, resilience.Options{Gate: func(ctx context.Context) error {
-		if isB(ctx) {
+	opts.Gate = func(ctx context.Context) error {
+		if ctx.Value(callerB{}) != nil {
 			mu.Lock()
 			at = append(at, time.Now())
 			mu.Unlock()
 		}
 		return nil
-	}})
+	}
+	p := newPolicy(t, c, opts)
 	if _, err := p.Do(t.Context(), func(context.Context, resilience.Attempt) error { return errRetry }); !errors.Is(err, resilience.ErrExhausted) {
 		t.Fatalf("tripping Do = %v", err)
 	}
@@ -588,15 +605,8 @@ func TestWaitForAnotherCallersProbePolls(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	// Timers never fire early: tries-1 gaps of at least the floor. A poll
-	// of a second (or open_timeout·10) would take far longer.
-	span := at[tries-1].Sub(at[0])
-	if low, high := (tries-1)*floor, (tries-1)*50*time.Millisecond; span < low || span > high {
-		t.Fatalf("%d tries for admission in %v while another caller probed, want them %v apart (%v to %v in all)", tries, span, floor, low, high)
-	}
+	return append([]time.Time(nil), at[:tries]...)
 }
-
-type callerB struct{}
 
 // TestCancelledProbeWakesTheNextCaller: a probe whose caller gives up
 // says nothing about the vendor; the breaker stays half-open and a caller

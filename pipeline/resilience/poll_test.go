@@ -1,13 +1,8 @@
 package resilience_test
 
 import (
-	"context"
-	"errors"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/sony/gobreaker/v2"
 
 	"github.com/labelpipe/labelpipe/pipeline/resilience"
 )
@@ -25,57 +20,7 @@ func TestSharedWaitForOurOwnProbePollsAtSyncInterval(t *testing.T) {
 	c := fastConfig()
 	c.Retry.MaxAttempts = 1
 	c.Breaker = resilience.Breaker{ConsecutiveFailures: 1, OpenTimeout: 50 * time.Millisecond, SyncInterval: syncEvery}
-	var (
-		mu sync.Mutex
-		at []time.Time // B's tries for admission
-	)
-	p := newPolicy(t, c, resilience.Options{Name: "labelbox", Store: newMemStore(), Gate: func(ctx context.Context) error {
-		if ctx.Value(callerB{}) != nil {
-			mu.Lock()
-			at = append(at, time.Now())
-			mu.Unlock()
-		}
-		return nil
-	}})
-	if _, err := p.Do(t.Context(), func(context.Context, resilience.Attempt) error { return errRetry }); !errors.Is(err, resilience.ErrExhausted) {
-		t.Fatalf("tripping Do = %v", err)
-	}
-	probing, release := make(chan struct{}), make(chan struct{})
-	aDone := make(chan error, 1)
-	go func() {
-		_, err := p.Do(t.Context(), func(_ context.Context, a resilience.Attempt) error {
-			if a.BreakerState == gobreaker.StateHalfOpen {
-				close(probing)
-				<-release
-			}
-			return nil
-		})
-		aDone <- err
-	}()
-	select {
-	case <-probing:
-	case <-time.After(10 * time.Second):
-		t.Fatal("A never probed")
-	}
-	bDone := make(chan error, 1)
-	go func() {
-		_, err := p.Do(context.WithValue(t.Context(), callerB{}, true), func(context.Context, resilience.Attempt) error { return nil })
-		bDone <- err
-	}()
-	waitFor(t, "B's tries while A probes", func() bool { mu.Lock(); defer mu.Unlock(); return len(at) >= tries })
-	close(release)
-	for _, ch := range []chan error{aDone, bDone} {
-		select {
-		case err := <-ch:
-			if err != nil {
-				t.Fatalf("Do = %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("Do never finished")
-		}
-	}
-	mu.Lock()
-	defer mu.Unlock()
+	at := triesWhileAProbes(t, c, resilience.Options{Name: "labelbox", Store: newMemStore()}, tries)
 	// Timers never fire early: a slow machine only spreads the tries out.
 	if span, low := at[tries-1].Sub(at[0]), (tries-1)*syncEvery; span < low {
 		t.Fatalf("%d tries for admission in %v behind our own probe, want them sync_interval (%v) apart, at least %v in all", tries, span, syncEvery, low)
